@@ -1,0 +1,104 @@
+"""Run a recipe N times and append one measured row per run to benchmarks/RESULTS.md.
+
+Data from a device pack (for the GPU machine, where ../shared does not travel) or a data root:
+
+    python benchmarks/run_recipe.py cifar10-lt-ce --pack .device/c10-lt100 --seeds 0 1 2
+    python benchmarks/run_recipe.py cifar10-lt-ce --data-root ../shared/data --epochs 1 --device cpu
+
+Every row is what this script measured on the machine it ran on; nothing is typed in by hand.
+Wall time is split into setup (data to the device, model), compile, train and eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))  # run from the source tree (the GPU machine has no install)
+
+from longtail.config import apply_overrides  # noqa: E402
+from longtail.experiment import train_one  # noqa: E402
+from longtail.recipes import get_recipe  # noqa: E402
+
+HEADER = ("| date | machine | command | seed | epochs | setup s | compile s | train s | eval s | train img/s "
+          "| top-1 | many | medium | few |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def machine() -> str:
+    import torch
+
+    cpus = os.cpu_count()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {cpus} CPUs, torch {torch.__version__}"
+    return f"CPU only ({platform.processor() or platform.machine()}), {cpus} CPUs, torch {torch.__version__}"
+
+
+def fmt(v, digits=2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmarks/run_recipe.py)") -> None:
+    """Add ``row`` at the end of the table under ``section`` (created at the end of the file if absent)."""
+    lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]
+    if section not in lines:
+        lines += ["", section, ""] + HEADER.rstrip("\n").splitlines()
+    i = lines.index(section) + 1
+    while i < len(lines) and not lines[i].startswith("|"):
+        i += 1
+    while i < len(lines) and lines[i].startswith("|"):
+        i += 1
+    lines.insert(i, row)
+    results.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe")
+    p.add_argument("--pack", help="device pack path without extension (e.g. .device/c10-lt100)")
+    p.add_argument("--data-root")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--out", help="where run folders go (default: a temporary folder)")
+    a = p.parse_args()
+
+    ov: dict[str, object] = {"train.device": a.device, "train.checkpoint_every": "1000000"}
+    if a.pack:
+        ov["data.pack"] = a.pack
+    if a.data_root:
+        ov["data.root"] = a.data_root
+    if a.epochs:
+        ov["train.epochs"] = a.epochs
+    for s in a.sets:
+        k, _, v = s.partition("=")
+        ov[k] = v
+    cfg = apply_overrides(get_recipe(a.recipe).config, ov)
+    out = Path(a.out or tempfile.mkdtemp(prefix="longtail-bench-"))
+    command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
+    for seed in a.seeds:
+        t0 = time.perf_counter()
+        r = train_one(apply_overrides(cfg, {"seed": seed}), out / f"seed-{seed}", progress=False,
+                      log=lambda m: None)
+        wall = time.perf_counter() - t0
+        tm = r["timing"]
+        row = (f"| {dt.date.today()} | {machine()} | `{command}` | {seed} | {cfg.train.epochs} | "
+               f"{tm['setup_s']:.1f} | {tm.get('compile_s', 0.0):.1f} | {tm['train_s']:.1f} | {tm['eval_s']:.1f} | "
+               f"{tm['train_images_per_s']:.0f} | {fmt(r['top1'])} | {fmt(r['many'])} | {fmt(r['medium'])} | "
+               f"{fmt(r['few'])} |")
+        append_row(Path(a.results), row)
+        print(row, f"(wall {wall:.1f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The ``longtail`` command: quickstart, recipes, train, evaluate.
+
+Every user-facing problem is a ``LongtailError``: printed as one message with its fix, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import LongtailError
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder that holds the data set (e.g. ../shared/data for cifar-10-batches-py)")
+    p.add_argument("--out", help="run folder (default: runs/RECIPE); an existing one is resumed")
+    p.add_argument("--epochs", type=int, help="number of epochs (the schedule scales with it)")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed, then mean and standard deviation")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the recipe's)")
+    p.add_argument("--imbalance-ratio", type=float, help="rho = n_max / n_min of the long-tailed subset")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--val-per-class", type=int, help="hold out a balanced validation split (images per class)")
+    p.add_argument("--no-download", action="store_true", help="never download; stop if the data is absent")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting by dotted name, e.g. --set loss.name=focal --set train.sampler=class-balanced")
+    p.add_argument("--restart", action="store_true", help="delete an existing run folder instead of resuming it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longtail", description="Deep learning on long-tailed data.")
+    parser.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quickstart", help="a first result on a built-in long-tailed data set (CPU, < 1 minute)")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--epochs", type=int)
+    q.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("recipes", help="list the named recipes")
+
+    t = sub.add_parser("train", help="train a recipe into a run folder")
+    t.add_argument("recipe")
+    _add_run_options(t)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run (or checkpoint) and rewrite its report")
+    e.add_argument("run", help="run folder or checkpoint file")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--data-root", help="where the data is now, if it moved")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    ov: dict[str, Any] = {}
+    simple = {
+        "data_root": "data.root", "epochs": "train.epochs", "device": "train.device",
+        "imbalance_ratio": "data.imbalance_ratio", "batch_size": "train.batch_size", "lr": "train.lr",
+        "val_per_class": "data.val_per_class",
+    }
+    for attr, key in simple.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            ov[key] = v
+    if getattr(args, "no_download", False):
+        ov["data.download"] = False
+    for item in getattr(args, "sets", []):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise LongtailError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set loss.name=focal")
+        ov[key.strip()] = value.strip()
+    return ov
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import RECIPES
+
+    width = max(len(n) for n in RECIPES)
+    for r in RECIPES.values():
+        pub = f"  [published: {r.published}]" if r.published else ""
+        print(f"{r.name:<{width}}  {r.description}{pub}")
+    return 0
+
+
+def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
+    from .config import apply_overrides
+    from .experiment import console_table, train_seeds
+    from .recipes import get_recipe
+
+    recipe = get_recipe(recipe_name)
+    cfg = apply_overrides(recipe.config, overrides_from_args(args))
+    if getattr(args, "restart", False) and Path(out).exists():
+        shutil.rmtree(out)
+    seeds = args.seeds if getattr(args, "seeds", None) else [cfg.seed]
+    t0 = time.perf_counter()
+    result = train_seeds(cfg, seeds, out, progress=False if args.quiet else None, command=sys.argv)
+    print()
+    print(console_table(recipe_name, result))
+    print(f"\nrun folder: {out}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"report: {Path(out) / 'report.md'}")
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _train(args.recipe, args, args.out or f"runs/{args.recipe}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    args.seeds, args.restart, args.sets = None, True, []
+    print("longtail quickstart: scikit-learn digits made long-tailed (rho=100), ResNet-8, cross-entropy, CPU")
+    _train("quickstart", args, args.out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .experiment import console_table, evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.run, device=args.device, data_root=args.data_root)
+    print(console_table(result.get("recipe", "run"), result))
+    return 0
+
+
+COMMANDS = {"quickstart": cmd_quickstart, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LongtailError as e:
+        print(f"longtail: error: {e.problem}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nlongtail: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

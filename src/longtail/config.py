@@ -1,0 +1,157 @@
+"""Run configuration as frozen dataclasses: one source of defaults (the reference recipe).
+
+A ``RunConfig`` is fully serialisable (``to_dict``/``from_dict``) and is saved in every run
+folder and checkpoint. Overrides use dotted names, ``train.epochs=10`` or ``loss.name=focal``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import LongtailError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and which long-tailed subset of it."""
+
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | digits
+    root: str = "data"
+    imbalance_ratio: float = 100.0  # rho = n_max / n_min; 1 keeps the balanced set
+    profile: str = "exp"  # exp | step
+    n_max: int | None = None  # None: the data set's reference n_max (CIFAR-10 5000, CIFAR-100 500, SVHN 1000)
+    subset_seed: int = 0  # the reference draws its subset with numpy seed 0 for every run
+    val_per_class: int = 0  # > 0: hold out a balanced validation split of this many per class
+    download: bool = True
+    pack: str | None = None  # a device pack (../shared/tools/device-pack) instead of the data root: CIFAR-10 only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet32"
+    head: str = "linear"  # linear | cosine
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # ce | focal | ldam | balanced-softmax | logit-adjust | cdt
+    focal_gamma: float = 1.0
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    tau: float = 1.0  # logit-adjusted loss
+    cdt_gamma: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The reference optimisation recipe (Cao et al. 2019) for ResNet-32 on CIFAR."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    schedule: str = "step"  # step (reference) | cosine
+    warmup_epochs: float = 5.0  # in 200-epoch units for the step schedule
+    milestones: tuple[float, ...] = (160.0, 180.0)  # in 200-epoch units
+    sampler: str = "instance"  # instance | class-balanced | sqrt
+    weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced
+    drw_start: float | None = None  # DRW: weighting starts at this epoch (200-epoch units), plain before
+    cb_beta: float = 0.9999
+    crop_padding: int = 4
+    flip: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
+    checkpoint_every: int = 10  # epochs
+    eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    recipe: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        try:
+            return cls(
+                recipe=d.get("recipe", "custom"),
+                data=DataConfig(**d.get("data", {})),
+                model=ModelConfig(**d.get("model", {})),
+                loss=LossConfig(**d.get("loss", {})),
+                train=_fix_tuples(TrainConfig(**d.get("train", {}))),
+                seed=int(d.get("seed", 0)),
+            )
+        except TypeError as e:
+            raise LongtailError(f"this configuration does not fit this version of longtail: {e}",
+                                "re-create the run with this version") from e
+
+
+def _fix_tuples(t: TrainConfig) -> TrainConfig:
+    return replace(t, milestones=tuple(t.milestones))
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+
+
+def override_keys() -> list[str]:
+    keys = ["seed"]
+    for sec, cls in SECTIONS.items():
+        keys += [f"{sec}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def _coerce(value: str, annotation: Any, key: str) -> Any:
+    """Parse a command-line string into the type a config field declares."""
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and value.lower() in ("none", "null", ""):
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    try:
+        if typing.get_origin(base) is tuple or base is tuple:
+            return tuple(float(v) for v in value.replace(",", " ").split())
+        if base is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int:
+            return int(value)
+        if base is float:
+            return float(value)
+        return value
+    except ValueError:
+        raise LongtailError(f"{key}={value!r} is not a valid {getattr(base, '__name__', base)}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``cfg`` with dotted-name overrides applied; values may be strings (from the CLI)."""
+    for key, value in overrides.items():
+        if key == "seed":
+            cfg = replace(cfg, seed=int(value))
+            continue
+        sec, _, name = key.partition(".")
+        cls = SECTIONS.get(sec)
+        hints = typing.get_type_hints(cls) if cls else {}
+        if cls is None or name not in hints:
+            raise LongtailError(
+                f"unknown setting {key!r}",
+                "valid settings: " + ", ".join(override_keys()),
+            )
+        if isinstance(value, str):
+            value = _coerce(value, hints[name], key)
+        cfg = replace(cfg, **{sec: replace(getattr(cfg, sec), **{name: value})})
+    return cfg

@@ -1,0 +1,116 @@
+"""Batched augmentation and batching on whatever device the images live on.
+
+All operations take a whole (B, C, H, W) uint8 batch at once, draw their randomness from an
+explicit ``torch.Generator`` and never leave the device: no PIL, no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .imageset import ImageSet
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The reference CIFAR augmentation: random crop with zero padding, horizontal flip."""
+
+    crop_padding: int = 4
+    flip: bool = True
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.crop_padding:
+            images = random_crop(images, self.crop_padding, generator)
+        if self.flip:
+            images = random_flip(images, generator)
+        return images
+
+
+NO_AUGMENT = Augment(crop_padding=0, flip=False)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # Draw on the generator's device (a CPU generator may drive CUDA data), then move.
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad each side by ``padding`` and crop back to (H, W) at a random offset per image.
+
+    Same distribution as torchvision's ``RandomCrop(size, padding)``: each offset is uniform
+    in ``0..2*padding`` independently per axis and per image. (B, C, H, W) -> (B, C, H, W).
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = _randint(2 * padding + 1, (b,), generator, images.device)
+    dx = _randint(2 * padding + 1, (b,), generator, images.device)
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    # Advanced indexing over (batch, rows, cols) with the channel slice in between puts the
+    # advanced dimensions first: (B, H, W, C); move channels back.
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image horizontally with probability 1/2."""
+    flip = _rand((images.shape[0],), generator, images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 ``(x/255 - mean) / std``."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - m) / s
+
+
+class Batch(NamedTuple):
+    """One training or evaluation batch: normalised float images and labels; ``index`` are rows of the set."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+def iterate_batches(
+    data: ImageSet,
+    order: torch.Tensor,
+    batch_size: int,
+    *,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Batches of ``data`` in the row order ``order`` (from a sampler).
+
+    The augmentation for the whole epoch is drawn in one batched pass before the first batch
+    (cheaper than one small kernel launch per batch); normalisation happens per batch so only
+    uint8 copies of the epoch are held.
+    """
+    order = order.to(data.device)
+    images = data.images[order]
+    if augment is not None and (augment.crop_padding or augment.flip):
+        if generator is None:
+            raise ValueError("augmentation needs an explicit torch.Generator")
+        images = augment(images, generator)
+    labels = data.labels[order]
+    n = order.numel()
+    stop = n - (n % batch_size) if drop_last else n
+    for start in range(0, stop, batch_size):
+        end = min(start + batch_size, n)
+        yield Batch(normalize(images[start:end], data.mean, data.std), labels[start:end], order[start:end])
+
+
+def eval_batches(data: ImageSet, batch_size: int = 512) -> Iterator[Batch]:
+    """Batches of ``data`` in its own order, without augmentation."""
+    return iterate_batches(data, torch.arange(len(data), device=data.device), batch_size)

@@ -1,0 +1,83 @@
+"""From a ``DataConfig`` to the train / validation / test image sets of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..errors import LongtailError
+from .imageset import ImageSet
+from .splits import longtail_indices, unused_indices, validation_split
+from ..counts import ClassCounts
+
+#: data set -> n_max of its long-tailed versions (REFERENCE.md)
+DATASETS = {"cifar10": 5000, "cifar100": 500, "svhn": 1000, "digits": 140}
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    test: ImageSet
+    val: ImageSet | None = None
+
+    def to(self, device: torch.device | str) -> "Splits":
+        return Splits(self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None)
+
+
+def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """The balanced (train, test) sets of a data set."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from .cifar import load_cifar
+
+        return load_cifar(cfg.dataset, Path(cfg.root), download=cfg.download)
+    if cfg.dataset == "svhn":
+        from .svhn import load_svhn_sets
+
+        return load_svhn_sets(Path(cfg.root), download=cfg.download)
+    if cfg.dataset == "digits":
+        from .digits import load_digits_sets
+
+        return load_digits_sets()
+    raise LongtailError(f"unknown data set {cfg.dataset!r}", f"use one of: {', '.join(DATASETS)}")
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Balanced source -> long-tailed training subset (+ validation split) and the test set."""
+    if cfg.pack:
+        return _splits_from_pack(cfg)
+    source, test = load_balanced(cfg)
+    n_max = cfg.n_max if cfg.n_max is not None else DATASETS[cfg.dataset]
+    counts = ClassCounts.from_profile(n_max, source.num_classes, cfg.imbalance_ratio, cfg.profile)
+    idx = torch.from_numpy(longtail_indices(source.labels, counts, seed=cfg.subset_seed))
+    tag = f"-lt{cfg.imbalance_ratio:g}" + ("" if cfg.profile == "exp" else f"-{cfg.profile}")
+    train = source.subset(idx, name=f"{cfg.dataset}{tag}-train")
+    val = None
+    if cfg.val_per_class > 0:
+        pool = source.subset(unused_indices(len(source), train.source_index))  # type: ignore[arg-type]
+        train, val = validation_split(train, per_class=cfg.val_per_class, seed=cfg.subset_seed, pool=pool)
+    train.class_counts().require_nonempty(train.class_names)
+    return Splits(train, test, val)
+
+
+def _splits_from_pack(cfg: DataConfig) -> Splits:
+    """A device pack's ``train`` group is the long-tailed subset; check it is the one asked for."""
+    from .pack import load_pack
+
+    if cfg.dataset != "cifar10" or cfg.val_per_class:
+        raise LongtailError("device packs hold CIFAR-10 without a validation split",
+                            "use data.dataset=cifar10 and no --val-per-class with a pack")
+    groups, test = load_pack(cfg.pack)  # type: ignore[arg-type]
+    if "train" not in groups:
+        raise LongtailError(f"pack {cfg.pack} has no 'train' group", "make it with device-pack --lt-ratio R")
+    train = groups["train"]
+    n_max = cfg.n_max if cfg.n_max is not None else DATASETS[cfg.dataset]
+    want = ClassCounts.from_profile(n_max, train.num_classes, cfg.imbalance_ratio, cfg.profile)
+    if train.class_counts() != want:
+        raise LongtailError(
+            f"pack {cfg.pack} holds class counts {train.class_counts().counts}, the run asks for {want.counts}",
+            "make a pack with the run's --lt-ratio, or set the run's imbalance ratio to the pack's",
+        )
+    return Splits(train, test, None)

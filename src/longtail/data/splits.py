@@ -1,0 +1,109 @@
+"""Seeded index selections: long-tailed subsets and validation splits.
+
+A long-tailed subset is an index selection over a balanced training set. The selection
+reproduces the reference code (Cao et al. 2019; Yang & Xu 2020) exactly: one
+``numpy.random.RandomState(seed)`` shared across classes ``0..C-1``; for each class, shuffle
+that class's indices (in data-set order) and keep the first ``n_i``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..counts import ClassCounts
+from ..errors import LongtailError
+from .imageset import ImageSet
+
+
+def longtail_indices(labels: torch.Tensor | np.ndarray, counts: ClassCounts, *, seed: int = 0) -> np.ndarray:
+    """Indices (sorted by class, then by shuffle order) of the reference long-tailed subset.
+
+    ``labels``: (N,) integer labels of the balanced source set. ``counts.counts[c]`` images of
+    class ``c`` are kept. Raises when a class has fewer images than asked for.
+    """
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for c, n_c in enumerate(counts.counts):
+        idx = np.where(y == c)[0]
+        if n_c > len(idx):
+            raise LongtailError(
+                f"class {c} has {len(idx)} images but the long-tailed profile asks for {n_c}",
+                "lower n_max (or the imbalance ratio) so that no class asks for more images than it has",
+            )
+        rng.shuffle(idx)
+        chosen.append(idx[:n_c])
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def make_longtailed(
+    train: ImageSet,
+    *,
+    imbalance_ratio: float,
+    n_max: int,
+    profile: str = "exp",
+    seed: int = 0,
+) -> ImageSet:
+    """The long-tailed subset of a balanced training set (the reference's ``IMBALANCECIFAR``)."""
+    counts = ClassCounts.from_profile(n_max, train.num_classes, imbalance_ratio, profile)
+    idx = longtail_indices(train.labels, counts, seed=seed)
+    name = f"{train.name}-lt{imbalance_ratio:g}" + ("" if profile == "exp" else f"-{profile}")
+    return train.subset(torch.from_numpy(idx), name=name)
+
+
+def validation_split(
+    train: ImageSet,
+    *,
+    per_class: int,
+    seed: int = 0,
+    pool: ImageSet | None = None,
+) -> tuple[ImageSet, ImageSet]:
+    """Split off a balanced validation set of ``per_class`` images per class.
+
+    Images come first from ``pool`` (e.g. the images of the balanced source set that the
+    long-tailed subset did not select, so that the reference training counts stay intact), and
+    only for a class whose pool is too small from ``train`` itself. Returns ``(train, val)``.
+    The validation set selects the epoch and tunes post-hoc knobs; the test set never does.
+    """
+    if per_class < 1:
+        raise LongtailError(f"validation per_class must be >= 1, got {per_class}")
+    rng = np.random.RandomState(seed + 1_000_003)  # a stream of its own: never the subset's
+    y_train = train.labels.cpu().numpy()
+    y_pool = pool.labels.cpu().numpy() if pool is not None else np.zeros(0, dtype=np.int64)
+    val_from_pool, val_from_train = [], []
+    for c in range(train.num_classes):
+        cand = np.where(y_pool == c)[0]
+        rng.shuffle(cand)
+        take = cand[:per_class]
+        val_from_pool.append(take)
+        missing = per_class - len(take)
+        if missing > 0:
+            own = np.where(y_train == c)[0]
+            rng.shuffle(own)
+            if missing >= len(own):
+                raise LongtailError(
+                    f"class {train.class_names[c]!r} has {len(own)} training images: too few to hold out "
+                    f"{missing} for validation and keep at least one for training",
+                    "use a smaller --val-per-class",
+                )
+            val_from_train.append(own[:missing])
+    keep = np.ones(len(train), dtype=bool)
+    from_train = np.concatenate(val_from_train) if val_from_train else np.zeros(0, dtype=np.int64)
+    keep[from_train] = False
+    parts = []
+    if pool is not None:
+        parts.append(pool.subset(torch.from_numpy(np.concatenate(val_from_pool))))
+    if len(from_train):
+        parts.append(train.subset(torch.from_numpy(from_train)))
+    from .imageset import concat
+
+    val = concat(parts, name=f"{train.name}-val")
+    return train.subset(torch.from_numpy(np.where(keep)[0]), name=train.name), val
+
+
+def unused_indices(source_size: int, used: torch.Tensor) -> torch.Tensor:
+    """Indices of a source set that a selection did not use (e.g. the pool for validation)."""
+    mask = torch.ones(source_size, dtype=torch.bool)
+    mask[used.cpu().long()] = False
+    return mask.nonzero().squeeze(1)

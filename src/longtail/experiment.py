@@ -1,0 +1,218 @@
+"""From a ``RunConfig`` to a trained, evaluated and reported run.
+
+This module composes the pieces (data, model, loss, sampler, weighting, task, loop, reports);
+it holds no method-specific logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import RunConfig
+from .counts import ClassCounts
+from .data.augment import Augment, eval_batches
+from .data.registry import Splits, load_splits
+from .errors import LongtailError
+from .loop import EpochRecord, fit, make_sgd, predict
+from .losses import make_loss
+from .metrics import aggregate_seeds, summarize
+from .models import Classifier, make_model
+from .report import summary_table, write_report, write_seed_report
+from .runs import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from .samplers import make_sampler
+from .schedule import cosine_lr, scaled_epoch, step_lr
+from .tasks import SupervisedTask
+from .weights import make_weighting
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LongtailError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise LongtailError(f"unknown device {name!r}", "use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def loss_params(cfg: RunConfig) -> dict[str, float]:
+    """The loss's own hyperparameters, from the flat ``LossConfig``."""
+    lc = cfg.loss
+    return {
+        "ce": {},
+        "focal": {"gamma": lc.focal_gamma},
+        "ldam": {"max_margin": lc.ldam_max_margin, "scale": lc.ldam_scale},
+        "balanced-softmax": {},
+        "logit-adjust": {"tau": lc.tau},
+        "cdt": {"gamma": lc.cdt_gamma},
+    }.get(lc.name, {})
+
+
+def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:
+    return make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
+
+
+def lr_function(cfg: RunConfig) -> Callable[[int], float]:
+    t = cfg.train
+    if t.schedule == "step":
+        return lambda e: step_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+                                 milestones=t.milestones)
+    if t.schedule == "cosine":
+        return lambda e: cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
+    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")
+
+
+def build_task(cfg: RunConfig, train, counts: ClassCounts) -> SupervisedTask:
+    t = cfg.train
+    drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
+    return SupervisedTask(
+        train,
+        make_loss(cfg.loss.name, counts, **loss_params(cfg)),
+        batch_size=t.batch_size,
+        augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
+        sampler=make_sampler(t.sampler, train.labels, train.num_classes),
+        weighting=make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta),
+    )
+
+
+def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, Any]:
+    logits, labels = predict(model, eval_batches(data, 512), device, amp)
+    return summarize(logits, labels, counts, class_names=data.class_names)
+
+
+def train_one(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    splits: Splits | None = None,
+    command: list[str] | None = None,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one seed into the run folder ``out`` (resuming from its checkpoint if present).
+
+    Returns the test summary of the last epoch (plus ``val`` when a validation split is used).
+    """
+    run = RunDir(out)
+    device = resolve_device(cfg.train.device)
+    t_setup = time.perf_counter()
+    splits = (splits or load_splits(cfg.data)).to(device)
+    train, test = splits.train, splits.test
+    counts = train.class_counts()
+    counts.require_nonempty(train.class_names)
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg, train.num_classes, train.image_shape[0]).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    t = cfg.train
+    optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    task = build_task(cfg, train, counts)
+
+    start_epoch, records = 0, []
+    previous = run.existing_config()
+    if run.checkpoint.is_file():
+        if previous is not None and previous != cfg:
+            raise LongtailError(
+                f"{run.root} holds a run with a different configuration",
+                "use another --out, or pass --restart to overwrite it",
+            )
+        state = load_checkpoint(run.checkpoint)
+        load_model_state(model, state["model"], str(run.checkpoint))
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, records = state["next_epoch"], list(state["records"])
+        log(f"resuming {run.root} from epoch {start_epoch}/{t.epochs}")
+    run.create(cfg, command)
+    setup_s = time.perf_counter() - t_setup
+
+    def on_epoch_end(rec: EpochRecord) -> None:
+        row = asdict(rec)
+        if splits.val is not None and t.eval_every and (rec.epoch + 1) % t.eval_every == 0:
+            row["val_top1"] = evaluate_model(model, splits.val, counts, device, t.amp)["top1"]
+        records.append(row)
+        run.write_metrics(records)
+        done = rec.epoch + 1
+        if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
+            save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer,
+                            next_epoch=done, records=records)
+
+    t_train = time.perf_counter()
+    fit(model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+    train_s = time.perf_counter() - t_train
+    if stop_after is not None and len(records) < t.epochs:
+        return {}
+    t_eval = time.perf_counter()
+    summary = evaluate_model(model, test, counts, device, t.amp)
+    timing = {"setup_s": setup_s, "train_s": train_s, "eval_s": time.perf_counter() - t_eval,
+              "train_images_per_s": len(records[start_epoch:]) and
+              sum(r["steps"] for r in records[start_epoch:]) * t.batch_size / max(train_s, 1e-9)}
+    extra: dict[str, Any] = {"recipe": cfg.recipe, "epoch": t.epochs, "split": "test", "seed": cfg.seed,
+                             "config": cfg.to_dict(), "device": str(device), "timing": timing,
+                             "train_size": len(train), "test_size": len(test)}
+    if splits.val is not None:
+        extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
+    write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
+    return {**summary, **extra}
+
+
+def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, **kw: Any) -> dict[str, Any]:
+    """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``."""
+    out = Path(out)
+    if len(seeds) == 1:
+        return train_one(replace(cfg, seed=seeds[0]), out, **kw)
+    splits = load_splits(cfg.data)  # the same data split for every seed
+    results = []
+    for s in seeds:
+        results.append((f"seed {s}", train_one(replace(cfg, seed=s), out / f"seed-{s}", splits=splits, **kw)))
+    if any(not r for _, r in results):
+        return {}
+    aggregate = aggregate_seeds([r for _, r in results])
+    write_seed_report(out, aggregate, results, title=f"{cfg.recipe}: {len(seeds)} seeds (last epoch, test set)")
+    return {"aggregate": aggregate, "seeds": {name: r for name, r in results}}
+
+
+def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: str | None = None,
+                        write: bool = True) -> dict[str, Any]:
+    """Re-evaluate a checkpoint on its test set and (re)write its report beside it."""
+    from .runs import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    cfg = RunConfig.from_dict(state["config"])
+    if data_root is not None:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    dev = resolve_device(device)
+    splits = load_splits(cfg.data).to(dev)
+    counts = splits.train.class_counts()
+    model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0])
+    load_model_state(model, state["model"], str(ckpt))
+    model.to(dev)
+    summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
+    extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,
+             "config": cfg.to_dict(), "checkpoint": str(ckpt)}
+    if write:
+        run_root = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
+                     extra=extra)
+    return {**summary, **extra}
+
+
+def console_table(name: str, result: dict[str, Any]) -> str:
+    if "aggregate" in result:
+        rows = [(name, result["aggregate"])] + list(result["seeds"].items())
+        return summary_table(rows)
+    return summary_table([(name, result)])
+
+
+def read_report(run: str | Path) -> dict[str, Any]:
+    p = Path(run) / "report.json"
+    if not p.is_file():
+        raise LongtailError(f"{run} has no report.json", "train it first, or run `longtail evaluate` on it")
+    return json.loads(p.read_text())

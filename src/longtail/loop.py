@@ -1,0 +1,118 @@
+"""The one training loop that every method plugs into.
+
+``fit`` runs epochs of ``task.batches`` through ``optimizer.step(closure)``. The closure form
+lets sharpness-aware optimizers (SAM, rwSAM) evaluate the loss twice without a branch here.
+Randomness: epoch ``e`` draws from a generator seeded with ``(seed, e)`` alone, so a run
+resumed from a checkpoint at epoch ``e`` sees exactly the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .tasks import Task
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 0-based
+    lr: float
+    train_loss: float
+    seconds: float
+    steps: int
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator for one epoch; lives on the data's device so draws stay there."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; float32 on the CPU, where bf16 measured 5x slower (REFERENCE.md)."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    lr_at: Callable[[int], float],
+    seed: int,
+    device: torch.device,
+    amp: str = "auto",
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> list[EpochRecord]:
+    """Train ``model`` from ``start_epoch`` to ``epochs``; returns one record per epoch run.
+
+    ``on_epoch_end`` is where the caller evaluates, logs and checkpoints. ``stop_after`` ends
+    the run after that many epochs (used to test resuming).
+    """
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    records: list[EpochRecord] = []
+    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        lr = lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        task.on_epoch_start(epoch)
+        gen = epoch_generator(seed, epoch, device)
+        total = torch.zeros((), device=device)
+        steps = 0
+        for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+
+            def closure(batch=batch) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_for(device, amp):
+                    loss = task.loss(model, batch)
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure)
+            total += loss.detach()  # no host sync inside the epoch
+            steps += 1
+        record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)
+        records.append(record)
+        bar.set_postfix(loss=f"{record.train_loss:.3f}", lr=f"{lr:.3g}")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if stop_after is not None and len(records) >= stop_after:
+            break
+    return records
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches, device: torch.device, amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) as float32 on the CPU, and labels (N,), for an iterable of batches."""
+    model.eval()
+    outs, labels = [], []
+    for b in batches:
+        with autocast_for(device, amp):
+            outs.append(model(b.images).float().cpu())
+        labels.append(b.labels.cpu())
+    return torch.cat(outs), torch.cat(labels)

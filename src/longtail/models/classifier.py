@@ -1,0 +1,73 @@
+"""``Classifier(backbone, head)`` with a ``features()`` seam, and the model registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import LongtailError
+from .heads import make_head
+from .resnet_cifar import ResNetCifar
+
+
+class Classifier(nn.Module):
+    """``forward(x) = head(features(x))``.
+
+    The seam is what decoupled training (new head on a frozen backbone), tau-normalisation and
+    self-supervised heads need; ``reset_head`` swaps the head.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def num_features(self) -> int:
+        return int(self.backbone.out_features)  # type: ignore[arg-type]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def reset_head(self, head: nn.Module) -> None:
+        self.head = head
+
+
+class TinyNet(nn.Module):
+    """A two-convolution backbone for tests: (B, C, H, W) -> (B, 16)."""
+
+    def __init__(self, in_channels: int = 3, width: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+#: backbone name -> constructor(in_channels)
+MODELS: dict[str, Callable[[int], nn.Module]] = {
+    "resnet32": lambda c: ResNetCifar(5, in_channels=c),
+    "resnet20": lambda c: ResNetCifar(3, in_channels=c),
+    "resnet8": lambda c: ResNetCifar(1, in_channels=c),
+    "tiny": lambda c: TinyNet(c),
+}
+
+
+def make_model(arch: str, num_classes: int, *, head: str = "linear", in_channels: int = 3) -> Classifier:
+    if arch not in MODELS:
+        raise LongtailError(f"unknown model {arch!r}", f"use one of: {', '.join(MODELS)}")
+    backbone = MODELS[arch](in_channels)
+    return Classifier(backbone, make_head(head, backbone.out_features, num_classes))  # type: ignore[arg-type]

@@ -1,0 +1,53 @@
+"""Learning-rate schedules as pure functions of the epoch (0-based).
+
+The reference (Cao et al. 2019) sets the rate once per epoch: a linear warm-up over the first
+5 epochs, then x0.01 after epoch 160 and x0.0001 after epoch 180 of 200. ``step_lr`` scales the
+warm-up and the milestones to the run's epoch count, so 200 epochs is exactly the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+REFERENCE_EPOCHS = 200
+
+
+def scaled_epoch(reference_epoch: float, epochs: int, reference_epochs: int = REFERENCE_EPOCHS) -> int:
+    """An epoch of the 200-epoch reference, moved to a run of ``epochs`` epochs."""
+    return int(round(reference_epoch * epochs / reference_epochs))
+
+
+def step_lr(
+    epoch: int,
+    *,
+    base_lr: float,
+    epochs: int,
+    warmup_epochs: float = 5,
+    milestones: tuple[float, ...] = (160, 180),
+    factors: tuple[float, ...] = (0.01, 0.0001),
+) -> float:
+    """The reference schedule; ``warmup_epochs`` and ``milestones`` are in 200-epoch units.
+
+    >>> [step_lr(e, base_lr=0.1, epochs=200) for e in (0, 4, 5, 160, 180)]
+    [0.02, 0.1, 0.1, 0.001, 1e-05]
+    """
+    e = epoch + 1  # the reference counts epochs from 1 here
+    warm = scaled_epoch(warmup_epochs, epochs)
+    if e <= warm:
+        return base_lr * e / warm
+    lr = base_lr
+    for m, f in zip(milestones, factors):
+        if e > scaled_epoch(m, epochs):
+            lr = base_lr * f
+    return round(lr, 12)
+
+
+def cosine_lr(epoch: int, *, base_lr: float, epochs: int, warmup_epochs: float = 0) -> float:
+    """Cosine decay to 0 over the run, after an optional linear warm-up (given in real epochs)."""
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    t = (epoch - warmup_epochs) / max(1.0, epochs - warmup_epochs)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+SCHEDULES = ("step", "cosine")

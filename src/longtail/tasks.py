@@ -1,0 +1,93 @@
+"""Tasks: what the training loop does with a batch.
+
+A task supplies an epoch's batches, the loss of a batch, and a hook at the start of every
+epoch. The loop (``longtail.loop.fit``) is the same for every method; supervised remedies,
+self-supervised pre-training and semi-supervised training differ only in their task.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import torch
+import torch.nn as nn
+
+from .data.augment import Augment, Batch, iterate_batches
+from .data.imageset import ImageSet
+
+
+class Weighting(Protocol):
+    def weight_at(self, epoch: int) -> torch.Tensor | None: ...
+
+
+class Sampler(Protocol):
+    def epoch_indices(self, generator: torch.Generator) -> torch.Tensor: ...
+
+
+class Task(Protocol):
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> "Task": ...
+
+
+class _Permutation:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=generator, device=generator.device)
+
+
+class SupervisedTask:
+    """Classification with any loss, sampler and (deferred) per-class weighting.
+
+    ``criterion(logits, targets, weight=None)`` is a loss from ``longtail.losses``; the
+    weighting's ``weight_at(epoch)`` gives the per-class weights of an epoch (None: unweighted),
+    which is how deferred re-weighting (DRW) switches at its epoch without a branch in the loop.
+    """
+
+    def __init__(
+        self,
+        train: ImageSet,
+        criterion: nn.Module,
+        *,
+        batch_size: int,
+        augment: Augment | None = None,
+        sampler: Sampler | None = None,
+        weighting: Weighting | None = None,
+    ) -> None:
+        self.train = train
+        self.criterion = criterion
+        self.batch_size = batch_size
+        self.augment = augment
+        self.sampler = sampler if sampler is not None else _Permutation(len(train))
+        self.weighting = weighting
+        self.class_weight: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "SupervisedTask":
+        self.train = self.train.to(device)
+        self.criterion = self.criterion.to(device)
+        # Samplers built from the labels hold them: rebuild on the device lazily via attribute.
+        if hasattr(self.sampler, "to"):
+            self.sampler = self.sampler.to(device)  # type: ignore[union-attr]
+        return self
+
+    def on_epoch_start(self, epoch: int) -> None:
+        w = self.weighting.weight_at(epoch) if self.weighting is not None else None
+        self.class_weight = None if w is None else w.to(self.train.device)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = self.sampler.epoch_indices(generator)
+        return iterate_batches(self.train, order, self.batch_size, augment=self.augment, generator=generator)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = model(batch.images)
+        return self.criterion(logits.float(), batch.labels, weight=self.class_weight)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny synthetic image sets and the path to the real CIFAR-10."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from longtail.data.imageset import ImageSet
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_CIFAR10 = SHARED_DATA / "cifar-10-batches-py"
+
+
+def synthetic_set(n_per_class, *, size: int = 8, channels: int = 3, seed: int = 0, name: str = "synthetic") -> ImageSet:
+    """Images whose mean brightness encodes the class, so a tiny model can learn them."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(n_per_class)])
+    base = (labels.float() * (200.0 / max(1, len(n_per_class) - 1)) + 20)[:, None, None, None]
+    noise = torch.randn(len(labels), channels, size, size, generator=g) * 15
+    images = (base + noise).clamp(0, 255).to(torch.uint8)
+    names = tuple(f"class{c}" for c in range(len(n_per_class)))
+    return ImageSet(images, labels, names, mean=(0.5,) * channels, std=(0.25,) * channels, name=name)
+
+
+@pytest.fixture
+def tiny_sets():
+    return synthetic_set([40, 20, 10, 5]), synthetic_set([10, 10, 10, 10], seed=1, name="test")
+
+
+def require_real_cifar10():
+    if not (REAL_CIFAR10 / "data_batch_1").is_file():
+        pytest.skip(f"real CIFAR-10 not found at {REAL_CIFAR10}")
+    return SHARED_DATA

@@ -1,0 +1,56 @@
+"""The command line, end to end, on the built-in digits set (no download)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from longtail.cli import main
+
+
+def test_recipes_lists_names_first(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert {"quickstart", "cifar10-lt-ce", "cifar100-lt-ce"} <= set(names)
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "quickstart", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "| quickstart |" in text and "few" in text
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["train_counts"]) == 10 and report["train_counts"][0] == 140
+    (out / "report.json").unlink()
+    assert main(["evaluate", str(out), "--device", "cpu"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["per_class"] == report["per_class"]
+
+
+def test_unknown_recipe_is_a_clear_error(capsys):
+    assert main(["train", "cifar10-lt-cee"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'cifar10-lt-cee'" in err and "cifar10-lt-ce" in err and "fix:" in err
+
+
+def test_unknown_setting_and_option(capsys):
+    assert main(["train", "quickstart", "--set", "train.epoch=3"]) == 2
+    assert "unknown setting" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "quickstart", "--epoch-count", "3"])
+    assert e.value.code == 2
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code = main(["train", "cifar10-lt-ce", "--data-root", str(tmp_path / "nowhere"), "--no-download",
+                 "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "fix:" in err and "Traceback" not in err
+
+
+def test_python_dash_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "longtail", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("longtail ")
