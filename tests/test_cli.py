@@ -54,3 +54,31 @@ def test_missing_data_folder(tmp_path, capsys):
 def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "longtail", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("longtail ")
+
+
+def test_two_stage_recipe_and_compare(tmp_path, capsys, monkeypatch):
+    """A recipe with a decoupling step trains, then re-balances, for each seed; compare reads both."""
+    from dataclasses import replace
+
+    import longtail.recipes as rec
+
+    base = rec.RECIPES["quickstart"]
+    two = replace(base, name="quick-crt", decouple="crt",
+                  config=replace(base.config, recipe="quick-crt",
+                                 data=replace(base.config.data, val_per_class=3)))
+    monkeypatch.setitem(rec.RECIPES, "quick-crt", two)
+    out = tmp_path / "crt"
+    assert main(["train", "quick-crt", "--epochs", "1", "--seeds", "0", "1", "--out", str(out), "--quiet"]) == 0
+    for s in (0, 1):
+        assert (out / f"seed-{s}" / "decouple-crt" / "report.json").is_file()
+    agg = json.loads((out / "decouple-crt" / "report.json").read_text())
+    assert len(agg["aggregate"]["top1"]["values"]) == 2
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out / "decouple-crt"), "--names", "ce", "crt",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "| ce |" in text and "| crt |" in text
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+    assert main(["decouple", str(out / "seed-0"), "--method", "tau-norm", "--out", str(tmp_path / "tn"),
+                 "--quiet"]) == 0
+    assert "tau =" in capsys.readouterr().out

@@ -85,3 +85,16 @@ def test_validation_split_is_balanced_disjoint_and_seeded():
     assert torch.equal(val.source_index, val2.source_index)
     with pytest.raises(LongtailError, match="too few"):
         validation_split(train, per_class=6, seed=0)  # class 2 has 5 and no pool
+
+
+def test_load_splits_validation_comes_from_unused_images():
+    from longtail.config import DataConfig
+    from longtail.data.registry import load_splits
+
+    plain = load_splits(DataConfig(dataset="digits", imbalance_ratio=100))
+    s = load_splits(DataConfig(dataset="digits", imbalance_ratio=100, val_per_class=5))
+    assert s.val.class_counts().counts == (5,) * 10
+    assert set(s.train.source_index.tolist()).isdisjoint(s.val.source_index.tolist())
+    # every digit has spare images outside the long-tailed subset: training counts stay the reference's
+    assert s.train.class_counts() == plain.train.class_counts()
+    assert torch.equal(s.train.source_index, plain.train.source_index)

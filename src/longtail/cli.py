@@ -53,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder or checkpoint file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--data-root", help="where the data is now, if it moved")
+    d = sub.add_parser("decouple", help="re-balance a trained run's classifier: cRT, tau-norm, LWS or post-hoc "
+                       "logit adjustment")
+    d.add_argument("run", help="run folder (for several seeds, one seed-N folder) or checkpoint file")
+    d.add_argument("--method", required=True, choices=["crt", "tau-norm", "lws", "logit-adjust"])
+    d.add_argument("--epochs", type=int, help="crt/lws training epochs (default 10)")
+    d.add_argument("--tau", type=float, help="tau-norm/logit-adjust strength (default: chosen on the validation "
+                   "split; logit-adjust without one: 1)")
+    d.add_argument("--out", help="output folder (default RUN/decouple-METHOD)")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--data-root", help="where the data is now, if it moved")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("compare", help="compare run folders: one table (mean +- std over seeds) and a bar plot")
+    c.add_argument("runs", nargs="+", help="run folders (single- or multi-seed)")
+    c.add_argument("--out", default="runs/comparison", help="folder for comparison.md and comparison.png")
+    c.add_argument("--names", nargs="+", help="display names, one per run")
     return parser
 
 
@@ -98,12 +114,31 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
         shutil.rmtree(out)
     seeds = args.seeds if getattr(args, "seeds", None) else [cfg.seed]
     t0 = time.perf_counter()
-    result = train_seeds(cfg, seeds, out, progress=False if args.quiet else None, command=sys.argv)
+    progress = False if args.quiet else None
+    result = train_seeds(cfg, seeds, out, progress=progress, command=sys.argv)
+    if recipe.decouple and result:
+        result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress)
+        out = str(Path(out) / f"decouple-{recipe.decouple}")
     print()
     print(console_table(recipe_name, result))
     print(f"\nrun folder: {out}  ({time.perf_counter() - t0:.1f} s)")
     print(f"report: {Path(out) / 'report.md'}")
     return result
+
+
+def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | None) -> dict[str, Any]:
+    """Second stage of a two-stage recipe, for each seed; mean and spread in out/decouple-METHOD."""
+    from .decouple import decouple_run
+    from .metrics import aggregate_seeds
+    from .report import write_seed_report
+
+    if len(seeds) == 1:
+        return decouple_run(out, method, progress=progress)
+    results = [(f"seed {s}", decouple_run(out / f"seed-{s}", method, progress=progress)) for s in seeds]
+    aggregate = aggregate_seeds([r for _, r in results])
+    write_seed_report(out / f"decouple-{method}", aggregate, results,
+                      title=f"{method} after {out.name}: {len(seeds)} seeds (test set)")
+    return {"aggregate": aggregate, "seeds": dict(results)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -126,7 +161,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"quickstart": cmd_quickstart, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_decouple(args: argparse.Namespace) -> int:
+    from .decouple import decouple_run
+    from .report import summary_table
+
+    r = decouple_run(args.run, args.method, out=args.out, epochs=args.epochs, tau=args.tau, device=args.device,
+                     data_root=args.data_root, progress=False if args.quiet else None)
+    print(summary_table([(f"{r['recipe']} (base)", r["base"]), (f"{r['recipe']} + {args.method}", r)]))
+    if r.get("tau") is not None:
+        print(f"tau = {r['tau']} ({r['tau_source']})")
+    print(f"report: {Path(r['out']) / 'report.md'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import write_comparison
+
+    if args.names and len(args.names) != len(args.runs):
+        raise LongtailError(f"{len(args.names)} names for {len(args.runs)} runs", "give one --names entry per run")
+    text = write_comparison(args.runs, Path(args.out), names=args.names)
+    print(text)
+    print(f"written: {Path(args.out) / 'comparison.md'} and comparison.png")
+    return 0
+
+
+COMMANDS = {"quickstart": cmd_quickstart, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate,
+            "decouple": cmd_decouple, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,12 +230,13 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xticks(range(len(PLOT_METRICS)), [label for label, _ in PLOT_METRICS])
     ax.set_ylim(0, 105)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("mean over seeds; error bars: std between seeds", fontsize=10)
+    ax.set_title("mean over seeds; error bars: std between seeds (none for a single seed)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if rows:
         # Explicit handles: a run whose every metric is n/a still gets its legend entry.
-        ax.legend(handles=[Patch(color=c, label=str(r["run"])) for c, r in zip(colours, rows)], fontsize=8,
+        labels = [f"{r['run']} ({r['seeds']} seed{'' if r['seeds'] == 1 else 's'})" for r in rows]
+        ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colours, labels)], fontsize=8,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), title="run", title_fontsize=8)
     atomic_write_bytes(Path(path), lambda f: fig.savefig(f, format="png"))
 
@@ -250,7 +251,7 @@ def write_comparison(paths: Sequence[str | Path], out: Path, *, names: Sequence[
     text = "\n".join([
         "# Comparison", "",
         "Top-1 and shot-group accuracies in % on the test set: mean ± sample std (ddof=1) over seeds; "
-        "a single seed shows its value; n/a: undefined (no class in the group).", "",
+        "a single seed shows its value; n/a: undefined (no class in the group, or none with test images).", "",
         table, "",
         "![accuracy per shot group](comparison.png)", "",
         "Run folders:", "", folders, "",

@@ -27,6 +27,15 @@ class DataConfig:
     val_per_class: int = 0  # > 0: hold out a balanced validation split of this many per class
     download: bool = True
     pack: str | None = None  # a device pack (../shared/tools/device-pack) instead of the data root: CIFAR-10 only
+    # semi-supervised data (longtail.semi): the DARP/ABC/USB protocol, and pseudo-labels to train on
+    protocol: str = "lt"  # lt: the long-tailed subset above | darp: labeled N1/gamma_l + unlabeled M1/gamma_u
+    darp_n1: int = 1500  # labeled images of the head class (DARP protocol)
+    darp_m1: int = 3000  # unlabeled images of the head class (DARP protocol)
+    darp_gamma_l: float = 100.0
+    darp_gamma_u: float = 100.0
+    darp_reverse: bool = False  # unlabeled profile reversed (head class rarest)
+    pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
+    pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
+    pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)
+    labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
+    mfw_strength: float = 0.0  # > 0: major feature weakening (Ye et al. 2021), see longtail.mfw
+    mfw_lam_min: float = 0.5  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
 
 
 @dataclass(frozen=True)

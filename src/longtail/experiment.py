@@ -69,16 +69,22 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
 
 
 def build_task(cfg: RunConfig, train, counts: ClassCounts) -> SupervisedTask:
+    """The task for a supervised run: plain, or with major feature weakening when asked for."""
     t = cfg.train
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
-    return SupervisedTask(
-        train,
-        make_loss(cfg.loss.name, counts, **loss_params(cfg)),
+    common = dict(
         batch_size=t.batch_size,
         augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
         sampler=make_sampler(t.sampler, train.labels, train.num_classes),
         weighting=make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta),
     )
+    criterion = make_loss(cfg.loss.name, counts, **loss_params(cfg))
+    if t.mfw_strength > 0:
+        from .mfw import MFWTask
+
+        return MFWTask(train, criterion, counts=counts, strength=t.mfw_strength, lam_min=t.mfw_lam_min,
+                       seed=cfg.seed, **common)
+    return SupervisedTask(train, criterion, **common)
 
 
 def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, Any]:
@@ -191,8 +197,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     dev = resolve_device(device)
     splits = load_splits(cfg.data).to(dev)
     counts = splits.train.class_counts()
-    model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0])
-    load_model_state(model, state["model"], str(ckpt))
+    from .decouple import model_from_checkpoint  # rebuilds decoupled heads too
+
+    model = model_from_checkpoint(state, splits.train.num_classes, splits.train.image_shape[0], str(ckpt))
     model.to(dev)
     summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
     extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,

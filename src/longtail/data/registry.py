@@ -56,7 +56,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     train = source.subset(idx, name=f"{cfg.dataset}{tag}-train")
     val = None
     if cfg.val_per_class > 0:
-        pool = source.subset(unused_indices(len(source), train.source_index))  # type: ignore[arg-type]
+        pool = source.subset(unused_indices(len(source), idx))  # rows of source the subset did not take
         train, val = validation_split(train, per_class=cfg.val_per_class, seed=cfg.subset_seed, pool=pool)
     train.class_counts().require_nonempty(train.class_names)
     return Splits(train, test, val)

@@ -1,0 +1,463 @@
+"""Second-stage re-balancing of a trained run: decoupled classifiers and post-hoc logit adjustment.
+
+A model trained on long-tailed data learns good features but a classifier biased to the head
+classes. These methods keep the features and re-balance only the classifier (the backbone is never
+touched, BatchNorm statistics included):
+
+* ``crt`` (classifier re-training; Kang et al., "Decoupling representation and classifier for
+  long-tailed recognition", ICLR 2020): a new head of the run's kind is trained with
+  cross-entropy and class-balanced sampling on the frozen features.
+* ``tau-norm`` (Kang et al. 2020): ``w_c <- w_c / ||w_c||^tau``, bias dropped. No training;
+  ``tau`` is chosen on the validation split.
+* ``lws`` (learnable weight scaling; Kang et al. 2020): ``z_c <- f_c * z_c`` with one scale
+  ``f_c`` per class (initialised to 1), trained with class-balanced sampling; backbone and head frozen.
+* ``logit-adjust`` (post-hoc logit adjustment; Menon et al., "Long-tail learning via logit
+  adjustment", ICLR 2021): ``z_c <- z_c - tau * log pi_c`` with ``pi`` the training prior.
+  No training; ``tau`` from the validation split when there is one, else Menon's ``tau = 1``.
+
+``decouple_run`` loads a run's checkpoint, applies a method, evaluates on the test set (shot groups
+from the *training* counts) and writes a report and a checkpoint into ``RUN/decouple-METHOD/``.
+Tuning knobs (``tau``) are chosen on the validation split only, never on the test set.
+
+Checkpoints: every change is a head module, so a decoupled model is a ``Classifier`` like any
+other. When the result is exactly a plain head of the run's kind (all methods with a linear
+head; cRT and tau-norm with a cosine head), it is saved as that plain head, so ``longtail
+evaluate`` reads it as it reads any run. A cosine head under LWS or logit adjustment cannot be
+folded (it has no bias, and normalises its weights); it is saved wrapped, with the wrapper names
+in the checkpoint's ``extra["decouple"]["head_wrappers"]``; :func:`model_from_checkpoint`
+rebuilds such models (and plain ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .config import RunConfig
+from .counts import ClassCounts
+from .data.augment import Augment, eval_batches
+from .data.imageset import ImageSet
+from .data.registry import Splits, load_splits
+from .errors import LongtailError
+from .experiment import build_model, evaluate_model, resolve_device
+from .loop import autocast_for, fit
+from .losses import log_prior, make_loss
+from .metrics import summarize
+from .models import Classifier, CosineHead, make_head
+from .report import write_report
+from .runs import RunDir, load_checkpoint, load_model_state, resolve_checkpoint, save_checkpoint
+from .samplers import make_sampler
+from .schedule import cosine_lr
+from .tasks import SupervisedTask
+
+__all__ = [
+    "METHODS", "TAU_GRID", "DEFAULT_EPOCHS", "FrozenBackbone", "LogitAdjustedHead", "ScaledHead",
+    "choose_tau", "decouple_run", "fold_head", "head_wrappers", "model_from_checkpoint", "tau_normalize",
+]
+
+#: tau values searched on the validation split: 0.0, 0.1, ..., 2.0 (Kang et al. 2020; Menon et al. 2021)
+TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))
+#: epochs of cRT and LWS when none are given (Kang et al. use 10 on ImageNet-LT)
+DEFAULT_EPOCHS = 10
+
+
+# --------------------------------------------------------------------------------------------
+# head modules
+# --------------------------------------------------------------------------------------------
+class ScaledHead(nn.Module):
+    """Learnable weight scaling (LWS, Kang et al. 2020): ``z_c = f_c * inner(x)_c``.
+
+    ``scale`` = ``(f_1..f_C)`` starts at 1, so a fresh ``ScaledHead`` gives the inner head's logits.
+    """
+
+    kind = "scaled"
+
+    def __init__(self, inner: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.inner = inner
+        device = next(inner.parameters()).device
+        self.scale = nn.Parameter(torch.ones(num_classes, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+    def fold(self) -> nn.Module:
+        """``f_c (w_c . x + b_c) = (f_c w_c) . x + f_c b_c``: a plain linear head; self otherwise."""
+        inner = fold_head(self.inner)
+        if not isinstance(inner, nn.Linear):
+            self.inner = inner
+            return self
+        s = self.scale.detach()
+        return _linear_with(inner, inner.weight.detach() * s[:, None], _bias(inner) * s)
+
+
+class LogitAdjustedHead(nn.Module):
+    """Post-hoc logit adjustment (Menon et al. 2021): ``z_c = inner(x)_c + offset_c``.
+
+    ``offset = -tau * log pi`` (a buffer, see :meth:`for_counts`); ``pi_c = n_c / N`` is the
+    training prior, so the argmax targets the balanced error instead of the training mix.
+    """
+
+    kind = "logit-adjusted"
+
+    def __init__(self, inner: nn.Module, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        device = next(inner.parameters()).device
+        self.register_buffer("offset", offset.detach().float().to(device).clone())
+
+    @classmethod
+    def for_counts(cls, inner: nn.Module, counts: ClassCounts, tau: float) -> "LogitAdjustedHead":
+        return cls(inner, -(tau * log_prior(counts)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.offset.to(x.device)
+
+    def fold(self) -> nn.Module:
+        """``w_c . x + b_c - tau log pi_c``: a plain linear head with bias ``b - tau log pi``; self otherwise."""
+        inner = fold_head(self.inner)
+        if not isinstance(inner, nn.Linear):
+            self.inner = inner
+            return self
+        return _linear_with(inner, inner.weight.detach(), _bias(inner) + self.offset)
+
+
+#: wrapper name (as saved in checkpoints) -> an empty wrapper around ``inner`` for ``C`` classes
+HEAD_WRAPPERS: dict[str, Callable[[nn.Module, int], nn.Module]] = {
+    ScaledHead.kind: lambda inner, c: ScaledHead(inner, c),
+    LogitAdjustedHead.kind: lambda inner, c: LogitAdjustedHead(inner, torch.zeros(c)),
+}
+
+
+def _bias(head: nn.Linear) -> torch.Tensor:
+    return head.bias.detach() if head.bias is not None else torch.zeros(head.out_features, device=head.weight.device)
+
+
+def _linear_with(like: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """A copy of the linear head ``like`` (same class, so the same checkpoint keys) with new values."""
+    head = copy.deepcopy(like)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if head.bias is not None:
+            head.bias.copy_(bias)
+    return head.requires_grad_(True)
+
+
+def fold_head(head: nn.Module) -> nn.Module:
+    """The head as a plain head where exactly possible (see the wrappers' ``fold``), else as it is."""
+    return head.fold() if hasattr(head, "fold") else head
+
+
+def head_wrappers(head: nn.Module) -> list[str]:
+    """Wrapper names from the innermost to the outermost, e.g. ``["scaled"]``; ``[]`` for a plain head."""
+    names: list[str] = []
+    while hasattr(head, "inner") and getattr(head, "kind", None) in HEAD_WRAPPERS:
+        names.insert(0, head.kind)
+        head = head.inner
+    return names
+
+
+def tau_normalize(head: nn.Module, tau: float) -> nn.Module:
+    """tau-normalisation (Kang et al. 2020): ``w_c <- w_c / ||w_c||_2^tau``, bias set to 0.
+
+    ``tau = 0`` leaves ``W`` unchanged (so it is the identity on a head whose bias is 0); ``tau = 1``
+    gives every class a unit-norm weight. The bias is dropped as in Kang et al.'s code (for a
+    linear head it is zeroed, so the checkpoint keys stay those of a plain head). A cosine head
+    gets the same rescaled weight, but it normalises ``w_c`` in its forward pass, so its logits do
+    not change for any tau: a cosine classifier is already norm-balanced.
+    """
+    if not isinstance(head, (nn.Linear, CosineHead)):
+        raise LongtailError(f"tau-norm needs a linear or cosine head, this model has {type(head).__name__}",
+                            "apply tau-norm to the base run, not to a run already decoupled with lws or logit-adjust")
+    new = copy.deepcopy(head)
+    with torch.no_grad():
+        w = head.weight.detach()
+        new.weight.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau))
+        if getattr(new, "bias", None) is not None:
+            new.bias.zero_()
+    return new
+
+
+# --------------------------------------------------------------------------------------------
+# frozen backbone, features, tau selection
+# --------------------------------------------------------------------------------------------
+class FrozenBackbone(nn.Module):
+    """The view of a ``Classifier`` that ``fit`` trains when only the head may change.
+
+    ``fit`` calls ``model.train()`` every epoch, and BatchNorm in training mode would update its
+    running statistics even without gradients. Here ``train()`` puts everything but the backbone
+    in training mode; the backbone stays in eval mode (its running statistics are used, never
+    updated), its parameters have ``requires_grad=False``, and its features are computed without
+    autograd. The backbone's tensors therefore stay bit-identical.
+    """
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+        model.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        super().train(mode)
+        self.model.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.model.features(x)
+        return self.model.forward_head(features)
+
+
+@torch.no_grad()
+def _features(model: Classifier, data: ImageSet, device: torch.device, amp: str) -> torch.Tensor:
+    """Backbone features ``(N, D)`` (float32, on ``device``) of ``data`` in its own order, eval mode."""
+    model.eval()
+    out = []
+    for b in eval_batches(data, 512):
+        with autocast_for(device, amp):
+            out.append(model.features(b.images).float())
+    return torch.cat(out)
+
+
+def choose_tau(logits_at: Callable[[float], torch.Tensor], labels: torch.Tensor, counts: ClassCounts,
+               grid: tuple[float, ...] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
+    """The tau of ``grid`` with the best balanced accuracy of ``logits_at(tau)`` against ``labels``.
+
+    Call it with the VALIDATION split's logits and labels (never the test set's). Balanced accuracy
+    is the mean per-class accuracy (:func:`longtail.metrics.summarize`). Ties go to the smallest
+    tau, the smallest change to the model. Returns ``(tau, [{"tau", "val_balanced_accuracy"}, ...])``.
+    """
+    table = []
+    for tau in grid:
+        acc = summarize(logits_at(tau), labels, counts)["balanced_accuracy"]
+        table.append({"tau": tau, "val_balanced_accuracy": acc})
+    best = max(table, key=lambda r: (r["val_balanced_accuracy"] or 0.0, -r["tau"]))
+    return best["tau"], table
+
+
+# --------------------------------------------------------------------------------------------
+# methods
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What a method works with: the loaded model and config, the data, the user's knobs."""
+
+    model: Classifier
+    cfg: RunConfig
+    splits: Splits
+    counts: ClassCounts
+    device: torch.device
+    epochs: int | None = None
+    tau: float | None = None
+    progress: bool | None = False
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Method:
+    apply: Callable[[Context], dict[str, Any]]  # changes ctx.model.head, returns report entries
+    trains: bool  # takes --epochs
+    takes_tau: bool  # takes --tau
+    needs_val: bool  # needs a validation split unless --tau is given
+
+
+def _train_head(ctx: Context, model: Classifier) -> None:
+    """Train the head's trainable tensors on the frozen backbone with class-balanced sampling.
+
+    Cross-entropy, the run's augmentation and batch size, SGD (the run's momentum and weight
+    decay, on the trainable head tensors only), cosine learning rate from the run's lr over
+    ``ctx.epochs`` epochs, through the one training loop :func:`longtail.loop.fit`.
+    """
+    t, train = ctx.cfg.train, ctx.splits.train
+    task = SupervisedTask(train, make_loss("ce", ctx.counts), batch_size=t.batch_size,
+                          augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
+                          sampler=make_sampler("class-balanced", train.labels, train.num_classes))
+    params = [p for p in model.head.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    epochs = ctx.epochs or DEFAULT_EPOCHS
+    records = fit(FrozenBackbone(model), task, optimizer, epochs=epochs, seed=ctx.cfg.seed, device=ctx.device,
+                  lr_at=lambda e: cosine_lr(e, base_lr=t.lr, epochs=epochs), amp=t.amp, progress=ctx.progress)
+    ctx.records = [asdict(r) for r in records]
+
+
+def _crt(ctx: Context) -> dict[str, Any]:
+    """cRT: a freshly initialised head of the run's kind, trained on the frozen features."""
+    model = ctx.model
+    torch.manual_seed(ctx.cfg.seed)  # the new head's initialisation
+    model.reset_head(make_head(ctx.cfg.model.head, model.num_features, ctx.splits.train.num_classes).to(ctx.device))
+    _train_head(ctx, model)
+    return {"epochs": ctx.epochs or DEFAULT_EPOCHS}
+
+
+def _lws(ctx: Context) -> dict[str, Any]:
+    """LWS: the old head frozen, one learnable scale per class on its logits."""
+    model = ctx.model
+    model.head.requires_grad_(False)
+    head = ScaledHead(model.head, ctx.splits.train.num_classes)
+    model.reset_head(head)
+    _train_head(ctx, model)
+    return {"epochs": ctx.epochs or DEFAULT_EPOCHS, "lws_scales": head.scale.detach().cpu().tolist()}
+
+
+def _tau_from_val(ctx: Context, logits_at: Callable[[float], torch.Tensor]) -> dict[str, Any]:
+    tau, table = choose_tau(logits_at, ctx.splits.val.labels.cpu(), ctx.counts)  # type: ignore[union-attr]
+    return {"tau": tau, "tau_source": "validation", "tau_grid": table}
+
+
+def _tau_norm(ctx: Context) -> dict[str, Any]:
+    """tau-norm: ``w_c / ||w_c||^tau`` with tau given, or chosen on the validation split."""
+    model, head = ctx.model, ctx.model.head
+    if ctx.tau is not None:
+        info: dict[str, Any] = {"tau": ctx.tau, "tau_source": "explicit"}
+    else:
+        feats = _features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp)  # type: ignore[arg-type]
+        with torch.no_grad():
+            info = _tau_from_val(ctx, lambda tau: tau_normalize(head, tau)(feats).float().cpu())
+    model.reset_head(tau_normalize(head, info["tau"]))
+    if isinstance(head, CosineHead):
+        info["note"] = "cosine head: it normalises its weights, so tau-norm leaves its logits unchanged"
+    return info
+
+
+def _logit_adjust(ctx: Context) -> dict[str, Any]:
+    """Post-hoc logit adjustment ``z - tau log pi``: tau given, from the validation split, or 1."""
+    model = ctx.model
+    if ctx.tau is not None:
+        info: dict[str, Any] = {"tau": ctx.tau, "tau_source": "explicit"}
+    elif ctx.splits.val is None:
+        info = {"tau": 1.0, "tau_source": "default (no validation split; Menon et al.'s tau = 1)"}
+    else:
+        feats = _features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp)
+        with torch.no_grad():
+            val_logits = model.forward_head(feats).float().cpu()
+        lp = log_prior(ctx.counts)
+        info = _tau_from_val(ctx, lambda tau: val_logits - tau * lp)
+    model.reset_head(LogitAdjustedHead.for_counts(model.head, ctx.counts, info["tau"]))
+    return info
+
+
+#: method name -> how it changes the head
+METHODS: dict[str, Method] = {
+    "crt": Method(_crt, trains=True, takes_tau=False, needs_val=False),
+    "tau-norm": Method(_tau_norm, trains=False, takes_tau=True, needs_val=True),
+    "lws": Method(_lws, trains=True, takes_tau=False, needs_val=False),
+    "logit-adjust": Method(_logit_adjust, trains=False, takes_tau=True, needs_val=False),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# loading, checking, the whole step
+# --------------------------------------------------------------------------------------------
+def model_from_checkpoint(state: dict[str, Any], num_classes: int, in_channels: int, source: str) -> Classifier:
+    """The model of a checkpoint, plain or decoupled (re-wrapping its head as recorded), weights loaded."""
+    cfg = RunConfig.from_dict(state["config"])
+    model = build_model(cfg, num_classes, in_channels)
+    for kind in (state.get("extra") or {}).get("decouple", {}).get("head_wrappers", []):
+        if kind not in HEAD_WRAPPERS:
+            raise LongtailError(f"{source} has a head wrapper {kind!r} this longtail does not know",
+                                "upgrade longtail to read it")
+        model.reset_head(HEAD_WRAPPERS[kind](model.head, num_classes))
+    load_model_state(model, state["model"], source)
+    return model
+
+
+def _check_method(method: str, epochs: int | None, tau: float | None) -> Method:
+    if method not in METHODS:
+        raise LongtailError(f"unknown decoupling method {method!r}", f"use one of: {', '.join(METHODS)}")
+    m = METHODS[method]
+    trainers = " and ".join(k for k, v in METHODS.items() if v.trains)
+    tuners = " and ".join(k for k, v in METHODS.items() if v.takes_tau)
+    if epochs is not None and not m.trains:
+        raise LongtailError(f"{method} trains nothing, so --epochs does not apply", f"--epochs is for {trainers}")
+    if epochs is not None and epochs < 1:
+        raise LongtailError(f"--epochs must be >= 1, got {epochs}", f"leave it out for {DEFAULT_EPOCHS} epochs")
+    if tau is not None and not m.takes_tau:
+        raise LongtailError(f"{method} has no tau, so --tau does not apply", f"--tau is for {tuners}")
+    if tau is not None and not (math.isfinite(tau) and tau >= 0):
+        raise LongtailError(f"--tau must be a finite number >= 0, got {tau}",
+                            "leave it out to choose tau on the validation split")
+    return m
+
+
+def _run_root(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _short(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("top1", "many", "medium", "few", "balanced_accuracy")}
+
+
+def decouple_run(
+    run: str | Path,
+    method: str,
+    *,
+    out: str | Path | None = None,
+    epochs: int | None = None,
+    tau: float | None = None,
+    device: str = "auto",
+    splits: Splits | None = None,
+    data_root: str | None = None,
+    progress: bool | None = False,
+) -> dict[str, Any]:
+    """Re-balance the classifier of a trained run with ``method`` (a key of :data:`METHODS`).
+
+    ``run``: a run folder, a seed-N folder or a checkpoint file. ``out``: where the report and the
+    new checkpoint go (default ``RUN/decouple-METHOD``). ``epochs``: cRT / LWS epochs (default
+    10). ``tau``: tau-norm / logit-adjust strength; None chooses it on the validation split.
+    ``splits``: the data (default: rebuilt from the run's config, ``data_root`` overriding its
+    root). Returns the test summary (shot groups from the training counts) plus the report's
+    extra entries (method, tau, tau_grid, source_checkpoint, base: the run before, ...).
+    """
+    m = _check_method(method, epochs, tau)
+    ckpt = resolve_checkpoint(run)
+    state = load_checkpoint(ckpt)
+    cfg = RunConfig.from_dict(state["config"])
+    out = Path(out) if out is not None else _run_root(ckpt) / f"decouple-{method}"
+    if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():
+        raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
+    if data_root is not None:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    dev = resolve_device(device)
+    splits = (splits or load_splits(cfg.data)).to(dev)
+    if m.needs_val and tau is None and splits.val is None:
+        raise LongtailError(f"{method} chooses tau on a validation split, and this run has none",
+                            "train the base run with --val-per-class (e.g. 20), or pass --tau explicitly")
+    train, test = splits.train, splits.test
+    counts = train.class_counts()
+    model = model_from_checkpoint(state, train.num_classes, train.image_shape[0], str(ckpt)).to(dev)
+    base = _short(evaluate_model(model, test, counts, dev, cfg.train.amp))
+
+    t0 = time.perf_counter()
+    ctx = Context(model, cfg, splits, counts, dev, epochs=epochs, tau=tau, progress=progress)
+    info = m.apply(ctx)
+    model.reset_head(fold_head(model.head))
+    seconds = time.perf_counter() - t0
+
+    summary = evaluate_model(model, test, counts, dev, cfg.train.amp)
+    extra: dict[str, Any] = {"method": method, "tau": None, **info, "source_checkpoint": str(ckpt),
+                             "base": base, "recipe": cfg.recipe, "seed": cfg.seed, "split": "test",
+                             "device": str(dev), "seconds": seconds, "out": str(out), "config": cfg.to_dict()}
+    if splits.val is not None:
+        extra["val"] = _short(evaluate_model(model, splits.val, counts, dev, cfg.train.amp))
+    _write(out, cfg, model, state, ctx.records, summary, extra)
+    return {**summary, **extra}
+
+
+def _write(out: Path, cfg: RunConfig, model: Classifier, state: dict[str, Any], records: list[dict[str, Any]],
+           summary: dict[str, Any], extra: dict[str, Any]) -> None:
+    """config.json, metrics.jsonl (trained methods), checkpoints/last.pt and the report into ``out``."""
+    run = RunDir(out)
+    run.create(cfg)
+    if records:
+        run.write_metrics(records)
+    decouple = {k: extra.get(k) for k in ("method", "tau", "epochs", "source_checkpoint")}
+    save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=None, next_epoch=state["next_epoch"],
+                    records=records, extra={"decouple": {**decouple, "head_wrappers": head_wrappers(model.head)}})
+    title = f"{cfg.recipe} + {extra['method']} (seed {cfg.seed}, test set)"
+    write_report(out, summary, title=title, extra=extra)
