@@ -82,3 +82,21 @@ def test_two_stage_recipe_and_compare(tmp_path, capsys, monkeypatch):
     assert main(["decouple", str(out / "seed-0"), "--method", "tau-norm", "--out", str(tmp_path / "tn"),
                  "--quiet"]) == 0
     assert "tau =" in capsys.readouterr().out
+
+
+def test_pseudo_label_pipeline_on_digits(tmp_path, capsys):
+    """base run -> pseudo-label the images the long-tailed subset left out -> retrain on both."""
+    base, labels, semi = tmp_path / "base", tmp_path / "pl", tmp_path / "semi"
+    small = ["--set", "data.n_max=60", "--imbalance-ratio", "10"]  # leaves unused images of every digit for the pool
+    assert main(["train", "quickstart", "--epochs", "1", "--out", str(base), "--quiet", *small]) == 0
+    assert main(["pseudo-label", str(base), "--pool", "unused:rho_u=10,factor=1", "--out", str(labels),
+                 "--device", "cpu"]) == 0
+    saved = json.loads((labels / "pseudo_labels.json").read_text())
+    assert (labels / "pseudo_labels.md").is_file()
+    assert main(["train", "quickstart", "--epochs", "1", "--out", str(semi), "--quiet", *small,
+                 "--set", f"data.pseudo_labels={labels}"]) == 0
+    base_n = sum(json.loads((base / "report.json").read_text())["train_counts"])
+    semi_report = json.loads((semi / "report.json").read_text())
+    assert sum(semi_report["train_counts"]) > base_n  # pseudo-labeled images were trained on
+    assert "semi" in semi_report
+    assert saved  # the label file records the pool

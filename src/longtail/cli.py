@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", help="where the data is now, if it moved")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    pl = sub.add_parser("pseudo-label", help="label an unlabeled pool with a trained run (then train on it with "
+                        "--set data.pseudo_labels=DIR)")
+    pl.add_argument("run", help="run folder (one seed) or checkpoint of the base model")
+    pl.add_argument("--pool", required=True, help="unused:rho_u=100,factor=5 | darp | folder:PATH")
+    pl.add_argument("--out", required=True, help="folder for pseudo_labels.pt/.json/.md")
+    pl.add_argument("--threshold", type=float, default=0.0, help="keep labels with confidence >= T (default: all)")
+    pl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pl.add_argument("--data-root", help="where the data is now, if it moved")
+
     c = sub.add_parser("compare", help="compare run folders: one table (mean +- std over seeds) and a bar plot")
     c.add_argument("runs", nargs="+", help="run folders (single- or multi-seed)")
     c.add_argument("--out", default="runs/comparison", help="folder for comparison.md and comparison.png")
@@ -174,6 +183,14 @@ def cmd_decouple(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .semi.pseudo import pseudo_label_run
+
+    pseudo_label_run(args.run, args.pool, args.out, threshold=args.threshold, device=args.device,
+                     data_root=args.data_root)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import write_comparison
 
@@ -186,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"quickstart": cmd_quickstart, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate,
-            "decouple": cmd_decouple, "compare": cmd_compare}
+            "decouple": cmd_decouple, "compare": cmd_compare, "pseudo-label": cmd_pseudo_label}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ class DataConfig:
     darp_reverse: bool = False  # unlabeled profile reversed (head class rarest)
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
+    unlabeled_pool: str | None = None  # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,13 @@ class TrainConfig:
     pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)
     labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
     mfw_strength: float = 0.0  # > 0: major feature weakening (Ye et al. 2021), see longtail.mfw
-    mfw_lam_min: float = 0.5  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
+    mfw_lam_min: float = 0.5
+    semi: str = "none"  # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch)
+    fixmatch_threshold: float = 0.95
+    fixmatch_lambda_u: float = 1.0
+    fixmatch_mu: int = 7  # unlabeled images per labeled image in a batch
+    fixmatch_alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment)
+    fixmatch_la_tau: float = 1.0  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,9 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
     raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")
 
 
-def build_task(cfg: RunConfig, train, counts: ClassCounts) -> SupervisedTask:
-    """The task for a supervised run: plain, or with major feature weakening when asked for."""
+def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> SupervisedTask:
+    """The task of a run: supervised (optionally with major feature weakening), supervised on labeled +
+    pseudo-labeled data, or FixMatch consistency training on an unlabeled pool."""
     t = cfg.train
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
     common = dict(
@@ -79,6 +80,28 @@ def build_task(cfg: RunConfig, train, counts: ClassCounts) -> SupervisedTask:
         weighting=make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta),
     )
     criterion = make_loss(cfg.loss.name, counts, **loss_params(cfg))
+    is_pseudo = getattr(splits, "is_pseudo", None)
+    if t.semi == "fixmatch":
+        from .semi.fixmatch import FixMatchTask
+
+        if getattr(splits, "unlabeled", None) is None:
+            raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
+        return FixMatchTask(train, splits.unlabeled, criterion, mu=t.fixmatch_mu,  # type: ignore[union-attr]
+                            threshold=t.fixmatch_threshold, lambda_u=t.fixmatch_lambda_u,
+                            alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, **common)
+    if t.semi != "none":
+        raise LongtailError(f"unknown train.semi {t.semi!r}", "use none or fixmatch")
+    if is_pseudo is not None:
+        if t.mfw_strength > 0:
+            raise LongtailError("major feature weakening with pseudo-labels is not supported",
+                                "set train.mfw_strength=0 for semi-supervised runs")
+        from .semi.task import SemiSupervisedTask
+
+        return SemiSupervisedTask(train, criterion, is_pseudo=is_pseudo, pseudo_weight=t.pseudo_weight,
+                                  labeled_fraction=t.labeled_fraction, **common)
+    if t.pseudo_weight != 1.0 or t.labeled_fraction is not None:
+        raise LongtailError("train.pseudo_weight and train.labeled_fraction need pseudo-labels",
+                            "set data.pseudo_labels=DIR (written by `longtail pseudo-label`)")
     if t.mfw_strength > 0:
         from .mfw import MFWTask
 
@@ -119,7 +142,7 @@ def train_one(
         model = model.to(memory_format=torch.channels_last)
     t = cfg.train
     optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    task = build_task(cfg, train, counts)
+    task = build_task(cfg, train, counts, splits)
 
     start_epoch, records = 0, []
     previous = run.existing_config()
@@ -164,6 +187,8 @@ def train_one(
                              "train_size": len(train), "test_size": len(test)}
     if splits.val is not None:
         extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
+    if getattr(splits, "info", None):
+        extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
     write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
 

@@ -86,7 +86,36 @@ def _recipes() -> list[Recipe]:
                 f"rho=100: {published}" if published else "",
                 decouple,
             ))
+    out += _semi_recipes()
     return [replace(r, config=replace(r.config, recipe=r.name)) for r in out]
+
+
+def _semi_recipes() -> list[Recipe]:
+    """Unlabeled data (Yang & Xu 2020; the DARP/ABC/USB protocol). Pipelines: scripts/semi_pseudo.sh."""
+    # CIFAR-10 alone cannot hold the reference's 5x pool next to a rho=50 subset with n_max=5000 (the
+    # head class uses all its images); n_max=750 is the largest that fits a rho_U=100 pool of 5x.
+    seed_style = DataConfig(dataset="cifar10", imbalance_ratio=50.0, n_max=750)
+    darp = DataConfig(dataset="cifar10", protocol="darp")
+    fixmatch = {"semi": "fixmatch"}
+    rows = [
+        ("cifar10-semi-base", "labeled CIFAR-10-LT rho=50 (n_max 750, 2,096 images), CE: the base model that "
+         "pseudo-labels the pool", RunConfig(data=seed_style), "CE rho=50 error 29.6 [R] (n_max 5000)"),
+        ("cifar10-semi-pseudo", "the base's labeled set + its pseudo-labeled pool (--set data.pseudo_labels=DIR), "
+         "CE, batch 256", RunConfig(data=seed_style, train=TrainConfig(batch_size=256)),
+         "error 16.79..19.94 by rho_U [R] (TinyImages pool)"),
+        ("cifar10-semi-darp-supervised", "DARP protocol (N1=1500, gamma_l=100), labeled data only, CE",
+         RunConfig(data=darp), "63.83 [R] (USB, WRN-28-2)"),
+        ("cifar10-semi-darp-pseudo", "DARP protocol labeled + pseudo-labels of its unlabeled part "
+         "(--set data.pseudo_labels=DIR from `pseudo-label RUN --pool darp`), CE, batch 256",
+         RunConfig(data=darp, train=TrainConfig(batch_size=256)), ""),
+        ("cifar10-semi-darp-fixmatch", "DARP protocol, FixMatch (threshold 0.95, mu 7)",
+         RunConfig(data=darp, train=TrainConfig(**fixmatch)), "76.69 [R] (USB, WRN-28-2)"),
+        ("cifar10-semi-darp-fixmatch-da", "DARP protocol, FixMatch with distribution alignment",
+         RunConfig(data=darp, train=TrainConfig(**fixmatch, fixmatch_alignment="da")), ""),
+        ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels",
+         RunConfig(data=darp, train=TrainConfig(**fixmatch, fixmatch_alignment="la")), ""),
+    ]
+    return [Recipe(name, f"{desc}; ResNet-32, 200 epochs", cfg, pub) for name, desc, cfg, pub in rows]
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _recipes()}

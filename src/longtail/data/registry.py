@@ -48,6 +48,11 @@ def load_splits(cfg: DataConfig) -> Splits:
     """Balanced source -> long-tailed training subset (+ validation split) and the test set."""
     if cfg.pack:
         return _splits_from_pack(cfg)
+    from ..semi.data import build_semi_splits  # the DARP protocol, or labeled + pseudo-labeled data
+
+    semi = build_semi_splits(cfg)
+    if semi is not None:
+        return semi
     source, test = load_balanced(cfg)
     n_max = cfg.n_max if cfg.n_max is not None else DATASETS[cfg.dataset]
     counts = ClassCounts.from_profile(n_max, source.num_classes, cfg.imbalance_ratio, cfg.profile)

@@ -1,0 +1,180 @@
+"""From a ``DataConfig`` to semi-supervised splits: the DARP protocol, and labeled + pseudo-labeled data.
+
+:func:`build_semi_splits` is the hook ``longtail.data.registry.load_splits`` calls first; it
+returns ``None`` for plain long-tailed data, so the usual path runs unchanged.
+
+* ``data.protocol=darp``: the labeled part of the DARP protocol is the training set; its
+  unlabeled part (labels hidden) rides along in ``SemiSplits.unlabeled`` for consistency
+  training (FixMatch).
+* ``data.pseudo_labels=DIR``: the training set is the labeled set followed by the pool images
+  whose pseudo-label confidence is at least ``max(threshold at labeling, data.pseudo_threshold)``,
+  with their pseudo-labels (never their true labels). ``SemiSplits.is_pseudo`` marks those rows.
+  The pool is rebuilt from the saved spec and ``source_index``, so the images are exactly those
+  that were labeled; a pool that overlaps the labeled set or the validation split is refused.
+
+``SemiSplits`` subclasses the registry's frozen ``Splits`` (so every consumer of ``Splits``
+works unchanged) and adds ``is_pseudo``, ``unlabeled`` and ``info``; ``to(device)`` keeps them.
+Class counts (``train.class_counts()``) are those of the labels actually trained on: labeled
+plus kept pseudo-labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from ..data.imageset import ImageSet, concat
+from ..data.registry import Splits
+from ..errors import LongtailError
+from .pools import UnlabeledSet, darp_split, hide_labels, load_image_folder
+from .pseudo import SavedPseudoLabels, build_pool, load_pseudo_labels, parse_pool_spec, pseudo_label_report
+
+PROTOCOLS = ("lt", "darp")
+
+
+@dataclass(frozen=True)
+class SemiSplits(Splits):
+    """``Splits`` plus what semi-supervised training needs.
+
+    ``is_pseudo``: (len(train),) bool, True for the rows of ``train`` that carry pseudo-labels
+    (None when there are none). ``unlabeled``: a pool with hidden labels for consistency
+    training (None when none). ``info``: the pool spec and the quality of the kept pseudo-labels.
+    """
+
+    is_pseudo: Tensor | None = None
+    unlabeled: UnlabeledSet | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "SemiSplits":
+        return SemiSplits(
+            self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None,
+            is_pseudo=None if self.is_pseudo is None else self.is_pseudo.to(device),
+            unlabeled=None if self.unlabeled is None else self.unlabeled.to(device), info=self.info,
+        )
+
+
+def darp_splits(cfg: DataConfig) -> tuple[Splits, UnlabeledSet]:
+    """The DARP protocol's labeled splits (+ a validation split from the images neither part uses) and pool."""
+    from ..data.registry import load_balanced
+    from ..data.splits import validation_split
+
+    if cfg.pack:
+        raise LongtailError("the DARP protocol is cut from the full training set, not a device pack",
+                            "unset data.pack and point --data-root at the data set")
+    source, test = load_balanced(cfg)
+    labeled, unlabeled = darp_split(source, n1=cfg.darp_n1, m1=cfg.darp_m1, gamma_l=cfg.darp_gamma_l,
+                                    gamma_u=cfg.darp_gamma_u, reverse=cfg.darp_reverse, seed=cfg.subset_seed)
+    val = None
+    if cfg.val_per_class > 0:
+        taken = torch.cat([labeled.source_index, unlabeled.source_index]).cpu()  # type: ignore[list-item]
+        rest = source.subset(~torch.isin(source.source_index.cpu(), taken))  # type: ignore[union-attr]
+        labeled, val = validation_split(labeled, per_class=cfg.val_per_class, seed=cfg.subset_seed, pool=rest)
+    labeled.class_counts().require_nonempty(labeled.class_names)
+    return Splits(labeled, test, val), unlabeled
+
+
+def labeled_splits(cfg: DataConfig) -> Splits:
+    """The labeled (train, test, val) of a config, without any pseudo-labels."""
+    if cfg.protocol == "darp":
+        return darp_splits(cfg)[0]
+    from ..data.registry import load_splits
+
+    # pseudo_labels=None and no pool: build_semi_splits returns None there, so no recursion.
+    plain = replace(cfg, pseudo_labels=None)
+    if hasattr(plain, "unlabeled_pool"):
+        plain = replace(plain, unlabeled_pool=None)  # type: ignore[call-arg]
+    return load_splits(plain)
+
+
+def rebuild_pool(saved: SavedPseudoLabels, cfg: DataConfig) -> UnlabeledSet:
+    """The pool of a pseudo-label folder, rows in the order they were labeled."""
+    from ..data.registry import load_balanced
+
+    spec = saved.pool_spec
+    rows = saved.labels.source_index
+    if spec["kind"] == "folder":
+        _, test = load_balanced(cfg)
+        pool = load_image_folder(spec["path"], size=test.image_shape[1:], channels=test.image_shape[0],
+                                 class_names=test.class_names, mean=test.mean, std=test.std)
+        if saved.files is not None and pool.files != saved.files:
+            raise LongtailError(f"the images in {spec['path']} changed since they were pseudo-labeled",
+                                "pseudo-label the folder again (longtail pseudo-label RUN --pool folder:PATH --out DIR)")
+        return pool.subset(rows)
+    labeled_on = spec.get("data", {}).get("dataset")
+    if labeled_on is not None and labeled_on != cfg.dataset:
+        raise LongtailError(f"the pseudo-labels were made for {labeled_on!r}, this run trains on {cfg.dataset!r}",
+                            "use pseudo-labels made by a run on the same data set")
+    source, _ = load_balanced(cfg)
+    # source_index -> row of the source (the source's own source_index need not be 0..N-1)
+    where = torch.full((int(source.source_index.max()) + 1,), -1, dtype=torch.long)  # type: ignore[union-attr]
+    where[source.source_index.cpu()] = torch.arange(len(source))  # type: ignore[union-attr]
+    if rows.numel() and (int(rows.max()) >= where.numel() or bool((where[rows] < 0).any())):
+        raise LongtailError(f"the pseudo-labels refer to images that {cfg.dataset!r} does not have",
+                            "pseudo-label again with this data set")
+    return hide_labels(source.subset(where[rows]), name=f"{source.name}-pseudo-pool")
+
+
+def _check_disjoint(pool_rows: Tensor, part: ImageSet | None, what: str) -> None:
+    if part is None or pool_rows.numel() == 0:
+        return
+    overlap = int(torch.isin(pool_rows.cpu(), part.source_index.cpu()).sum())  # type: ignore[union-attr]
+    if overlap:
+        raise LongtailError(
+            f"{overlap} pseudo-labeled images are also in the {what}: the labeled data differs from the one the "
+            "pool was built around",
+            "pseudo-label again with a run on the same data settings (data.imbalance_ratio, n_max, subset_seed, "
+            "val_per_class, protocol), or train with those settings",
+        )
+
+
+def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) -> Splits | None:
+    """Semi-supervised splits of ``cfg``, or ``None`` when it asks for plain long-tailed data."""
+    if cfg.protocol not in PROTOCOLS:
+        raise LongtailError(f"unknown data protocol {cfg.protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
+    pool_text = getattr(cfg, "unlabeled_pool", None)  # a pool for consistency training, when the config has one
+    if cfg.protocol == "lt" and cfg.pseudo_labels is None and not pool_text:
+        return None
+    info: dict[str, Any] = {"protocol": cfg.protocol}
+    unlabeled = None
+    if cfg.protocol == "darp":
+        base, unlabeled = darp_splits(cfg)
+        info["unlabeled_counts"] = list(unlabeled.hidden_counts().counts)  # type: ignore[union-attr]
+    else:
+        base = labeled_splits(cfg)
+    if pool_text:
+        unlabeled, spec = build_pool(parse_pool_spec(pool_text), replace(cfg, pseudo_labels=None), log=log)
+        info["unlabeled_pool"] = {k: v for k, v in spec.items() if k != "data"}
+    info["labeled_counts"] = list(base.train.class_counts().counts)
+    if cfg.pseudo_labels is None:
+        return SemiSplits(base.train, base.test, base.val, unlabeled=unlabeled, info=info)
+
+    saved = load_pseudo_labels(cfg.pseudo_labels)
+    if cfg.pack and saved.pool_spec["kind"] != "folder":
+        raise LongtailError("pseudo-labels of a pool cut from the training source need the data set, not a device pack",
+                            "unset data.pack and point --data-root at the data set")
+    if saved.class_names != base.train.class_names:
+        raise LongtailError(f"the pseudo-labels in {cfg.pseudo_labels} are over other classes than {cfg.dataset!r}",
+                            "use pseudo-labels made by a run on the same data set")
+    if not 0.0 <= cfg.pseudo_threshold <= 1.0:
+        raise LongtailError(f"data.pseudo_threshold must lie in [0, 1], got {cfg.pseudo_threshold}",
+                            "0 keeps every pseudo-label (the reference)")
+    pool = rebuild_pool(saved, cfg)
+    if saved.pool_spec["kind"] != "folder":
+        _check_disjoint(pool.source_index, base.train, "labeled training set")  # type: ignore[arg-type]
+        _check_disjoint(pool.source_index, base.val, "validation split")  # type: ignore[arg-type]
+    pl = saved.labels.rethreshold(max(saved.labels.threshold, cfg.pseudo_threshold))
+    kept = pl.kept.to(pool.device)  # type: ignore[union-attr]
+    pseudo = pool.subset(kept).with_labels(pl.labels[pl.kept], name=f"{pool.name}-pseudo-labeled")
+    if len(pseudo) == 0:
+        log(f"warning: threshold {pl.threshold:g} keeps none of the {len(pl)} pseudo-labels; training on labeled data only")
+    train = concat([base.train, pseudo], name=f"{base.train.name}+pseudo")
+    is_pseudo = torch.cat([torch.zeros(len(base.train), dtype=torch.bool), torch.ones(len(pseudo), dtype=torch.bool)])
+    report = pseudo_label_report(pl, pool)
+    info.update(pseudo_labels=str(cfg.pseudo_labels), pool={k: v for k, v in saved.pool_spec.items() if k != "data"},
+                pseudo_threshold=pl.threshold, pseudo_kept=report["kept"], pseudo_accuracy=report["accuracy"],
+                pseudo_kept_counts=report["kept_counts"], train_counts=list(train.class_counts().counts))
+    return SemiSplits(train, base.test, base.val, is_pseudo=is_pseudo.to(train.device), unlabeled=unlabeled, info=info)

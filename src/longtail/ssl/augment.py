@@ -1,0 +1,189 @@
+"""MoCo v2 / SimSiam augmentations as batched tensor operations on the device.
+
+The torchvision pipeline of MoCo v2 (Chen et al. 2020) and SimSiam (Chen & He 2021), per image::
+
+    RandomResizedCrop(size, scale=(0.2, 1)), RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8),
+    RandomGrayscale(p=0.2), RandomApply(GaussianBlur(sigma 0.1..2), p=0.5) [large images only],
+    RandomHorizontalFlip(), Normalize(mean, std)
+
+Here every step takes a whole (B, C, H, W) batch and one explicit ``torch.Generator``; nothing
+leaves the device. Differences from torchvision, all deliberate and small:
+
+* the crop: scale ``s ~ U(min_scale, 1)`` of the area and log-aspect ``~ U(log 3/4, log 4/3)``
+  are drawn once and the sides clamped to the image (torchvision re-draws up to 10 times);
+  crop, resize and flip are one ``grid_sample`` (bilinear) with a per-image affine map.
+* colour jitter applies brightness, contrast, saturation, hue in that fixed order (torchvision
+  shuffles the order per call); factors are drawn for every image, applied where a coin says so.
+* one-channel images skip saturation, hue and grayscale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import SSLConfig
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def _uniform(lo: float, hi: float, shape: tuple[int, ...], generator: torch.Generator,
+             device: torch.device) -> torch.Tensor:
+    # Draw on the generator's device (a CPU generator may drive CUDA data), then move.
+    u = torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return lo + (hi - lo) * u
+
+
+def _coin(p: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return _uniform(0.0, 1.0, (n,), generator, device) < p
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, min_scale: float = 0.2,
+                        flip: bool = True, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Crop a random region of each image and resize it to ``size``; mirror half of them.
+
+    ``x``: (B, C, H, W) float. The region has area fraction ``s ~ U(min_scale, 1)`` and aspect
+    ratio ``r`` with ``log r ~ U(log 3/4, log 4/3)``; as fractions of the sides its width is
+    ``sqrt(s r)`` and its height ``sqrt(s / r)`` (clamped to 1), its centre uniform where it fits.
+    """
+    b, _, h, w = x.shape
+    out_h, out_w = size or (h, w)
+    dev = x.device
+    s = _uniform(min_scale, 1.0, (b,), generator, dev)
+    log_r = _uniform(math.log(3 / 4), math.log(4 / 3), (b,), generator, dev)
+    # For non-square images the area fraction is the product of the side fractions, as here.
+    fw = (s * log_r.exp()).sqrt().clamp(max=1.0)
+    fh = (s / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fw)  # centre in [-1, 1] coordinates
+    cy = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fh)
+    sign = torch.where(_coin(0.5, b, generator, dev), -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = fw * sign  # a negative x scale mirrors the output
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = fh
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def rgb_to_hsv(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with every channel in [0, 1]."""
+    r, g, b = x.unbind(1)
+    maxc, argmax = x.max(dim=1)
+    minc = x.min(dim=1).values
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(eps), torch.zeros_like(maxc))
+    d = delta.clamp_min(eps)
+    h = torch.where(argmax == 0, (g - b) / d, torch.where(argmax == 1, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, maxc], dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    h6 = (h % 1.0) * 6.0
+    i = h6.floor()
+    f = h6 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    sector = i.long() % 6  # (B, H, W)
+    r = torch.stack([v, q, p, p, t, v], dim=1).gather(1, sector[:, None]).squeeze(1)
+    g = torch.stack([t, v, v, q, p, p], dim=1).gather(1, sector[:, None]).squeeze(1)
+    b = torch.stack([p, p, t, v, v, q], dim=1).gather(1, sector[:, None]).squeeze(1)
+    return torch.stack([r, g, b], dim=1)
+
+
+def color_jitter(x: torch.Tensor, generator: torch.Generator, *, brightness: float, contrast: float,
+                 saturation: float, hue: float, p: float) -> torch.Tensor:
+    """torchvision's ``RandomApply(ColorJitter(...), p)`` on a batch in [0, 1], fixed order."""
+    n, c = x.shape[:2]
+    dev = x.device
+
+    def factor(strength: float) -> torch.Tensor:
+        return _uniform(max(0.0, 1 - strength), 1 + strength, (n,), generator, dev).view(n, 1, 1, 1)
+
+    apply = _coin(p, n, generator, dev).view(n, 1, 1, 1)
+    fb, fc, fs = factor(brightness), factor(contrast), factor(saturation)
+    fh = _uniform(-hue, hue, (n,), generator, dev).view(n, 1, 1)
+    y = (x * fb).clamp(0, 1)
+    gray = grayscale(y) if c == 3 else y
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    y = (fc * y + (1 - fc) * mean).clamp(0, 1)
+    if c == 3:
+        y = (fs * y + (1 - fs) * grayscale(y)).clamp(0, 1)
+        if hue > 0:
+            hsv = rgb_to_hsv(y)
+            hsv = torch.stack([(hsv[:, 0] + fh) % 1.0, hsv[:, 1], hsv[:, 2]], dim=1)
+            y = hsv_to_rgb(hsv).clamp(0, 1)
+    return torch.where(apply, y, x)
+
+
+def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    if x.shape[1] != 3:
+        return x
+    apply = _coin(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(apply, grayscale(x).expand_as(x), x)
+
+
+def gaussian_blur(x: torch.Tensor, generator: torch.Generator, p: float,
+                  sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+    """MoCo v2's blur: with probability ``p`` a Gaussian of ``sigma ~ U(0.1, 2)`` (pixels), kernel ~10 % of the side."""
+    n, c, h, w = x.shape
+    dev = x.device
+    apply = _coin(p, n, generator, dev).view(n, 1, 1, 1)
+    sig = _uniform(sigma[0], sigma[1], (n,), generator, dev)
+    k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)  # odd
+    pos = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
+    kernel = torch.exp(-pos[None] ** 2 / (2 * sig[:, None] ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, k)
+    weight = kernel.repeat_interleave(c, dim=0)  # (B*C, k): one depth-wise filter per image channel
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), weight.view(n * c, 1, 1, k), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), weight.view(n * c, 1, k, 1), groups=n * c)
+    return torch.where(apply, y.view(n, c, h, w), x)
+
+
+@dataclass(frozen=True)
+class TwoViewAugment:
+    """One random view of a uint8 batch; call twice for the two views of MoCo and SimSiam."""
+
+    min_scale: float = 0.2
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.0
+    flip: bool = True
+
+    @classmethod
+    def from_config(cls, ssl: SSLConfig, image_size: int) -> "TwoViewAugment":
+        blur = ssl.blur_prob if ssl.blur_prob is not None else (0.5 if image_size >= 64 else 0.0)
+        return cls(ssl.crop_min_scale, ssl.jitter_prob, ssl.brightness, ssl.contrast, ssl.saturation, ssl.hue,
+                   ssl.grayscale_prob, blur)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float32 (B, C, H, W)."""
+        x = images.float() / 255.0
+        x = random_resized_crop(x, generator, min_scale=self.min_scale, flip=self.flip)
+        if self.jitter_prob > 0:
+            x = color_jitter(x, generator, brightness=self.brightness, contrast=self.contrast,
+                             saturation=self.saturation, hue=self.hue, p=self.jitter_prob)
+        if self.grayscale_prob > 0:
+            x = random_grayscale(x, generator, self.grayscale_prob)
+        if self.blur_prob > 0:
+            x = gaussian_blur(x, generator, self.blur_prob)
+        m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+        return (x - m) / s

@@ -1,0 +1,147 @@
+"""How good is a representation? k-NN and linear probes on frozen features, per class and shot group.
+
+* k-nearest neighbours (Wu et al. 2018, "InstDisc"): cosine similarity to every training
+  feature, the ``k`` most similar vote for their class with weight ``exp(sim / T)``::
+
+      score_c(x) = sum_{j in topk(x)} exp(cos(f(x), f_j) / T) [y_j = c]
+
+  The normalised scores are class probabilities; their log is passed to ``summarize`` as logits.
+* linear probe: one linear layer trained with cross-entropy on the frozen, precomputed and
+  standardised features of the training set (mini-batch SGD with momentum, cosine rate), evaluated
+  on the balanced test set. ``balanced=True`` weights the loss by inverse class frequency, the
+  stand-in for Liu et al.'s probe trained on balanced data.
+
+Both report ``longtail.metrics.summarize`` (top-1, per class, many/medium/few from the training
+counts). Features come from ``backbone`` in eval mode on un-augmented images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..counts import ClassCounts
+from ..data.augment import eval_batches
+from ..data.imageset import ImageSet
+from ..loop import autocast_for
+from ..metrics import summarize
+from ..weights import class_weights
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device, amp: str = "auto",
+                     batch_size: int = 512) -> torch.Tensor:
+    """(N, d) float32 features of ``data`` (in its order) on ``device``; restores the module's mode."""
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    try:
+        for b in eval_batches(data, batch_size):
+            with autocast_for(device, amp):
+                out.append(backbone(b.images.to(device)).float())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, int(getattr(backbone, "out_features", 0)), device=device)
+
+
+@torch.no_grad()
+def knn_probabilities(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                      num_classes: int, *, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """Weighted k-NN class probabilities (M, C) of each test row (see the module docstring)."""
+    train = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.to(train.device).long()
+    k = min(k, train.shape[0])
+    out = []
+    for start in range(0, test_features.shape[0], chunk):
+        test = F.normalize(test_features[start:start + chunk].float().to(train.device), dim=1)
+        sim, idx = (test @ train.t()).topk(k, dim=1)  # (m, k)
+        votes = torch.zeros(test.shape[0], num_classes, device=train.device)
+        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        out.append(votes / votes.sum(dim=1, keepdim=True))
+    return torch.cat(out)
+
+
+def _as_logits(probs: torch.Tensor) -> torch.Tensor:
+    return probs.clamp_min(1e-12).log()
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 num_classes: int, *, balanced: bool = False, epochs: int = 100, lr: float = 0.1,
+                 batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Train a linear classifier on frozen features; returns the test logits (M, C), float32.
+
+    Features are standardised with the training mean and std. ``balanced`` weights the
+    cross-entropy by ``1 / n_c`` (normalised to mean 1 over classes).
+    """
+    dev = train_features.device
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    x = (train_features - mean) / std
+    y = train_labels.to(dev).long()
+    weight = None
+    if balanced:
+        weight = class_weights("inverse", ClassCounts.from_labels(y, num_classes)).to(dev)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = nn.Linear(x.shape[1], num_classes).to(dev)
+    opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = -(-x.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=g).to(dev)
+            for start in range(0, x.shape[0], batch_size):
+                idx = order[start:start + batch_size]
+                loss = F.cross_entropy(layer(x[idx]), y[idx], weight=weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    with torch.no_grad():
+        return layer((test_features.to(dev) - mean) / std).float()
+
+
+def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, device: torch.device, *,
+                          amp: str = "auto", knn_k: int = 200, knn_temperature: float = 0.1, probe_epochs: int = 100,
+                          probe_lr: float = 0.1, probe_batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+    """k-NN, linear probe and class-balanced linear probe on ``test``, each a ``summarize`` dict.
+
+    Shot groups come from the training counts of ``train`` (the long-tailed set the features were
+    learned on and the probes are trained on).
+    """
+    counts = train.class_counts()
+    f_train = extract_features(backbone, train, device, amp)
+    f_test = extract_features(backbone, test, device, amp)
+    c = train.num_classes
+    labels = test.labels.cpu()
+    knn = knn_probabilities(f_train, train.labels, f_test, c, k=knn_k, temperature=knn_temperature)
+    out: dict[str, Any] = {"knn": summarize(_as_logits(knn).cpu(), labels, counts, class_names=test.class_names)}
+    for name, balanced in (("linear_probe", False), ("linear_probe_balanced", True)):
+        logits = linear_probe(f_train, train.labels, f_test, c, balanced=balanced, epochs=probe_epochs, lr=probe_lr,
+                              batch_size=probe_batch_size, seed=seed)
+        out[name] = summarize(logits.cpu(), labels, counts, class_names=test.class_names)
+    return out
+
+
+@torch.no_grad()
+def rotation_accuracy(model: nn.Module, data: ImageSet, device: torch.device, amp: str = "auto",
+                      batch_size: int = 256) -> float:
+    """Pretext accuracy (%) of a rotation model: every image of ``data`` in all four rotations."""
+    from .tasks import rotate
+
+    was_training = model.training
+    model.eval()
+    hits, total = 0, 0
+    try:
+        for b in eval_batches(data, batch_size):
+            images, k, _ = rotate(b.images.to(device), None, "all")
+            with autocast_for(device, amp):
+                pred = model(images).argmax(dim=1)
+            hits += int((pred == k).sum())
+            total += k.numel()
+    finally:
+        model.train(was_training)
+    return 100.0 * hits / max(total, 1)

@@ -1,0 +1,244 @@
+"""Pretext tasks for the one training loop (``longtail.loop.fit``): rotation, MoCo v2, SimSiam.
+
+Each task follows the ``longtail.tasks.Task`` protocol (``on_epoch_start``, ``batches``,
+``loss``, ``to``) and adds ``set_phase`` (the SAM phase hook), ``end_epoch`` (called by the
+caller after the last step of an epoch, before a checkpoint), ``epoch_metrics`` and
+``state_dict``/``load_state_dict`` (what a checkpoint must carry for an exact resume).
+
+Once-per-step work (MoCo): the loop evaluates ``task.loss`` inside the optimiser's closure, once
+per step for SGD and twice for SAM, with the *same* batch object both times. ``MoCoTask`` does
+its once-per-step work when it sees a new batch object: enqueue the previous step's keys, update
+the momentum encoder (with the weights the previous optimiser step produced, as MoCo does at the
+start of its forward pass), compute this step's keys. The second SAM evaluation reuses those
+keys and the same queue, so nothing is enqueued or updated twice. The last step's keys are
+enqueued by ``end_epoch``, before the checkpoint, so a resumed run continues exactly.
+
+rwSAM: during SAM's ascent pass a task multiplies each example's loss by
+``example_weights.weights_at(epoch)[index]`` (see ``longtail.ssl.reweight``); the descent pass
+and plain SGD steps are unweighted. During the descent pass BatchNorm running statistics are
+frozen, so they are updated once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, NamedTuple, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import Augment, Batch, iterate_batches
+from ..data.imageset import ImageSet
+from ..errors import LongtailError
+from .augment import TwoViewAugment
+from .losses import info_nce, info_nce_logits, rotation_loss, simsiam_loss
+from .models import MoCo, SimSiam
+from .sam import PHASES, frozen_bn_statistics
+
+
+class ViewPair(NamedTuple):
+    """Two augmented views of the same images: (B, C, H, W) each; ``index`` are rows of the set."""
+
+    view1: torch.Tensor
+    view2: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+class ExampleWeights(Protocol):
+    def weights_at(self, epoch: int) -> torch.Tensor | None: ...
+
+
+def rotate(images: torch.Tensor, generator: torch.Generator | None, mode: str = "balanced") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotate a (B, C, H, W) batch by multiples of 90 degrees; returns (images, rotation index, source row).
+
+    ``balanced``: each image once, the rotations 0..3 on a random quarter of the batch each (as Yang
+    & Xu 2020); ``all``: every image in all four rotations, (4B, C, H, W) (Gidaris et al. 2018).
+    Rotation ``k`` is ``torch.rot90(x, k, dims=(2, 3))``: k x 90 degrees counter-clockwise.
+    """
+    b, _, h, w = images.shape
+    if h != w:
+        raise LongtailError(f"rotation prediction needs square images, got {h}x{w}")
+    dev = images.device
+    rotations = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])  # (4, B, C, H, W)
+    rows = torch.arange(b, device=dev)
+    if mode == "all":
+        k = torch.arange(4, device=dev).repeat_interleave(b)
+        return rotations.flatten(0, 1), k, rows.repeat(4)
+    if generator is None:
+        raise LongtailError("balanced rotations need an explicit torch.Generator")
+    perm = torch.randperm(b, generator=generator, device=generator.device).to(dev)
+    k = (rows % 4)[perm]
+    return rotations[k, rows], k, rows
+
+
+class _SSLTask:
+    """What every pretext task shares: the image set, the SAM phase, example weights, epoch metrics."""
+
+    def __init__(self, train: ImageSet, *, batch_size: int, example_weights: ExampleWeights | None = None,
+                 drop_last: bool = True) -> None:
+        if len(train) == 0:
+            raise LongtailError("the training set is empty")
+        self.train = train
+        self.batch_size = int(batch_size)
+        self.example_weights = example_weights
+        self.drop_last = drop_last and len(train) >= batch_size
+        self.phase = "plain"
+        self.epoch = 0
+        self._weights: torch.Tensor | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    # protocol -------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> "_SSLTask":
+        self.train = self.train.to(device)
+        return self
+
+    def set_phase(self, phase: str) -> None:
+        """The SAM phase hook: ``plain`` (no SAM, or between steps), ``ascent`` or ``descent``."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        self.phase = phase
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._sums, self._counts = {}, {}
+        self._weights = self.example_weights.weights_at(epoch) if self.example_weights is not None else None
+
+    def end_epoch(self) -> None:
+        """Finish the epoch's once-per-step work (the caller calls it before checkpointing)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        weight = None
+        if self.phase == "ascent" and self._weights is not None:
+            weight = self._weights[batch.index.to(self._weights.device)]
+        freeze = frozen_bn_statistics(model) if self.phase == "descent" else contextlib.nullcontext()
+        with freeze:
+            return self._loss(model, batch, weight)
+
+    def _loss(self, model: nn.Module, batch: Any, weight: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # metrics ----------------------------------------------------------------------------------
+    def _track(self, **values: torch.Tensor) -> None:
+        """Accumulate per-step metrics on the device (no host sync); the descent pass is not counted."""
+        if self.phase == "descent":
+            return
+        for k, v in values.items():
+            v = v.detach().float()
+            self._sums[k] = self._sums[k] + v if k in self._sums else v
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = getattr(self.example_weights, "state_dict", None)
+        return {"example_weights": sd()} if sd is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "example_weights" in state and hasattr(self.example_weights, "load_state_dict"):
+            self.example_weights.load_state_dict(state["example_weights"])  # type: ignore[union-attr]
+
+    def _order(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(len(self.train), generator=generator, device=generator.device).to(self.train.device)
+
+
+class RotationTask(_SSLTask):
+    """Predict the rotation (0/90/180/270) of each image with a 4-way head (a ``Classifier``).
+
+    Images get the supervised recipe's crop and flip first (Yang & Xu 2020 pre-train with it).
+    Metric: ``rotation_acc``, the training accuracy of the 4-way pretext task in %.
+    """
+
+    def __init__(self, train: ImageSet, *, batch_size: int, augment: Augment | None = None, mode: str = "balanced",
+                 example_weights: ExampleWeights | None = None) -> None:
+        super().__init__(train, batch_size=batch_size, example_weights=example_weights, drop_last=False)
+        self.augment = augment
+        self.mode = mode
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        for b in iterate_batches(self.train, self._order(generator), self.batch_size, augment=self.augment,
+                                 generator=generator, drop_last=self.drop_last):
+            images, k, rows = rotate(b.images, generator, self.mode)
+            yield Batch(images, k, b.index[rows])
+
+    def _loss(self, model: nn.Module, batch: Batch, weight: torch.Tensor | None) -> torch.Tensor:
+        logits = model(batch.images)
+        self._track(rotation_acc=100.0 * (logits.argmax(dim=1) == batch.labels).float().mean())
+        return rotation_loss(logits, batch.labels, weight)
+
+
+class _TwoViewTask(_SSLTask):
+    def __init__(self, train: ImageSet, *, batch_size: int, augment: TwoViewAugment,
+                 example_weights: ExampleWeights | None = None) -> None:
+        super().__init__(train, batch_size=batch_size, example_weights=example_weights, drop_last=True)
+        self.augment = augment
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[ViewPair]:
+        data = self.train
+        order = self._order(generator)
+        n = order.numel()
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = data.images[idx]
+            yield ViewPair(self.augment(x, generator, data.mean, data.std), self.augment(x, generator, data.mean, data.std),
+                           data.labels[idx], idx)
+
+
+class MoCoTask(_TwoViewTask):
+    """MoCo v2: InfoNCE of queries (view 1) against momentum keys (view 2) and the queue.
+
+    Metric: ``instance_acc``, how often the positive key is the top logit among 1 + K (%).
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._step_batch: ViewPair | None = None
+        self._keys: torch.Tensor | None = None
+        self._model: MoCo | None = None
+
+    def _loss(self, model: nn.Module, batch: ViewPair, weight: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(model, MoCo):
+            raise LongtailError("MoCoTask needs a longtail.ssl.MoCo model")
+        if batch is not self._step_batch:  # a new optimiser step, not SAM's second evaluation
+            self._enqueue_pending()
+            model.momentum_update()
+            self._keys = model.key(batch.view2)
+            self._step_batch, self._model = batch, model
+        q = model.query(batch.view1)
+        assert self._keys is not None
+        loss = info_nce(q, self._keys, model.queue, model.temperature, weight)
+        with torch.no_grad():
+            top = info_nce_logits(q, self._keys, model.queue, model.temperature).argmax(dim=1)
+            self._track(instance_acc=100.0 * (top == 0).float().mean())
+        return loss
+
+    def _enqueue_pending(self) -> None:
+        if self._model is not None and self._keys is not None:
+            self._model.enqueue(self._keys)
+        self._keys, self._step_batch = None, None
+
+    def end_epoch(self) -> None:
+        self._enqueue_pending()
+
+
+class SimSiamTask(_TwoViewTask):
+    """SimSiam: symmetric negative cosine between predictions and stop-gradient projections.
+
+    Metric: ``z_std``, the per-dimension std of the L2-normalised projections times sqrt(dim):
+    about 1 for a healthy representation, 0 when it has collapsed to a constant (Chen & He 2021, Fig. 2).
+    """
+
+    def _loss(self, model: nn.Module, batch: ViewPair, weight: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(model, SimSiam):
+            raise LongtailError("SimSiamTask needs a longtail.ssl.SimSiam model")
+        _, z1, p1 = model(batch.view1)
+        _, z2, p2 = model(batch.view2)
+        with torch.no_grad():
+            zn = F.normalize(z1.float(), dim=1)
+            self._track(z_std=zn.std(dim=0).mean() * math.sqrt(zn.shape[1]))
+        return simsiam_loss(p1, p2, z1, z2, weight)

@@ -1,0 +1,657 @@
+"""Train several seeds of one configuration at once, as one network, exactly.
+
+``--seeds 0 1 2 3 4`` on one GPU: ResNet-32 on 32x32 images is far too small to fill a modern
+GPU, so S sequential runs leave it mostly idle. Here the S members are fused into one network
+whose every layer is block-diagonal over the members:
+
+* every ``Conv2d`` ``C_in -> C_out`` (groups ``g``) becomes ``S*C_in -> S*C_out`` with groups
+  ``S*g``: member ``s`` owns input channels ``[s*C_in, (s+1)*C_in)`` and output channels
+  ``[s*C_out, (s+1)*C_out)`` and never sees another member's channels;
+* every ``BatchNorm2d(C)`` becomes ``BatchNorm2d(S*C)``: batch statistics are per channel, so
+  per member, and the running statistics update exactly as each member's own would;
+* the option-A ``ZeroPadShortcut`` pads each member's channels (:class:`StackedZeroPad`);
+* ReLU, pooling and flattening act per channel and are unchanged;
+* the head is a batched matmul over ``(S, K, D)`` weights (linear: plus ``(S, K)`` biases;
+  cosine: normalised per member), giving logits ``(S, B, K)``.
+
+The input is ``(B, S*C, H, W)``: member ``s``'s images in channels ``[s*C, (s+1)*C)``. The training
+loss is the **sum** of the members' own losses, so each member's gradient is exactly its own loss's
+gradient; SGD with momentum and weight decay acts element by element, so one optimizer over the
+stacked parameters is S independent optimizers. :class:`StackedTask` draws member ``s``'s batches
+from ``epoch_generator(seed_s, epoch)`` exactly as the sequential loop would. Each member
+therefore follows its sequential run up to floating-point rounding (grouped and single
+convolutions sum in different orders), not merely in distribution.
+
+:func:`stack` / :func:`unstack` convert between S ordinary ``Classifier``\\ s and a
+:class:`StackedClassifier` bit for bit (weights and BatchNorm buffers), and
+:func:`stack_optimizer_state` / :func:`unstack_optimizer_state` do the same for the optimizer
+state. :func:`train_stacked` uses them so that every seed ends up in the ordinary run folder
+``out/seed-N`` (config.json, metrics.jsonl, checkpoints/last.pt, report) that the sequential
+``train_one`` writes; evaluation, reports and decoupling read those folders unchanged.
+
+Resuming: the per-seed checkpoints *are* the stacked run's checkpoints (written every
+``checkpoint_every`` epochs, each atomically). A stacked run resumes when every seed folder holds
+a checkpoint at the same epoch, whichever mode wrote them, so a run may be interrupted in one
+mode and finished in the other.
+
+Supported: backbones built from ``Conv2d``, ``BatchNorm2d``, ``ZeroPadShortcut``, ReLU, pooling and
+``Flatten`` inside ``ResNetCifar``/``BasicBlock``/``TinyNet``/``Sequential`` (resnet32, resnet20,
+resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. Not supported (a
+:class:`~longtail.errors.LongtailError` says so): major feature weakening and any other task than
+:class:`~longtail.tasks.SupervisedTask`, and other layer types; train those seeds sequentially.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import RunConfig
+from .errors import LongtailError
+from .loop import EpochRecord, epoch_generator, fit, make_sgd
+from .models.classifier import Classifier, TinyNet
+from .models.heads import CosineHead, LinearHead
+from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
+from .tasks import SupervisedTask
+
+__all__ = [
+    "StackedBatch",
+    "StackedClassifier",
+    "StackedCosineHead",
+    "StackedLinearHead",
+    "StackedTask",
+    "StackedZeroPad",
+    "check_stackable",
+    "stack",
+    "stack_images",
+    "stack_optimizer_state",
+    "stack_unsupported_reason",
+    "train_stacked",
+    "unstack",
+    "unstack_optimizer_state",
+]
+
+_SEQUENTIAL_FIX = "train the seeds one after another instead (turn seed stacking off)"
+
+#: Modules whose own ``forward`` acts on every channel alike, so they work unchanged on stacked channels.
+_CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, BasicBlock, ResNetCifar, TinyNet)
+_CHANNELWISE: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
+                                             nn.MaxPool2d, nn.Flatten)
+
+# How a member's tensor sits in the stacked one (per state-dict key):
+#   "cat":    concatenated along dim 0 (conv and BatchNorm channels)
+#   "stack":  a new leading member dim (head weights)
+#   "shared": one value for all members (BatchNorm num_batches_tracked)
+_CAT, _STACK, _SHARED = "cat", "stack", "shared"
+
+
+# --------------------------------------------------------------------------------------------
+# stacked layers
+# --------------------------------------------------------------------------------------------
+class StackedZeroPad(nn.Module):
+    """``ZeroPadShortcut`` per member: (B, S*C, H, W) -> (B, S*(C + 2*pad), H/2, W/2)."""
+
+    def __init__(self, pad_channels: int, members: int) -> None:
+        super().__init__()
+        self.pad_channels, self.members = pad_channels, members
+
+    def forward(self, x: Tensor) -> Tensor:
+        p, s = self.pad_channels, self.members
+        x = x[:, :, ::2, ::2]
+        b, sc, h, w = x.shape
+        x = F.pad(x.reshape(b, s, sc // s, h, w), (0, 0, 0, 0, p, p))
+        return x.reshape(b, s * (sc // s + 2 * p), h, w)
+
+    def extra_repr(self) -> str:
+        return f"pad_channels={self.pad_channels}, members={self.members}"
+
+
+class StackedLinearHead(nn.Module):
+    """S linear heads: features (S, B, D) -> logits (S, B, K) with weight (S, K, D), bias (S, K)."""
+
+    def __init__(self, members: int, in_features: int, num_classes: int, *, bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.zeros(members, num_classes, in_features, **kw))
+        self.bias = nn.Parameter(torch.zeros(members, num_classes, **kw)) if bias else None
+        self.members, self.in_features, self.out_features = members, in_features, num_classes
+
+    def forward(self, features: Tensor) -> Tensor:
+        w = self.weight.transpose(1, 2)  # (S, D, K)
+        if self.bias is None:
+            return torch.bmm(features, w)
+        return torch.baddbmm(self.bias.unsqueeze(1), features, w)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class StackedCosineHead(nn.Module):
+    """S cosine heads (``CosineHead``): ``cos(f, w_c)`` per member, (S, B, D) -> (S, B, K)."""
+
+    def __init__(self, members: int, in_features: int, num_classes: int, *,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(members, num_classes, in_features, device=device, dtype=dtype))
+        self.members, self.in_features, self.out_features = members, in_features, num_classes
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.bmm(F.normalize(features, dim=-1), F.normalize(self.weight, dim=-1).transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class StackedClassifier(nn.Module):
+    """S classifiers as one network: images (B, S*C, H, W) -> logits (S, B, K).
+
+    Build it with :func:`stack` and get the members back with :func:`unstack`. ``backbone`` is the
+    members' backbone with every layer widened block-diagonally; ``features`` gives (S, B, D).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, members: int, template: Classifier,
+                 layouts: dict[str, str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.members = members
+        # A weightless copy of a member (on the meta device), kept out of the module tree.
+        self._template = (template,)
+        self._layouts = dict(layouts)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.backbone.out_features)  # type: ignore[arg-type]
+
+    def features(self, x: Tensor) -> Tensor:
+        f = self.backbone(x)  # (B, S*D), member-major
+        return f.reshape(f.shape[0], self.members, -1).transpose(0, 1)  # (S, B, D)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def repeat_input(self, images: Tensor) -> Tensor:
+        """The same images for every member: (B, C, H, W) -> (B, S*C, H, W)."""
+        return images.repeat(1, self.members, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}"
+
+
+def stack_images(images: Sequence[Tensor]) -> Tensor:
+    """Member batches [(B, C, H, W)] * S -> the stacked input (B, S*C, H, W)."""
+    return torch.cat(list(images), dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# stack / unstack
+# --------------------------------------------------------------------------------------------
+def _unsupported(what: str) -> LongtailError:
+    return LongtailError(f"seeds cannot be trained stacked (as one network): {what}", _SEQUENTIAL_FIX)
+
+
+def _stack_tree(module: nn.Module, members: int, layouts: dict[str, str], prefix: str) -> None:
+    """Replace, in place, every layer of a (copied) member backbone by its stacked version."""
+    if type(module) not in _CONTAINERS:
+        raise _unsupported(f"{prefix.rstrip('.') or 'the backbone'} is a {type(module).__name__}, whose forward "
+                           f"is not known to act on each member's channels separately")
+    for name, child in list(module.named_children()):
+        key = prefix + name
+        kind = type(child)
+        new: nn.Module
+        if kind is nn.Conv2d and isinstance(child, nn.Conv2d):
+            c = child
+            new = nn.Conv2d(members * c.in_channels, members * c.out_channels, c.kernel_size, c.stride,
+                            c.padding, c.dilation, members * c.groups, c.bias is not None,  # type: ignore[arg-type]
+                            c.padding_mode, device=c.weight.device, dtype=c.weight.dtype)
+            layouts[f"{key}.weight"] = _CAT
+            if child.bias is not None:
+                layouts[f"{key}.bias"] = _CAT
+        elif kind is nn.BatchNorm2d and isinstance(child, nn.BatchNorm2d):
+            ref = child.weight if child.weight is not None else child.running_mean
+            new = nn.BatchNorm2d(members * child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats,
+                                 device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
+            for n in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(child, n, None) is not None:
+                    layouts[f"{key}.{n}"] = _CAT
+            if getattr(child, "num_batches_tracked", None) is not None:
+                layouts[f"{key}.num_batches_tracked"] = _SHARED
+        elif kind is ZeroPadShortcut and isinstance(child, ZeroPadShortcut):
+            new = StackedZeroPad(child.pad_channels, members)
+        elif kind in _CHANNELWISE:
+            if isinstance(child, nn.Flatten) and (child.start_dim, child.end_dim) != (1, -1):
+                raise _unsupported(f"{key} flattens dims {child.start_dim}..{child.end_dim}")
+            continue
+        elif kind in _CONTAINERS:
+            _stack_tree(child, members, layouts, key + ".")
+            continue
+        else:
+            raise _unsupported(f"{key} is a {kind.__name__} layer (stackable: Conv2d, BatchNorm2d, "
+                               f"ZeroPadShortcut, ReLU, pooling, Flatten)")
+        setattr(module, name, new)
+
+
+def _stack_head(head: nn.Module, members: int, layouts: dict[str, str]) -> nn.Module:
+    kind = type(head)
+    if kind in (LinearHead, nn.Linear) and isinstance(head, nn.Linear):
+        w, bias = head.weight, head.bias is not None
+        layouts.update({"head.weight": _STACK, **({"head.bias": _STACK} if bias else {})})
+        return StackedLinearHead(members, w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
+    if kind is CosineHead and isinstance(head, CosineHead):
+        w = head.weight
+        layouts["head.weight"] = _STACK
+        return StackedCosineHead(members, w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+    raise _unsupported(f"the head is a {kind.__name__} (stackable: LinearHead, CosineHead)")
+
+
+def _stacked_skeleton(model: Classifier, members: int) -> tuple[nn.Module, nn.Module, dict[str, str]]:
+    if type(model) is not Classifier:
+        raise _unsupported(f"the model is a {type(model).__name__}, not a Classifier(backbone, head)")
+    layouts: dict[str, str] = {}
+    backbone = copy.deepcopy(model.backbone)
+    _stack_tree(backbone, members, layouts, "backbone.")
+    head = _stack_head(model.head, members, layouts)
+    return backbone, head, layouts
+
+
+def _combine(layout: str, tensors: list[Tensor], key: str) -> Tensor:
+    if layout == _CAT:
+        return torch.cat(tensors, 0)
+    if layout == _STACK:
+        return torch.stack(tensors, 0)
+    first = tensors[0]
+    if any(not torch.equal(t, first) for t in tensors[1:]):
+        raise LongtailError(f"cannot stack: {key} differs between the members ({[t.tolist() for t in tensors]})",
+                            "stack models that have taken the same number of training steps")
+    return first.clone()
+
+
+def _member_part(layout: str, stacked: Tensor, s: int, members: int) -> Tensor:
+    if layout == _CAT:
+        return stacked.reshape(members, stacked.shape[0] // members, *stacked.shape[1:])[s]
+    if layout == _STACK:
+        return stacked[s]
+    return stacked
+
+
+def stack(models: Sequence[Classifier]) -> StackedClassifier:
+    """S ``Classifier``\\ s of one architecture -> one :class:`StackedClassifier` (weights and buffers copied exactly).
+
+    The stacked model is on the members' device, in the first member's train/eval mode.
+    """
+    models = list(models)
+    if not models:
+        raise LongtailError("stack() needs at least one model")
+    first = models[0]
+    backbone, head, layouts = _stacked_skeleton(first, len(models))
+    desc = str(first)
+    states = [m.state_dict() for m in models]
+    for i, (m, sd) in enumerate(zip(models, states)):
+        if type(m) is not Classifier or str(m) != desc:
+            raise LongtailError(f"cannot stack: model {i} has another architecture than model 0",
+                                "stack copies of one architecture (same arch, head, classes and channels)")
+        if {k: (v.shape, v.dtype, v.device) for k, v in sd.items()} != \
+                {k: (v.shape, v.dtype, v.device) for k, v in states[0].items()}:
+            raise LongtailError(f"cannot stack: model {i}'s tensors differ in shape, type or device from model 0's",
+                                "stack copies of one architecture on one device")
+    buffers = {n for n, _ in first.named_buffers()} | {n for n, _ in first.named_parameters()}
+    if buffers != set(states[0]) or set(states[0]) != set(layouts):
+        raise _unsupported("the model holds tensors outside its state dict, or tensors of unknown layout")
+    template = copy.deepcopy(first).to("meta")
+    stacked = StackedClassifier(backbone, head, len(models), template, layouts)
+    stacked.load_state_dict({k: _combine(layouts[k], [sd[k] for sd in states], k) for k in states[0]})
+    stacked.train(first.training)
+    return stacked
+
+
+def unstack(stacked: StackedClassifier) -> list[Classifier]:
+    """The S members as ordinary, independent ``Classifier``\\ s (exact copies), on the stacked model's device."""
+    template = stacked._template[0]
+    device = next(stacked.parameters()).device
+    state = stacked.state_dict()
+    out: list[Classifier] = []
+    for s in range(stacked.members):
+        member = copy.deepcopy(template).to_empty(device=device)
+        member.load_state_dict({k: _member_part(stacked._layouts[k], v, s, stacked.members) for k, v in state.items()})
+        member.train(stacked.training)
+        out.append(member)
+    return out
+
+
+def _param_keys(stacked: StackedClassifier) -> list[str]:
+    return [n for n, _ in stacked.named_parameters()]
+
+
+def _check_single_group(state: dict[str, Any], n_params: int, what: str) -> None:
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or list(groups[0]["params"]) != list(range(n_params)):
+        raise LongtailError(f"{what}: expected one parameter group over all {n_params} parameters of the model",
+                            "build the optimizer with longtail.loop.make_sgd(model, ...)")
+
+
+def unstack_optimizer_state(stacked: StackedClassifier, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stacked optimizer's ``state_dict()`` -> one ``state_dict()`` per member (for ``make_sgd(member)``).
+
+    Per-parameter tensors (SGD's momentum buffers) are sliced like the parameters; scalars and
+    the hyperparameters are shared. The optimizer must hold one group over ``stacked.parameters()``.
+    """
+    keys = _param_keys(stacked)
+    _check_single_group(state, len(keys), "unstack_optimizer_state")
+    shapes = dict((n, p.shape) for n, p in stacked.named_parameters())
+    out = []
+    for s in range(stacked.members):
+        member_state: dict[int, dict[str, Any]] = {}
+        for i, per_param in state["state"].items():
+            key = keys[int(i)]
+            member_state[i] = {
+                k: (_member_part(stacked._layouts[key], v, s, stacked.members).clone()
+                    if isinstance(v, Tensor) and v.shape == shapes[key] else copy.deepcopy(v))
+                for k, v in per_param.items()}
+        out.append({"state": member_state, "param_groups": copy.deepcopy(state["param_groups"])})
+    return out
+
+
+def stack_optimizer_state(stacked: StackedClassifier, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of :func:`unstack_optimizer_state`: member optimizer ``state_dict()``\\ s -> the stacked one."""
+    keys = _param_keys(stacked)
+    shapes = dict((n, p.shape) for n, p in stacked.named_parameters())
+    states = list(states)
+    if len(states) != stacked.members:
+        raise LongtailError(f"{len(states)} optimizer states for {stacked.members} stacked members")
+    for st in states:
+        _check_single_group(st, len(keys), "stack_optimizer_state")
+    groups = [{k: v for k, v in st["param_groups"][0].items() if k != "params"} for st in states]
+    if any(g != groups[0] for g in groups[1:]):
+        raise LongtailError("cannot stack optimizer states with different hyperparameters",
+                            "resume seeds that were trained with one configuration to the same epoch")
+    indices = set(states[0]["state"])
+    if any(set(st["state"]) != indices for st in states[1:]):
+        raise LongtailError("cannot stack optimizer states: the members have state for different parameters",
+                            "resume seeds that have taken the same number of steps")
+    combined: dict[int, dict[str, Any]] = {}
+    for i in sorted(indices):
+        key = keys[int(i)]
+        per = [st["state"][i] for st in states]
+        entry: dict[str, Any] = {}
+        for k, v in per[0].items():
+            vals = [p.get(k) for p in per]
+            if isinstance(v, Tensor) and v.dim() > 0:
+                entry[k] = _combine(stacked._layouts[key], vals, f"optimizer state {key}.{k}")
+                if entry[k].shape != shapes[key]:
+                    raise LongtailError(f"optimizer state {key}.{k} does not fit the stacked parameter")
+            elif isinstance(v, Tensor):
+                entry[k] = _combine(_SHARED, vals, f"optimizer state {key}.{k}")
+            else:
+                if any(x != v for x in vals[1:]):
+                    raise LongtailError(f"cannot stack optimizer state {key}.{k}: it differs between members")
+                entry[k] = copy.deepcopy(v)
+        combined[i] = entry
+    return {"state": combined, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+# --------------------------------------------------------------------------------------------
+# the task
+# --------------------------------------------------------------------------------------------
+class StackedBatch(NamedTuple):
+    """S member batches as one: images (B, S*C, H, W), member-major channels; labels and index (S, B)."""
+
+    images: Tensor
+    labels: Tensor
+    index: Tensor
+
+
+class StackedTask:
+    """S ``SupervisedTask``\\ s (one per seed) as one task for a :class:`StackedClassifier`.
+
+    ``batches(epoch, generator)`` ignores the loop's generator: member ``s`` draws its epoch from
+    ``epoch_generator(seeds[s], epoch, generator.device)``, as its sequential run would, so its
+    images, augmentation and labels are exactly those of that run. ``loss`` is the sum of the
+    members' own losses (each with its own per-class weights of the epoch); the per-member means
+    of the epoch so far are :meth:`member_losses`.
+    """
+
+    def __init__(self, members: Sequence[SupervisedTask], seeds: Sequence[int]) -> None:
+        self.members, self.seeds = list(members), [int(s) for s in seeds]
+        if not self.members or len(self.members) != len(self.seeds):
+            raise LongtailError(f"StackedTask needs one task per seed, got {len(self.members)} tasks "
+                                f"and {len(self.seeds)} seeds")
+        for t in self.members:
+            if type(t) is not SupervisedTask:
+                raise _unsupported(f"the task is a {type(t).__name__}; only a plain SupervisedTask "
+                                   "(no major feature weakening) is stackable")
+        self._loss_sum: Tensor | None = None
+        self._calls = 0
+
+    def to(self, device: torch.device | str) -> "StackedTask":
+        self.members = [m.to(device) for m in self.members]
+        return self
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.members[0].steps_per_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for m in self.members:
+            m.on_epoch_start(epoch)
+        self._loss_sum, self._calls = None, 0
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[StackedBatch]:
+        device = generator.device
+        streams = [m.batches(epoch, epoch_generator(seed, epoch, device)) for m, seed in zip(self.members, self.seeds)]
+        for parts in zip(*streams, strict=True):
+            sizes = {p.labels.shape[0] for p in parts}
+            if len(sizes) != 1:
+                raise LongtailError(f"the stacked members drew batches of different sizes {sorted(sizes)}",
+                                    "every member must use the same data, batch size and number of samples")
+            yield StackedBatch(stack_images([p.images for p in parts]), torch.stack([p.labels for p in parts]),
+                               torch.stack([p.index for p in parts]))
+
+    def member_loss_terms(self, model: nn.Module, batch: StackedBatch) -> Tensor:
+        """(S,) the members' own losses on a stacked batch."""
+        logits = model(batch.images)  # (S, B, K)
+        return torch.stack([m.criterion(logits[s].float(), batch.labels[s], weight=m.class_weight)
+                            for s, m in enumerate(self.members)])
+
+    def loss(self, model: nn.Module, batch: StackedBatch) -> Tensor:
+        losses = self.member_loss_terms(model, batch)
+        d = losses.detach()
+        self._loss_sum = d if self._loss_sum is None else self._loss_sum + d  # no host sync
+        self._calls += 1
+        return losses.sum()
+
+    def member_losses(self) -> list[float]:
+        """The members' mean training losses over this epoch's ``loss`` calls so far."""
+        if self._loss_sum is None:
+            return [float("nan")] * len(self.members)
+        return (self._loss_sum / self._calls).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+def stack_unsupported_reason(cfg: RunConfig) -> str | None:
+    """Why ``cfg`` cannot be trained stacked, or ``None`` when it can (cheap: builds no weights)."""
+    if cfg.train.mfw_strength > 0:
+        return "major feature weakening (train.mfw_strength > 0) mixes features within each batch"
+    if getattr(cfg.train, "semi", "none") != "none" or getattr(cfg.data, "pseudo_labels", None):
+        return "semi-supervised tasks (train.semi, data.pseudo_labels) are not stackable"
+    from .experiment import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg, 2, 3)
+        _stacked_skeleton(model, 2)
+    except LongtailError as e:
+        return e.problem
+    return None
+
+
+def check_stackable(cfg: RunConfig) -> None:
+    """Raise a ``LongtailError`` naming the fix when ``cfg`` cannot be trained stacked."""
+    reason = stack_unsupported_reason(cfg)
+    if reason is not None:
+        problem = reason if reason.startswith("seeds cannot") else f"seeds cannot be trained stacked: {reason}"
+        raise LongtailError(problem, _SEQUENTIAL_FIX)
+
+
+def _member_optimizers(stacked: StackedClassifier, optimizer: torch.optim.Optimizer, members: list[Classifier],
+                       cfg: RunConfig) -> list[torch.optim.Optimizer]:
+    t = cfg.train
+    out = []
+    for member, state in zip(members, unstack_optimizer_state(stacked, optimizer.state_dict())):
+        opt = make_sgd(member, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        opt.load_state_dict(state)
+        out.append(opt)
+    return out
+
+
+def train_stacked(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    splits: Any = None,
+    command: list[str] | None = None,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train ``cfg`` once per seed, all seeds at once as one stacked network, into ``out/seed-N``.
+
+    Each seed's run folder is the one ``experiment.train_one(replace(cfg, seed=N), out/seed-N)``
+    writes, and its weights equal that run's up to floating-point rounding. Returns one result
+    per seed, shaped like ``train_one``'s (test summary + context), or ``{}`` per seed when
+    ``stop_after`` ended the run early. Resumes from the seed folders' checkpoints when all of
+    them hold one at the same epoch (written by this function or by ``train_one``).
+    """
+    from .data.registry import load_splits
+    from .experiment import build_model, build_task, evaluate_model, lr_function, resolve_device
+    from .report import write_report
+    from .runs import RunDir, load_checkpoint, load_model_state, save_checkpoint
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise LongtailError(f"train_stacked needs distinct seeds, got {seeds}", "pass each seed once")
+    check_stackable(cfg)
+    out = Path(out)
+    t = cfg.train
+    device = resolve_device(t.device)
+    t_setup = time.perf_counter()
+    splits = (splits or load_splits(cfg.data)).to(device)
+    train, test = splits.train, splits.test
+    counts = train.class_counts()
+    counts.require_nonempty(train.class_names)
+    cfgs = [replace(cfg, seed=s) for s in seeds]
+    runs = [RunDir(out / f"seed-{s}") for s in seeds]
+
+    task_args = (splits,) if len(inspect.signature(build_task).parameters) > 3 else ()  # newer build_task
+    members, tasks = [], []
+    for c in cfgs:  # exactly as train_one builds each seed's run
+        torch.manual_seed(c.seed)  # model initialisation
+        members.append(build_model(c, train.num_classes, train.image_shape[0]).to(device))
+        tasks.append(build_task(c, train, counts, *task_args).to(device))
+    task = StackedTask(tasks, seeds)
+
+    start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]
+    opt_states = None
+    present = [r.checkpoint.is_file() for r in runs]
+    if any(present):
+        if not all(present):
+            have = [s for s, p in zip(seeds, present) if p]
+            raise LongtailError(
+                f"only some seed folders under {out} hold a checkpoint (seeds {have} of {seeds}), so the seeds "
+                "cannot be resumed together",
+                f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
+        states = []
+        for run, c, member in zip(runs, cfgs, members):
+            previous = run.existing_config()
+            if previous is not None and previous != c:
+                raise LongtailError(f"{run.root} holds a run with a different configuration",
+                                    "use another --out, or pass --restart to overwrite it")
+            state = load_checkpoint(run.checkpoint)
+            load_model_state(member, state["model"], str(run.checkpoint))
+            if state.get("optimizer") is None:
+                raise LongtailError(f"{run.checkpoint} holds no optimizer state to resume from",
+                                    "pass --restart to train afresh")
+            states.append(state)
+        epochs_done = sorted({int(st["next_epoch"]) for st in states})
+        if len(epochs_done) != 1:
+            raise LongtailError(
+                f"the seed folders under {out} were checkpointed at different epochs {epochs_done}, so the seeds "
+                "cannot be resumed together", f"{_SEQUENTIAL_FIX}, or pass --restart")
+        start_epoch = epochs_done[0]
+        records = [list(st["records"]) for st in states]
+        opt_states = [st["optimizer"] for st in states]
+        log(f"resuming seeds {seeds} under {out} (stacked) from epoch {start_epoch}/{t.epochs}")
+    for run, c in zip(runs, cfgs):
+        run.create(c, command)
+
+    stacked = stack(members)
+    del members
+    if device.type == "cuda":
+        stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if opt_states is not None:
+        optimizer.load_state_dict(stack_optimizer_state(stacked, opt_states))
+    setup_s = time.perf_counter() - t_setup
+
+    def on_epoch_end(rec: EpochRecord) -> None:
+        losses = task.member_losses()
+        done = rec.epoch + 1
+        want_val = splits.val is not None and t.eval_every and done % t.eval_every == 0
+        want_ckpt = done % max(t.checkpoint_every, 1) == 0 or done == t.epochs
+        models = unstack(stacked) if (want_val or want_ckpt) else None
+        for s, run in enumerate(runs):
+            row = asdict(rec)
+            row["train_loss"] = losses[s]  # this seed's own loss (rec.train_loss is the sum over seeds)
+            row["stacked_seeds"] = seeds  # `seconds` is the time of the stacked epoch (all seeds)
+            if want_val:
+                row["val_top1"] = evaluate_model(models[s], splits.val, counts, device, t.amp)["top1"]  # type: ignore[index]
+            records[s].append(row)
+            run.write_metrics(records[s])
+        if want_ckpt:
+            assert models is not None
+            for c, run, model, opt, rows in zip(cfgs, runs, models, _member_optimizers(stacked, optimizer, models, cfg),
+                                                records):
+                save_checkpoint(run.checkpoint, config=c, model=model, optimizer=opt, next_epoch=done, records=rows)
+
+    t_train = time.perf_counter()
+    fit(stacked, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=seeds[0], device=device,
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+    train_s = time.perf_counter() - t_train
+    if stop_after is not None and len(records[0]) < t.epochs:
+        return [{} for _ in seeds]
+
+    results = []
+    done_rows = records[0][start_epoch:]
+    steps = sum(r["steps"] for r in done_rows)
+    for c, run, model in zip(cfgs, runs, unstack(stacked)):
+        t_eval = time.perf_counter()
+        summary = evaluate_model(model, test, counts, device, t.amp)
+        per_seed = len(done_rows) and steps * t.batch_size / max(train_s, 1e-9)
+        timing = {"setup_s": setup_s, "train_s": train_s, "eval_s": time.perf_counter() - t_eval,
+                  "train_images_per_s": per_seed, "stacked_train_images_per_s": per_seed * len(seeds)}
+        extra: dict[str, Any] = {"recipe": c.recipe, "epoch": t.epochs, "split": "test", "seed": c.seed,
+                                 "config": c.to_dict(), "device": str(device), "timing": timing,
+                                 "train_size": len(train), "test_size": len(test), "stacked_seeds": seeds}
+        if splits.val is not None:
+            extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
+        if getattr(splits, "info", None):
+            extra["semi"] = splits.info
+        write_report(run.root, summary, title=f"{c.recipe} (seed {c.seed}, last epoch, test set)", extra=extra)
+        results.append({**summary, **extra})
+    return results

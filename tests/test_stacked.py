@@ -1,0 +1,277 @@
+"""Several seeds trained at once as one stacked network: exact equivalence with sequential runs."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longtail import LongtailError
+from longtail.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.data.augment import Augment
+from longtail.data.registry import Splits
+from longtail.experiment import train_one
+from longtail.loop import epoch_generator
+from longtail.losses import make_loss
+from longtail.models import MODELS, Classifier, make_model
+from longtail.models.resnet_cifar import ResNetCifar
+from longtail.runs import load_checkpoint
+from longtail.samplers import make_sampler
+from longtail.stacked import (StackedTask, check_stackable, stack, stack_images, stack_optimizer_state,
+                              stack_unsupported_reason, train_stacked, unstack, unstack_optimizer_state)
+from longtail.tasks import SupervisedTask
+from longtail.weights import make_weighting
+
+from conftest import synthetic_set
+
+ARCH = "resnet-tiny-test"  # ResNetCifar with one block per stage: both zero-pad shortcuts, 4 -> 8 -> 16 channels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and a shared 2-core machine stays usable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def tiny_resnet(monkeypatch):
+    monkeypatch.setitem(MODELS, ARCH, lambda c: ResNetCifar(1, in_channels=c, widths=(4, 8, 16)))
+
+
+def members(head="linear", arch=ARCH, seeds=(0, 1, 2)):
+    out = []
+    for s in seeds:
+        torch.manual_seed(s)
+        out.append(make_model(arch, 4, head=head, in_channels=3))
+    return out
+
+
+def warm_up_bn(models, seed=10):
+    """Move BatchNorm running statistics away from their initial values."""
+    g = torch.Generator().manual_seed(seed)
+    for m in models:
+        m.train()
+        with torch.no_grad():
+            m(torch.randn(6, 3, 8, 8, generator=g) * 2 + 0.5)
+
+
+@pytest.mark.parametrize("head,arch", [("linear", ARCH), ("cosine", ARCH), ("linear", "tiny")])
+def test_stack_unstack_round_trip_is_bit_identical(head, arch):
+    models = members(head, arch)
+    warm_up_bn(models)
+    stacked = stack(models)
+    assert len({p.data_ptr() for p in stacked.parameters()}) == len(list(stacked.parameters()))  # nothing shared
+    back = unstack(stacked)
+    for m, b in zip(models, back):
+        assert type(b) is Classifier and str(b) == str(m)
+        sa, sb = m.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    # the members are independent copies: changing one touches neither the stack nor the originals
+    with torch.no_grad():
+        back[0].head.weight.add_(1.0)
+    assert torch.equal(unstack(stacked)[0].head.weight, models[0].head.weight)
+    assert torch.equal(back[1].head.weight, models[1].head.weight)
+    assert stack(back).head.weight.shape == stacked.head.weight.shape
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_stacked_forward_equals_member_forwards(head):
+    models = members(head)
+    warm_up_bn(models)
+    stacked = stack(models)
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 3, 8, 8, generator=g) for _ in models]
+    x = stack_images(xs)
+    for mode in ("train", "eval"):
+        for m in models:
+            m.train(mode == "train")
+        stacked.train(mode == "train")
+        logits = stacked(x)
+        assert logits.shape == (3, 5, 4)
+        for s, m in enumerate(models):
+            torch.testing.assert_close(logits[s], m(xs[s]), atol=1e-5, rtol=1e-5)
+        feats = stacked.features(x)
+        for s, m in enumerate(models):
+            torch.testing.assert_close(feats[s], m.features(xs[s]), atol=1e-5, rtol=1e-5)
+    # the train-mode forward updated the running statistics of each member exactly as its own
+    for m, b in zip(models, unstack(stacked)):
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
+    same = stacked.repeat_input(xs[0])
+    stacked.eval()
+    torch.testing.assert_close(stacked(same)[2], models[2].eval()(xs[0]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_sgd_steps_on_the_stack_equal_separate_steps(head):
+    models = members(head)
+    stacked = stack(models)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for m in models]
+    opt = torch.optim.SGD(stacked.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(4)
+    for step in range(3):  # several steps: momentum buffers matter
+        xs = [torch.randn(8, 3, 8, 8, generator=g) for _ in models]
+        ys = [torch.randint(0, 4, (8,), generator=g) for _ in models]
+        for m, o, x, y in zip(models, opts, xs, ys):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+        opt.zero_grad()
+        logits = stacked(stack_images(xs))
+        sum(F.cross_entropy(logits[s], ys[s]) for s in range(len(models))).backward()
+        opt.step()
+    for m, b in zip(models, unstack(stacked)):
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, atol=1e-5, rtol=1e-4, msg=k)
+    states = unstack_optimizer_state(stacked, opt.state_dict())
+    for o, st in zip(opts, states):
+        ref = o.state_dict()
+        assert st["param_groups"] == ref["param_groups"]
+        for i in ref["state"]:
+            torch.testing.assert_close(st["state"][i]["momentum_buffer"], ref["state"][i]["momentum_buffer"],
+                                       atol=1e-5, rtol=1e-4)
+    # and back: stacking the per-member states gives the stacked state exactly
+    again = stack_optimizer_state(stacked, states)
+    for i, v in opt.state_dict()["state"].items():
+        assert torch.equal(again["state"][i]["momentum_buffer"], v["momentum_buffer"])
+
+
+def supervised_task(train, counts):
+    return SupervisedTask(train, make_loss("focal", counts, gamma=1.0), batch_size=16,
+                          augment=Augment(crop_padding=2, flip=True),
+                          sampler=make_sampler("class-balanced", train.labels, train.num_classes),
+                          weighting=make_weighting("inverse", counts, start_epoch=1))
+
+
+def test_stacked_task_draws_each_members_sequential_batches():
+    train = synthetic_set([30, 15, 8, 4])
+    counts = train.class_counts()
+    seeds = [3, 7]
+    stacked_task = StackedTask([supervised_task(train, counts) for _ in seeds], seeds)
+    models = members(seeds=(0, 1))
+    model = stack(models)
+    for epoch in (0, 1):
+        stacked_task.on_epoch_start(epoch)
+        got = list(stacked_task.batches(epoch, torch.Generator().manual_seed(123)))
+        for s, seed in enumerate(seeds):
+            ref_task = supervised_task(train, counts)
+            ref_task.on_epoch_start(epoch)
+            ref = list(ref_task.batches(epoch, epoch_generator(seed, epoch, torch.device("cpu"))))
+            assert len(got) == len(ref) == 4
+            for b, r in zip(got, ref):
+                assert torch.equal(b.images[:, 3 * s:3 * (s + 1)], r.images)
+                assert torch.equal(b.labels[s], r.labels) and torch.equal(b.index[s], r.index)
+            # the loss term of member s is its own task's loss (with the epoch's class weights)
+            loss = stacked_task.member_loss_terms(model, got[0])[s]
+            torch.testing.assert_close(loss, ref_task.loss(models[s].train(), ref[0]), atol=1e-5, rtol=1e-5)
+        assert (stacked_task.members[0].class_weight is None) == (epoch == 0)  # DRW switched on at epoch 1
+
+
+def tiny_config(epochs=2, **train) -> RunConfig:
+    return RunConfig(
+        recipe="stacked-test",
+        data=DataConfig(dataset="synthetic"),
+        model=ModelConfig(arch=ARCH, head="linear"),
+        loss=LossConfig(name="focal"),
+        train=TrainConfig(**{**dict(epochs=epochs, batch_size=16, lr=0.05, device="cpu", checkpoint_every=1,
+                                    crop_padding=1, sampler="class-balanced", weighting="inverse",
+                                    drw_start=100.0, warmup_epochs=0.0), **train}),
+    )
+
+
+@pytest.fixture
+def splits():
+    return Splits(synthetic_set([40, 20, 10, 6]), synthetic_set([10, 10, 10, 10], seed=1, name="test"))
+
+
+def weights(folder):
+    return load_checkpoint(folder / "checkpoints" / "last.pt")
+
+
+def assert_close_runs(a, b, atol=1e-4):
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=atol, rtol=1e-4, msg=k)
+    for i, st in a["optimizer"]["state"].items():
+        torch.testing.assert_close(st["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"],
+                                   atol=atol, rtol=1e-4)
+    assert a["next_epoch"] == b["next_epoch"]
+
+
+def test_train_stacked_matches_sequential_runs(tmp_path, splits):
+    cfg = tiny_config(epochs=2)
+    seeds = [0, 5]
+    results = train_stacked(cfg, seeds, tmp_path / "stacked", splits=splits, progress=False, log=lambda _: None)
+    assert [r["seed"] for r in results] == seeds
+    for s, result in zip(seeds, results):
+        seq = train_one(replace(cfg, seed=s), tmp_path / f"seq-{s}", splits=splits, progress=False)
+        run = tmp_path / "stacked" / f"seed-{s}"
+        for f in ("config.json", "metrics.jsonl", "report.json", "report.md", "checkpoints/last.pt"):
+            assert (run / f).is_file(), f
+        a, b = weights(run), weights(tmp_path / f"seq-{s}")
+        assert a["config"] == b["config"] and a["config"]["seed"] == s
+        assert_close_runs(a, b)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        seq_rows = [json.loads(line) for line in (tmp_path / f"seq-{s}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1] and [r["steps"] for r in rows] == [r["steps"] for r in seq_rows]
+        for r, q in zip(rows, seq_rows):
+            assert r["train_loss"] == pytest.approx(q["train_loss"], rel=1e-4) and r["lr"] == q["lr"]
+        report = json.loads((run / "report.json").read_text())
+        assert report["seed"] == s and report["stacked_seeds"] == seeds and result["top1"] == report["top1"]
+        # 40 test images: near-identical weights may at most flip a near-tie
+        assert abs(result["top1"] - seq["top1"]) <= 100 / 40 + 1e-9
+
+
+def test_resume_stacked_and_across_modes(tmp_path, splits):
+    cfg = tiny_config(epochs=2)
+    seeds = [1, 2]
+    quiet = dict(splits=splits, progress=False, log=lambda _: None)
+    train_stacked(cfg, seeds, tmp_path / "full", **quiet)
+    assert train_stacked(cfg, seeds, tmp_path / "cut", stop_after=1, **quiet) == [{}, {}]
+    assert weights(tmp_path / "cut" / "seed-1")["next_epoch"] == 1
+    train_stacked(cfg, seeds, tmp_path / "cut", **quiet)
+    for s in seeds:
+        a, b = weights(tmp_path / "full" / f"seed-{s}"), weights(tmp_path / "cut" / f"seed-{s}")
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), k
+        assert len(a["records"]) == len(b["records"]) == 2
+    # seeds started sequentially and interrupted are finished stacked
+    for s in seeds:
+        train_one(replace(cfg, seed=s), tmp_path / "mixed" / f"seed-{s}", stop_after=1, **quiet)
+    train_stacked(cfg, seeds, tmp_path / "mixed", **quiet)
+    for s in seeds:
+        assert_close_runs(weights(tmp_path / "mixed" / f"seed-{s}"), weights(tmp_path / "full" / f"seed-{s}"))
+    # and a stacked checkpoint resumes sequentially (train_one finds the finished run and re-evaluates)
+    again = train_one(replace(cfg, seed=1), tmp_path / "cut" / "seed-1", **quiet)
+    assert again["top1"] == json.loads((tmp_path / "full" / "seed-1" / "report.json").read_text())["top1"]
+
+
+def test_what_cannot_be_stacked(tmp_path, splits, monkeypatch):
+    assert stack_unsupported_reason(RunConfig()) is None  # resnet32, linear head
+    assert stack_unsupported_reason(replace(RunConfig(), model=ModelConfig("resnet20", "cosine"))) is None
+    with pytest.raises(LongtailError, match="feature weakening") as e:
+        check_stackable(tiny_config(mfw_strength=0.5))
+    assert "one after another" in str(e.value)
+    def odd(c):
+        net = nn.Sequential(nn.Conv2d(c, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        net.out_features = 4
+        return net
+
+    monkeypatch.setitem(MODELS, "odd", odd)
+    with pytest.raises(LongtailError, match="GELU"):
+        train_stacked(replace(tiny_config(), model=ModelConfig("odd")), [0, 1], tmp_path / "x", splits=splits)
+    with pytest.raises(LongtailError, match="distinct seeds"):
+        train_stacked(tiny_config(), [0, 0], tmp_path / "y", splits=splits)
+    with pytest.raises(LongtailError, match="another architecture"):
+        stack(members(seeds=(0,)) + members(arch="tiny", seeds=(1,)))
+    # only some seed folders hold a checkpoint
+    train_one(replace(tiny_config(), seed=0), tmp_path / "part" / "seed-0", splits=splits, progress=False,
+              stop_after=1)
+    with pytest.raises(LongtailError, match="only some seed folders"):
+        train_stacked(tiny_config(), [0, 1], tmp_path / "part", splits=splits, progress=False)
