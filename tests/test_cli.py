@@ -100,3 +100,12 @@ def test_pseudo_label_pipeline_on_digits(tmp_path, capsys):
     assert sum(semi_report["train_counts"]) > base_n  # pseudo-labeled images were trained on
     assert "semi" in semi_report
     assert saved  # the label file records the pool
+
+
+def test_stacked_seeds_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "stacked"
+    assert main(["train", "quickstart", "--epochs", "1", "--seeds", "0", "1", "--stack-seeds", "on",
+                 "--out", str(out), "--quiet"]) == 0
+    agg = json.loads((out / "report.json").read_text())["aggregate"]
+    assert len(agg["top1"]["values"]) == 2
+    assert (out / "seed-1" / "checkpoints" / "last.pt").is_file()

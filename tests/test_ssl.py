@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,18 +10,16 @@ import torch.nn.functional as F
 
 from longtail import ClassCounts, LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from longtail.data.augment import Batch
 from longtail.data.imageset import ImageSet
 from longtail.data.registry import Splits
 from longtail.models import make_model
 from longtail.runs import load_checkpoint
 from longtail.ssl import (
-    SAM, MoCo, MoCoTask, RotationTask, SimSiam, SimSiamTask, SSLConfig, TwoViewAugment, ViewPair,
-    class_frequency_weights, frozen_bn_statistics, info_nce, kde_density, kde_weights, knn_probabilities,
+    SAM, MoCo, MoCoTask, RotationTask, SimSiam, SimSiamTask, SSLConfig, TwoViewAugment, apply_ssl_overrides,
+    class_frequency_weights, default_config, default_ssl, frozen_bn_statistics, info_nce, kde_density, kde_weights, knn_probabilities,
     linear_probe, load_pretrained_backbone, pretrain_run, rotate, rotation_model, simsiam_loss,
 )
 from longtail.ssl.augment import hsv_to_rgb, random_resized_crop, rgb_to_hsv
-from longtail.ssl.losses import info_nce_logits
 
 from conftest import synthetic_set
 
@@ -147,7 +146,7 @@ def test_rotation_loss_falls_on_a_fixed_batch():
     assert batch.images.shape[0] == 128
     losses = _steps(model, task, batch, 25, lr=0.1)
     assert losses[-1] < 0.5 * losses[0]
-    assert task.epoch_metrics()["rotation_acc"] > 25
+    assert task.epoch_metrics()["rotation_train_acc"] > 25
 
 
 def test_simsiam_loss_falls_on_a_fixed_batch():
@@ -294,6 +293,10 @@ def test_sam_with_rho_zero_is_the_base_optimizer(adaptive):
             opt.step(closure)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert opt_a.state_dict()["state"].keys() == opt_b.state_dict()["state"].keys()
+    # the loop sets the rate on optimizer.param_groups: it must reach the base, also after loading a state
+    opt_a.load_state_dict(opt_b.state_dict())
+    opt_a.param_groups[0]["lr"] = 0.01
+    assert opt_a.base_optimizer.param_groups[0]["lr"] == 0.01
 
 
 def test_adaptive_sam_perturbation_scales_with_the_weights():
@@ -463,20 +466,36 @@ def test_module_prefixed_state_dict_loads_and_mismatches_fail(tmp_path):
         load_pretrained_backbone(make_model("tiny", 10), tmp_path / "missing", log=None)
 
 
-def test_moco_pretraining_resumes_exactly(tmp_path, splits):
+@pytest.mark.parametrize("method", ["moco", "simsiam-rwsam"])
+def test_pretraining_resumes_exactly(tmp_path, splits, method):
+    # MoCo: the queue and the last step's keys; rwSAM: KDE weights of epoch 0 reused in epoch 1
+    ssl = replace(TINY_SSL, rw_every=2)
     cfg = tiny_config(epochs=2)
-    full = pretrain_run("moco", cfg, tmp_path / "full", ssl=TINY_SSL, splits=splits, progress=False)
-    assert pretrain_run("moco", cfg, tmp_path / "cut", ssl=TINY_SSL, splits=splits, progress=False, stop_after=1) == {}
-    resumed = pretrain_run("moco", cfg, tmp_path / "cut", ssl=TINY_SSL, splits=splits, progress=False,
-                           log=lambda s: None)
+    full = pretrain_run(method, cfg, tmp_path / "full", ssl=ssl, splits=splits, progress=False)
+    assert pretrain_run(method, cfg, tmp_path / "cut", ssl=ssl, splits=splits, progress=False, stop_after=1) == {}
+    resumed = pretrain_run(method, cfg, tmp_path / "cut", ssl=ssl, splits=splits, progress=False, log=lambda s: None)
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
-    assert int(a["queue_ptr"]) == (2 * (len(splits.train) // 16) * 16) % TINY_SSL.moco_queue
+    if method == "moco":
+        assert int(a["queue_ptr"]) == (2 * (len(splits.train) // 16) * 16) % ssl.moco_queue
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["knn"]["per_class"] == full["knn"]["per_class"]
     with pytest.raises(LongtailError, match="different configuration or method"):
-        pretrain_run("simsiam", cfg, tmp_path / "cut", ssl=TINY_SSL, splits=splits, progress=False)
+        pretrain_run("rotation", cfg, tmp_path / "cut", ssl=ssl, splits=splits, progress=False)
+
+
+def test_ssl_overrides():
+    ssl = apply_ssl_overrides(SSLConfig(), {"ssl.moco_queue": "1024", "ssl.kde_bandwidth": "none",
+                                            "ssl.sam_adaptive": "false", "ssl.rw_weights": "class"})
+    assert (ssl.moco_queue, ssl.kde_bandwidth, ssl.sam_adaptive, ssl.rw_weights) == (1024, None, False, "class")
+    with pytest.raises(LongtailError, match="unknown setting"):
+        apply_ssl_overrides(SSLConfig(), {"ssl.queue": "1"})
+    with pytest.raises(LongtailError, match="rw_weights"):
+        apply_ssl_overrides(SSLConfig(), {"ssl.rw_weights": "labels"})
+    assert default_ssl("moco", "imagenet-lt").moco_queue == 65536 and default_ssl("moco").moco_queue == 4096
+    assert default_config("rotation").train == TrainConfig()  # the supervised reference recipe
+    assert default_config("simsiam").train.schedule == "cosine"
 
 
 def test_rotation_pretraining_reports_its_pretext_accuracy(tmp_path, splits):
@@ -484,7 +503,7 @@ def test_rotation_pretraining_reports_its_pretext_accuracy(tmp_path, splits):
     result = pretrain_run("rotation", tiny_config(epochs=1), out, ssl=TINY_SSL, splits=splits, progress=False)
     assert 0.0 <= result["rotation_test_accuracy"] <= 100.0
     assert "Rotation prediction accuracy (the 4-way pretext task" in (out / "report.md").read_text()
-    assert "rotation_acc" in json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "rotation_train_acc" in json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     with pytest.raises(LongtailError, match="unknown pre-training method"):
         pretrain_run("rotations", tiny_config(), tmp_path / "x", splits=splits)
     with pytest.raises(LongtailError, match="reads no labels"):

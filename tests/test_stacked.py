@@ -20,7 +20,8 @@ from longtail.models.resnet_cifar import ResNetCifar
 from longtail.runs import load_checkpoint
 from longtail.samplers import make_sampler
 from longtail.stacked import (StackedTask, check_stackable, stack, stack_images, stack_optimizer_state,
-                              stack_unsupported_reason, train_stacked, unstack, unstack_optimizer_state)
+                              stack_unsupported_reason, stacked_resume_problem, train_stacked, unstack,
+                              unstack_optimizer_state)
 from longtail.tasks import SupervisedTask
 from longtail.weights import make_weighting
 
@@ -273,5 +274,10 @@ def test_what_cannot_be_stacked(tmp_path, splits, monkeypatch):
     # only some seed folders hold a checkpoint
     train_one(replace(tiny_config(), seed=0), tmp_path / "part" / "seed-0", splits=splits, progress=False,
               stop_after=1)
+    assert "only some seed folders" in stacked_resume_problem(tmp_path / "part", [0, 1])
+    assert stacked_resume_problem(tmp_path / "part", [0]) is None
+    assert stacked_resume_problem(tmp_path / "nothing-yet", [0, 1]) is None
     with pytest.raises(LongtailError, match="only some seed folders"):
         train_stacked(tiny_config(), [0, 1], tmp_path / "part", splits=splits, progress=False)
+    train_one(replace(tiny_config(), seed=1), tmp_path / "part" / "seed-1", splits=splits, progress=False)
+    assert "different epochs [1, 2]" in stacked_resume_problem(tmp_path / "part", [0, 1])

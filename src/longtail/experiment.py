@@ -142,7 +142,7 @@ def train_one(
         model = model.to(memory_format=torch.channels_last)
     t = cfg.train
     optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    task = build_task(cfg, train, counts, splits)
+    task = build_task(cfg, train, counts, splits).to(device)  # loss buffers (margins, priors) too
 
     start_epoch, records = 0, []
     previous = run.existing_config()
@@ -193,15 +193,28 @@ def train_one(
     return {**summary, **extra}
 
 
-def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, **kw: Any) -> dict[str, Any]:
-    """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``."""
+def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,
+                **kw: Any) -> dict[str, Any]:
+    """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``.
+
+    ``stack``: train the seeds concurrently as one fused network (``longtail.stacked``; exact per
+    seed up to rounding). None: stack on CUDA when the configuration allows it, else one after another.
+    """
     out = Path(out)
     if len(seeds) == 1:
         return train_one(replace(cfg, seed=seeds[0]), out, **kw)
     splits = load_splits(cfg.data)  # the same data split for every seed
-    results = []
-    for s in seeds:
-        results.append((f"seed {s}", train_one(replace(cfg, seed=s), out / f"seed-{s}", splits=splits, **kw)))
+    from .stacked import check_stackable, stack_unsupported_reason, stacked_resume_problem, train_stacked
+
+    if stack is None:
+        stack = (resolve_device(cfg.train.device).type == "cuda" and stack_unsupported_reason(cfg) is None
+                 and stacked_resume_problem(out, seeds) is None)
+    if stack:
+        check_stackable(cfg)
+        results = [(f"seed {s}", r) for s, r in zip(seeds, train_stacked(cfg, seeds, out, splits=splits, **kw))]
+    else:
+        results = [(f"seed {s}", train_one(replace(cfg, seed=s), out / f"seed-{s}", splits=splits, **kw))
+                   for s in seeds]
     if any(not r for _, r in results):
         return {}
     aggregate = aggregate_seeds([r for _, r in results])

@@ -75,12 +75,13 @@ __all__ = [
     "stack_images",
     "stack_optimizer_state",
     "stack_unsupported_reason",
+    "stacked_resume_problem",
     "train_stacked",
     "unstack",
     "unstack_optimizer_state",
 ]
 
-_SEQUENTIAL_FIX = "train the seeds one after another instead (turn seed stacking off)"
+_SEQUENTIAL_FIX = "train the seeds one after another instead (--stack-seeds off)"
 
 #: Modules whose own ``forward`` acts on every channel alike, so they work unchanged on stacked channels.
 _CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, BasicBlock, ResNetCifar, TinyNet)
@@ -508,6 +509,30 @@ def check_stackable(cfg: RunConfig) -> None:
         raise LongtailError(problem, _SEQUENTIAL_FIX)
 
 
+def stacked_resume_problem(out: str | Path, seeds: Sequence[int]) -> str | None:
+    """Why the seed folders ``out/seed-N`` cannot be resumed together as one stacked run, or ``None``.
+
+    They can when none holds a checkpoint (a fresh start) or all hold one at the same epoch.
+    A caller choosing stacking automatically can fall back to sequential training otherwise.
+    """
+    from .runs import RunDir, load_checkpoint
+
+    out = Path(out)
+    ckpts = [RunDir(out / f"seed-{s}").checkpoint for s in seeds]
+    present = [c.is_file() for c in ckpts]
+    if not any(present):
+        return None
+    if not all(present):
+        have = [s for s, p in zip(seeds, present) if p]
+        return (f"only some seed folders under {out} hold a checkpoint (seeds {have} of {list(seeds)}), "
+                "so the seeds cannot be resumed together")
+    epochs = sorted({int(load_checkpoint(c)["next_epoch"]) for c in ckpts})
+    if len(epochs) != 1:
+        return (f"the seed folders under {out} were checkpointed at different epochs {epochs}, "
+                "so the seeds cannot be resumed together")
+    return None
+
+
 def _member_optimizers(stacked: StackedClassifier, optimizer: torch.optim.Optimizer, members: list[Classifier],
                        cfg: RunConfig) -> list[torch.optim.Optimizer]:
     t = cfg.train
@@ -568,14 +593,10 @@ def train_stacked(
 
     start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]
     opt_states = None
-    present = [r.checkpoint.is_file() for r in runs]
-    if any(present):
-        if not all(present):
-            have = [s for s, p in zip(seeds, present) if p]
-            raise LongtailError(
-                f"only some seed folders under {out} hold a checkpoint (seeds {have} of {seeds}), so the seeds "
-                "cannot be resumed together",
-                f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
+    problem = stacked_resume_problem(out, seeds)
+    if problem is not None:
+        raise LongtailError(problem, f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
+    if runs[0].checkpoint.is_file():
         states = []
         for run, c, member in zip(runs, cfgs, members):
             previous = run.existing_config()
@@ -588,12 +609,7 @@ def train_stacked(
                 raise LongtailError(f"{run.checkpoint} holds no optimizer state to resume from",
                                     "pass --restart to train afresh")
             states.append(state)
-        epochs_done = sorted({int(st["next_epoch"]) for st in states})
-        if len(epochs_done) != 1:
-            raise LongtailError(
-                f"the seed folders under {out} were checkpointed at different epochs {epochs_done}, so the seeds "
-                "cannot be resumed together", f"{_SEQUENTIAL_FIX}, or pass --restart")
-        start_epoch = epochs_done[0]
+        start_epoch = int(states[0]["next_epoch"])
         records = [list(st["records"]) for st in states]
         opt_states = [st["optimizer"] for st in states]
         log(f"resuming seeds {seeds} under {out} (stacked) from epoch {start_epoch}/{t.epochs}")

@@ -122,3 +122,25 @@ def default_config(method: str, dataset: str = "cifar10", *, imbalance_ratio: fl
                         checkpoint_every=20)
     return RunConfig(recipe=name, data=data, train=train)
 
+
+
+def apply_ssl_overrides(ssl: SSLConfig, overrides: dict[str, object]) -> SSLConfig:
+    """``ssl`` with ``{"ssl.moco_queue": "1024", ...}`` applied (strings are parsed as the field's type).
+
+    Keys without the ``ssl.`` prefix are rejected, so a CLI can split ``--set`` items between
+    ``longtail.config.apply_overrides`` and this function.
+    """
+    import dataclasses
+    import typing
+
+    from ..config import _coerce
+
+    hints = typing.get_type_hints(SSLConfig)
+    changes = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section != "ssl" or name not in hints:
+            raise LongtailError(f"unknown setting {key!r}",
+                                "valid pre-training settings: " + ", ".join(f"ssl.{k}" for k in hints))
+        changes[name] = _coerce(value, hints[name], key) if isinstance(value, str) else value
+    return dataclasses.replace(ssl, **changes)

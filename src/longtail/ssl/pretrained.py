@@ -27,13 +27,16 @@ from .models import HEAD_MODULES
 BACKBONE_PREFIX = "backbone."
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The state dict in ``path``, and the backbone architecture when the file is a longtail checkpoint."""
+    arch = None
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that holds more than tensors and containers
         raise LongtailError(f"cannot read pre-trained weights from {path}: {e}",
                             "pass a run folder written by `longtail pretrain` or a .pt state dict") from e
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        arch = (obj.get("config") or {}).get("model", {}).get("arch")
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -42,7 +45,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LongtailError(f"{path} holds no state dict of tensors",
                             "pass a run folder written by `longtail pretrain` or a .pt state dict")
-    return obj
+    return obj, arch
 
 
 def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,7 +74,8 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path, *,
     if not isinstance(backbone, nn.Module):
         raise LongtailError("the model has no .backbone to initialise", "pass a longtail Classifier")
     ckpt = resolve_checkpoint(path)
-    state = strip_module_prefix(_read_state_dict(ckpt))
+    raw, arch = _read_state_dict(ckpt)
+    state = strip_module_prefix(raw)
     own = backbone.state_dict()
     total = len(own)
 
@@ -84,8 +88,9 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path, *,
         source = {k: v for k, v in state.items() if not _is_head(k)}
         other = []
 
-    fix = ("pre-train with the same model (--set model.arch=...) as the run it initialises, and pass its run "
-           "folder or checkpoints/last.pt")
+    made_with = f"it was pre-trained with model.arch={arch}; " if arch else ""
+    fix = (f"{made_with}pre-train with the same model (--set model.arch=...) as the run it initialises, and pass "
+           "its run folder or checkpoints/last.pt")
     missing = [k for k in own if k not in source]
     if len(missing) == total:
         example = next(iter(state))

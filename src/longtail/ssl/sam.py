@@ -43,10 +43,24 @@ class SAM(torch.optim.Optimizer):
             raise LongtailError(f"SAM rho must be >= 0, got {rho}")
         params = [p for group in base_optimizer.param_groups for p in group["params"]]
         super().__init__(params, {"rho": rho, "adaptive": adaptive})
-        self.base_optimizer = base_optimizer
-        self.param_groups = base_optimizer.param_groups
+        self.base_optimizer = base_optimizer  # from here on, param_groups are the base optimiser's
         self.rho, self.adaptive, self.eps = float(rho), bool(adaptive), float(eps)
         self._phase_hooks: list[Callable[[str], None]] = []
+
+    # The groups are looked up on the base optimiser every time: its load_state_dict replaces its
+    # list of groups, and a reference taken at construction would then miss the loop's lr updates.
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict]:
+        base = self.__dict__.get("base_optimizer")
+        return base.param_groups if base is not None else self.__dict__["_init_groups"]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        base = self.__dict__.get("base_optimizer")
+        if base is not None:
+            base.param_groups = groups
+        else:  # Optimizer.__init__ building its (discarded) groups
+            self.__dict__["_init_groups"] = groups
 
     def add_phase_hook(self, hook: Callable[[str], None]) -> None:
         """``hook(phase)`` is called with ``"ascent"``, ``"descent"`` and ``"plain"`` during each step."""

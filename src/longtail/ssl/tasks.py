@@ -150,7 +150,8 @@ class RotationTask(_SSLTask):
     """Predict the rotation (0/90/180/270) of each image with a 4-way head (a ``Classifier``).
 
     Images get the supervised recipe's crop and flip first (Yang & Xu 2020 pre-train with it).
-    Metric: ``rotation_acc``, the training accuracy of the 4-way pretext task in %.
+    Metric: ``rotation_train_acc``, the training accuracy of the 4-way pretext task in % (not a
+    classification accuracy).
     """
 
     def __init__(self, train: ImageSet, *, batch_size: int, augment: Augment | None = None, mode: str = "balanced",
@@ -167,7 +168,7 @@ class RotationTask(_SSLTask):
 
     def _loss(self, model: nn.Module, batch: Batch, weight: torch.Tensor | None) -> torch.Tensor:
         logits = model(batch.images)
-        self._track(rotation_acc=100.0 * (logits.argmax(dim=1) == batch.labels).float().mean())
+        self._track(rotation_train_acc=100.0 * (logits.argmax(dim=1) == batch.labels).float().mean())
         return rotation_loss(logits, batch.labels, weight)
 
 
