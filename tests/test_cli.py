@@ -109,3 +109,27 @@ def test_stacked_seeds_from_the_command_line(tmp_path, capsys):
     agg = json.loads((out / "report.json").read_text())["aggregate"]
     assert len(agg["top1"]["values"]) == 2
     assert (out / "seed-1" / "checkpoints" / "last.pt").is_file()
+
+
+def test_pretrain_then_fine_tune(tmp_path, capsys):
+    """`longtail pretrain` writes a backbone that `train --init-from` loads, reporting the count."""
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert main(["pretrain", "rotation", "--dataset", "digits", "--epochs", "1", "--out", str(pre), "--quiet",
+                 "--set", "model.arch=resnet8", "--set", "data.imbalance_ratio=100", "--set", "train.batch_size=64",
+                 "--set", "ssl.probe_epochs=2"]) == 0
+    report = json.loads((pre / "report.json").read_text())
+    assert "knn" in report and "rotation_test_accuracy" in report
+    capsys.readouterr()
+    assert main(["train", "quickstart", "--epochs", "1", "--out", str(fine), "--quiet", "--init-from", str(pre)]) == 0
+    assert "loaded" in capsys.readouterr().out
+    assert main(["train", "cifar10-lt-rotation-ssp"]) == 2  # a pre-training recipe is not trained by `train`
+    assert "longtail pretrain" in capsys.readouterr().err
+
+
+def test_init_from_a_mismatched_run_fails_clearly(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    code = main(["train", "quickstart", "--epochs", "1", "--out", str(tmp_path / "b"), "--quiet",
+                 "--init-from", str(run), "--set", "model.arch=resnet20"])
+    assert code == 2
+    assert "fix:" in capsys.readouterr().err

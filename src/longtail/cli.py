@@ -25,6 +25,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imbalance-ratio", type=float, help="rho = n_max / n_min of the long-tailed subset")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--init-from", help="initialise the backbone from a pre-training run folder or checkpoint")
     p.add_argument("--val-per-class", type=int, help="hold out a balanced validation split (images per class)")
     p.add_argument("--no-download", action="store_true", help="never download; stop if the data is absent")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe into a run folder")
     t.add_argument("recipe")
     _add_run_options(t)
+
+    pt = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone (rotation, MoCo v2, "
+                        "SimSiam, rwSAM)")
+    pt.add_argument("method", help="rotation | moco | moco-rwsam | simsiam | simsiam-rwsam, or a pre-training recipe")
+    pt.add_argument("--dataset", default="cifar10", help="with a method name: the data set (default cifar10)")
+    _add_run_options(pt)
 
     e = sub.add_parser("evaluate", help="re-evaluate a run (or checkpoint) and rewrite its report")
     e.add_argument("run", help="run folder or checkpoint file")
@@ -88,7 +95,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     simple = {
         "data_root": "data.root", "epochs": "train.epochs", "device": "train.device",
         "imbalance_ratio": "data.imbalance_ratio", "batch_size": "train.batch_size", "lr": "train.lr",
-        "val_per_class": "data.val_per_class",
+        "val_per_class": "data.val_per_class", "init_from": "train.init_from",
     }
     for attr, key in simple.items():
         v = getattr(args, attr, None)
@@ -154,7 +161,39 @@ def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .recipes import get_recipe
+
+    if get_recipe(args.recipe).pretrain:
+        raise LongtailError(f"{args.recipe} is a pre-training recipe", f"run `longtail pretrain {args.recipe}`")
     _train(args.recipe, args, args.out or f"runs/{args.recipe}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import apply_overrides
+    from .experiment import console_table
+    from .recipes import get_recipe
+    from .ssl import METHODS, default_config, pretrain_run
+
+    if args.method in METHODS:
+        method, cfg = args.method, default_config(args.method, args.dataset)
+    else:
+        recipe = get_recipe(args.method)
+        if not recipe.pretrain:
+            raise LongtailError(f"{args.method} is not a pre-training recipe", f"run `longtail train {args.method}`")
+        method, cfg = recipe.pretrain, recipe.config
+    if args.seeds and len(args.seeds) > 1:
+        raise LongtailError("pre-training takes one seed", "pass one --seeds value (or none)")
+    ov = overrides_from_args(args)
+    if args.seeds:
+        ov["seed"] = args.seeds[0]
+    cfg = apply_overrides(cfg, ov)
+    out = args.out or f"runs/{cfg.recipe}"
+    if args.restart and Path(out).exists():
+        shutil.rmtree(out)
+    result = pretrain_run(method, cfg, out, progress=False if args.quiet else None, command=sys.argv)
+    print(console_table(f"{cfg.recipe} (linear probe)", result))
+    print(f"\nrun folder: {out}\nreport: {Path(out) / 'report.md'}")
     return 0
 
 
@@ -205,7 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"quickstart": cmd_quickstart, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"quickstart": cmd_quickstart, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate,
             "decouple": cmd_decouple, "compare": cmd_compare, "pseudo-label": cmd_pseudo_label}
 
 

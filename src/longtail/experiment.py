@@ -141,6 +141,10 @@ def train_one(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     t = cfg.train
+    if t.init_from and not run.checkpoint.is_file():  # a resumed run has its own weights
+        from .ssl import load_pretrained_backbone
+
+        load_pretrained_backbone(model, t.init_from, log=log)
     optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     task = build_task(cfg, train, counts, splits).to(device)  # loss buffers (margins, priors) too
 

@@ -19,6 +19,7 @@ class Recipe:
     config: RunConfig
     published: str = ""  # the number it reproduces, with its mark from REFERENCE.md
     decouple: str | None = None  # two-stage recipes: the decoupling step run on the trained model
+    pretrain: str | None = None  # self-supervised pre-training recipes: the method (`longtail pretrain`)
 
 
 def _with(cfg: RunConfig, *, loss: dict | None = None, train: dict | None = None, model: dict | None = None,
@@ -87,7 +88,44 @@ def _recipes() -> list[Recipe]:
                 decouple,
             ))
     out += _semi_recipes()
+    out += _ssl_recipes(out)
     return [replace(r, config=replace(r.config, recipe=r.name)) for r in out]
+
+
+def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
+    """Self-supervised pre-training (Yang & Xu 2020; Liu et al. 2022) and fine-tuning after it."""
+    from .ssl.config import default_config
+
+    out = []
+    for ds in ("cifar10", "cifar100"):
+        label = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}[ds]
+        out.append(Recipe(f"{ds}-lt-rotation-ssp", f"{label} rho=100: rotation-prediction pre-training "
+                          "of ResNet-32 with the reference 200-epoch recipe (`longtail pretrain`)",
+                          default_config("rotation", ds), pretrain="rotation"))
+    out.append(Recipe("cifar10-lt-simsiam", "CIFAR-10-LT rho=100: SimSiam pre-training, ResNet-32, 800 epochs, "
+                      "batch 512, cosine (`longtail pretrain`)", default_config("simsiam", "cifar10"),
+                      pretrain="simsiam"))
+    out.append(Recipe("cifar10-lt-simsiam-rwsam", "CIFAR-10-LT rho=100: SimSiam with re-weighted SAM (adaptive, "
+                      "rho 0.5, label-free KDE weights; Liu et al. 2022)", default_config("simsiam-rwsam", "cifar10"),
+                      "linear-probe error 14.4 [P] (ResNet-18, balanced probe data)", pretrain="simsiam-rwsam"))
+    out.append(Recipe("imagenet-lt-moco", "ImageNet-LT: MoCo v2 pre-training, ResNet-50, 200 epochs, lr 0.015, "
+                      "K 65536, m 0.999, T 0.2 (needs the ImageNet-LT loader and ResNet-50: not yet in longtail)",
+                      default_config("moco", "imagenet-lt"), pretrain="moco"))
+    by_name = {r.name: r for r in supervised}
+    finetune = (  # (suffix, base recipe suffix, train changes, published C10, published C100)
+        ("ce-rotation-ssp", "ce", {}, "73.50 [R]", "40.40 [R]"),
+        ("ce-cb-rotation-ssp", "ce", {"sampler": "class-balanced"}, "76.53 [R]", "43.06 [R]"),
+        ("ldam-drw-rotation-ssp", "ldam-drw", {}, "77.83 [L]", "43.43 [L]"),
+    )
+    for ds in ("cifar10", "cifar100"):
+        for suffix, base, changes, p10, p100 in finetune:
+            b = by_name[f"{ds}-lt-{base}"]
+            cfg = _with(b.config, train={**changes, "init_from": f"runs/{ds}-lt-rotation-ssp"})
+            sampling = ", class-balanced sampling" if changes else ""
+            out.append(Recipe(f"{ds}-lt-{suffix}", f"{b.description}{sampling}, initialised from "
+                              f"runs/{ds}-lt-rotation-ssp (--init-from to change)", cfg,
+                              f"rho=100: {p10 if ds == 'cifar10' else p100}"))
+    return out
 
 
 def _semi_recipes() -> list[Recipe]:

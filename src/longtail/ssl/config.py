@@ -13,69 +13,15 @@ m 0.99, T 0.2, no blur, and smaller heads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, RunConfig, SSLConfig, TrainConfig
 from ..errors import LongtailError
 
 #: pre-training methods: ``longtail pretrain METHOD``
 METHODS = ("rotation", "moco", "moco-rwsam", "simsiam", "simsiam-rwsam")
 #: data sets treated as "large images" (MoCo v2's ImageNet settings)
 LARGE_DATASETS = ("imagenet-lt", "inat2018", "imagenet")
-
-
-@dataclass(frozen=True)
-class SSLConfig:
-    """Hyperparameters of the pretext tasks, heads, rwSAM and the representation evaluation."""
-
-    # rotation prediction (Gidaris et al. 2018; Yang & Xu 2020)
-    rotations: str = "balanced"  # balanced: one rotation per image, a quarter of the batch each (Yang & Xu) | all: 4x batch
-    # two-view augmentation (MoCo v2 / SimSiam), batched on the device
-    crop_min_scale: float = 0.2  # random resized crop keeps 20..100 % of the area
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float | None = None  # None: 0.5 for images of 64 px or more (MoCo v2 on ImageNet), else 0
-    # MoCo v2 (He et al. 2020; Chen et al. 2020)
-    moco_dim: int = 128
-    moco_hidden: int = 512  # MLP head d -> hidden -> dim; 2048 with ResNet-50
-    moco_queue: int = 4096  # K
-    moco_momentum: float = 0.99  # m
-    moco_temperature: float = 0.2  # T
-    moco_bn_splits: int = 8  # BatchNorm groups that emulate MoCo's shuffled BN on one device (1: plain BN)
-    # SimSiam (Chen & He 2021)
-    simsiam_dim: int = 2048
-    simsiam_pred_hidden: int = 512
-    simsiam_proj_layers: int = 2  # 2 on CIFAR, 3 on ImageNet
-    # SAM / rwSAM (Foret et al. 2021; Kwon et al. 2021; Liu et al. 2022)
-    sam_rho: float = 0.5  # Liu et al.'s default with adaptive SAM
-    sam_adaptive: bool = True
-    rw_weights: str = "kde"  # ascent-pass weights: kde (label-free) | class (uses labels) | none
-    rw_power: float = 1.0  # weight ∝ density^-power (kde) or n_class^-power (class)
-    rw_max_weight: float = 10.0  # weights are clipped to this multiple of their median
-    rw_every: int = 1  # recompute the KDE weights every N epochs
-    kde_bandwidth: float | None = None  # None: median pairwise distance of the normalised features
-    # representation evaluation on frozen features
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    probe_epochs: int = 100
-    probe_lr: float = 0.1
-    probe_batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.rotations not in ("balanced", "all"):
-            raise LongtailError(f"ssl.rotations={self.rotations!r}", "use balanced or all")
-        if self.rw_weights not in ("kde", "class", "none"):
-            raise LongtailError(f"ssl.rw_weights={self.rw_weights!r}", "use kde (label-free), class or none")
-        if not 0.0 < self.crop_min_scale <= 1.0:
-            raise LongtailError(f"ssl.crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
-        if self.moco_queue < 1 or not 0.0 <= self.moco_momentum <= 1.0 or self.moco_temperature <= 0:
-            raise LongtailError("MoCo needs moco_queue >= 1, 0 <= moco_momentum <= 1 and moco_temperature > 0")
-        if self.sam_rho < 0:
-            raise LongtailError(f"ssl.sam_rho must be >= 0, got {self.sam_rho}")
 
 
 def check_method(method: str) -> str:
@@ -113,14 +59,18 @@ def default_config(method: str, dataset: str = "cifar10", *, imbalance_ratio: fl
     data = DataConfig(dataset=dataset, imbalance_ratio=imbalance_ratio)
     name = f"{dataset}-lt-{method}" if not dataset.endswith("-lt") else f"{dataset}-{method}"
     if method == "rotation":
-        return RunConfig(recipe=name, data=data)
-    if dataset in LARGE_DATASETS:
+        cfg = RunConfig(recipe=name, data=data)
+    elif dataset in LARGE_DATASETS:
         train = TrainConfig(epochs=200, batch_size=128, lr=0.015, weight_decay=1e-4, schedule="cosine",
                             warmup_epochs=0.0)
-        return RunConfig(recipe=name, data=data, model=ModelConfig(arch="resnet50"), train=train)
-    train = TrainConfig(epochs=800, batch_size=512, lr=0.06, weight_decay=5e-4, schedule="cosine", warmup_epochs=0.0,
-                        checkpoint_every=20)
-    return RunConfig(recipe=name, data=data, train=train)
+        cfg = RunConfig(recipe=name, data=data, model=ModelConfig(arch="resnet50"), train=train)
+    else:
+        train = TrainConfig(epochs=800, batch_size=512, lr=0.06, weight_decay=5e-4, schedule="cosine",
+                            warmup_epochs=0.0, checkpoint_every=20)
+        cfg = RunConfig(recipe=name, data=data, train=train)
+    if "ssl" in getattr(RunConfig, "__dataclass_fields__", {}):  # once RunConfig carries the ssl section
+        cfg = replace(cfg, ssl=default_ssl(method, dataset))  # type: ignore[call-arg]
+    return cfg
 
 
 
