@@ -111,3 +111,17 @@ def test_overrides():
     with pytest.raises(LongtailError, match="not a valid"):
         apply_overrides(RunConfig(), {"train.epochs": "many"})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_best_epoch_is_chosen_on_validation_only(tmp_path):
+    from longtail.data.splits import validation_split
+
+    train, val = validation_split(synthetic_set([48, 24, 12, 6]), per_class=3, seed=0)
+    splits = Splits(train, synthetic_set([10, 10, 10, 10], seed=1, name="test"), val)
+    result = train_one(tiny_config(epochs=3, eval_every=1), tmp_path / "run", splits=splits, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_balanced" in r for r in rows)
+    best_epoch = max(range(3), key=lambda i: (rows[i]["val_balanced"], -i)) + 1
+    assert result["best_val_epoch"]["epoch"] == best_epoch
+    assert result["epoch"] == 3 and "top1" in result["best_val_epoch"]["test"]  # the headline stays the last epoch
+    assert "val" in result

@@ -167,7 +167,12 @@ def train_one(
     def on_epoch_end(rec: EpochRecord) -> None:
         row = asdict(rec)
         if splits.val is not None and t.eval_every and (rec.epoch + 1) % t.eval_every == 0:
-            row["val_top1"] = evaluate_model(model, splits.val, counts, device, t.amp)["top1"]
+            val = evaluate_model(model, splits.val, counts, device, t.amp)
+            row["val_top1"], row["val_balanced"] = val["top1"], val["balanced_accuracy"]
+            best = max((r["val_balanced"] for r in records if "val_balanced" in r), default=None)
+            if best is None or val["balanced_accuracy"] > best:  # the epoch chosen on validation, never on test
+                save_checkpoint(run.best_val, config=cfg, model=model, optimizer=None,
+                                next_epoch=rec.epoch + 1, records=[])
         records.append(row)
         run.write_metrics(records)
         done = rec.epoch + 1
@@ -191,6 +196,12 @@ def train_one(
                              "train_size": len(train), "test_size": len(test)}
     if splits.val is not None:
         extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
+    if run.best_val.is_file():
+        best_state = load_checkpoint(run.best_val)
+        best_model = build_model(cfg, train.num_classes, train.image_shape[0])
+        load_model_state(best_model, best_state["model"], str(run.best_val))
+        extra["best_val_epoch"] = {"epoch": best_state["next_epoch"],
+                                   "test": evaluate_model(best_model.to(device), test, counts, device, t.amp)}
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
     write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)

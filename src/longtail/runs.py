@@ -120,6 +120,7 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.checkpoint = self.root / "checkpoints" / "last.pt"
+        self.best_val = self.root / "checkpoints" / "best-val.pt"  # best balanced accuracy on the validation split
         self.metrics = self.root / "metrics.jsonl"
         self.config_file = self.root / "config.json"
 
