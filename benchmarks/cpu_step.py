@@ -1,0 +1,89 @@
+"""Time one training step of ResNet-32 (batch 128, 32x32) on the CPU in each numeric mode, and the
+batched augmentation of a whole CIFAR-10-LT epoch; append the figures to benchmarks/RESULTS.md.
+
+    python benchmarks/cpu_step.py [--steps 10] [--threads N]
+
+Modes: float32 (contiguous), float32 channels-last, bf16 autocast, bf16 autocast channels-last.
+The training loop uses bf16 and channels-last only on CUDA; this script is how that choice for the
+CPU was made. Run it on a quiet machine: timings are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from longtail.data.augment import Augment  # noqa: E402
+from longtail.models import make_model  # noqa: E402
+from run_recipe import machine  # noqa: E402
+
+
+def step_ms(channels_last: bool, bf16: bool, steps: int) -> float:
+    torch.manual_seed(0)
+    model = make_model("resnet32", 10)
+    x = torch.randn(128, 3, 32, 32)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    times = []
+    for i in range(steps + 3):  # 3 warm-up steps
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with ctx():
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[len(times) // 2]  # median
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    steps_per_epoch = -(-12406 // 128)  # CIFAR-10-LT rho=100
+    rows = []
+    for cl, bf16 in ((False, False), (True, False), (False, True), (True, True)):
+        ms = step_ms(cl, bf16, a.steps)
+        mode = ("bf16 autocast" if bf16 else "float32") + (", channels-last" if cl else "")
+        rows.append(f"| {mode} | {ms:.0f} | {ms * steps_per_epoch / 1000:.1f} |")
+        print(rows[-1], flush=True)
+    images = torch.randint(0, 256, (12406, 3, 32, 32), dtype=torch.uint8)
+    t0 = time.perf_counter()
+    Augment()(images, torch.Generator().manual_seed(0))
+    aug_s = time.perf_counter() - t0
+    lines = ["", f"## CPU: one ResNet-32 training step, batch 128 ({dt.date.today()})", "",
+             f"Machine: {machine()}, {torch.get_num_threads()} threads. Command: `python benchmarks/cpu_step.py "
+             f"--steps {a.steps}`. Median of {a.steps} steps after 3 warm-up steps; epoch = "
+             f"{steps_per_epoch} steps (CIFAR-10-LT rho=100), augmentation and evaluation not included.", "",
+             "| mode | ms / step | s / epoch |", "|---|---|---|", *rows, "",
+             f"Batched crop + flip of the whole epoch (12,406 images, uint8, CPU): {aug_s:.2f} s."]
+    results = Path(a.results)
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
