@@ -128,7 +128,7 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
 
     recipe = get_recipe(recipe_name)
     cfg = apply_overrides(recipe.config, overrides_from_args(args))
-    if getattr(args, "restart", False) and Path(out).exists():
+    if getattr(args, "restart", False) and Path(out).exists() and _rank() == 0:  # rank 0 only under torchrun
         shutil.rmtree(out)
     seeds = args.seeds if getattr(args, "seeds", None) else [cfg.seed]
     t0 = time.perf_counter()
@@ -136,8 +136,10 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
     stack = {"auto": None, "on": True, "off": False}[getattr(args, "stack_seeds", "auto")]
     result = train_seeds(cfg, seeds, out, progress=progress, command=sys.argv, stack=stack)
     if recipe.decouple and result:
-        result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress)
+        result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress, epochs=recipe.decouple_epochs)
         out = str(Path(out) / f"decouple-{recipe.decouple}")
+    if _rank() != 0:
+        return result
     print()
     print(console_table(recipe_name, result))
     print(f"\nrun folder: {out}  ({time.perf_counter() - t0:.1f} s)")
@@ -145,18 +147,27 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
     return result
 
 
-def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | None) -> dict[str, Any]:
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints and deletes."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | None,
+                    epochs: int | None = None) -> dict[str, Any]:
     """Second stage of a two-stage recipe, for each seed; mean and spread in out/decouple-METHOD."""
     from .decouple import decouple_run
     from .metrics import aggregate_seeds
     from .report import write_seed_report
 
     if len(seeds) == 1:
-        return decouple_run(out, method, progress=progress)
-    results = [(f"seed {s}", decouple_run(out / f"seed-{s}", method, progress=progress)) for s in seeds]
+        return decouple_run(out, method, progress=progress, epochs=epochs)
+    results = [(f"seed {s}", decouple_run(out / f"seed-{s}", method, progress=progress, epochs=epochs)) for s in seeds]
     aggregate = aggregate_seeds([r for _, r in results])
-    write_seed_report(out / f"decouple-{method}", aggregate, results,
-                      title=f"{method} after {out.name}: {len(seeds)} seeds (test set)")
+    if _rank() == 0:
+        write_seed_report(out / f"decouple-{method}", aggregate, results,
+                          title=f"{method} after {out.name}: {len(seeds)} seeds (test set)")
     return {"aggregate": aggregate, "seeds": dict(results)}
 
 

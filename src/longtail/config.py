@@ -18,7 +18,7 @@ from .errors import LongtailError
 class DataConfig:
     """Which data, and which long-tailed subset of it."""
 
-    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | digits
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | digits | imagenet-lt | inat2018 | folder | csv
     root: str = "data"
     imbalance_ratio: float = 100.0  # rho = n_max / n_min; 1 keeps the balanced set
     profile: str = "exp"  # exp | step
@@ -37,6 +37,13 @@ class DataConfig:
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
     unlabeled_pool: str | None = None  # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
+    # image-file data sets (dataset imagenet-lt | inat2018 | folder | csv; longtail.data.files), used as given
+    train_split: str | None = None  # split file (.txt/.json/.csv) or folder, relative to root; None: the data set's own
+    val_split: str | None = None  # None: no validation split (val_per_class > 0 holds one out of train instead)
+    test_split: str | None = None  # None: ImageNet_LT_test.txt | val2018.json | test | test.csv
+    image_size: int = 224  # side of the square crops the model sees
+    num_workers: int | None = None  # DataLoader workers per process; None: min(8, CPUs / processes on the node)
+    on_bad_image: str = "stop"  # unreadable image: stop (error) | skip (leave it out, count it in the report)
 
 
 @dataclass(frozen=True)

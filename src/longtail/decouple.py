@@ -42,11 +42,13 @@ import torch.nn as nn
 
 from .config import RunConfig
 from .counts import ClassCounts
-from .data.augment import Augment, eval_batches
+from .data.augment import Augment
 from .data.imageset import ImageSet
 from .data.registry import Splits, load_splits
 from .errors import LongtailError
-from .experiment import build_model, evaluate_model, resolve_device
+from . import distributed
+from .data.loader import feature_batches
+from .experiment import adapt_task, build_model, evaluate_model, resolve_device
 from .loop import autocast_for, fit
 from .losses import log_prior, make_loss
 from .metrics import summarize
@@ -219,7 +221,7 @@ def _features(model: Classifier, data: ImageSet, device: torch.device, amp: str)
     """Backbone features ``(N, D)`` (float32, on ``device``) of ``data`` in its own order, eval mode."""
     model.eval()
     out = []
-    for b in eval_batches(data, 512):
+    for b in feature_batches(data, device, 512):  # tensors, or image files decoded by workers
         with autocast_for(device, amp):
             out.append(model.features(b.images).float())
     return torch.cat(out)
@@ -275,14 +277,15 @@ def _train_head(ctx: Context, model: Classifier) -> None:
     ``ctx.epochs`` epochs, through the one training loop :func:`longtail.loop.fit`.
     """
     t, train = ctx.cfg.train, ctx.splits.train
-    task = SupervisedTask(train, make_loss("ce", ctx.counts), batch_size=t.batch_size,
-                          augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
-                          sampler=make_sampler("class-balanced", train.labels, train.num_classes))
+    task = adapt_task(SupervisedTask(train, make_loss("ce", ctx.counts), batch_size=t.batch_size,
+                                     augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
+                                     sampler=make_sampler("class-balanced", train.labels, train.num_classes)))
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     epochs = ctx.epochs or DEFAULT_EPOCHS
-    records = fit(FrozenBackbone(model), task, optimizer, epochs=epochs, seed=ctx.cfg.seed, device=ctx.device,
-                  lr_at=lambda e: cosine_lr(e, base_lr=t.lr, epochs=epochs), amp=t.amp, progress=ctx.progress)
+    records = fit(distributed.wrap(FrozenBackbone(model), ctx.device), task, optimizer, epochs=epochs,
+                  seed=ctx.cfg.seed, device=ctx.device, lr_at=lambda e: cosine_lr(e, base_lr=t.lr, epochs=epochs),
+                  amp=t.amp, progress=ctx.progress)
     ctx.records = [asdict(r) for r in records]
 
 
@@ -423,8 +426,10 @@ def decouple_run(
         raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    dev = resolve_device(device)
-    splits = (splits or load_splits(cfg.data)).to(dev)
+    dev = distributed.setup(resolve_device(device))
+    with distributed.main_first():
+        splits = splits or load_splits(cfg.data)
+    splits = splits.to(dev)
     if m.needs_val and tau is None and splits.val is None:
         raise LongtailError(f"{method} chooses tau on a validation split, and this run has none",
                             "train the base run with --val-per-class (e.g. 20), or pass --tau explicitly")
@@ -445,7 +450,8 @@ def decouple_run(
                              "device": str(dev), "seconds": seconds, "out": str(out), "config": cfg.to_dict()}
     if splits.val is not None:
         extra["val"] = _short(evaluate_model(model, splits.val, counts, dev, cfg.train.amp))
-    _write(out, cfg, model, state, ctx.records, summary, extra)
+    if distributed.is_main():
+        _write(out, cfg, model, state, ctx.records, summary, extra)
     return {**summary, **extra}
 
 

@@ -2,6 +2,11 @@
 
 This module composes the pieces (data, model, loss, sampler, weighting, task, loop, reports);
 it holds no method-specific logic of its own.
+
+The same functions run in one process or in each of the processes that ``torchrun`` starts
+(:mod:`longtail.distributed`): training is data-parallel, evaluation is sharded and gathered, and
+rank 0 alone writes the run folder. Image-file data sets (:mod:`longtail.data.files`) train through
+a :class:`~longtail.data.loader.LoaderTask` and are evaluated through DataLoader workers.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any, Callable
 
 import torch
 
+from . import distributed
 from .config import RunConfig
 from .counts import ClassCounts
-from .data.augment import Augment, eval_batches
+from .data.augment import Augment, eval_batches, iterate_batches
+from .data.files import FileImageSet
 from .data.registry import Splits, load_splits
 from .errors import LongtailError
 from .loop import EpochRecord, fit, make_sgd, predict
@@ -27,7 +34,7 @@ from .report import summary_table, write_report, write_seed_report
 from .runs import RunDir, load_checkpoint, load_model_state, save_checkpoint
 from .samplers import make_sampler
 from .schedule import cosine_lr, scaled_epoch, step_lr
-from .tasks import SupervisedTask
+from .tasks import SupervisedTask, Task
 from .weights import make_weighting
 
 
@@ -68,9 +75,36 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
     raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")
 
 
-def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> SupervisedTask:
+def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> Task:
     """The task of a run: supervised (optionally with major feature weakening), supervised on labeled +
-    pseudo-labeled data, or FixMatch consistency training on an unlabeled pool."""
+    pseudo-labeled data, or FixMatch consistency training on an unlabeled pool; adapted to image files
+    and to several processes by :func:`adapt_task`."""
+    return adapt_task(_base_task(cfg, train, counts, splits))
+
+
+def adapt_task(task: Task) -> Task:
+    """``task`` as it runs here: batches decoded from files (``LoaderTask``) when its training set is a
+    ``FileImageSet``; each process's rows of every batch (``ShardedTask``) under ``torchrun``."""
+    from .mfw import MFWTask
+
+    shard = distributed.current()
+    name = type(task).__name__
+    if shard.world > 1 and (isinstance(task, MFWTask) or name == "FixMatchTask"):
+        # MFW calls features()/forward_head(), which DDP does not see; FixMatch keeps per-process state
+        raise LongtailError(f"{name} is not supported with several processes",
+                            "train it in one process (python -m longtail, not torchrun)")
+    if isinstance(getattr(task, "train", None), FileImageSet):
+        if type(task) not in (SupervisedTask, MFWTask):  # others draw their own batches
+            raise LongtailError(f"{name} is not supported with image files", "use a supervised recipe")
+        from .data.loader import LoaderTask
+
+        return LoaderTask(task, shard=shard)
+    if shard.world > 1:
+        return distributed.ShardedTask(task, shard)
+    return task
+
+
+def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> SupervisedTask:
     t = cfg.train
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
     common = dict(
@@ -111,8 +145,43 @@ def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
 
 
 def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, Any]:
-    logits, labels = predict(model, eval_batches(data, 512), device, amp)
-    return summarize(logits, labels, counts, class_names=data.class_names)
+    """The test summary of ``model`` on ``data`` (tensors or files); shot groups from ``counts``.
+
+    Under ``torchrun`` each process predicts rows ``rank::world``; rank 0 gathers the logits in the
+    data set's order, summarises, and every process returns that summary. Image files left out as
+    unreadable (``data.on_bad_image=skip``) are counted under ``unreadable_images``.
+    """
+    model = distributed.unwrap(model)
+    shard = distributed.current()
+    if shard.world == 1 and not isinstance(data, FileImageSet):
+        logits, labels = predict(model, eval_batches(data, 512), device, amp)
+        return summarize(logits, labels, counts, class_names=data.class_names)
+    rows = shard.rows(len(data))
+    skipped: dict[int, str] = {}
+    if isinstance(data, FileImageSet):
+        from .data.loader import predict_files
+
+        logits, labels, rows, skipped = predict_files(model, data, device, amp, rows=rows)
+    elif rows.numel():
+        logits, labels = predict(model, iterate_batches(data, rows.to(data.device), 512), device, amp)
+    else:  # fewer rows than processes
+        logits, labels = torch.zeros(0, data.num_classes), torch.zeros(0, dtype=torch.long)
+    parts = distributed.gather_to_main((logits, labels, rows, skipped))
+    summary = None
+    if parts is not None:
+        order = torch.cat([p[2] for p in parts]).argsort()
+        logits, labels = torch.cat([p[0] for p in parts])[order], torch.cat([p[1] for p in parts])[order]
+        summary = summarize(logits, labels, counts, class_names=data.class_names)
+        skipped = {k: v for p in parts for k, v in p[3].items()}
+        if skipped:
+            summary["unreadable_images"] = _unreadable(data, skipped)
+    return distributed.broadcast(summary)
+
+
+def _unreadable(data: FileImageSet, skipped: dict[int, str]) -> dict[str, Any]:
+    """How many images were left out as unreadable, with a few of them and their errors."""
+    rows = sorted(skipped)
+    return {"count": len(rows), "examples": [f"{data.path(r)}: {skipped[r]}" for r in rows[:10]]}
 
 
 def train_one(
@@ -130,9 +199,15 @@ def train_one(
     Returns the test summary of the last epoch (plus ``val`` when a validation split is used).
     """
     run = RunDir(out)
-    device = resolve_device(cfg.train.device)
+    device = distributed.setup(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
+    main = distributed.is_main()
+    if not main:
+        log, progress = (lambda _: None), False
+    distributed.barrier()  # every process is past the command line's --restart before rank 0 writes
     t_setup = time.perf_counter()
-    splits = (splits or load_splits(cfg.data)).to(device)
+    with distributed.main_first():  # rank 0 downloads, the others read what it left
+        splits = splits or load_splits(cfg.data)
+    splits = splits.to(device)
     train, test = splits.train, splits.test
     counts = train.class_counts()
     counts.require_nonempty(train.class_names)
@@ -161,7 +236,9 @@ def train_one(
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, records = state["next_epoch"], list(state["records"])
         log(f"resuming {run.root} from epoch {start_epoch}/{t.epochs}")
-    run.create(cfg, command)
+    if main:
+        run.create(cfg, command)
+    train_model = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged in backward
     setup_s = time.perf_counter() - t_setup
 
     def on_epoch_end(rec: EpochRecord) -> None:
@@ -170,20 +247,22 @@ def train_one(
             val = evaluate_model(model, splits.val, counts, device, t.amp)
             row["val_top1"], row["val_balanced"] = val["top1"], val["balanced_accuracy"]
             best = max((r["val_balanced"] for r in records if "val_balanced" in r), default=None)
-            if best is None or val["balanced_accuracy"] > best:  # the epoch chosen on validation, never on test
+            if main and (best is None or val["balanced_accuracy"] > best):  # chosen on validation, never on test
                 save_checkpoint(run.best_val, config=cfg, model=model, optimizer=None,
                                 next_epoch=rec.epoch + 1, records=[])
         records.append(row)
-        run.write_metrics(records)
         done = rec.epoch + 1
-        if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
-            save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer,
-                            next_epoch=done, records=records)
+        if main:
+            run.write_metrics(records)
+            if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
+                save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer,
+                                next_epoch=done, records=records)
 
     t_train = time.perf_counter()
-    fit(model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
+    fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
         amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
     train_s = time.perf_counter() - t_train
+    distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
     if stop_after is not None and len(records) < t.epochs:
         return {}
     t_eval = time.perf_counter()
@@ -194,6 +273,15 @@ def train_one(
     extra: dict[str, Any] = {"recipe": cfg.recipe, "epoch": t.epochs, "split": "test", "seed": cfg.seed,
                              "config": cfg.to_dict(), "device": str(device), "timing": timing,
                              "train_size": len(train), "test_size": len(test)}
+    shard = distributed.current()
+    if shard.world > 1:
+        extra["distributed"] = {"processes": shard.world, "batch_per_process": t.batch_size / shard.world,
+                                "global_batch": t.batch_size}
+    skipped = distributed.gather_to_main(dict(getattr(task, "skipped", {})))
+    if skipped is not None and any(skipped):
+        merged = {k: v for part in skipped for k, v in part.items()}
+        extra["train_unreadable_images"] = _unreadable(train, merged)  # type: ignore[arg-type]
+        log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
     if splits.val is not None:
         extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
     if run.best_val.is_file():
@@ -204,7 +292,8 @@ def train_one(
                                    "test": evaluate_model(best_model.to(device), test, counts, device, t.amp)}
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
-    write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
+    if main:
+        write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
 
 
@@ -218,9 +307,16 @@ def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: boo
     out = Path(out)
     if len(seeds) == 1:
         return train_one(replace(cfg, seed=seeds[0]), out, **kw)
-    splits = load_splits(cfg.data)  # the same data split for every seed
+    distributed.setup(resolve_device(cfg.train.device))
+    with distributed.main_first():
+        splits = load_splits(cfg.data)  # the same data split for every seed
     from .stacked import check_stackable, stack_unsupported_reason, stacked_resume_problem, train_stacked
 
+    if splits.on_files or distributed.current().world > 1:
+        if stack:
+            raise LongtailError("seeds cannot be trained stacked with image files or several processes",
+                                "train the seeds one after another (--stack-seeds off)")
+        stack = False
     if stack is None:
         stack = (resolve_device(cfg.train.device).type == "cuda" and stack_unsupported_reason(cfg) is None
                  and stacked_resume_problem(out, seeds) is None)
@@ -233,7 +329,8 @@ def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: boo
     if any(not r for _, r in results):
         return {}
     aggregate = aggregate_seeds([r for _, r in results])
-    write_seed_report(out, aggregate, results, title=f"{cfg.recipe}: {len(seeds)} seeds (last epoch, test set)")
+    if distributed.is_main():
+        write_seed_report(out, aggregate, results, title=f"{cfg.recipe}: {len(seeds)} seeds (last epoch, test set)")
     return {"aggregate": aggregate, "seeds": {name: r for name, r in results}}
 
 
@@ -247,8 +344,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     cfg = RunConfig.from_dict(state["config"])
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    dev = resolve_device(device)
-    splits = load_splits(cfg.data).to(dev)
+    dev = distributed.setup(resolve_device(device))
+    with distributed.main_first():
+        splits = load_splits(cfg.data).to(dev)
     counts = splits.train.class_counts()
     from .decouple import model_from_checkpoint  # rebuilds decoupled heads too
 
@@ -257,7 +355,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
     extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "checkpoint": str(ckpt)}
-    if write:
+    if write and distributed.is_main():
         run_root = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
                      extra=extra)

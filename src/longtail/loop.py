@@ -3,7 +3,9 @@
 ``fit`` runs epochs of ``task.batches`` through ``optimizer.step(closure)``. The closure form
 lets sharpness-aware optimizers (SAM, rwSAM) evaluate the loss twice without a branch here.
 Randomness: epoch ``e`` draws from a generator seeded with ``(seed, e)`` alone, so a run
-resumed from a checkpoint at epoch ``e`` sees exactly the batches of an uninterrupted run.
+resumed from a checkpoint at epoch ``e`` sees exactly the batches of an uninterrupted run, and
+every process of a distributed run draws the same epoch (each then takes its rows of it, see
+:mod:`longtail.distributed`).
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    from .distributed import all_mean, is_main
+
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = sys.stderr.isatty() and is_main()
     records: list[EpochRecord] = []
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
     for epoch in bar:
@@ -96,6 +100,7 @@ def fit(
             loss = optimizer.step(closure)
             total += loss.detach()  # no host sync inside the epoch
             steps += 1
+        total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
         record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)
         records.append(record)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", lr=f"{lr:.3g}")

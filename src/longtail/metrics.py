@@ -20,6 +20,7 @@ from .counts import SHOT_GROUPS, ClassCounts
 from .errors import LongtailError
 
 #: Metrics that :func:`aggregate_seeds` reports as mean +- std over seeds.
+MAX_CONFUSION_CLASSES = 1000
 AGGREGATED_METRICS = ("top1", "many", "medium", "few", "balanced_accuracy", "ece", "nll")
 
 
@@ -159,7 +160,8 @@ def summarize(
         "per_class": per_class,
         **{g: _mean([per_class[k] for k in groups[g]]) for g in SHOT_GROUPS},
         "balanced_accuracy": _mean(per_class),
-        "confusion": confusion.tolist(),
+        # C x C ints in JSON: kept up to 1,000 classes (iNaturalist's 8,142 would be 66 M numbers)
+        "confusion": confusion.tolist() if confusion.shape[0] <= MAX_CONFUSION_CLASSES else None,
         "nll": float(F.cross_entropy(scores, labels).item()),
         "ece": expected_calibration_error(scores.softmax(dim=1), labels, ece_bins),
         "num_test": n,

@@ -19,6 +19,7 @@ class Recipe:
     config: RunConfig
     published: str = ""  # the number it reproduces, with its mark from REFERENCE.md
     decouple: str | None = None  # two-stage recipes: the decoupling step run on the trained model
+    decouple_epochs: int | None = None  # its training epochs (None: longtail.decouple.DEFAULT_EPOCHS, 10)
     pretrain: str | None = None  # self-supervised pre-training recipes: the method (`longtail pretrain`)
 
 
@@ -87,9 +88,34 @@ def _recipes() -> list[Recipe]:
                 f"rho=100: {published}" if published else "",
                 decouple,
             ))
+    out += _large_image_recipes()
     out += _semi_recipes()
     out += _ssl_recipes(out)
     return [replace(r, config=replace(r.config, recipe=r.name)) for r in out]
+
+
+def _large_image_recipes() -> list[Recipe]:
+    """ImageNet-LT and iNaturalist 2018 from their split files (REFERENCE.md): ResNet-50, 90 epochs, cosine,
+    lr 0.2; then cRT with class-balanced sampling on the frozen backbone (10 epochs, 30 on iNat)."""
+    out = []
+    for ds, label, batch, wd, crt_epochs, pub in (("imagenet-lt", "ImageNet-LT", 128, 5e-4, 10, "38.4 [P]"),
+                                                    ("inat2018", "iNaturalist 2018", 100, 1e-4, 30, "60.7 [P]")):
+        cfg = RunConfig(data=DataConfig(dataset=ds, root="data/" + ds),
+                        model=ModelConfig(arch="resnet50"),
+                        train=TrainConfig(epochs=90, batch_size=batch, lr=0.2, weight_decay=wd, schedule="cosine",
+                                          warmup_epochs=0, checkpoint_every=1))
+        base = f"{label}, ResNet-50 from scratch, 90 epochs, batch {batch}, lr 0.2 cosine, wd {wd:g}"
+        out.append(Recipe(f"{ds}-ce", f"{base}: cross-entropy", cfg, f"CE {pub} (Yang & Xu's slides)"))
+        out.append(Recipe(f"{ds}-crt", f"{base}: CE, then cRT ({crt_epochs} epochs, class-balanced sampling)",
+                          cfg, decouple="crt", decouple_epochs=crt_epochs))
+    own = RunConfig(data=DataConfig(dataset="folder", root="my_images"), model=ModelConfig(arch="resnet18"),
+                    train=TrainConfig(epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4, schedule="cosine",
+                                      warmup_epochs=1, checkpoint_every=1))
+    out.append(Recipe("folder-ce", "your images: --data-root DIR with DIR/train/<class>/* and DIR/test/<class>/*; "
+                      "ResNet-18 from scratch, 224 px, 30 epochs, cosine, CE (any --set loss.name=... applies)", own))
+    out.append(Recipe("folder-balanced-softmax", "your images as folder-ce, with the balanced-softmax loss",
+                      _with(own, loss={"name": "balanced-softmax"})))
+    return out
 
 
 def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:

@@ -163,6 +163,7 @@ class SquareRoot(ClassWeighted):
 SAMPLERS: dict[str, type[InstanceBalanced] | type[ClassWeighted]] = {
     "instance": InstanceBalanced,
     "class-balanced": ClassBalanced,
+    "class-aware": ClassBalanced,  # Shen et al. 2016's name for the same draw (ImageNet-LT cRT papers)
     "sqrt": SquareRoot,
 }
 

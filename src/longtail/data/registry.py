@@ -1,4 +1,10 @@
-"""From a ``DataConfig`` to the train / validation / test image sets of a run."""
+"""From a ``DataConfig`` to the train / validation / test image sets of a run.
+
+Small-image data sets (CIFAR, SVHN, digits) are balanced sources made long-tailed here, as
+tensors (``ImageSet``). Image-file data sets (``imagenet-lt``, ``inat2018``, ``folder``, ``csv``;
+:mod:`longtail.data.files`) are long-tailed as given: their sets are ``FileImageSet``s, and the
+long-tailed-subset settings (imbalance ratio, profile, n_max) do not apply to them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import LongtailError
+from .files import FILE_DATASETS, FileImageSet
 from .imageset import ImageSet
 from .splits import longtail_indices, unused_indices, validation_split
 from ..counts import ClassCounts
@@ -19,9 +26,14 @@ DATASETS = {"cifar10": 5000, "cifar100": 500, "svhn": 1000, "digits": 140}
 
 @dataclass(frozen=True)
 class Splits:
-    train: ImageSet
-    test: ImageSet
-    val: ImageSet | None = None
+    train: ImageSet | FileImageSet
+    test: ImageSet | FileImageSet
+    val: ImageSet | FileImageSet | None = None
+
+    @property
+    def on_files(self) -> bool:
+        """True when the images are files decoded per batch (not tensors)."""
+        return isinstance(self.train, FileImageSet)
 
     def to(self, device: torch.device | str) -> "Splits":
         return Splits(self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None)
@@ -41,11 +53,14 @@ def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
         from .digits import load_digits_sets
 
         return load_digits_sets()
-    raise LongtailError(f"unknown data set {cfg.dataset!r}", f"use one of: {', '.join(DATASETS)}")
+    raise LongtailError(f"unknown data set {cfg.dataset!r}", f"use one of: {', '.join([*DATASETS, *FILE_DATASETS])}")
 
 
 def load_splits(cfg: DataConfig) -> Splits:
-    """Balanced source -> long-tailed training subset (+ validation split) and the test set."""
+    """Balanced source -> long-tailed training subset (+ validation split) and the test set;
+    image-file data sets as given (see :func:`load_file_splits`)."""
+    if cfg.dataset in FILE_DATASETS:
+        return load_file_splits(cfg)
     if cfg.pack:
         return _splits_from_pack(cfg)
     from ..semi.data import build_semi_splits  # the DARP protocol, or labeled + pseudo-labeled data
@@ -86,3 +101,24 @@ def _splits_from_pack(cfg: DataConfig) -> Splits:
             "make a pack with the run's --lt-ratio, or set the run's imbalance ratio to the pack's",
         )
     return Splits(train, test, None)
+
+
+def load_file_splits(cfg: DataConfig) -> Splits:
+    """An image-file data set's splits. Validation: ``data.val_split`` (a file or folder like the others),
+    else ``data.val_per_class > 0`` holds out that many training images per class, else none."""
+    from .files import file_options, holdout_validation, load_file_sets
+
+    for key in ("pack", "pseudo_labels", "unlabeled_pool"):
+        if getattr(cfg, key, None):
+            raise LongtailError(f"data.{key} is not supported with image files ({cfg.dataset})",
+                                f"leave data.{key} unset")
+    if getattr(cfg, "protocol", "lt") != "lt":
+        raise LongtailError(f"data.protocol={cfg.protocol} is not supported with image files", "use data.protocol=lt")
+    train, val, test = load_file_sets(file_options(cfg))
+    if val is None and cfg.val_per_class > 0:
+        train, val = holdout_validation(train, per_class=cfg.val_per_class, seed=cfg.subset_seed)
+    elif val is not None and cfg.val_per_class > 0:
+        raise LongtailError("both data.val_split and data.val_per_class are set",
+                            "use the validation split file, or hold out images per class, not both")
+    train.class_counts().require_nonempty(train.class_names)
+    return Splits(train, test, val)

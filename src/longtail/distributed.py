@@ -1,0 +1,233 @@
+"""Data-parallel training across processes (``torchrun``), with the same loop and the same reports.
+
+``torchrun --nproc_per_node N -m longtail train RECIPE ...`` starts N copies of the command with
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment.
+:func:`setup` reads them and joins the process group (NCCL on CUDA, Gloo on the CPU); without them
+it does nothing, so every entry point is both the 1-process and the N-process program.
+
+How the work is split (one rule for every data set):
+
+* every process draws the same seeded epoch order (``longtail.loop.epoch_generator``), cuts it into
+  the recipe's global batches of ``train.batch_size`` and takes rows ``rank::world`` of each batch:
+  about ``batch_size // world`` images per process per step, the recipe's batch over all of them;
+* :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients; each process scales its
+  loss by ``n_rank * world / n_batch`` so the average is the gradient of the whole batch's mean loss
+  even when the batch does not split evenly (exact for losses that are a plain mean over the batch;
+  class-weighted means are normalised per process, which differs slightly);
+* evaluation: each process predicts rows ``rank::world`` of the evaluation set; logits are gathered on
+  rank 0, which computes the summary and hands it to the others;
+* rank 0 alone writes metrics, checkpoints and reports. A checkpoint holds the unwrapped model and
+  the optimizer, neither of which depends on the number of processes, and the epoch order depends only
+  on (seed, epoch): a run resumes on any number of processes.
+
+BatchNorm statistics are per process (as in the references' multi-GPU training), so N processes with
+batch ``B/N`` each match 1 process with batch ``B`` exactly only for models without batch statistics.
+Not covered: MoCo's shuffled BN and key queue across processes, FixMatch, major feature weakening.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .errors import LongtailError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place: ``rank`` in ``0..world-1``."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, n: int) -> torch.Tensor:
+        """This process's rows ``rank::world`` of ``n`` rows (possibly none)."""
+        return torch.arange(self.rank, n, self.world)
+
+    def batch_rows(self, n: int) -> tuple[torch.Tensor, float]:
+        """This process's rows of a global training batch of ``n`` rows, and its loss scale.
+
+        DDP averages the processes' gradients; with loss scale ``n_rank * world / n`` the average is
+        the gradient of the mean loss over the ``n`` rows. A process with no row (``n < world``, a
+        last batch) takes row 0 with scale 0: every process must run the same number of steps.
+        """
+        rows = self.rows(n)
+        if rows.numel() == 0:
+            return torch.zeros(1, dtype=torch.long), 0.0
+        return rows, rows.numel() * self.world / n
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def current() -> Shard:
+    """The shard of this process: (0, 1) unless a process group with several members is active."""
+    if dist.is_available() and dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return Shard()
+
+
+def is_main() -> bool:
+    return current().is_main
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; return this process's device.
+
+    Without ``WORLD_SIZE > 1`` (a plain ``python -m longtail``) nothing happens and ``device`` is
+    returned. On CUDA each process takes ``cuda:LOCAL_RANK``. Calling it again reuses the group.
+    """
+    world = env_world_size()
+    if world <= 1:
+        return device
+    if not dist.is_available():
+        raise LongtailError("this PyTorch build has no torch.distributed", "install a PyTorch with distributed support")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise LongtailError(f"process {local_rank} has no GPU: {torch.cuda.device_count()} visible",
+                                "start at most one process per GPU (torchrun --nproc_per_node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise LongtailError(f"WORLD_SIZE={world} but {', '.join(missing)} not set",
+                                "start distributed runs with torchrun --nproc_per_node N -m longtail ...")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kw: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, init_method="env://", **kw)
+        atexit.register(_teardown)
+    return device
+
+
+def _teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if current().world > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. a download), the others after it has finished."""
+    shard = current()
+    if not shard.is_main:
+        barrier()
+    yield
+    if shard.is_main:
+        barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (any picklable value)."""
+    if current().world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, ``None`` elsewhere."""
+    shard = current()
+    if shard.world == 1:
+        return [obj]
+    out: list[Any] | None = [None] * shard.world if shard.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the processes (the tensor itself with one process)."""
+    world = current().world
+    if world == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when several processes train, else ``model`` itself.
+
+    The wrapped module's gradients are averaged in ``backward``; keep the unwrapped ``model`` for
+    evaluation and checkpoints (its state_dict has no ``module.`` prefix, so any number of
+    processes can load it).
+    """
+    if current().world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class ShardedTask:
+    """A task on tensor data (``ImageSet``) under DDP: rows ``rank::world`` of each of the inner task's batches.
+
+    Every process runs the inner task's whole epoch draw (order and augmentation, cheap batched
+    tensor operations) and keeps its rows of each global batch, so the processes together see
+    exactly the batches of a 1-process run; the loss is scaled as :meth:`Shard.batch_rows` says.
+    """
+
+    def __init__(self, inner: Any, shard: Shard | None = None) -> None:
+        self.inner = inner
+        self.shard = shard if shard is not None else current()
+        self.scale = 1.0
+
+    def __getattr__(self, name: str) -> Any:  # train, sampler, class_weight, ... of the inner task
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def to(self, device: torch.device | str) -> "ShardedTask":
+        self.inner = self.inner.to(device)
+        return self
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.inner.on_epoch_start(epoch)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
+        for batch in self.inner.batches(epoch, generator):
+            rows, self.scale = self.shard.batch_rows(batch.labels.shape[0])  # scale: read by loss() for this batch
+            rows = rows.to(batch.labels.device)
+            yield type(batch)(*(t[rows] for t in batch))
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = self.inner.loss(model, batch)
+        return loss if self.scale == 1.0 else loss * self.scale
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: min(8, the CPUs this process may use / processes on this node)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(0, min(8, cpus // max(per_node, 1)))
+
+
+__all__ = ["Shard", "ShardedTask", "all_mean", "barrier", "broadcast", "current", "default_workers", "env_world_size",
+           "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
