@@ -72,6 +72,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(8, CPUs))")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"),
+                   help="append the row here ('' to only print)")
     a = p.parse_args()
     workers = default_workers() if a.workers is None else a.workers
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +115,15 @@ def main() -> int:
     print()
     print(HEADER)
     print(row)
+    if a.results:
+        from run_recipe import append_row
+
+        section = "## Large-image pipeline throughput (benchmarks/large_images_cpu.py)"
+        results = Path(a.results)
+        if not results.exists() or section not in results.read_text():
+            text = results.read_text() if results.exists() else "# Benchmark results\n"
+            results.write_text(text.rstrip("\n") + "\n\n" + section + "\n\n" + HEADER + "\n")
+        append_row(results, row, section)
     return 0
 
 

@@ -98,3 +98,21 @@ def test_load_splits_validation_comes_from_unused_images():
     # every digit has spare images outside the long-tailed subset: training counts stay the reference's
     assert s.train.class_counts() == plain.train.class_counts()
     assert torch.equal(s.train.source_index, plain.train.source_index)
+
+
+def test_svhn_long_tailed_split_from_mat_files(tmp_path):
+    import scipy.io
+
+    from longtail.config import DataConfig
+    from longtail.data.registry import load_splits
+
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", 12), ("test", 3)):
+        y = np.repeat(np.arange(1, 11), per_class)[:, None]  # SVHN labels 1..10, 10 is digit 0
+        x = rng.randint(0, 256, (32, 32, 3, len(y))).astype(np.uint8)
+        (tmp_path / "svhn").mkdir(exist_ok=True)
+        scipy.io.savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": y})
+    s = load_splits(DataConfig(dataset="svhn", root=str(tmp_path), imbalance_ratio=10, n_max=10, download=False))
+    assert s.train.class_counts().counts == tuple(profile_counts(10, 10, 10))
+    assert s.train.class_names[0] == "1" and s.train.class_names[9] == "0"
+    assert len(s.test) == 30

@@ -88,6 +88,12 @@ def _recipes() -> list[Recipe]:
                 f"rho=100: {published}" if published else "",
                 decouple,
             ))
+    svhn = RunConfig(data=DataConfig(dataset="svhn", imbalance_ratio=100.0), train=TrainConfig(flip=False))
+    out.append(Recipe("svhn-lt-ce", "SVHN-LT rho=100 (n_max 1000, 2,478 images; classes 1..9, 0), ResNet-32, "
+                      "200 epochs, CE (no flip: digits are not mirror-symmetric)", svhn,
+                      "CE 80.02 at rho=50 [P] (Yang & Xu's slides)"))
+    out.append(Recipe("svhn-lt-ldam-drw", "SVHN-LT rho=100, ResNet-32, 200 epochs, LDAM-DRW (no flip)",
+                      _with(svhn, **SUPERVISED["ldam-drw"][1])))
     out += _large_image_recipes()
     out += _semi_recipes()
     out += _ssl_recipes(out)
