@@ -223,3 +223,23 @@ def test_file_sets_subset_and_device():
     assert replace(data, image_size=64).image_shape == (3, 64, 64)
     with pytest.raises(LongtailError, match="label 2 of c.jpg is out of range"):
         FileImageSet("root", ["a.jpg", "b.jpg", "c.jpg"], torch.tensor([0, 1, 2]), ("x", "y"))
+
+
+@pytest.mark.parametrize("method", ["moco", "rotation"])
+def test_pretraining_on_image_files(tmp_path, inlt, method):
+    """ImageNet-LT-format files are decoded once, then pre-trained on like tensors; the backbone loads."""
+    from longtail.config import RunConfig, apply_overrides
+    from longtail.ssl import default_config, load_pretrained_backbone, pretrain_run
+
+    cfg = default_config(method, "imagenet-lt")
+    cfg = apply_overrides(cfg, {"data.root": str(inlt), "data.image_size": "32", "model.arch": "resnet10",
+                                "train.epochs": "1", "train.batch_size": "8", "train.device": "cpu",
+                                "ssl.moco_queue": "16", "ssl.moco_hidden": "32", "ssl.moco_dim": "16",
+                                "ssl.probe_epochs": "2", "ssl.knn_k": "5"})
+    out = pretrain_run(method, cfg, tmp_path / "pre", progress=False, log=lambda m: None)
+    assert out["train_size"] == sum(TRAIN) and "knn" in out
+    from longtail.models import make_model
+
+    model = make_model("resnet10", len(TRAIN))
+    loaded, total = load_pretrained_backbone(model, tmp_path / "pre", log=lambda m: None)
+    assert loaded == total > 0

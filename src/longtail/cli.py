@@ -180,7 +180,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _single_process(command: str) -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LongtailError(f"`longtail {command}` runs in one process (MoCo's queue and shuffled BatchNorm across "
+                            "processes are not implemented)", f"run `longtail {command}` without torchrun")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    _single_process("pretrain")
     from .config import apply_overrides
     from .experiment import console_table
     from .recipes import get_recipe
@@ -238,6 +247,8 @@ def cmd_decouple(args: argparse.Namespace) -> int:
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .semi.pseudo import pseudo_label_run
+
+    _single_process("pseudo-label")
 
     pseudo_label_run(args.run, args.pool, args.out, threshold=args.threshold, device=args.device,
                      data_root=args.data_root)

@@ -143,7 +143,15 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     run = RunDir(out)
     device = resolve_device(cfg.train.device)
     t = cfg.train
-    splits = (splits or load_splits(cfg.data)).to(device)
+    splits = splits or load_splits(cfg.data)
+    if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
+        from ..data.materialize import materialize
+
+        log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
+            f"({splits.train.image_size} px) for pre-training")
+        splits = Splits(materialize(splits.train), materialize(splits.test),
+                        materialize(splits.val) if splits.val is not None else None)
+    splits = splits.to(device)
     train, test = splits.train, splits.test
     model, task, optimizer = build_pretraining(method, cfg, ssl, train, device)
     backbone = model.backbone
