@@ -30,12 +30,13 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--arch", default="resnet8")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--loss", default="ce", help="the loss of both runs (any remedy, e.g. balanced-softmax)")
     p.add_argument("--out", default=None)
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = p.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="longtail-semi-"))
     common = ["--data-root", a.data_root, "--epochs", str(a.epochs), "--device", a.device, "--quiet",
-              "--set", f"model.arch={a.arch}", "--set", "train.checkpoint_every=1000"]
+              "--set", f"model.arch={a.arch}", "--set", "train.checkpoint_every=1000", "--set", f"loss.name={a.loss}"]
     steps = [
         ["train", "cifar10-semi-darp-supervised", "--out", str(out / "supervised"), *common],
         ["pseudo-label", str(out / "supervised"), "--pool", "darp", "--out", str(out / "pseudo-labels"),
@@ -50,9 +51,10 @@ def main() -> int:
     semi = json.loads((out / "pseudo" / "report.json").read_text())
     pl = json.loads((out / "pseudo-labels" / "pseudo_labels.json").read_text())["report"]
     lines = [
-        "", f"## Semi-supervised at CPU scale: DARP protocol, {a.arch}, {a.epochs} epochs ({dt.date.today()})", "",
+        "", f"## Semi-supervised at CPU scale: DARP protocol, {a.arch}, {a.epochs} epochs, loss {a.loss} "
+        f"({dt.date.today()})", "",
         f"Machine: {machine()}. Command: `python benchmarks/semi_cpu.py --data-root {a.data_root} "
-        f"--epochs {a.epochs} --arch {a.arch}`. Labeled {sum(sup['train_counts'])} images "
+        f"--epochs {a.epochs} --arch {a.arch} --loss {a.loss}`. Labeled {sum(sup['train_counts'])} images "
         f"(N1=1500, gamma_l=100), unlabeled pool {pl['pool_size']} (M1=3000, gamma_u=100); one seed (0); "
         "balanced CIFAR-10 test set, last epoch.", "",
         "| run | train images | top-1 | many | medium | few | rarest 3 |", "|---|---|---|---|---|---|---|",
