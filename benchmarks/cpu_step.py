@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from longtail.data.augment import Augment  # noqa: E402
 from longtail.models import make_model  # noqa: E402
-from run_recipe import machine  # noqa: E402
+from run_recipe import append_section, machine  # noqa: E402
 
 
 def step_ms(channels_last: bool, bf16: bool, steps: int) -> float:
@@ -79,8 +79,7 @@ def main() -> int:
              "| mode | ms / step | s / epoch |", "|---|---|---|", *rows, "",
              f"Batched crop + flip of the whole epoch (12,406 images, uint8, CPU): {aug_s:.2f} s."]
     results = Path(a.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    append_section(results, lines)
     print("\n".join(lines))
     return 0
 

@@ -116,13 +116,12 @@ def main() -> int:
     print(HEADER)
     print(row)
     if a.results:
-        from run_recipe import append_row
+        from run_recipe import append_row, append_section
 
         section = "## Large-image pipeline throughput (benchmarks/large_images_cpu.py)"
         results = Path(a.results)
         if not results.exists() or section not in results.read_text():
-            text = results.read_text() if results.exists() else "# Benchmark results\n"
-            results.write_text(text.rstrip("\n") + "\n\n" + section + "\n\n" + HEADER + "\n")
+            append_section(results, ["", section, "", HEADER])
         append_row(results, row, section)
     return 0
 

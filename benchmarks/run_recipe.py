@@ -53,6 +53,12 @@ def rarest(report: dict, k: int) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def append_section(results: Path, lines: list[str]) -> None:
+    """Add a section (a list of Markdown lines) at the end of ``results``."""
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
 def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmarks/run_recipe.py)") -> None:
     """Add ``row`` at the end of the table under ``section`` (created at the end of the file if absent)."""
     lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from longtail.cli import main as longtail  # noqa: E402
-from run_recipe import fmt, machine, rarest  # noqa: E402
+from run_recipe import append_section, fmt, machine, rarest  # noqa: E402
 
 
 def main() -> int:
@@ -69,8 +69,7 @@ def main() -> int:
         rc = None if row["recall"] is None else 100 * row["recall"]
         lines.append(f"| {row['class']} | {row['true']} | {row['kept']} | {fmt(pr, 1)} | {fmt(rc, 1)} |")
     results = Path(a.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    append_section(results, lines)
     print("\n".join(lines))
     return 0
 

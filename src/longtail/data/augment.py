@@ -6,6 +6,7 @@ explicit ``torch.Generator`` and never leave the device: no PIL, no DataLoader w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -67,10 +68,18 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+@functools.lru_cache(maxsize=32)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per (constants, device), not per batch: a per-batch torch.tensor(..., device=cuda) is a
+    # host-to-device copy inside every training step.
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    return m, torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 ``(x/255 - mean) / std``."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), images.device)
     return (images.float() / 255.0 - m) / s
 
 
