@@ -25,6 +25,7 @@ from longtail.experiment import train_one
 from longtail.models import MODELS
 from longtail.models.classifier import TinyNet
 from longtail.runs import load_checkpoint
+from longtail.ssl import SSLConfig, pretrain_run
 
 from conftest import synthetic_set
 from imagefiles import file_splits, write_imagenet_lt
@@ -64,8 +65,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: int, *args: str, timeout: float = 150.0) -> None:
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn")
+def _spawn(world: int, *args: str, timeout: float = 150.0, worker=_worker) -> None:
+    ctx = mp.start_processes(worker, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -120,3 +121,57 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, monkeypatch):
     # tensor data sets: each process takes its rows of the same augmented epoch
     train_one(config("synthetic"), one / "tensors", splits=tensor_splits(), progress=False)
     _assert_same_run(two / "tensors", one / "tensors")
+
+
+# Self-supervised pre-training across processes -------------------------------------------------------------
+
+SSL = SSLConfig(moco_queue=40, moco_hidden=16, moco_dim=8, moco_bn_splits=2, simsiam_dim=16, simsiam_pred_hidden=8,
+                probe_epochs=5, knn_k=5)
+
+
+def _ssl_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    MODELS[GN] = gn_backbone
+    for method in ("moco", "rotation", "simsiam-rwsam"):
+        pretrain_run(method, config("synthetic"), Path(out) / method, ssl=SSL, splits=tensor_splits(), progress=False)
+    pretrain_run("moco", config("synthetic"), Path(out) / "moco-cut", ssl=SSL, splits=tensor_splits(),
+                 progress=False, stop_after=1)
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> dict:
+    ma = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
+    mb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], atol=atol, rtol=1e-4, msg=k)
+    return ma
+
+
+def test_pretraining_on_two_processes_matches_one(tmp_path, monkeypatch):
+    """MoCo's keys are shuffled over the processes and the whole batch's keys enter every queue.
+
+    With a GroupNorm backbone (and MoCo's BN-free projector) the shuffle cannot change any value, so
+    2 processes must compute exactly the 1-process run: same queue, same weights, same report.
+    """
+    monkeypatch.setitem(MODELS, GN, gn_backbone)
+    two, one = tmp_path / "two", tmp_path / "one"
+    _spawn(2, str(two), worker=_ssl_worker, timeout=240.0)
+    for method in ("moco", "rotation"):
+        pretrain_run(method, config("synthetic"), one / method, ssl=SSL, splits=tensor_splits(), progress=False)
+        _assert_same_weights(two / method, one / method)
+        ra, rb = _report(two / method), _report(one / method)
+        assert ra["knn"]["per_class"] == rb["knn"]["per_class"] and ra["top1"] == pytest.approx(rb["top1"])
+    # 23 images, batch 8, drop_last: 2 steps of 8 keys per epoch, 3 epochs -> 48 keys through a queue of 40
+    assert int(load_checkpoint(two / "moco" / "checkpoints" / "last.pt")["model"]["queue_ptr"]) == 48 % 40
+
+    # SimSiam has BatchNorm in its heads (per process on the CPU): it runs, rank 0 reports
+    assert (two / "simsiam-rwsam" / "report.json").is_file()
+    assert len((two / "simsiam-rwsam" / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # a MoCo checkpoint written by 2 processes after epoch 1 resumes on 1 process to the same end
+    assert load_checkpoint(two / "moco-cut" / "checkpoints" / "last.pt")["next_epoch"] == 1
+    pretrain_run("moco", config("synthetic"), two / "moco-cut", ssl=SSL, splits=tensor_splits(), progress=False,
+                 log=lambda _: None)
+    _assert_same_weights(two / "moco-cut", one / "moco")

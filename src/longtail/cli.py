@@ -184,12 +184,11 @@ def _single_process(command: str) -> None:
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise LongtailError(f"`longtail {command}` runs in one process (MoCo's queue and shuffled BatchNorm across "
-                            "processes are not implemented)", f"run `longtail {command}` without torchrun")
+        raise LongtailError(f"`longtail {command}` is one inference pass over the pool and runs in one process",
+                            f"run `longtail {command}` without torchrun")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    _single_process("pretrain")
     from .config import apply_overrides
     from .experiment import console_table
     from .recipes import get_recipe
@@ -209,9 +208,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ov["seed"] = args.seeds[0]
     cfg = apply_overrides(cfg, ov)
     out = args.out or f"runs/{cfg.recipe}"
-    if args.restart and Path(out).exists():
+    if args.restart and Path(out).exists() and _rank() == 0:  # rank 0 only under torchrun
         shutil.rmtree(out)
     result = pretrain_run(method, cfg, out, progress=False if args.quiet else None, command=sys.argv)
+    if _rank() != 0:
+        return 0
     print(console_table(f"{cfg.recipe} (linear probe)", result))
     print(f"\nrun folder: {out}\nreport: {Path(out) / 'report.md'}")
     return 0

@@ -123,6 +123,7 @@ class SSLConfig:
     simsiam_dim: int = 2048
     simsiam_pred_hidden: int = 512
     simsiam_proj_layers: int = 2  # 2 on CIFAR, 3 on ImageNet
+    simsiam_sync_bn: bool = True  # under torchrun on GPUs: SyncBatchNorm, as the paper (no effect in one process)
     # SAM / rwSAM (Foret et al. 2021; Kwon et al. 2021; Liu et al. 2022)
     sam_rho: float = 0.5  # Liu et al.'s default with adaptive SAM
     sam_adaptive: bool = True

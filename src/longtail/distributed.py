@@ -22,7 +22,9 @@ How the work is split (one rule for every data set):
 
 BatchNorm statistics are per process (as in the references' multi-GPU training), so N processes with
 batch ``B/N`` each match 1 process with batch ``B`` exactly only for models without batch statistics.
-Not covered: MoCo's shuffled BN and key queue across processes, FixMatch, major feature weakening.
+Self-supervised pre-training: MoCo shuffles its keys across processes and keeps one queue of the whole
+batch's keys on every process (``longtail.ssl.tasks.MoCoTask``); SimSiam may synchronise BatchNorm
+(``ssl.sync_bn``, GPUs only). Not covered: FixMatch, major feature weakening.
 """
 
 from __future__ import annotations
@@ -164,7 +166,18 @@ def all_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def all_gather(x: torch.Tensor) -> list[torch.Tensor]:
+    """``[x of rank 0, x of rank 1, ...]`` on every process; ``x`` has the same shape everywhere (no gradient)."""
+    world = current().world
+    if world == 1:
+        return [x]
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x)
+    return parts
+
+
+def wrap(model: nn.Module, device: torch.device, *, broadcast_buffers: bool = True) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` when several processes train, else ``model`` itself.
 
     The wrapped module's gradients are averaged in ``backward``; keep the unwrapped ``model`` for
@@ -175,8 +188,13 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    import inspect
+
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # newer PyTorch renamed the per-forward buffer broadcast (and warns about the old name)
+    name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=ids, **{name: broadcast_buffers})
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -229,5 +247,5 @@ def default_workers() -> int:
     return max(0, min(8, cpus // max(per_node, 1)))
 
 
-__all__ = ["Shard", "ShardedTask", "all_mean", "barrier", "broadcast", "current", "default_workers", "env_world_size",
+__all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers", "env_world_size",
            "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]

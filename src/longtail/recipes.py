@@ -141,8 +141,8 @@ def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
                       "rho 0.5, label-free KDE weights; Liu et al. 2022)", default_config("simsiam-rwsam", "cifar10"),
                       "linear-probe error 14.4 [P] (ResNet-18, balanced probe data)", pretrain="simsiam-rwsam"))
     out.append(Recipe("imagenet-lt-moco", "ImageNet-LT: MoCo v2 pre-training, ResNet-50, 200 epochs, lr 0.015, "
-                      "K 65536, m 0.999, T 0.2, blur; images decoded once to 224 px (about 17 GB of memory); "
-                      "one process (no multi-GPU MoCo yet)", default_config("moco", "imagenet-lt"),
+                      "K 65536, m 0.999, T 0.2, blur; images decoded once to 224 px (about 17 GB of memory "
+                      "per process); torchrun shuffles keys across GPUs", default_config("moco", "imagenet-lt"),
                       "then CE(Uniform) error 54.4, cRT 48.7 [R]", pretrain="moco"))
     by_name = {r.name: r for r in supervised}
     finetune = (  # (suffix, base recipe suffix, train changes, published C10, published C100)

@@ -60,6 +60,8 @@ class MoCo(nn.Module):
     network cheat. MoCo shuffles the keys across GPUs; here the queries are normalised in
     ``bn_splits`` contiguous groups and the keys in ``bn_splits`` strided groups (row i in group
     i mod splits), so a query and its key share a BN group only by chance, as with a shuffle.
+    Across processes (``torchrun``) the task shuffles the keys over the processes as MoCo does
+    (``longtail.ssl.tasks.MoCoTask``); ``bn_splits`` then splits each process's part further.
     """
 
     queue: torch.Tensor
@@ -89,6 +91,10 @@ class MoCo(nn.Module):
 
     def _key_encoder(self, x: torch.Tensor) -> torch.Tensor:
         return self.momentum_projector(self.momentum_backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The queries: the pass with gradients, so ``DistributedDataParallel`` sees it (keys come from :meth:`key`)."""
+        return self.query(x)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, dim) normalised queries (with gradients)."""

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..config import RunConfig
 from ..data.augment import Augment
 from ..data.imageset import ImageSet
@@ -48,9 +49,15 @@ def resolve_ssl(method: str, cfg: RunConfig, ssl: SSLConfig | None) -> SSLConfig
     return from_cfg if isinstance(from_cfg, SSLConfig) else default_ssl(method, cfg.data.dataset)
 
 
-def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageSet, device: torch.device
-                      ) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
-    """(model, task, optimizer) of ``method``; the model is on ``device`` and seeded by ``cfg.seed``."""
+def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageSet, device: torch.device,
+                      log: Callable[[str], None] = print) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
+    """(model, task, optimizer) of ``method``; the model is on ``device`` and seeded by ``cfg.seed``.
+
+    Under ``torchrun`` the task is this process's share of every global batch (MoCo: its queries and
+    shuffled keys; rotation and SimSiam: rows ``rank::world``) and SimSiam's BatchNorm layers are
+    synchronised on GPUs (``ssl.simsiam_sync_bn``). The model is returned unwrapped: wrap it with
+    ``longtail.distributed.wrap`` for training.
+    """
     check_method(method)
     t = cfg.train
     if t.sampler != "instance" or t.weighting != "none" or t.drw_start is not None:
@@ -69,6 +76,12 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
     else:
         model = SimSiam(backbone, dim=ssl.simsiam_dim, pred_hidden=ssl.simsiam_pred_hidden,
                         proj_layers=ssl.simsiam_proj_layers)
+    shard = distributed.current()
+    if base == "simsiam" and shard.world > 1 and ssl.simsiam_sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log("SimSiam: SyncBatchNorm needs GPUs; on the CPU each process normalises its own rows")
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -86,8 +99,12 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
                             mode=ssl.rotations, example_weights=weights)
     else:
         aug = TwoViewAugment.from_config(ssl, min(train.image_shape[1:]))
-        cls = MoCoTask if base == "moco" else SimSiamTask
-        task = cls(train, batch_size=t.batch_size, augment=aug, example_weights=weights)
+        if base == "moco":
+            task = MoCoTask(train, batch_size=t.batch_size, augment=aug, example_weights=weights, shard=shard)
+        else:
+            task = SimSiamTask(train, batch_size=t.batch_size, augment=aug, example_weights=weights)
+    if shard.world > 1 and base != "moco":  # MoCo takes the global batch itself (shuffled keys)
+        task = distributed.ShardedTask(task, shard)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = torch.optim.SGD(trainable, lr=t.lr, momentum=t.momentum,
@@ -141,9 +158,14 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     check_method(method)
     ssl = resolve_ssl(method, cfg, ssl)
     run = RunDir(out)
-    device = resolve_device(cfg.train.device)
+    device = distributed.setup(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
+    main = distributed.is_main()
+    if not main:
+        log, progress = (lambda _: None), False
+    distributed.barrier()  # every process is past the command line's --restart before rank 0 writes
     t = cfg.train
-    splits = splits or load_splits(cfg.data)
+    with distributed.main_first():
+        splits = splits or load_splits(cfg.data)
     if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
         from ..data.materialize import materialize
 
@@ -153,7 +175,7 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
                         materialize(splits.val) if splits.val is not None else None)
     splits = splits.to(device)
     train, test = splits.train, splits.test
-    model, task, optimizer = build_pretraining(method, cfg, ssl, train, device)
+    model, task, optimizer = build_pretraining(method, cfg, ssl, train, device, log=log)
     backbone = model.backbone
 
     start_epoch, records = 0, []
@@ -169,28 +191,35 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
         task.load_state_dict(state.get("extra", {}).get("task", {}))
         start_epoch, records = state["next_epoch"], list(state["records"])
         log(f"resuming {run.root} from epoch {start_epoch}/{t.epochs}")
-    _write_config(run, cfg, method, ssl, command)
+    if main:
+        _write_config(run, cfg, method, ssl, command)
+    # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
+    train_model = distributed.wrap(model, device, broadcast_buffers=not isinstance(model, MoCo))
 
     def on_epoch_end(rec: EpochRecord) -> None:
         task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
-        row = {**asdict(rec), **task.epoch_metrics()}
+        row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun: every process calls it
         if splits.val is not None and t.eval_every and (rec.epoch + 1) % t.eval_every == 0:
             probs = knn_probabilities(extract_features(backbone, train, device, t.amp), train.labels,
                                       extract_features(backbone, splits.val, device, t.amp), train.num_classes,
                                       k=ssl.knn_k, temperature=ssl.knn_temperature)
             row["val_knn_top1"] = 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())
         records.append(row)
-        run.write_metrics(records)
         done = rec.epoch + 1
-        if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
-            save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer, next_epoch=done,
-                            records=records, extra={"pretrain": _meta(method, ssl), "task": task.state_dict()})
+        if main:
+            run.write_metrics(records)
+            if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
+                save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer, next_epoch=done,
+                                records=records, extra={"pretrain": _meta(method, ssl), "task": task.state_dict()})
 
     t_train = time.perf_counter()
-    fit(model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device, amp=t.amp,
-        start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+    fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
     train_s = time.perf_counter() - t_train
+    distributed.barrier()  # rank 0's checkpoint is on disk before anyone returns
     if stop_after is not None and len(records) < t.epochs:
+        return {}
+    if not main:  # the representation report is rank 0's (the model is the same on every process)
         return {}
 
     t_eval = time.perf_counter()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.augment import Augment, Batch, iterate_batches
 from ..data.imageset import ImageSet
+from ..distributed import Shard, all_gather, all_mean, unwrap
 from ..errors import LongtailError
 from .augment import TwoViewAugment
 from .losses import info_nce, info_nce_logits, rotation_loss, simsiam_loss
@@ -132,7 +133,12 @@ class _SSLTask:
             self._counts[k] = self._counts.get(k, 0) + 1
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+        """The epoch's means; under ``torchrun`` averaged over the processes (every process must call it)."""
+        if not self._sums:
+            return {}
+        names = sorted(self._sums)
+        means = all_mean(torch.stack([self._sums[k] / self._counts[k] for k in names]))
+        return {k: float(v) for k, v in zip(names, means.tolist())}
 
     def state_dict(self) -> dict[str, Any]:
         sd = getattr(self.example_weights, "state_dict", None)
@@ -194,29 +200,71 @@ class MoCoTask(_TwoViewTask):
     """MoCo v2: InfoNCE of queries (view 1) against momentum keys (view 2) and the queue.
 
     Metric: ``instance_acc``, how often the positive key is the top logit among 1 + K (%).
+
+    Under ``torchrun`` (``shard`` of several processes) the task takes the whole global batch, as
+    every process draws the same epoch: each process computes the queries of its rows
+    ``rank::world`` (through ``DistributedDataParallel``, which averages the gradients) and the keys
+    of a random ``1/world`` of the batch (MoCo's shuffled BatchNorm: a query and its own key are
+    normalised with different processes' statistics), then the keys are gathered and put back in
+    batch order. Every process enqueues the whole batch's keys, so the queues stay identical and
+    hold what one process with the whole batch would hold. The shuffle is drawn from a generator
+    seeded by the epoch's, the same on every process.
     """
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, shard: Shard | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.shard = shard or Shard()
         self._step_batch: ViewPair | None = None
         self._keys: torch.Tensor | None = None
         self._model: MoCo | None = None
+        self._shuffle: torch.Generator | None = None
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[ViewPair]:
+        if self.shard.world > 1 and self.batch_size % self.shard.world:
+            raise LongtailError(f"MoCo across {self.shard.world} processes needs a batch size divisible by "
+                                f"{self.shard.world}, got {self.batch_size}",
+                                f"set train.batch_size to a multiple of {self.shard.world}")
+        self._shuffle = torch.Generator(device=generator.device)
+        self._shuffle.manual_seed(generator.initial_seed() + 0x5F3759DF)
+        return super().batches(epoch, generator)
 
     def _loss(self, model: nn.Module, batch: ViewPair, weight: torch.Tensor | None) -> torch.Tensor:
-        if not isinstance(model, MoCo):
+        moco = unwrap(model)
+        if not isinstance(moco, MoCo):
             raise LongtailError("MoCoTask needs a longtail.ssl.MoCo model")
         if batch is not self._step_batch:  # a new optimiser step, not SAM's second evaluation
             self._enqueue_pending()
-            model.momentum_update()
-            self._keys = model.key(batch.view2)
-            self._step_batch, self._model = batch, model
-        q = model.query(batch.view1)
+            moco.momentum_update()
+            self._keys = self._batch_keys(moco, batch.view2)
+            self._step_batch, self._model = batch, moco
         assert self._keys is not None
-        loss = info_nce(q, self._keys, model.queue, model.temperature, weight)
+        view1, keys, scale = batch.view1, self._keys, 1.0
+        if self.shard.world > 1:  # this process's rows of the global batch
+            rows, scale = self.shard.batch_rows(view1.shape[0])
+            rows = rows.to(view1.device)
+            view1, keys = view1[rows], keys[rows]
+            weight = weight[rows.to(weight.device)] if weight is not None else None
+        q = model(view1)  # through DDP under torchrun
+        loss = info_nce(q, keys, moco.queue, moco.temperature, weight)
         with torch.no_grad():
-            top = info_nce_logits(q, self._keys, model.queue, model.temperature).argmax(dim=1)
+            top = info_nce_logits(q, keys, moco.queue, moco.temperature).argmax(dim=1)
             self._track(instance_acc=100.0 * (top == 0).float().mean())
-        return loss
+        return loss if scale == 1.0 else loss * scale
+
+    @torch.no_grad()
+    def _batch_keys(self, moco: MoCo, view2: torch.Tensor) -> torch.Tensor:
+        """The keys of the whole batch, in batch order; shuffled across processes under ``torchrun``."""
+        world = self.shard.world
+        if world == 1:
+            return moco.key(view2)
+        assert self._shuffle is not None
+        b = view2.shape[0]
+        perm = torch.randperm(b, generator=self._shuffle, device=self._shuffle.device).to(view2.device)
+        parts = all_gather(moco.key(view2[perm[self.shard.rank::world]]))
+        keys = torch.empty(b, parts[0].shape[1], dtype=parts[0].dtype, device=parts[0].device)
+        for r, part in enumerate(parts):
+            keys[perm[r::world]] = part
+        return keys
 
     def _enqueue_pending(self) -> None:
         if self._model is not None and self._keys is not None:
@@ -235,7 +283,7 @@ class SimSiamTask(_TwoViewTask):
     """
 
     def _loss(self, model: nn.Module, batch: ViewPair, weight: torch.Tensor | None) -> torch.Tensor:
-        if not isinstance(model, SimSiam):
+        if not isinstance(unwrap(model), SimSiam):
             raise LongtailError("SimSiamTask needs a longtail.ssl.SimSiam model")
         _, z1, p1 = model(batch.view1)
         _, z2, p2 = model(batch.view2)
