@@ -129,11 +129,14 @@ SSL = SSLConfig(moco_queue=40, moco_hidden=16, moco_dim=8, moco_bn_splits=2, sim
                 probe_epochs=5, knn_k=5)
 
 
-def _ssl_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ssl_worker(rank: int, world: int, port: int, out: str, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     MODELS[GN] = gn_backbone
+    # image files: each process decodes half of them, the halves are exchanged
+    pretrain_run("moco", config("imagenet-lt", batch_size=6), Path(out) / "files", ssl=SSL,
+                 splits=file_splits("imagenet-lt", Path(root)), progress=False)
     for method in ("moco", "rotation", "simsiam-rwsam"):
         pretrain_run(method, config("synthetic"), Path(out) / method, ssl=SSL, splits=tensor_splits(), progress=False)
     pretrain_run("moco", config("synthetic"), Path(out) / "moco-cut", ssl=SSL, splits=tensor_splits(),
@@ -157,7 +160,11 @@ def test_pretraining_on_two_processes_matches_one(tmp_path, monkeypatch):
     """
     monkeypatch.setitem(MODELS, GN, gn_backbone)
     two, one = tmp_path / "two", tmp_path / "one"
-    _spawn(2, str(two), worker=_ssl_worker, timeout=240.0)
+    root = write_imagenet_lt(tmp_path / "data", [9, 5, 3], test_per_class=2)  # 17 images: uneven halves
+    _spawn(2, str(two), str(root), worker=_ssl_worker, timeout=240.0)
+    pretrain_run("moco", config("imagenet-lt", batch_size=6), one / "files", ssl=SSL,
+                 splits=file_splits("imagenet-lt", root), progress=False, log=lambda _: None)
+    _assert_same_weights(two / "files", one / "files")
     for method in ("moco", "rotation"):
         pretrain_run(method, config("synthetic"), one / method, ssl=SSL, splits=tensor_splits(), progress=False)
         _assert_same_weights(two / method, one / method)

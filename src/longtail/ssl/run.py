@@ -170,9 +170,10 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
         from ..data.materialize import materialize
 
         log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
-            f"({splits.train.image_size} px) for pre-training")
-        splits = Splits(materialize(splits.train), materialize(splits.test),
-                        materialize(splits.val) if splits.val is not None else None)
+            f"({splits.train.image_size} px) for pre-training"
+            + (f", 1/{distributed.current().world} in each process" if distributed.current().world > 1 else ""))
+        splits = Splits(materialize(splits.train, device=device), materialize(splits.test, device=device),
+                        materialize(splits.val, device=device) if splits.val is not None else None)
     splits = splits.to(device)
     train, test = splits.train, splits.test
     model, task, optimizer = build_pretraining(method, cfg, ssl, train, device, log=log)
