@@ -82,6 +82,7 @@ class TrainConfig:
     flip: bool = True
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
+    engine: str = "auto"  # how a step runs (longtail.graphs): auto (= eager for now) | eager | graph (CUDA graphs)
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
     pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)

@@ -10,7 +10,6 @@ every process of a distributed run draws the same epoch (each then takes its row
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .graphs import autocast_for, make_stepper
 from .tasks import Task
 
 
@@ -36,14 +36,6 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
-
-
-def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; float32 on the CPU, where bf16 measured 5x slower (REFERENCE.md)."""
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if not use:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
@@ -64,11 +56,13 @@ def fit(
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
+    engine: str = "eager",
 ) -> list[EpochRecord]:
     """Train ``model`` from ``start_epoch`` to ``epochs``; returns one record per epoch run.
 
     ``on_epoch_end`` is where the caller evaluates, logs and checkpoints. ``stop_after`` ends
-    the run after that many epochs (used to test resuming).
+    the run after that many epochs (used to test resuming). ``engine`` picks how a step runs
+    (``longtail.graphs``): ``eager`` (``optimizer.step(closure)``) or ``graph`` (CUDA graphs).
     """
     from tqdm.auto import tqdm
 
@@ -77,28 +71,19 @@ def fit(
     if progress is None:
         progress = sys.stderr.isatty() and is_main()
     records: list[EpochRecord] = []
+    step = make_stepper(engine, model, task, optimizer, device, amp)
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         lr = lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step.start_epoch(lr)
         model.train()
         task.on_epoch_start(epoch)
         gen = epoch_generator(seed, epoch, device)
         total = torch.zeros((), device=device)
         steps = 0
         for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-
-            def closure(batch=batch) -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_for(device, amp):
-                    loss = task.loss(model, batch)
-                loss.backward()
-                return loss
-
-            loss = optimizer.step(closure)
-            total += loss.detach()  # no host sync inside the epoch
+            total += step(batch)  # no host sync inside the epoch
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
         record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)

@@ -142,6 +142,8 @@ class MFWTask(SupervisedTask):
     ``counts`` defaults to the training set's class counts.
     """
 
+    graph_key = None  # type: ignore[assignment]  # its loss draws or reads per-step state: eager steps only
+
     def __init__(
         self,
         train: ImageSet,

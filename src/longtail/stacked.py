@@ -434,8 +434,8 @@ class StackedTask:
             if type(t) is not SupervisedTask:
                 raise _unsupported(f"the task is a {type(t).__name__}; only a plain SupervisedTask "
                                    "(no major feature weakening) is stackable")
-        self._loss_sum: Tensor | None = None
-        self._calls = 0
+        self._loss_sum: Tensor | None = None  # (S,) on the device, summed in place (a CUDA graph replays the sum)
+        self._calls = 0  # counted by batches(): a replayed step runs no Python
 
     def to(self, device: torch.device | str) -> "StackedTask":
         self.members = [m.to(device) for m in self.members]
@@ -448,7 +448,13 @@ class StackedTask:
     def on_epoch_start(self, epoch: int) -> None:
         for m in self.members:
             m.on_epoch_start(epoch)
-        self._loss_sum, self._calls = None, 0
+        if self._loss_sum is not None:
+            self._loss_sum.zero_()
+        self._calls = 0
+
+    def graph_key(self) -> tuple[str, ...]:
+        """The structure of :meth:`loss` this epoch (``longtail.graphs``): the members' weighting."""
+        return tuple(m.graph_key() for m in self.members)
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[StackedBatch]:
         device = generator.device
@@ -458,6 +464,7 @@ class StackedTask:
             if len(sizes) != 1:
                 raise LongtailError(f"the stacked members drew batches of different sizes {sorted(sizes)}",
                                     "every member must use the same data, batch size and number of samples")
+            self._calls += 1
             yield StackedBatch(stack_images([p.images for p in parts]), torch.stack([p.labels for p in parts]),
                                torch.stack([p.index for p in parts]))
 
@@ -469,14 +476,14 @@ class StackedTask:
 
     def loss(self, model: nn.Module, batch: StackedBatch) -> Tensor:
         losses = self.member_loss_terms(model, batch)
-        d = losses.detach()
-        self._loss_sum = d if self._loss_sum is None else self._loss_sum + d  # no host sync
-        self._calls += 1
+        if self._loss_sum is None:
+            self._loss_sum = torch.zeros_like(losses, dtype=torch.float32).detach()
+        self._loss_sum.add_(losses.detach())  # in place, no host sync
         return losses.sum()
 
     def member_losses(self) -> list[float]:
         """The members' mean training losses over this epoch's ``loss`` calls so far."""
-        if self._loss_sum is None:
+        if self._loss_sum is None or self._calls == 0:
             return [float("nan")] * len(self.members)
         return (self._loss_sum / self._calls).tolist()
 
@@ -649,7 +656,8 @@ def train_stacked(
 
     t_train = time.perf_counter()
     fit(stacked, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=seeds[0], device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
+        engine=t.engine)
     train_s = time.perf_counter() - t_train
     if stop_after is not None and len(records[0]) < t.epochs:
         return [{} for _ in seeds]

@@ -67,6 +67,7 @@ class SupervisedTask:
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
         self.weighting = weighting
         self.class_weight: torch.Tensor | None = None
+        self._weight_buffer: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "SupervisedTask":
         self.train = self.train.to(device)
@@ -78,7 +79,20 @@ class SupervisedTask:
 
     def on_epoch_start(self, epoch: int) -> None:
         w = self.weighting.weight_at(epoch) if self.weighting is not None else None
-        self.class_weight = None if w is None else w.to(self.train.device)
+        if w is None:
+            self.class_weight = None
+            return
+        w = w.to(self.train.device)
+        buf = self._weight_buffer
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+            self._weight_buffer = buf = w.clone()
+        else:
+            buf.copy_(w)  # in place: a captured training step (longtail.graphs) reads the new weights
+        self.class_weight = buf
+
+    def graph_key(self) -> str:
+        """The structure of :meth:`loss` this epoch (``longtail.graphs``): weighted (DRW after its start) or not."""
+        return "weighted" if self.class_weight is not None else "unweighted"
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
         order = self.sampler.epoch_indices(generator)

@@ -215,7 +215,8 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
 
     t_train = time.perf_counter()
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
+        engine=t.engine)
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone returns
     if stop_after is not None and len(records) < t.epochs:

@@ -1,0 +1,208 @@
+"""Training steps for the loop: eager (the closure form) or one CUDA graph per step.
+
+``fit`` hands every batch to a *stepper*. :class:`EagerStep` is the general one:
+``optimizer.step(closure)``, which SAM and every task support. :class:`GraphStep` is the fast path
+for small images on a GPU (``train.engine=graph``): it records forward, backward and the SGD update
+of one step as a CUDA graph and replays it for every later batch of the same shape, so the host
+launches one graph per step instead of a few hundred kernels (REFERENCE.md: the host, at about
+30 ms per step, not the GPU's 3 ms, bounds eager training of ResNet-32 on an H100).
+
+What a graph needs, and how the step provides it:
+
+* static memory: each batch is copied into the graph's input tensors; gradients are zeroed in
+  place (never set to ``None``); momentum buffers are the optimizer's own (``optimizer.state``,
+  so checkpoints are those of ``torch.optim.SGD`` and a run resumes under either stepper);
+* no host synchronisation: the learning rate is a device tensor, filled once per epoch, and the
+  SGD update (:func:`sgd_update`, the arithmetic of ``torch.optim.SGD`` with momentum, dampening 0,
+  weight decay, no Nesterov) uses only ``torch._foreach_*`` kernels;
+* a task whose loss reads only device tensors that stay in place: a task opts in with
+  ``graph_key()``, which names the structure of its loss (e.g. weighted or not, for DRW); a new key
+  or a new batch shape gets its own graph (``pool`` shared), after ``warmup`` eager steps of that
+  shape (cuDNN picks its kernels outside the capture).
+
+Every step, eager or replayed, is a real training step: the warm-up steps are the schedule's first
+steps, so the number of optimizer steps and the batches are those of an eager run. On the CPU (and
+before capture) :class:`GraphStep` runs the same body eagerly, which is what the CPU tests compare
+with :class:`EagerStep`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Hashable
+
+import torch
+import torch.nn as nn
+
+from .errors import LongtailError
+
+ENGINES = ("auto", "eager", "graph")
+
+
+def autocast_for(device: torch.device, amp: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; float32 on the CPU, where bf16 measured 10x slower (benchmarks/RESULTS.md).
+
+    ``cache=False`` inside CUDA graph capture (autocast's cast cache must not outlive the capture).
+    """
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+class EagerStep:
+    """``optimizer.step(closure)``: any optimizer (SGD, SAM), any task."""
+
+    def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer, device: torch.device,
+                 amp: str) -> None:
+        self.model, self.task, self.optimizer, self.device, self.amp = model, task, optimizer, device, amp
+
+    def start_epoch(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast_for(self.device, self.amp):
+                loss = self.task.loss(self.model, batch)
+            loss.backward()
+            return loss
+
+        return self.optimizer.step(closure).detach()
+
+
+def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``GraphStep`` cannot run this task and optimizer, or ``None``."""
+    if not callable(getattr(task, "graph_key", None)):
+        return f"the task ({type(task).__name__}) does not declare a graph_key (its loss may read changing state)"
+    if type(optimizer) is not torch.optim.SGD:
+        return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD"
+    for g in optimizer.param_groups:
+        if g.get("nesterov") or g.get("dampening", 0) or g.get("maximize"):
+            return "the graphed step implements SGD without Nesterov, dampening or maximize"
+    from .distributed import current
+
+    if current().world > 1:
+        return "several processes (DDP) train eagerly"
+    return None
+
+
+def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
+               lr: torch.Tensor, momentum: float, weight_decay: float) -> None:
+    """``torch.optim.SGD``'s update (dampening 0, no Nesterov) with ``lr`` a device tensor, in place.
+
+    ``d = g + wd * p``; ``buf = momentum * buf + d``; ``p -= lr * buf``. A zero buffer gives the
+    same first step as SGD's ``buf = d``.
+    """
+    if weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        grads = bufs
+    torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+
+
+class GraphStep:
+    """Forward, backward and SGD as one CUDA graph per (task graph key, batch shapes); eager on the CPU."""
+
+    def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.SGD, device: torch.device, amp: str,
+                 *, warmup: int = 3, log: Callable[[str], None] | None = None) -> None:
+        reason = graph_unsupported_reason(task, optimizer)
+        if reason is not None:
+            raise LongtailError(f"train.engine=graph cannot run this training: {reason}",
+                                "use train.engine=eager (or auto)")
+        self.model, self.task, self.optimizer, self.device, self.amp = model, task, optimizer, device, amp
+        self.warmup, self.log = int(warmup), log
+        self.capture = device.type == "cuda"
+        self.lr = torch.zeros((), device=device)
+        self.graphs: dict[Hashable, tuple[Any, Any, torch.Tensor]] = {}  # key -> (graph, static batch, loss)
+        self.eager_steps: dict[Hashable, int] = {}
+        self.pool: Any = None
+        self.groups = [self._group(g) for g in optimizer.param_groups]
+
+    def _group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], float, float]:
+        params = [p for p in group["params"] if p.requires_grad]
+        bufs = []
+        for p in params:
+            state = self.optimizer.state[p]
+            if state.get("momentum_buffer") is None:  # a fresh run: zeros, which SGD's first step equals
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        return params, bufs, float(group["momentum"]), float(group["weight_decay"])
+
+    def start_epoch(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr  # what a checkpoint records
+        self.lr.fill_(lr)
+
+    def _body(self, batch: Any) -> torch.Tensor:
+        for params, _, _, _ in self.groups:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.zero_()  # in place: the graph's gradient memory stays put
+        with autocast_for(self.device, self.amp, cache=not self.capture):
+            loss = self.task.loss(self.model, batch)
+        loss.backward()
+        with torch.no_grad():
+            for params, bufs, momentum, wd in self.groups:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                sgd_update(params, grads, bufs, self.lr, momentum, wd)
+        return loss.detach()
+
+    def _key(self, batch: Any) -> Hashable:
+        shapes = tuple((tuple(t.shape), t.dtype) for t in batch if isinstance(t, torch.Tensor))
+        return (self.task.graph_key(), shapes)
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        key = self._key(batch)
+        entry = self.graphs.get(key)
+        if entry is not None:
+            graph, static, loss = entry
+            for dst, src in zip(static, batch):
+                if isinstance(dst, torch.Tensor):
+                    dst.copy_(src)
+            graph.replay()
+            return loss
+        if not self.capture or self.eager_steps.get(key, 0) < self.warmup:
+            self.eager_steps[key] = self.eager_steps.get(key, 0) + 1
+            return self._warm_step(batch)
+        return self._capture(key, batch)
+
+    def _warm_step(self, batch: Any) -> torch.Tensor:
+        if not self.capture:
+            return self._body(batch)
+        side = torch.cuda.Stream(self.device)  # warm-up on a side stream, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self._body(batch)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return loss
+
+    def _capture(self, key: Hashable, batch: Any) -> torch.Tensor:
+        static = type(batch)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in batch))
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph, pool=self.pool):
+            loss = self._body(static)
+        self.pool = graph.pool()
+        self.graphs[key] = (graph, static, loss)
+        if self.log is not None:
+            self.log(f"captured a CUDA graph of the training step for {key}")
+        graph.replay()  # capture records without running: this batch's step happens now
+        return loss
+
+
+def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: str) -> EagerStep | GraphStep:
+    """The stepper of ``train.engine``: ``eager``, ``graph``, or ``auto`` (eager until the graph path is measured)."""
+    if engine not in ENGINES:
+        raise LongtailError(f"unknown train.engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
+    if engine == "graph":
+        return GraphStep(model, task, optimizer, device, amp)  # type: ignore[arg-type]
+    return EagerStep(model, task, optimizer, device, amp)
+
+
+__all__ = ["ENGINES", "EagerStep", "GraphStep", "autocast_for", "graph_unsupported_reason", "make_stepper",
+           "sgd_update"]

@@ -1,0 +1,151 @@
+"""The graphed training step (``longtail.graphs``): on the CPU it runs its body eagerly and must equal
+the closure step exactly; on a GPU (skipped here) the replayed CUDA graphs must equal it too."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from longtail import LongtailError
+from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.data.registry import Splits
+from longtail.experiment import train_one
+from longtail.graphs import GraphStep, graph_unsupported_reason, make_stepper, sgd_update
+from longtail.losses import make_loss
+from longtail.loop import fit, make_sgd
+from longtail.models import make_model
+from longtail.mfw import MFWTask
+from longtail.runs import load_checkpoint
+from longtail.stacked import train_stacked
+from longtail.ssl import SAM
+from longtail.tasks import SupervisedTask
+
+from conftest import synthetic_set
+
+
+def config(engine: str, epochs: int = 4, **train) -> RunConfig:
+    return RunConfig(recipe="graph-test", data=DataConfig(dataset="synthetic"), model=ModelConfig(arch="tiny"),
+                     train=TrainConfig(**{**dict(epochs=epochs, batch_size=16, lr=0.05, device="cpu", checkpoint_every=1,
+                                                 crop_padding=1, engine=engine), **train}))
+
+
+@pytest.fixture
+def splits():
+    return Splits(synthetic_set([40, 20, 10, 5]), synthetic_set([8, 8, 8, 8], seed=1, name="test"))
+
+
+def _weights(run) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def _losses(run) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sgd_update_is_torch_sgd():
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    b = [t.clone().requires_grad_() for t in a]
+    ref = torch.optim.SGD(b, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    bufs = [torch.zeros_like(t) for t in a]
+    lr = torch.tensor(0.1)
+    for step in range(4):
+        grads = [torch.randn(t.shape, generator=g) for t in a]
+        for t, gr in zip(b, grads):
+            t.grad = gr.clone()
+        ref.step()
+        sgd_update(a, grads, bufs, lr, 0.9, 5e-4)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y.detach(), atol=1e-7, rtol=1e-6, msg=f"step {step}")
+    for x, y in zip(bufs, b):
+        torch.testing.assert_close(x, ref.state[y]["momentum_buffer"], atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("train", [dict(), dict(loss="focal", weighting="class-balanced", drw_start=100.0)])
+def test_graph_engine_equals_eager_training(tmp_path, splits, train):
+    """Same batches, same steps, same weights: the graph engine's body is the closure step on the CPU.
+
+    The DRW case changes the loss's structure at epoch 2 (a new graph key) and then its weights in place.
+    (The two updates round differently in the last bit: ``p -= lr * buf`` here, ``p += -lr * buf`` in
+    torch.optim.SGD; LDAM's scale of 30 amplifies that to 1e-2 within 4 epochs, so it is not used here.)
+    """
+    loss = train.pop("loss", "ce")
+    cfgs = {e: replace(c := config(e, **train), loss=replace(c.loss, name=loss)) for e in ("eager", "graph")}
+    for engine, cfg in cfgs.items():
+        train_one(cfg, tmp_path / engine, splits=splits, progress=False)
+    wa, wb = _weights(tmp_path / "eager"), _weights(tmp_path / "graph")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert _losses(tmp_path / "graph") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-5)
+    # the optimizer state is torch.optim.SGD's: momentum buffers for every parameter, loadable by it
+    state = load_checkpoint(tmp_path / "graph" / "checkpoints" / "last.pt")["optimizer"]
+    model = make_model("tiny", 4)
+    sgd = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=2e-4)
+    sgd.load_state_dict(state)
+    assert len(sgd.state) == len(list(model.parameters()))
+
+
+def test_graph_engine_resumes_exactly(tmp_path, splits):
+    cfg = config("graph")
+    train_one(cfg, tmp_path / "full", splits=splits, progress=False)
+    train_one(cfg, tmp_path / "cut", splits=splits, progress=False, stop_after=2)
+    train_one(cfg, tmp_path / "cut", splits=splits, progress=False, log=lambda _: None)
+    wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_stacked_seeds_under_the_graph_engine(tmp_path, splits):
+    eager = train_stacked(config("eager", epochs=2), [0, 1], tmp_path / "eager", splits=splits, progress=False)
+    graph = train_stacked(config("graph", epochs=2), [0, 1], tmp_path / "graph", splits=splits, progress=False)
+    assert [r["top1"] for r in graph] == pytest.approx([r["top1"] for r in eager])
+    for s in (0, 1):
+        a, b = _weights(tmp_path / "eager" / f"seed-{s}"), _weights(tmp_path / "graph" / f"seed-{s}")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+        assert _losses(tmp_path / "graph" / f"seed-{s}") == pytest.approx(_losses(tmp_path / "eager" / f"seed-{s}"),
+                                                                          rel=1e-5)
+
+
+def test_what_the_graph_engine_refuses(splits):
+    counts = splits.train.class_counts()
+    model = make_model("tiny", 4)
+    task = SupervisedTask(splits.train, make_loss("ce", counts), batch_size=8)
+    sgd = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=0.0)
+    assert graph_unsupported_reason(task, sgd) is None
+    with pytest.raises(LongtailError, match=r"a SAM; (.|\n)*train.engine=eager"):
+        GraphStep(model, task, SAM(sgd, rho=0.05), torch.device("cpu"), "off")
+    mfw = MFWTask(splits.train, make_loss("ce", counts), batch_size=8)
+    with pytest.raises(LongtailError, match="graph_key"):
+        make_stepper("graph", model, mfw, sgd, torch.device("cpu"), "off")
+    with pytest.raises(LongtailError, match="unknown train.engine 'graphs'"):
+        make_stepper("graphs", model, task, sgd, torch.device("cpu"), "off")
+    nesterov = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    assert "Nesterov" in graph_unsupported_reason(task, nesterov)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_replayed_cuda_graphs_equal_eager_steps():
+    """On a GPU: the captured step (replayed for later batches, a second graph for the last partial
+    batch, a third after DRW's switch) trains the same weights as the closure step, in float32."""
+    torch.backends.cudnn.deterministic = True
+    dev = torch.device("cuda")
+    data = synthetic_set([60, 30, 15, 7], size=16).to(dev)
+    counts = data.class_counts()
+    from longtail.weights import make_weighting
+
+    results = []
+    for engine in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = make_model("resnet8", 4).to(dev)
+        weighting = make_weighting("class-balanced", counts, start_epoch=3)
+        task = SupervisedTask(data, make_loss("ce", counts).to(dev), batch_size=16, weighting=weighting)
+        sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        recs = fit(model, task, sgd, epochs=6, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=dev, amp="off",
+                   engine=engine, progress=False)
+        results.append((model.state_dict(), [r.train_loss for r in recs]))
+    (wa, la), (wb, lb) = results
+    assert lb == pytest.approx(la, rel=1e-4)
+    for k in wa:
+        torch.testing.assert_close(wa[k].float(), wb[k].float(), atol=1e-4, rtol=1e-3, msg=k)
