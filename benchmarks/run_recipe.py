@@ -4,6 +4,8 @@ Data from a device pack (for the GPU machine, where ../shared does not travel) o
 
     python benchmarks/run_recipe.py cifar10-lt-ce --pack .device/c10-lt100 --seeds 0 1 2
     python benchmarks/run_recipe.py cifar10-lt-ce --data-root ../shared/data --epochs 1 --device cpu
+    python benchmarks/run_recipe.py cifar10-lt-ce --pack .device/c10-lt100 --seeds 0 1 2 3 4 --stack \
+        --set train.engine=graph     # the seeds trained at once (longtail.stacked): one row for all of them
 
 Every row is what this script measured on the machine it ran on; nothing is typed in by hand.
 Wall time is split into setup (data to the device, model), compile, train and eval.
@@ -25,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))  # run from the source tree (the GPU machine has no install)
 
 from longtail.config import apply_overrides  # noqa: E402
-from longtail.experiment import train_one  # noqa: E402
+from longtail.experiment import train_one, train_seeds  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 
 HEADER = ("| date | machine | command | seed | epochs | setup s | compile s | train s | eval s | train img/s "
@@ -84,6 +86,7 @@ def main() -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--out", help="where run folders go (default: a temporary folder)")
+    p.add_argument("--stack", action="store_true", help="train all --seeds at once as one stacked network")
     a = p.parse_args()
 
     ov: dict[str, object] = {"train.device": a.device, "train.checkpoint_every": "1000000"}
@@ -99,6 +102,8 @@ def main() -> int:
     cfg = apply_overrides(get_recipe(a.recipe).config, ov)
     out = Path(a.out or tempfile.mkdtemp(prefix="longtail-bench-"))
     command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
+    if a.stack:
+        return stacked_row(cfg, a.seeds, out, command, Path(a.results))
     for seed in a.seeds:
         t0 = time.perf_counter()
         r = train_one(apply_overrides(cfg, {"seed": seed}), out / f"seed-{seed}", progress=False,
@@ -111,6 +116,35 @@ def main() -> int:
                f"{fmt(r['few'])} | {fmt(rarest(r, 3))} |")
         append_row(Path(a.results), row)
         print(row, f"(wall {wall:.1f} s)", flush=True)
+    return 0
+
+
+STACK_SECTION = "## Several seeds at once (benchmarks/run_recipe.py --stack)"
+STACK_HEADER = ("| date | machine | command | seeds | epochs | wall s | setup s | compile s | train s | eval s (all) "
+                "| train img/s (all seeds) | top-1 mean ± std | many | medium | few |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def stacked_row(cfg, seeds: list[int], out: Path, command: str, results: Path) -> int:
+    """Train ``seeds`` at once (``train_seeds(stack=True)``) and append one row for the whole run."""
+    t0 = time.perf_counter()
+    r = train_seeds(cfg, seeds, out, stack=True, progress=False, log=lambda m: None)
+    wall = time.perf_counter() - t0
+    agg, runs = r["aggregate"], list(r["seeds"].values())
+    tm = runs[0]["timing"]
+
+    def ms(key: str) -> str:
+        return "n/a" if agg[key]["mean"] is None else f"{agg[key]['mean']:.2f} ± {agg[key]['std']:.2f}"
+
+    row = (f"| {dt.date.today()} | {machine()} | `{command}` | {len(seeds)} | {cfg.train.epochs} | {wall:.1f} | "
+           f"{tm['setup_s']:.1f} | {tm.get('compile_s', 0.0):.1f} | {tm['train_s']:.1f} | "
+           f"{sum(x['timing']['eval_s'] for x in runs):.1f} | {tm['stacked_train_images_per_s']:.0f} | {ms('top1')} | "
+           f"{ms('many')} | {ms('medium')} | {ms('few')} |")
+    lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]
+    if STACK_SECTION not in lines:
+        append_section(results, ["", STACK_SECTION, "", *STACK_HEADER.rstrip("\n").splitlines()])
+    append_row(results, row, section=STACK_SECTION)
+    print(row, flush=True)
     return 0
 
 

@@ -143,12 +143,12 @@ def _ssl_worker(rank: int, world: int, port: int, out: str, root: str) -> None:
                  progress=False, stop_after=1)
 
 
-def _assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> dict:
+def _assert_same_weights(a: Path, b: Path, atol: float = 5e-5) -> dict:  # float sums in another order
     ma = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
     mb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
     assert ma.keys() == mb.keys()
     for k in ma:
-        torch.testing.assert_close(ma[k], mb[k], atol=atol, rtol=1e-4, msg=k)
+        torch.testing.assert_close(ma[k], mb[k], atol=atol, rtol=1e-4, msg=lambda m: f"{k}: {m}")
     return ma
 
 

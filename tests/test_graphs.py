@@ -149,3 +149,17 @@ def test_replayed_cuda_graphs_equal_eager_steps():
     assert lb == pytest.approx(la, rel=1e-4)
     for k in wa:
         torch.testing.assert_close(wa[k].float(), wb[k].float(), atol=1e-4, rtol=1e-3, msg=k)
+
+
+def test_compiled_model_trains_like_the_eager_one(tmp_path, splits):
+    """train.compile: compiled before the first step (its time reported apart), same training otherwise."""
+    runs = {}
+    for mode in ("off", "default"):
+        runs[mode] = train_one(config("eager", epochs=2, batch_size=15, compile=mode), tmp_path / mode, splits=splits,
+                               progress=False)  # 75 images: 5 full batches, one compiled shape
+    assert runs["off"]["timing"]["compile_s"] == 0.0 and runs["default"]["timing"]["compile_s"] > 0.0
+    wa, wb = _weights(tmp_path / "off"), _weights(tmp_path / "default")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3, msg=k)
+    with pytest.raises(LongtailError, match="unknown train.compile 'fast'"):
+        train_one(config("eager", compile="fast"), tmp_path / "bad", splits=splits, progress=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from . import distributed
 from .config import RunConfig
@@ -26,7 +27,7 @@ from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
 from .data.registry import Splits, load_splits
 from .errors import LongtailError
-from .loop import EpochRecord, fit, make_sgd, predict
+from .loop import EpochRecord, fit, make_sgd, predict, use_channels_last
 from .losses import make_loss
 from .metrics import aggregate_seeds, summarize
 from .models import Classifier, make_model
@@ -213,9 +214,9 @@ def train_one(
     counts.require_nonempty(train.class_names)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, train.num_classes, train.image_shape[0]).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     t = cfg.train
+    if use_channels_last(device, t.channels_last):
+        model = model.to(memory_format=torch.channels_last)
     if t.init_from and not run.checkpoint.is_file():  # a resumed run has its own weights
         from .ssl import load_pretrained_backbone
 
@@ -240,6 +241,7 @@ def train_one(
         run.create(cfg, command)
     train_model = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged in backward
     setup_s = time.perf_counter() - t_setup
+    train_model, compile_s = compiled_for_training(train_model, cfg, train.image_shape, device)
 
     def on_epoch_end(rec: EpochRecord) -> None:
         row = asdict(rec)
@@ -259,16 +261,18 @@ def train_one(
                                 next_epoch=done, records=records)
 
     t_train = time.perf_counter()
+    fit_stats: dict[str, float] = {}
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
         amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=t.engine)
+        engine=t.engine, stats=fit_stats)
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
     if stop_after is not None and len(records) < t.epochs:
         return {}
     t_eval = time.perf_counter()
     summary = evaluate_model(model, test, counts, device, t.amp)
-    timing = {"setup_s": setup_s, "train_s": train_s, "eval_s": time.perf_counter() - t_eval,
+    timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0),  # capture: in train_s
+              "train_s": train_s, "eval_s": time.perf_counter() - t_eval,
               "train_images_per_s": len(records[start_epoch:]) and
               sum(r["steps"] for r in records[start_epoch:]) * t.batch_size / max(train_s, 1e-9)}
     extra: dict[str, Any] = {"recipe": cfg.recipe, "epoch": t.epochs, "split": "test", "seed": cfg.seed,
@@ -296,6 +300,21 @@ def train_one(
     if main:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
+
+
+def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[int, ...], device: torch.device
+              ) -> tuple[nn.Module, float]:
+    """``model`` compiled for training when ``train.compile`` asks (``longtail.graphs.compile_model``)."""
+    t = cfg.train
+    if t.compile == "off":
+        return model, 0.0
+    from .graphs import compile_model
+
+    rows = len(distributed.current().rows(t.batch_size))  # this process's share of a batch
+    example = torch.zeros(rows, *image_shape, device=device)
+    if use_channels_last(device, t.channels_last):
+        example = example.contiguous(memory_format=torch.channels_last)
+    return compile_model(model, t.compile, example, device=device, amp=t.amp)
 
 
 def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,

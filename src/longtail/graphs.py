@@ -37,6 +37,8 @@ import torch.nn as nn
 from .errors import LongtailError
 
 ENGINES = ("auto", "eager", "graph")
+#: ``train.compile``: off, or a ``torch.compile`` mode (``default`` is torch.compile's own default)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def autocast_for(device: torch.device, amp: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -52,6 +54,8 @@ def autocast_for(device: torch.device, amp: str, *, cache: bool = True) -> conte
 
 class EagerStep:
     """``optimizer.step(closure)``: any optimizer (SGD, SAM), any task."""
+
+    capture_s = 0.0  # nothing is compiled or captured
 
     def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                  amp: str) -> None:
@@ -120,6 +124,7 @@ class GraphStep:
         self.graphs: dict[Hashable, tuple[Any, Any, torch.Tensor]] = {}  # key -> (graph, static batch, loss)
         self.eager_steps: dict[Hashable, int] = {}
         self.pool: Any = None
+        self.capture_s = 0.0  # time spent capturing graphs (the "compile" time of this engine)
         self.groups = [self._group(g) for g in optimizer.param_groups]
 
     def _group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], float, float]:
@@ -181,6 +186,9 @@ class GraphStep:
         return loss
 
     def _capture(self, key: Hashable, batch: Any) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
         static = type(batch)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in batch))
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
@@ -188,10 +196,48 @@ class GraphStep:
             loss = self._body(static)
         self.pool = graph.pool()
         self.graphs[key] = (graph, static, loss)
+        self.capture_s += time.perf_counter() - t0
         if self.log is not None:
             self.log(f"captured a CUDA graph of the training step for {key}")
         graph.replay()  # capture records without running: this batch's step happens now
         return loss
+
+
+def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device: torch.device, amp: str
+                  ) -> tuple[nn.Module, float]:
+    """``torch.compile(model)`` for training, compiled before the first step; returns (module, seconds).
+
+    ``example`` is a batch of the training shape: one forward and backward pass of it compiles the
+    graphs (static shapes; a smaller last batch compiles once more when it comes). That pass changes
+    nothing: gradients are dropped and BatchNorm statistics restored, so training is unchanged.
+    """
+    if mode not in COMPILE_MODES:
+        raise LongtailError(f"unknown train.compile {mode!r}", f"use one of: {', '.join(COMPILE_MODES)}")
+    if mode == "off":
+        return model, 0.0
+    import time
+
+    t0 = time.perf_counter()
+    compiled = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    saved = {k: b.clone() for k, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        with autocast_for(device, amp):
+            out = compiled(example)
+        out.float().sum().backward()
+    except Exception as e:  # a compiler error names neither the setting nor the way out
+        raise LongtailError(f"torch.compile (train.compile={mode}) failed: {type(e).__name__}: {str(e)[:300]}",
+                            "train without it (train.compile=off); on the CPU it needs a C++ compiler") from e
+    for p in model.parameters():
+        p.grad = None
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(saved[k])
+    model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return compiled, time.perf_counter() - t0
 
 
 def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer,
@@ -204,5 +250,5 @@ def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.opti
     return EagerStep(model, task, optimizer, device, amp)
 
 
-__all__ = ["ENGINES", "EagerStep", "GraphStep", "autocast_for", "graph_unsupported_reason", "make_stepper",
-           "sgd_update"]
+__all__ = ["COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "autocast_for", "compile_model",
+           "graph_unsupported_reason", "make_stepper", "sgd_update"]

@@ -28,7 +28,7 @@ from ..data.imageset import ImageSet
 from ..data.registry import Splits, load_splits
 from ..errors import LongtailError
 from ..experiment import lr_function, resolve_device
-from ..loop import EpochRecord, fit
+from ..loop import EpochRecord, fit, use_channels_last
 from ..models import make_model
 from ..report import summary_table, write_report
 from ..runs import RunDir, atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
@@ -83,7 +83,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
         else:
             log("SimSiam: SyncBatchNorm needs GPUs; on the CPU each process normalises its own rows")
     model = model.to(device)
-    if device.type == "cuda":
+    if use_channels_last(device, t.channels_last):
         model = model.to(memory_format=torch.channels_last)
 
     weights = None
