@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import socket
 import time
 from pathlib import Path
@@ -127,6 +128,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, monkeypatch):
 
 SSL = SSLConfig(moco_queue=40, moco_hidden=16, moco_dim=8, moco_bn_splits=2, simsiam_dim=16, simsiam_pred_hidden=8,
                 probe_epochs=5, knn_k=5)
+RW = replace(SSL, rw_weights="class", sam_rho=0.05)  # rwSAM: the ascent pass is a weighted mean over the batch
 
 
 def _ssl_worker(rank: int, world: int, port: int, out: str, root: str) -> None:
@@ -139,6 +141,8 @@ def _ssl_worker(rank: int, world: int, port: int, out: str, root: str) -> None:
                  splits=file_splits("imagenet-lt", Path(root)), progress=False)
     for method in ("moco", "rotation", "simsiam-rwsam"):
         pretrain_run(method, config("synthetic"), Path(out) / method, ssl=SSL, splits=tensor_splits(), progress=False)
+    pretrain_run("moco-rwsam", config("synthetic"), Path(out) / "moco-rwsam", ssl=RW, splits=tensor_splits(),
+                 progress=False)
     pretrain_run("moco", config("synthetic"), Path(out) / "moco-cut", ssl=SSL, splits=tensor_splits(),
                  progress=False, stop_after=1)
 
@@ -165,8 +169,9 @@ def test_pretraining_on_two_processes_matches_one(tmp_path, monkeypatch):
     pretrain_run("moco", config("imagenet-lt", batch_size=6), one / "files", ssl=SSL,
                  splits=file_splits("imagenet-lt", root), progress=False, log=lambda _: None)
     _assert_same_weights(two / "files", one / "files")
-    for method in ("moco", "rotation"):
-        pretrain_run(method, config("synthetic"), one / method, ssl=SSL, splits=tensor_splits(), progress=False)
+    for method in ("moco", "rotation", "moco-rwsam"):
+        ssl = RW if method.endswith("rwsam") else SSL
+        pretrain_run(method, config("synthetic"), one / method, ssl=ssl, splits=tensor_splits(), progress=False)
         _assert_same_weights(two / method, one / method)
         ra, rb = _report(two / method), _report(one / method)
         assert ra["knn"]["per_class"] == rb["knn"]["per_class"] and ra["top1"] == pytest.approx(rb["top1"])
@@ -182,3 +187,33 @@ def test_pretraining_on_two_processes_matches_one(tmp_path, monkeypatch):
     pretrain_run("moco", config("synthetic"), two / "moco-cut", ssl=SSL, splits=tensor_splits(), progress=False,
                  log=lambda _: None)
     _assert_same_weights(two / "moco-cut", one / "moco")
+
+
+def test_sharded_weighted_losses_add_up_to_the_whole_batch():
+    """rwSAM's ascent loss is a weighted mean over the batch: each process's loss is scaled by its share
+    of the batch's weight, so the processes' average (what DDP's gradient averaging computes) is the
+    1-process loss."""
+    from longtail.data.augment import Batch
+    from longtail.distributed import ShardedTask
+
+    values = torch.tensor([1.0, 4.0, 2.0, 8.0, 3.0])
+    weights = torch.tensor([0.5, 3.0, 1.0, 1.0, 2.0])
+
+    class Weighted:
+        def batches(self, epoch, generator):
+            yield Batch(values.clone(), torch.zeros(5, dtype=torch.long), torch.arange(5))
+
+        def current_weights(self, index):
+            return weights[index]
+
+        def loss(self, model, batch):
+            w = weights[batch.index]
+            return (w * batch.images).sum() / w.sum()
+
+    whole = (weights * values).sum() / weights.sum()
+    parts = []
+    for rank in range(2):
+        task = ShardedTask(Weighted(), Shard(rank, 2))
+        batch = next(task.batches(0, None))
+        parts.append(task.loss(None, batch))
+    assert torch.stack(parts).mean() == pytest.approx(float(whole))

@@ -11,7 +11,8 @@ from longtail import LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.registry import Splits
 from longtail.experiment import train_one
-from longtail.graphs import GraphStep, graph_unsupported_reason, make_stepper, sgd_update
+from longtail.graphs import (EagerStep, GraphStep, graph_unsupported_reason, make_stepper, sgd_update,
+                             training_engine)
 from longtail.losses import make_loss
 from longtail.loop import fit, make_sgd
 from longtail.models import make_model
@@ -121,6 +122,13 @@ def test_what_the_graph_engine_refuses(splits):
         make_stepper("graph", model, mfw, sgd, torch.device("cpu"), "off")
     with pytest.raises(LongtailError, match="unknown train.engine 'graphs'"):
         make_stepper("graphs", model, task, sgd, torch.device("cpu"), "off")
+    with pytest.raises(LongtailError, match="records CUDA graphs itself"):
+        training_engine("graph", "reduce-overhead", torch.device("cpu"))
+    # auto: eager on the CPU, and wherever the compile mode records CUDA graphs of its own
+    assert training_engine("auto", "off", torch.device("cpu")) == "eager"
+    assert training_engine("auto", "reduce-overhead", torch.device("cuda")) == "eager"
+    assert training_engine("auto", "off", torch.device("cuda")) == "auto"  # graph, when the task allows it
+    assert isinstance(make_stepper("auto", model, mfw, sgd, torch.device("cpu"), "off"), EagerStep)
     nesterov = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     assert "Nesterov" in graph_unsupported_reason(task, nesterov)
 
@@ -163,3 +171,38 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, splits):
         torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3, msg=k)
     with pytest.raises(LongtailError, match="unknown train.compile 'fast'"):
         train_one(config("eager", compile="fast"), tmp_path / "bad", splits=splits, progress=False)
+
+
+def test_parameters_without_gradient_are_left_alone(splits):
+    """As torch.optim.SGD: a parameter the loss does not use gets no weight decay and no momentum step."""
+
+    class WithUnused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = make_model("tiny", 4)
+            self.unused = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.net(x)
+
+    counts = splits.train.class_counts()
+    states = []
+    for engine in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = WithUnused()
+        before = model.unused.weight.detach().clone()
+        task = SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16)
+        sgd = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        fit(model, task, sgd, epochs=2, lr_at=lambda e: 0.1, seed=0, device=torch.device("cpu"), amp="off",
+            engine=engine, progress=False)
+        assert torch.equal(model.unused.weight, before)
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_pretraining_refuses_compile(tmp_path, splits):
+    from longtail.ssl import pretrain_run
+
+    with pytest.raises(LongtailError, match="train.compile=default is for supervised training"):
+        pretrain_run("rotation", config("eager", compile="default"), tmp_path / "p", splits=splits, progress=False)

@@ -84,7 +84,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
     channels_last: str = "auto"  # model memory format: auto (= on: 10 % faster per CPU epoch, measured) | on | off
     compile: str = "off"  # off | default | max-autotune-no-cudagraphs | ... (torch.compile of the model, longtail.graphs)
-    engine: str = "auto"  # how a step runs (longtail.graphs): auto (= eager for now) | eager | graph (CUDA graphs)
+    engine: str = "auto"  # how a step runs (longtail.graphs): auto (graph on one GPU when possible) | eager | graph
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
     pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)

@@ -213,6 +213,8 @@ class ShardedTask:
         self.inner = inner
         self.shard = shard if shard is not None else current()
         self.scale = 1.0
+        self._rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
+        self._index: torch.Tensor | None = None
 
     def __getattr__(self, name: str) -> Any:  # train, sampler, class_weight, ... of the inner task
         if name == "inner":
@@ -230,11 +232,18 @@ class ShardedTask:
         for batch in self.inner.batches(epoch, generator):
             rows, self.scale = self.shard.batch_rows(batch.labels.shape[0])  # scale: read by loss() for this batch
             rows = rows.to(batch.labels.device)
+            self._rows, self._index = rows, getattr(batch, "index", None)
             yield type(batch)(*(t[rows] for t in batch))
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         loss = self.inner.loss(model, batch)
-        return loss if self.scale == 1.0 else loss * self.scale
+        scale: float | torch.Tensor = self.scale
+        weights_now = getattr(self.inner, "current_weights", None)  # rwSAM: a weighted mean over the batch
+        if weights_now is not None and self._index is not None:
+            w = weights_now(self._index)
+            if w is not None:  # this process's share of the whole batch's weight, not of its rows
+                scale = self.shard.world * w[self._rows.to(w.device)].sum() / w.sum()
+        return loss if isinstance(scale, float) and scale == 1.0 else loss * scale
 
 
 def default_workers() -> int:

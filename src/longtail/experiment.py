@@ -27,6 +27,7 @@ from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
 from .data.registry import Splits, load_splits
 from .errors import LongtailError
+from .graphs import training_engine
 from .loop import EpochRecord, fit, make_sgd, predict, use_channels_last
 from .losses import make_loss
 from .metrics import aggregate_seeds, summarize
@@ -264,7 +265,7 @@ def train_one(
     fit_stats: dict[str, float] = {}
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
         amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=t.engine, stats=fit_stats)
+        engine=training_engine(t.engine, t.compile, device), stats=fit_stats)
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
     if stop_after is not None and len(records) < t.epochs:
@@ -308,13 +309,14 @@ def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[i
     t = cfg.train
     if t.compile == "off":
         return model, 0.0
-    from .graphs import compile_model
+    from .graphs import compile_model, resolve_engine
 
+    graphed = resolve_engine(t.engine, device, t.compile) == "graph" and device.type == "cuda"
     rows = len(distributed.current().rows(t.batch_size))  # this process's share of a batch
     example = torch.zeros(rows, *image_shape, device=device)
     if use_channels_last(device, t.channels_last):
         example = example.contiguous(memory_format=torch.channels_last)
-    return compile_model(model, t.compile, example, device=device, amp=t.amp)
+    return compile_model(model, t.compile, example, device=device, amp=t.amp, autocast_cache=not graphed)
 
 
 def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,

@@ -2,7 +2,8 @@
 
 ``fit`` hands every batch to a *stepper*. :class:`EagerStep` is the general one:
 ``optimizer.step(closure)``, which SAM and every task support. :class:`GraphStep` is the fast path
-for small images on a GPU (``train.engine=graph``): it records forward, backward and the SGD update
+for small images on a GPU (``train.engine=graph``, and ``auto`` on one GPU when the task and
+optimizer allow it): it records forward, backward and the SGD update
 of one step as a CUDA graph and replays it for every later batch of the same shape, so the host
 launches one graph per step instead of a few hundred kernels (REFERENCE.md: the host, at about
 30 ms per step, not the GPU's 3 ms, bounds eager training of ResNet-32 on an H100).
@@ -112,13 +113,13 @@ class GraphStep:
     """Forward, backward and SGD as one CUDA graph per (task graph key, batch shapes); eager on the CPU."""
 
     def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.SGD, device: torch.device, amp: str,
-                 *, warmup: int = 3, log: Callable[[str], None] | None = None) -> None:
+                 *, warmup: int = 3, log: Callable[[str], None] | None = None, fallback: bool = False) -> None:
         reason = graph_unsupported_reason(task, optimizer)
         if reason is not None:
             raise LongtailError(f"train.engine=graph cannot run this training: {reason}",
                                 "use train.engine=eager (or auto)")
         self.model, self.task, self.optimizer, self.device, self.amp = model, task, optimizer, device, amp
-        self.warmup, self.log = int(warmup), log
+        self.warmup, self.log, self.fallback = int(warmup), log, fallback
         self.capture = device.type == "cuda"
         self.lr = torch.zeros((), device=device)
         self.graphs: dict[Hashable, tuple[Any, Any, torch.Tensor]] = {}  # key -> (graph, static batch, loss)
@@ -152,8 +153,11 @@ class GraphStep:
         loss.backward()
         with torch.no_grad():
             for params, bufs, momentum, wd in self.groups:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                sgd_update(params, grads, bufs, self.lr, momentum, wd)
+                # as torch.optim.SGD: a parameter without a gradient (unused by the model) is not updated
+                used = [i for i, p in enumerate(params) if p.grad is not None]
+                if used:
+                    sgd_update([params[i] for i in used], [params[i].grad for i in used],  # type: ignore[misc]
+                               [bufs[i] for i in used], self.lr, momentum, wd)
         return loss.detach()
 
     def _key(self, batch: Any) -> Hashable:
@@ -192,8 +196,20 @@ class GraphStep:
         static = type(batch)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in batch))
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
-        with torch.cuda.graph(graph, pool=self.pool):
-            loss = self._body(static)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                loss = self._body(static)
+        except Exception as e:  # nothing ran: the capture only records
+            if not self.fallback:
+                raise LongtailError(f"capturing the training step as a CUDA graph failed: {type(e).__name__}: "
+                                    f"{str(e)[:300]}", "train with train.engine=eager") from e
+            import warnings
+
+            warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "training on with eager steps (set train.engine=eager to skip the attempt)", stacklevel=2)
+            self.capture = False
+            torch.cuda.synchronize(self.device)
+            return self._body(batch)
         self.pool = graph.pool()
         self.graphs[key] = (graph, static, loss)
         self.capture_s += time.perf_counter() - t0
@@ -203,13 +219,15 @@ class GraphStep:
         return loss
 
 
-def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device: torch.device, amp: str
-                  ) -> tuple[nn.Module, float]:
+def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device: torch.device, amp: str,
+                  autocast_cache: bool = True) -> tuple[nn.Module, float]:
     """``torch.compile(model)`` for training, compiled before the first step; returns (module, seconds).
 
     ``example`` is a batch of the training shape: one forward and backward pass of it compiles the
     graphs (static shapes; a smaller last batch compiles once more when it comes). That pass changes
-    nothing: gradients are dropped and BatchNorm statistics restored, so training is unchanged.
+    nothing: gradients are dropped, BatchNorm statistics and the random state restored, so training
+    is unchanged. ``autocast_cache`` must be that of the steps (off under ``GraphStep`` on CUDA).
+    Only ``forward`` is compiled: a task that calls ``model.features`` (MFW) runs those eagerly.
     """
     if mode not in COMPILE_MODES:
         raise LongtailError(f"unknown train.compile {mode!r}", f"use one of: {', '.join(COMPILE_MODES)}")
@@ -223,9 +241,10 @@ def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device:
     was_training = model.training
     model.train()
     try:
-        with autocast_for(device, amp):
-            out = compiled(example)
-        out.float().sum().backward()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # draws nothing for training
+            with autocast_for(device, amp, cache=autocast_cache):  # as the steps will: no recompilation
+                out = compiled(example)
+            out.float().sum().backward()
     except Exception as e:  # a compiler error names neither the setting nor the way out
         raise LongtailError(f"torch.compile (train.compile={mode}) failed: {type(e).__name__}: {str(e)[:300]}",
                             "train without it (train.compile=off); on the CPU it needs a C++ compiler") from e
@@ -240,15 +259,50 @@ def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device:
     return compiled, time.perf_counter() - t0
 
 
-def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer,
-                 device: torch.device, amp: str) -> EagerStep | GraphStep:
-    """The stepper of ``train.engine``: ``eager``, ``graph``, or ``auto`` (eager until the graph path is measured)."""
+#: torch.compile modes that record CUDA graphs themselves: not inside GraphStep's own capture
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
+
+def resolve_engine(engine: str, device: torch.device, compile_mode: str = "off") -> str:
+    """``eager`` or ``graph`` for ``train.engine``; ``auto`` is ``graph`` on CUDA (one process, a compile
+    mode without CUDA graphs of its own) and ``eager`` elsewhere. :func:`make_stepper` still steps
+    eagerly under ``auto`` when the task or optimizer cannot be graphed."""
     if engine not in ENGINES:
         raise LongtailError(f"unknown train.engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
-    if engine == "graph":
-        return GraphStep(model, task, optimizer, device, amp)  # type: ignore[arg-type]
+    if engine == "graph" and compile_mode in CUDAGRAPH_COMPILE_MODES:
+        raise LongtailError(f"train.compile={compile_mode} records CUDA graphs itself, inside train.engine=graph's own",
+                            "use train.compile=max-autotune-no-cudagraphs (or default) with train.engine=graph")
+    if engine == "auto":
+        from .distributed import current
+
+        graphed = device.type == "cuda" and current().world == 1 and compile_mode not in CUDAGRAPH_COMPILE_MODES
+        return "graph" if graphed else "eager"
+    return engine
+
+
+def training_engine(engine: str, compile_mode: str, device: torch.device) -> str:
+    """What to pass to ``fit(engine=...)`` for these settings: ``auto`` becomes ``eager`` where
+    :func:`resolve_engine` says so (e.g. a compile mode with CUDA graphs of its own); errors early."""
+    resolved = resolve_engine(engine, device, compile_mode)
+    return "eager" if engine == "auto" and resolved == "eager" else engine
+
+
+def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: str) -> EagerStep | GraphStep:
+    """The stepper of ``train.engine`` (:func:`resolve_engine`).
+
+    ``graph`` asked for explicitly fails clearly when the training cannot be graphed; ``auto`` takes
+    the graph engine on a GPU only when the task and optimizer allow it, and steps on eagerly (with a
+    warning) if a capture fails.
+    """
+    if resolve_engine(engine, device) == "graph":
+        if engine == "graph":
+            return GraphStep(model, task, optimizer, device, amp)  # type: ignore[arg-type]
+        if graph_unsupported_reason(task, optimizer) is None:
+            return GraphStep(model, task, optimizer, device, amp, fallback=True)  # type: ignore[arg-type]
     return EagerStep(model, task, optimizer, device, amp)
 
 
-__all__ = ["COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "autocast_for", "compile_model",
-           "graph_unsupported_reason", "make_stepper", "sgd_update"]
+__all__ = ["COMPILE_MODES", "CUDAGRAPH_COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "autocast_for", "compile_model",
+           "graph_unsupported_reason", "make_stepper", "resolve_engine", "sgd_update",
+           "training_engine"]

@@ -57,6 +57,7 @@ from torch import Tensor
 
 from .config import RunConfig
 from .errors import LongtailError
+from .graphs import training_engine
 from .loop import EpochRecord, epoch_generator, fit, make_sgd, use_channels_last
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
@@ -662,7 +663,7 @@ def train_stacked(
     fit_stats: dict[str, float] = {}
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=seeds[0], device=device,
         amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=t.engine, stats=fit_stats)
+        engine=training_engine(t.engine, t.compile, device), stats=fit_stats)
     train_s = time.perf_counter() - t_train
     if stop_after is not None and len(records[0]) < t.epochs:
         return [{} for _ in seeds]

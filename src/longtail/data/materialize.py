@@ -58,16 +58,26 @@ def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int 
 
 
 def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's decoded rows on every process, in row order (shards may differ in size)."""
+    """Every process's decoded rows on every process, in row order (shards may differ in size).
+
+    The set is assembled in one tensor: each process broadcasts its part in turn, written straight
+    into its rows, so a device holds the whole set plus one part at most (not the set twice).
+    """
+    import torch.distributed as dist
+
+    shard = current()
     counts = [int(c) for c in all_gather(torch.tensor([rows.numel()], device=rows.device))]
     most = max(counts)
-    pad = most - rows.numel()
-    if pad:
-        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-        rows = torch.cat([rows, rows.new_full((pad,), -1)])
-    xs, rs = all_gather(x), all_gather(rows)
-    x = torch.cat([part[:n] for part, n in zip(xs, counts)])
-    rows = torch.cat([part[:n] for part, n in zip(rs, counts)])
-    del xs
-    order = torch.argsort(rows)
-    return x[order], rows[order]
+    padded = torch.cat([rows, rows.new_full((most - rows.numel(),), -1)])
+    all_rows = torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)])  # small: one index a row
+    position = torch.empty_like(all_rows)
+    position[torch.argsort(all_rows)] = torch.arange(all_rows.numel(), device=all_rows.device)
+    out = x.new_empty((all_rows.numel(), *x.shape[1:]))
+    start = 0
+    for r, n in enumerate(counts):
+        part = x if r == shard.rank else x.new_empty((n, *x.shape[1:]))
+        if n:
+            dist.broadcast(part, src=r)
+            out[position[start:start + n]] = part
+        start += n
+    return out, torch.sort(all_rows).values

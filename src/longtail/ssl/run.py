@@ -28,6 +28,7 @@ from ..data.imageset import ImageSet
 from ..data.registry import Splits, load_splits
 from ..errors import LongtailError
 from ..experiment import lr_function, resolve_device
+from ..graphs import training_engine
 from ..loop import EpochRecord, fit, use_channels_last
 from ..models import make_model
 from ..report import summary_table, write_report
@@ -64,6 +65,9 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
         raise LongtailError(f"self-supervised pre-training reads no labels, but the config asks for sampler "
                             f"{t.sampler!r} / weighting {t.weighting!r}",
                             "use train.sampler=instance and train.weighting=none for pre-training")
+    if t.compile != "off":
+        raise LongtailError(f"train.compile={t.compile} is for supervised training; pre-training runs eagerly",
+                            "leave train.compile=off for `longtail pretrain`")
     torch.manual_seed(cfg.seed)  # model initialisation
     backbone = make_model(cfg.model.arch, 1, in_channels=train.image_shape[0]).backbone
     base, rwsam = method.split("-")[0], method.endswith("-rwsam")
@@ -216,7 +220,7 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     t_train = time.perf_counter()
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
         amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=t.engine)
+        engine=training_engine(t.engine, t.compile, device))
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone returns
     if stop_after is not None and len(records) < t.epochs:

@@ -111,10 +111,14 @@ class _SSLTask:
     def end_epoch(self) -> None:
         """Finish the epoch's once-per-step work (the caller calls it before checkpointing)."""
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        weight = None
+    def current_weights(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The example weights that :meth:`loss` applies to rows ``index`` now: rwSAM's ascent pass only."""
         if self.phase == "ascent" and self._weights is not None:
-            weight = self._weights[batch.index.to(self._weights.device)]
+            return self._weights[index.to(self._weights.device)]
+        return None
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        weight = self.current_weights(batch.index)
         freeze = frozen_bn_statistics(model) if self.phase == "descent" else contextlib.nullcontext()
         with freeze:
             return self._loss(model, batch, weight)
@@ -220,6 +224,11 @@ class MoCoTask(_TwoViewTask):
         self._shuffle: torch.Generator | None = None
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[ViewPair]:
+        world = self.shard.world
+        if world > 1 and not self.drop_last and len(self.train) % world:  # one batch, smaller than batch_size
+            raise LongtailError(f"MoCo across {world} processes: the {len(self.train)} training images make one "
+                                f"batch that does not split into {world} equal parts",
+                                f"use more images, or a number of images divisible by {world}")
         if self.shard.world > 1 and self.batch_size % self.shard.world:
             raise LongtailError(f"MoCo across {self.shard.world} processes needs a batch size divisible by "
                                 f"{self.shard.world}, got {self.batch_size}",
@@ -243,13 +252,16 @@ class MoCoTask(_TwoViewTask):
             rows, scale = self.shard.batch_rows(view1.shape[0])
             rows = rows.to(view1.device)
             view1, keys = view1[rows], keys[rows]
-            weight = weight[rows.to(weight.device)] if weight is not None else None
+            if weight is not None:  # a weighted mean: this process's share is its share of the weight
+                mine = weight[rows.to(weight.device)]
+                scale = self.shard.world * mine.sum() / weight.sum()  # type: ignore[assignment]
+                weight = mine
         q = model(view1)  # through DDP under torchrun
         loss = info_nce(q, keys, moco.queue, moco.temperature, weight)
         with torch.no_grad():
             top = info_nce_logits(q, keys, moco.queue, moco.temperature).argmax(dim=1)
             self._track(instance_acc=100.0 * (top == 0).float().mean())
-        return loss if scale == 1.0 else loss * scale
+        return loss if isinstance(scale, float) and scale == 1.0 else loss * scale
 
     @torch.no_grad()
     def _batch_keys(self, moco: MoCo, view2: torch.Tensor) -> torch.Tensor:
