@@ -1,0 +1,40 @@
+"""The benchmark script writes what it measured: its rows carry the runs' own numbers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run_recipe.py"
+
+
+def _run(tmp_path: Path, *args: str) -> list[str]:
+    results = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, str(SCRIPT), "quickstart", "--device", "cpu", "--epochs", "2",
+                    "--results", str(results), *args], check=True, capture_output=True, text=True, timeout=600)
+    return [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_run_recipe_appends_measured_rows(tmp_path, stack):
+    out = tmp_path / "runs"
+    rows = _run(tmp_path, "--seeds", "0", "1", "--out", str(out), *(["--stack"] if stack else []))
+    if stack:  # one row for the seeds trained at once: mean ± std of the runs' own reports
+        assert len(rows) == 1
+        top1 = [json.loads((out / f"seed-{s}" / "report.json").read_text())["top1"] for s in (0, 1)]
+        cells = _cells(rows[0])
+        assert cells[3] == "2" and cells[4] == "2"  # seeds, epochs
+        assert float(cells[11].split("±")[0]) == pytest.approx(sum(top1) / 2, abs=0.006)
+        assert all(float(cells[i]) >= 0 for i in range(5, 11))
+    else:  # one row per seed, with that seed's top-1
+        assert len(rows) == 2
+        for s, row in enumerate(rows):
+            report = json.loads((out / f"seed-{s}" / "report.json").read_text())
+            cells = _cells(row)
+            assert cells[3] == str(s) and float(cells[10]) == pytest.approx(report["top1"], abs=0.006)
