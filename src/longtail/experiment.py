@@ -41,8 +41,12 @@ from .weights import make_weighting
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a device. On CUDA, cuDNN picks its fastest kernels for the (fixed) batch
+    shapes (``cudnn.benchmark``): results then vary in the last bits from run to run, like any GPU run."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LongtailError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
     if name not in ("cpu",) and not name.startswith("cuda"):
