@@ -54,6 +54,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def start_process(device_name: str, log: Callable[[str], None], progress: bool | None
+                  ) -> tuple[torch.device, bool, Callable[[str], None], bool | None]:
+    """(device, is rank 0, log, progress) of this process; alone, or one of ``torchrun``'s.
+
+    Joins the process group (``cuda:LOCAL_RANK`` on GPUs), silences logging and progress bars off
+    rank 0, and waits until every process is past the command line's ``--restart`` before rank 0 writes.
+    """
+    device = distributed.setup(resolve_device(device_name))
+    main = distributed.is_main()
+    if not main:
+        log, progress = (lambda _: None), False
+    distributed.barrier()
+    return device, main, log, progress
+
+
 def loss_params(cfg: RunConfig) -> dict[str, float]:
     """The loss's own hyperparameters, from the flat ``LossConfig``."""
     lc = cfg.loss
@@ -205,11 +220,7 @@ def train_one(
     Returns the test summary of the last epoch (plus ``val`` when a validation split is used).
     """
     run = RunDir(out)
-    device = distributed.setup(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
-    main = distributed.is_main()
-    if not main:
-        log, progress = (lambda _: None), False
-    distributed.barrier()  # every process is past the command line's --restart before rank 0 writes
+    device, main, log, progress = start_process(cfg.train.device, log, progress)
     t_setup = time.perf_counter()
     with distributed.main_first():  # rank 0 downloads, the others read what it left
         splits = splits or load_splits(cfg.data)

@@ -5,6 +5,10 @@ report.json/.md), resumable the same way. The report evaluates the *representati
 test set: the main summary is the class-balanced linear probe on frozen features, with the k-NN
 and plain linear probe beside it (and, for rotation, the pretext accuracy, labelled as such).
 
+Under ``torchrun`` every process trains its share of each batch (DDP; MoCo shuffles its keys across
+the processes and keeps one queue of the whole batch's keys), image files are decoded 1/N per
+process, and rank 0 alone writes the run folder and evaluates.
+
 Labels: pre-training never reads the training labels, except ``ssl.rw_weights=class`` (rwSAM
 with class-frequency weights) and the evaluation, which trains probes on the labelled training
 set and reports per class.
@@ -27,7 +31,7 @@ from ..data.augment import Augment
 from ..data.imageset import ImageSet
 from ..data.registry import Splits, load_splits
 from ..errors import LongtailError
-from ..experiment import lr_function, resolve_device
+from ..experiment import lr_function, start_process
 from ..graphs import training_engine
 from ..loop import EpochRecord, fit, use_channels_last
 from ..models import make_model
@@ -162,11 +166,7 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     check_method(method)
     ssl = resolve_ssl(method, cfg, ssl)
     run = RunDir(out)
-    device = distributed.setup(resolve_device(cfg.train.device))  # cuda:LOCAL_RANK under torchrun
-    main = distributed.is_main()
-    if not main:
-        log, progress = (lambda _: None), False
-    distributed.barrier()  # every process is past the command line's --restart before rank 0 writes
+    device, main, log, progress = start_process(cfg.train.device, log, progress)
     t = cfg.train
     with distributed.main_first():
         splits = splits or load_splits(cfg.data)
