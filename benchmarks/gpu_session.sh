@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 7 on a lent GPU machine, in stages that each fit one call of the device tool (10 minutes).
+#
+#   here:     ../shared/tools/device-pack --lt-ratio 100 --out .device/c10-lt100
+#   device:   bash benchmarks/gpu_session.sh check      # CUDA-graph test + 10 epochs eager vs graph
+#             bash benchmarks/gpu_session.sh single     # the 200-epoch cifar10-lt-ce recipe, graph engine
+#             bash benchmarks/gpu_session.sh compile    # the same with torch.compile inside the graph
+#             bash benchmarks/gpu_session.sh seeds      # 3 seeds one after another (accuracy vs REFERENCE.md)
+#             bash benchmarks/gpu_session.sh stack      # 5 seeds at once (the 90 s target)
+#             bash benchmarks/gpu_session.sh ldam       # the LDAM-DRW recipe, graph engine
+#   (carry .device/c10-lt100.xz and .device/c10-lt100.json with each call)
+#
+# Rows go to $OUT/RESULTS.md on the device machine (it keeps nothing else); append them to
+# benchmarks/RESULTS.md here. A dry run on the CPU: EPOCHS=1 DEVICE=cpu ARCH=resnet8 bash ... check
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # the GPU machine has no install: run from the source tree
+PACK=${PACK:-.device/c10-lt100}
+DEVICE=${DEVICE:-cuda}
+RESULTS=${OUT:+$OUT/RESULTS.md}
+RESULTS=${RESULTS:-benchmarks/RESULTS.md}
+EXTRA=()
+[[ -n "${EPOCHS:-}" ]] && EXTRA+=(--epochs "$EPOCHS")
+[[ -n "${ARCH:-}" ]] && EXTRA+=(--set "model.arch=$ARCH")
+
+run() {  # run_recipe.py RECIPE [args...]
+  python benchmarks/run_recipe.py "$@" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" "${EXTRA[@]}"
+}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+case "${1:-check}" in
+  check)
+    if [[ "$DEVICE" == cuda* ]]; then python -m pytest -q tests/test_graphs.py; fi
+    E=${EPOCHS:-10}
+    python benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
+      --epochs "$E" ${ARCH:+--set model.arch=$ARCH} --set train.engine=eager
+    python benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
+      --epochs "$E" ${ARCH:+--set model.arch=$ARCH} --set train.engine=graph
+    ;;
+  single)  run cifar10-lt-ce --set train.engine=graph ;;
+  compile) run cifar10-lt-ce --set train.engine=graph --set train.compile=max-autotune-no-cudagraphs ;;
+  seeds)   run cifar10-lt-ce --seeds 0 1 2 ;;
+  stack)   run cifar10-lt-ce --seeds 0 1 2 3 4 --stack ;;
+  ldam)    run cifar10-lt-ldam-drw --set train.engine=graph ;;
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam" >&2; exit 2 ;;
+esac
+echo "rows written to $RESULTS"
+tail -n 8 "$RESULTS"
