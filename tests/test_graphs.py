@@ -206,3 +206,10 @@ def test_pretraining_refuses_compile(tmp_path, splits):
 
     with pytest.raises(LongtailError, match="train.compile=default is for supervised training"):
         pretrain_run("rotation", config("eager", compile="default"), tmp_path / "p", splits=splits, progress=False)
+
+
+def test_speed_settings_name_their_mistakes(tmp_path, splits):
+    with pytest.raises(LongtailError, match="unknown train.channels_last 'yes'"):
+        train_one(config("eager", channels_last="yes"), tmp_path / "a", splits=splits, progress=False)
+    with pytest.raises(LongtailError, match="unknown train.engine 'fast'"):
+        train_one(config("fast"), tmp_path / "b", splits=splits, progress=False)
