@@ -1,6 +1,7 @@
 """The graphed training step (``longtail.graphs``): on the CPU it runs its body eagerly and must equal
 the closure step exactly; on a GPU (skipped here) the replayed CUDA graphs must equal it too."""
 
+import contextlib
 import json
 from dataclasses import replace
 
@@ -213,3 +214,101 @@ def test_speed_settings_name_their_mistakes(tmp_path, splits):
         train_one(config("eager", channels_last="yes"), tmp_path / "a", splits=splits, progress=False)
     with pytest.raises(LongtailError, match="unknown train.engine 'fast'"):
         train_one(config("fast"), tmp_path / "b", splits=splits, progress=False)
+
+
+class _FakeGraph:
+    """torch.cuda.CUDAGraph on the CPU: ``replay`` re-runs the recorded step, writing into its output tensor."""
+
+    def __init__(self):
+        self.step, self.out, self.replays = None, None, 0
+
+    def replay(self):
+        self.out.copy_(self.step())
+        self.replays += 1
+
+    def pool(self):
+        return "pool"
+
+
+class _FakeStream:
+    def __init__(self, *args, **kw):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+def _tensors(step: GraphStep) -> list[torch.Tensor]:
+    """Everything a training step writes: weights, statistics, gradients, momentum, the task's sums."""
+    out = list(step.model.parameters()) + list(step.model.buffers())
+    out += [p.grad for p in step.model.parameters() if p.grad is not None]
+    out += [t for st in step.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+    if getattr(step.task, "_loss_sum", None) is not None:
+        out.append(step.task._loss_sum)
+    return out
+
+
+def _fake_record(self, graph, step):
+    """A capture records without running: run the step, then undo everything it wrote."""
+    saved = [(t, t.detach().clone()) for t in _tensors(self)]
+    out = step()
+    with torch.no_grad():
+        for t, v in saved:
+            t.copy_(v)
+    graph.step, graph.out = step, out
+    self.recorded = getattr(self, "recorded", 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked):
+    """GraphStep's GPU control flow, with CUDA's graph and stream calls replaced by CPU stand-ins:
+    warm-up steps per key, one capture per (batch shape, loss structure), static inputs copied in,
+    the replayed loss read back; the run must equal the closure step."""
+    from longtail.stacked import StackedTask, stack
+    from longtail.weights import make_weighting
+
+    for name, fake in {"CUDAGraph": _FakeGraph, "Stream": _FakeStream, "stream": lambda s: contextlib.nullcontext(),
+                       "current_stream": lambda *a: _FakeStream(), "synchronize": lambda *a: None}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    monkeypatch.setattr(GraphStep, "_record", _fake_record)
+    counts = splits.train.class_counts()  # 75 images, batch 16: 4 full batches and one of 11 per epoch
+
+    def task_for(seed):
+        return SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16,
+                              weighting=make_weighting("class-balanced", counts, start_epoch=2))
+
+    results, steppers = [], []
+    for engine in ("eager", "graph"):
+        torch.manual_seed(0)
+        if stacked:
+            model = stack([make_model("tiny", 4) for _ in range(2)])
+            task = StackedTask([task_for(0), task_for(1)], [0, 1])
+        else:
+            model, task = make_model("tiny", 4), task_for(0)
+        sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        made = []
+
+        def capturing(*args, _made=made, **kw):
+            s = make_stepper(*args, **kw)
+            if isinstance(s, GraphStep):
+                s.capture = True  # take the CUDA path on the CPU, with the stand-ins
+                _made.append(s)
+            return s
+
+        monkeypatch.setattr("longtail.loop.make_stepper", capturing)
+        recs = fit(model, task, sgd, epochs=6, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=torch.device("cpu"),
+                   amp="off", engine=engine, progress=False)
+        results.append(([r.train_loss for r in recs], {k: v.clone() for k, v in model.state_dict().items()}))
+        steppers += made
+    (la, wa), (lb, wb) = results
+    assert lb == pytest.approx(la, rel=1e-5)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5, msg=k)
+    step = steppers[0]
+    # DRW from epoch 2: unweighted batches of 16 (8 steps: 3 warm-up, capture, 4 more replays), weighted
+    # ones (16 steps), the last batch of 11 unweighted (twice: warm-up only) and weighted (4 times: 3 + 1)
+    assert step.recorded == 3 and len(step.graphs) == 3
+    assert sorted(step.eager_steps.values()) == [2, 3, 3, 3]
+    replays = sorted(g.replays for g, _, _ in step.graphs.values())
+    assert replays == [1, 5, 13] and sum(replays) + 11 == 6 * 5  # every step ran exactly once

@@ -189,6 +189,11 @@ class GraphStep:
         torch.cuda.current_stream(self.device).wait_stream(side)
         return loss
 
+    def _record(self, graph: Any, step: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Record ``step`` into ``graph`` (nothing runs); its output tensor is rewritten by every replay."""
+        with torch.cuda.graph(graph, pool=self.pool):
+            return step()
+
     def _capture(self, key: Hashable, batch: Any) -> torch.Tensor:
         import time
 
@@ -197,8 +202,7 @@ class GraphStep:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                loss = self._body(static)
+            loss = self._record(graph, lambda: self._body(static))
         except Exception as e:  # nothing ran: the capture only records
             if not self.fallback:
                 raise LongtailError(f"capturing the training step as a CUDA graph failed: {type(e).__name__}: "
