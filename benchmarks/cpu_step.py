@@ -29,7 +29,7 @@ from longtail.models import make_model  # noqa: E402
 from run_recipe import append_section, machine  # noqa: E402
 
 
-def step_ms(channels_last: bool, bf16: bool, steps: int, compile_model: bool = False) -> float:
+def step_ms(channels_last: bool, bf16: bool, steps: int, compile_model: bool = False, fused: bool = False) -> float:
     torch.manual_seed(0)
     model = make_model("resnet32", 10)
     x = torch.randn(128, 3, 32, 32)
@@ -37,7 +37,8 @@ def step_ms(channels_last: bool, bf16: bool, steps: int, compile_model: bool = F
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
+                          **({"fused": True} if fused else {}))
     if compile_model:  # compiled by the first (warm-up) step, whose time is not in the median
         model = torch.compile(model, dynamic=False)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -60,6 +61,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 modes (ten times slower on the CPU)")
+    p.add_argument("--fused", action="store_true", help="also time float32 channels-last with fused SGD")
     p.add_argument("--compile", action="store_true", help="also time float32 channels-last under torch.compile")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = p.parse_args()
@@ -73,6 +75,10 @@ def main() -> int:
         mode = ("bf16 autocast" if bf16 else "float32") + (", channels-last" if cl else "")
         rows.append(f"| {mode} | {ms:.0f} | {ms * steps_per_epoch / 1000:.1f} |")
         print(rows[-1], flush=True)
+    if a.fused:
+        ms = step_ms(True, False, a.steps, fused=True)
+        rows.append(f"| float32, channels-last, fused SGD | {ms:.0f} | {ms * steps_per_epoch / 1000:.1f} |")
+        print(rows[-1], flush=True)
     if a.compile:
         t0 = time.perf_counter()
         ms = step_ms(True, False, a.steps, compile_model=True)
@@ -85,7 +91,8 @@ def main() -> int:
     aug_s = time.perf_counter() - t0
     lines = ["", f"## CPU: one ResNet-32 training step, batch 128 ({dt.date.today()})", "",
              f"Machine: {machine()}, {torch.get_num_threads()} threads. Command: `python benchmarks/cpu_step.py "
-             f"--steps {a.steps}{' --no-bf16' if a.no_bf16 else ''}{' --compile' if a.compile else ''}`. Median of {a.steps} steps after 3 warm-up steps; epoch = "
+             f"--steps {a.steps}{' --no-bf16' if a.no_bf16 else ''}{' --fused' if a.fused else ''}"
+             f"{' --compile' if a.compile else ''}`. Median of {a.steps} steps after 3 warm-up steps; epoch = "
              f"{steps_per_epoch} steps (CIFAR-10-LT rho=100), augmentation and evaluation not included.", "",
              "| mode | ms / step | s / epoch |", "|---|---|---|", *rows, "",
              f"Batched crop + flip of the whole epoch (12,406 images, uint8, CPU): {aug_s:.2f} s."]
