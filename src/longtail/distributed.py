@@ -69,6 +69,14 @@ class Shard:
             return torch.zeros(1, dtype=torch.long), 0.0
         return rows, rows.numel() * self.world / n
 
+    def weighted_scale(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loss scale of this process's ``rows`` when the loss is a weighted mean over the batch.
+
+        ``weight`` (n,) are the whole batch's example weights: with scale ``world * w[rows].sum() / w.sum()``
+        DDP's average of the processes' weighted means is the whole batch's weighted mean.
+        """
+        return self.world * weight[rows.to(weight.device)].sum() / weight.sum()
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -242,7 +250,7 @@ class ShardedTask:
         if weights_now is not None and self._index is not None:
             w = weights_now(self._index)
             if w is not None:  # this process's share of the whole batch's weight, not of its rows
-                scale = self.shard.world * w[self._rows.to(w.device)].sum() / w.sum()
+                scale = self.shard.weighted_scale(w, self._rows)
         return loss if isinstance(scale, float) and scale == 1.0 else loss * scale
 
 

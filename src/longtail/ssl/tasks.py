@@ -253,9 +253,8 @@ class MoCoTask(_TwoViewTask):
             rows = rows.to(view1.device)
             view1, keys = view1[rows], keys[rows]
             if weight is not None:  # a weighted mean: this process's share is its share of the weight
-                mine = weight[rows.to(weight.device)]
-                scale = self.shard.world * mine.sum() / weight.sum()  # type: ignore[assignment]
-                weight = mine
+                scale = self.shard.weighted_scale(weight, rows)  # type: ignore[assignment]
+                weight = weight[rows.to(weight.device)]
         q = model(view1)  # through DDP under torchrun
         loss = info_nce(q, keys, moco.queue, moco.temperature, weight)
         with torch.no_grad():
