@@ -8,6 +8,8 @@
 #             bash benchmarks/gpu_session.sh seeds      # 3 seeds one after another (accuracy vs REFERENCE.md)
 #             bash benchmarks/gpu_session.sh stack      # 5 seeds at once (the 90 s target)
 #             bash benchmarks/gpu_session.sh ldam       # the LDAM-DRW recipe, graph engine
+#             bash benchmarks/gpu_session.sh all        # check, single, stack, ldam, seeds in one call, each
+#                                                       # stage cut at its own limit and at BUDGET seconds in all
 #   (carry .device/c10-lt100.xz and .device/c10-lt100.json with each call)
 #
 # Rows go to $OUT/RESULTS.md on the device machine (it keeps nothing else); append them to
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # the GPU machine has no install: run from the source tree
 PACK=${PACK:-.device/c10-lt100}
 DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}  # the GPU machine has python3 (with PyTorch) and maybe no `python`
 RESULTS=${OUT:+$OUT/RESULTS.md}
 RESULTS=${RESULTS:-benchmarks/RESULTS.md}
 EXTRA=()
@@ -24,27 +27,43 @@ EXTRA=()
 [[ -n "${ARCH:-}" ]] && EXTRA+=(--set "model.arch=$ARCH")
 
 run() {  # run_recipe.py RECIPE [args...]
-  python benchmarks/run_recipe.py "$@" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" "${EXTRA[@]}"
+  "$PY" benchmarks/run_recipe.py "$@" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" "${EXTRA[@]}"
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 case "${1:-check}" in
   check)
-    if [[ "$DEVICE" == cuda* ]]; then python -m pytest -q tests/test_graphs.py; fi
+    if [[ "$DEVICE" == cuda* ]]; then  # every test that runs only where CUDA is
+      "$PY" -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_losses.py tests/test_metrics_report.py \
+        tests/test_mfw.py tests/test_samplers_weights.py -k "cuda or replayed" -rs
+    fi
     E=${EPOCHS:-10}
-    python benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
+    "$PY" benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
       --epochs "$E" ${ARCH:+--set model.arch=$ARCH} --set train.engine=eager
-    python benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
+    "$PY" benchmarks/run_recipe.py cifar10-lt-ce --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
       --epochs "$E" ${ARCH:+--set model.arch=$ARCH} --set train.engine=graph
     ;;
   single)  run cifar10-lt-ce --set train.engine=graph ;;
   compile) run cifar10-lt-ce --set train.engine=graph --set train.compile=max-autotune-no-cudagraphs ;;
-  seeds)   run cifar10-lt-ce --seeds 0 1 2 ;;
+  seeds)   run cifar10-lt-ce --seeds ${SEEDS:-0 1 2} ;;
   stack)   run cifar10-lt-ce --seeds 0 1 2 3 4 --stack ;;
   ldam)    run cifar10-lt-ldam-drw --set train.engine=graph ;;
-  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam" >&2; exit 2 ;;
+  all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
+    start=$(date +%s); budget=${BUDGET:-540}
+    for stage_limit in check:150 single:120 stack:200 ldam:120 seeds:300; do
+      stage=${stage_limit%%:*}; limit=${stage_limit##*:}
+      left=$(( budget - ($(date +%s) - start) ))
+      (( left < 30 )) && { echo "== $stage skipped: ${left}s of the budget left"; continue; }
+      (( limit > left )) && limit=$left
+      echo "== $stage (limit ${limit}s) $(date +%T)"
+      t0=$(date +%s)
+      rc=0; SEEDS="1 2" NO_TAIL=1 timeout --kill-after=5 "$limit" bash "$0" "$stage" || rc=$?  # seed 0 ran in single
+      echo "== $stage rc=$rc wall $(( $(date +%s) - t0 ))s"
+    done
+    ;;
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | all" >&2; exit 2 ;;
 esac
 echo "rows written to $RESULTS"
-tail -n 8 "$RESULTS"
+[[ -n "${NO_TAIL:-}" ]] || tail -n 12 "$RESULTS"
