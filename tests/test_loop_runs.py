@@ -73,7 +73,7 @@ def test_resume_reaches_the_same_result(tmp_path, splits):
 
 def test_resume_refuses_a_different_config(tmp_path, splits):
     train_one(tiny_config(epochs=2), tmp_path / "run", splits=splits, progress=False, stop_after=1)
-    with pytest.raises(LongtailError, match="different configuration"):
+    with pytest.raises(LongtailError, match=r"other settings: train.lr: 0.05 \(run folder\) vs 0.2 \(now\)"):
         train_one(tiny_config(epochs=2, lr=0.2), tmp_path / "run", splits=splits, progress=False)
 
 
@@ -92,7 +92,7 @@ def test_several_seeds_give_mean_and_std(tmp_path, splits, monkeypatch):
 
 def test_checkpoint_errors(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(LongtailError, match="cannot read checkpoint"):
+    with pytest.raises(LongtailError, match="checkpoint .*x.pt is damaged or not a PyTorch file"):
         evaluate_checkpoint(tmp_path / "x.pt")
     torch.save({"weights": 1}, tmp_path / "y.pt")
     with pytest.raises(LongtailError, match="not a longtail checkpoint"):

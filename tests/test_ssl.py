@@ -481,7 +481,7 @@ def test_pretraining_resumes_exactly(tmp_path, splits, method):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["knn"]["per_class"] == full["knn"]["per_class"]
-    with pytest.raises(LongtailError, match="different configuration or method"):
+    with pytest.raises(LongtailError, match="holds a run with other settings: the method or its settings"):
         pretrain_run("rotation", cfg, tmp_path / "cut", ssl=ssl, splits=splits, progress=False)
 
 

@@ -6,7 +6,6 @@ Every user-facing problem is a ``LongtailError``: printed as one message with it
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="train several seeds concurrently as one fused network (auto: on CUDA when possible)")
     p.add_argument("--restart", action="store_true", help="delete an existing run folder instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--show-config", action="store_true",
+                   help="print every setting (with these options applied) and exit; each line works as --set KEY=VALUE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,13 +129,19 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
 
     recipe = get_recipe(recipe_name)
     cfg = apply_overrides(recipe.config, overrides_from_args(args))
-    if getattr(args, "restart", False) and Path(out).exists() and _rank() == 0:  # rank 0 only under torchrun
-        shutil.rmtree(out)
+    if getattr(args, "show_config", False):
+        from .config import format_config
+
+        print(format_config(cfg))
+        return {}
+    restart = bool(getattr(args, "restart", False))
+    if restart:
+        _check_restart(out)
     seeds = args.seeds if getattr(args, "seeds", None) else [cfg.seed]
     t0 = time.perf_counter()
     progress = False if args.quiet else None
     stack = {"auto": None, "on": True, "off": False}[getattr(args, "stack_seeds", "auto")]
-    result = train_seeds(cfg, seeds, out, progress=progress, command=sys.argv, stack=stack)
+    result = train_seeds(cfg, seeds, out, progress=progress, command=sys.argv, stack=stack, restart=restart)
     if recipe.decouple and result:
         result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress, epochs=recipe.decouple_epochs)
         out = str(Path(out) / f"decouple-{recipe.decouple}")
@@ -147,11 +154,21 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
     return result
 
 
+def _check_restart(out: str) -> None:
+    """``--restart`` deletes only a folder that longtail wrote; the deleting itself waits until the
+    settings and the data have been checked (in the run driver)."""
+    from .runs import is_run_folder
+
+    if Path(out).exists() and not is_run_folder(out):
+        raise LongtailError(f"--restart would delete {out}, which is not a longtail run folder",
+                            "pass an --out folder that longtail wrote (or a new one); delete other folders yourself")
+
+
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise): only rank 0 prints and deletes."""
-    import os
+    from .distributed import launch_rank
 
-    return int(os.environ.get("RANK", "0"))
+    return launch_rank()
 
 
 def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | None,
@@ -207,10 +224,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.seeds:
         ov["seed"] = args.seeds[0]
     cfg = apply_overrides(cfg, ov)
+    if args.show_config:
+        from .config import format_config
+
+        print(format_config(cfg))
+        return 0
     out = args.out or f"runs/{cfg.recipe}"
-    if args.restart and Path(out).exists() and _rank() == 0:  # rank 0 only under torchrun
-        shutil.rmtree(out)
-    result = pretrain_run(method, cfg, out, progress=False if args.quiet else None, command=sys.argv)
+    if args.restart:
+        _check_restart(out)
+    result = pretrain_run(method, cfg, out, progress=False if args.quiet else None, command=sys.argv,
+                          restart=args.restart)
     if _rank() != 0:
         return 0
     print(console_table(f"{cfg.recipe} (linear probe)", result))
@@ -281,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.fix:
             print(f"  fix: {e.fix}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `longtail ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\nlongtail: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)

@@ -7,11 +7,167 @@ folder and checkpoint. Overrides use dotted names, ``train.epochs=10`` or ``loss
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import numbers
+import os
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import LongtailError
+
+# Checks -------------------------------------------------------------------------------------------
+#
+# Every section checks its own fields when it is built (``__post_init__``), so every command and the
+# Python API refuse the same bad settings before anything is written or trained. The checks are per
+# field: ``apply_overrides`` changes one field at a time, and each intermediate config must pass.
+# Name lists mirror the registries of the modules that use them (this module imports none of them,
+# to stay at the bottom of the import graph); tests/test_config_checks.py keeps them in step.
+
+PROFILES = ("exp", "step")  # longtail.counts.PROFILES
+PROTOCOLS = ("lt", "darp")  # longtail.semi.data.PROTOCOLS
+BAD_IMAGE_POLICIES = ("stop", "skip")  # longtail.data.files.BAD_IMAGE_POLICIES
+HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
+LOSSES = ("ce", "focal", "ldam", "balanced-softmax", "logit-adjust", "cdt")  # longtail.losses.LOSSES
+SCHEDULES = ("step", "cosine")  # longtail.experiment.lr_function
+SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt")  # longtail.samplers.SAMPLERS
+WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
+AMP_MODES = ("auto", "bf16", "off")  # longtail.graphs.autocast_for
+CHANNELS_LAST = ("auto", "on", "off")  # longtail.loop.use_channels_last
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # graphs
+ENGINES = ("auto", "eager", "graph")  # longtail.graphs.ENGINES
+SEMI_METHODS = ("none", "fixmatch")  # longtail.experiment.build_task
+ALIGNMENTS = ("none", "da", "la")  # longtail.semi.fixmatch.ALIGNMENTS
+ROTATIONS = ("balanced", "all")
+RW_WEIGHTS = ("kde", "class", "none")
+
+#: settings that have a command-line option of their own (the rest: ``--set KEY=VALUE``)
+_FLAGS = {
+    "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr",
+    "train.device": "--device", "train.init_from": "--init-from", "data.imbalance_ratio": "--imbalance-ratio",
+    "data.val_per_class": "--val-per-class", "data.root": "--data-root", "seed": "--seeds",
+}
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _setting(key: str, value: Any) -> str:
+    """How to give ``key`` the value ``value`` on the command line."""
+    flag = _FLAGS.get(key)
+    return f"{flag} {_show(value)}" if flag else f"--set {key}={_show(value)}"
+
+
+def _show(value: Any) -> str:
+    """``value`` as ``--set`` writes it (``_coerce`` parses it back)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, str):
+        return value if value else "''"
+    return repr(value)
+
+
+def _default(obj: Any, name: str) -> Any:
+    f = obj.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _check_types(obj: Any, section: str) -> None:
+    """Refuse values of the wrong type (a JSON config can bring ``"epochs": "10"``); normalise a
+    milestones list to a tuple and a path object to a string."""
+    for name, hint in _hints(type(obj)).items():
+        key = f"{section}.{name}" if section else name
+        value = getattr(obj, name)
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if value is None and optional:
+            continue
+        base = next(a for a in args if a is not type(None)) if optional else hint
+        origin = typing.get_origin(base)
+        if base is bool:
+            ok, kind = isinstance(value, bool), "true or false"
+        elif base is int:
+            ok, kind = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+        elif base is float:
+            ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        elif base is str:
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                object.__setattr__(obj, name, str(value))
+            ok, kind = isinstance(value, str), "a string"
+        elif origin is tuple:
+            ok = isinstance(value, (tuple, list)) and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+            kind = "a list of numbers"
+            if ok and isinstance(value, list):
+                object.__setattr__(obj, name, tuple(value))
+        elif dataclasses.is_dataclass(base):
+            ok, kind = isinstance(value, base), f"a {base.__name__}"  # type: ignore[union-attr]
+        else:  # pragma: no cover - every field type is one of the above
+            continue
+        if not ok:
+            kind += " or none" if optional else ""
+            example = _default(obj, name)
+            raise LongtailError(
+                f"{key} must be {kind}, got {value!r} ({type(value).__name__})",
+                f"write {kind}, e.g. {_setting(key, example)}" if not dataclasses.is_dataclass(base)
+                else f"pass a {base.__name__}, or build the whole config with RunConfig.from_dict",  # type: ignore[union-attr]
+            )
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return "finite"
+
+
+def _number(obj: Any, section: str, name: str, lo: float | None = None, hi: float | None = None, *,
+            lo_open: bool = False, hi_open: bool = False, fix: str | None = None) -> None:
+    """``obj.name`` is None (where allowed: types are checked first), or finite and in range."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    key = f"{section}.{name}" if section else name
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        bad = not math.isfinite(v)
+        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
+        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            rng = _range_text(lo, hi, lo_open, hi_open)
+            need = "a finite number" + ("" if rng == "finite" else f" {rng}")
+            what = "every value of " + key if isinstance(value, tuple) else key
+            got = f"got {_show(value)}" if isinstance(value, tuple) else f"got {v!r}"
+            example = _default(obj, name)
+            hint = f"use a value {rng}" if rng != "finite" else "use a finite number"
+            if example is None:  # an optional setting: none is its default
+                fix = fix or f"{hint}, or none (the default), e.g. {_setting(key, None)}"
+            raise LongtailError(f"{what} must be {need}, {got}",
+                                fix or f"{hint}, e.g. {_setting(key, example)} (the default)")
+
+
+def _choice(obj: Any, section: str, name: str, choices: tuple[str, ...], fix: str | None = None) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        key = f"{section}.{name}"
+        raise LongtailError(f"unknown {key} {value!r}",
+                            fix or f"use one of: {', '.join(choices)} (e.g. {_setting(key, choices[0])})")
+
 
 
 @dataclass(frozen=True)
@@ -45,11 +201,35 @@ class DataConfig:
     num_workers: int | None = None  # DataLoader workers per process; None: min(8, CPUs / processes on the node)
     on_bad_image: str = "stop"  # unreadable image: stop (error) | skip (leave it out, count it in the report)
 
+    def __post_init__(self) -> None:
+        _check_types(self, "data")
+        _number(self, "data", "imbalance_ratio", 1, fix="use rho = n_max / n_min >= 1, e.g. --imbalance-ratio 100 "
+                "(1 keeps the balanced set; longtail uses n_max/n_min, not the inverse imb_factor)")
+        _choice(self, "data", "profile", PROFILES)
+        _number(self, "data", "n_max", 1, fix="use a count >= 1, or none for the data set's reference n_max")
+        _number(self, "data", "subset_seed", 0)
+        _number(self, "data", "val_per_class", 0)
+        if self.protocol not in PROTOCOLS:  # worded as longtail.semi.data words it
+            raise LongtailError(f"unknown data protocol {self.protocol!r} (data.protocol)",
+                                f"use one of: {', '.join(PROTOCOLS)} (e.g. --set data.protocol=lt)")
+        _number(self, "data", "darp_n1", 1)
+        _number(self, "data", "darp_m1", 0)
+        _number(self, "data", "darp_gamma_l", 1)
+        _number(self, "data", "darp_gamma_u", 1)
+        _number(self, "data", "pseudo_threshold", 0, 1)
+        _number(self, "data", "image_size", 1)
+        _number(self, "data", "num_workers", 0, fix="use 0 (load in the main process) or more, or none for the default")
+        _choice(self, "data", "on_bad_image", BAD_IMAGE_POLICIES)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet32"
     head: str = "linear"  # linear | cosine
+
+    def __post_init__(self) -> None:
+        _check_types(self, "model")  # arch: checked against longtail.models' registry when the model is built
+        _choice(self, "model", "head", HEADS)
 
 
 @dataclass(frozen=True)
@@ -60,6 +240,15 @@ class LossConfig:
     ldam_scale: float = 30.0
     tau: float = 1.0  # logit-adjusted loss
     cdt_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "loss")
+        _choice(self, "loss", "name", LOSSES)
+        _number(self, "loss", "focal_gamma", 0)
+        _number(self, "loss", "ldam_max_margin", 0)  # as longtail.losses.LDAM: 0 is allowed (no margins)
+        _number(self, "loss", "ldam_scale", 0, lo_open=True)
+        _number(self, "loss", "tau")
+        _number(self, "loss", "cdt_gamma", 0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +287,42 @@ class TrainConfig:
     fixmatch_mu: int = 7  # unlabeled images per labeled image in a batch
     fixmatch_alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment)
     fixmatch_la_tau: float = 1.0  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
+
+    def __post_init__(self) -> None:
+        _check_types(self, "train")
+        _number(self, "train", "epochs", 1)
+        _number(self, "train", "batch_size", 1)
+        _number(self, "train", "lr", 0, lo_open=True)
+        _number(self, "train", "momentum", 0, 1, hi_open=True)
+        _number(self, "train", "weight_decay", 0)
+        _choice(self, "train", "schedule", SCHEDULES)
+        _number(self, "train", "warmup_epochs", 0)
+        _number(self, "train", "milestones", 0)
+        _choice(self, "train", "sampler", SAMPLERS)
+        _choice(self, "train", "weighting", WEIGHTINGS)
+        _number(self, "train", "drw_start", 0, fix="use an epoch >= 0 (200-epoch units; the reference uses 160), "
+                "or none for no deferral")
+        _number(self, "train", "cb_beta", 0, 1, hi_open=True)
+        _number(self, "train", "crop_padding", 0)
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise LongtailError(f"unknown train.device {self.device!r}", "use auto, cpu, cuda or cuda:N (e.g. --device cpu)")
+        _choice(self, "train", "amp", AMP_MODES)
+        _choice(self, "train", "channels_last", CHANNELS_LAST)
+        _choice(self, "train", "compile", COMPILE_MODES)
+        _choice(self, "train", "engine", ENGINES)
+        _number(self, "train", "checkpoint_every", 1)
+        _number(self, "train", "eval_every", 0)
+        _number(self, "train", "pseudo_weight", 0)
+        _number(self, "train", "labeled_fraction", 0, 1, lo_open=True,
+                fix="use a share in (0, 1], e.g. --set train.labeled_fraction=0.5, or none to merge (the reference)")
+        _number(self, "train", "mfw_strength", 0)
+        _number(self, "train", "mfw_lam_min", 0, 1)
+        _choice(self, "train", "semi", SEMI_METHODS)
+        _number(self, "train", "fixmatch_threshold", 0, 1)
+        _number(self, "train", "fixmatch_lambda_u", 0)
+        _number(self, "train", "fixmatch_mu", 1)
+        _choice(self, "train", "fixmatch_alignment", ALIGNMENTS)
+        _number(self, "train", "fixmatch_la_tau")
 
 
 @dataclass(frozen=True)
@@ -143,16 +368,28 @@ class SSLConfig:
     probe_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.rotations not in ("balanced", "all"):
-            raise LongtailError(f"ssl.rotations={self.rotations!r}", "use balanced or all")
-        if self.rw_weights not in ("kde", "class", "none"):
-            raise LongtailError(f"ssl.rw_weights={self.rw_weights!r}", "use kde (label-free), class or none")
-        if not 0.0 < self.crop_min_scale <= 1.0:
-            raise LongtailError(f"ssl.crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
-        if self.moco_queue < 1 or not 0.0 <= self.moco_momentum <= 1.0 or self.moco_temperature <= 0:
-            raise LongtailError("MoCo needs moco_queue >= 1, 0 <= moco_momentum <= 1 and moco_temperature > 0")
-        if self.sam_rho < 0:
-            raise LongtailError(f"ssl.sam_rho must be >= 0, got {self.sam_rho}")
+        _check_types(self, "ssl")
+        _choice(self, "ssl", "rotations", ROTATIONS, fix="use balanced or all")
+        _number(self, "ssl", "crop_min_scale", 0, 1, lo_open=True)
+        for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
+            _number(self, "ssl", name, 0, 1)
+        for name in ("brightness", "contrast", "saturation"):
+            _number(self, "ssl", name, 0)
+        _number(self, "ssl", "hue", 0, 0.5)
+        for name in ("moco_dim", "moco_hidden", "moco_queue", "moco_bn_splits", "simsiam_dim",
+                     "simsiam_pred_hidden", "simsiam_proj_layers", "rw_every", "knn_k", "probe_epochs",
+                     "probe_batch_size"):
+            _number(self, "ssl", name, 1)
+        _number(self, "ssl", "moco_momentum", 0, 1)
+        _number(self, "ssl", "moco_temperature", 0, lo_open=True)
+        _number(self, "ssl", "sam_rho", 0)
+        _choice(self, "ssl", "rw_weights", RW_WEIGHTS, fix="use kde (label-free), class or none")
+        _number(self, "ssl", "rw_power")
+        _number(self, "ssl", "rw_max_weight", 0, lo_open=True)
+        _number(self, "ssl", "kde_bandwidth", 0, lo_open=True,
+                fix="use a bandwidth > 0, or none for the median pairwise distance")
+        _number(self, "ssl", "knn_temperature", 0, lo_open=True)
+        _number(self, "ssl", "probe_lr", 0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -164,6 +401,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)  # self-supervised pre-training (longtail.ssl)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "")
+        _number(self, "", "seed", 0, fix="use a seed >= 0, e.g. --seeds 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,24 +463,112 @@ def _coerce(value: str, annotation: Any, key: str) -> Any:
             return float(value)
         return value
     except ValueError:
-        raise LongtailError(f"{key}={value!r} is not a valid {getattr(base, '__name__', base)}") from None
+        kinds = {int: "a whole number, e.g. 10", float: "a number, e.g. 0.1", bool: "true or false"}
+        kind = kinds.get(base, "numbers separated by commas, e.g. 160,180")
+        raise LongtailError(f"{key}={value!r} is not a valid {getattr(base, '__name__', base)}",
+                            f"write {kind}" + (" (or none)" if optional else "")) from None
+
+
+def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
+    """Settings ``key`` may have meant, best first: the same last part (``epochs`` ->
+    ``train.epochs``), a last part that ends with it or holds it as a word (``train.gamma`` ->
+    ``loss.focal_gamma``), then close spellings of the whole key or of its last part."""
+    key = key.lower()
+    last = key.rpartition(".")[2]
+    scored = []
+    for k in keys:
+        tail = k.rpartition(".")[2]
+        words = tail.split("_")
+        score = max(difflib.SequenceMatcher(None, key, k).ratio(),
+                    difflib.SequenceMatcher(None, last, tail).ratio() - 0.01,
+                    max(difflib.SequenceMatcher(None, last, w).ratio() for w in words) - 0.1)
+        if last == tail:
+            score = 2.0
+        elif last and tail.endswith("_" + last):
+            score = 1.5
+        elif last and last in words:
+            score = 1.4
+        if score >= 0.75:
+            scored.append((score + (0.05 if k.partition(".")[0] == key.partition(".")[0] else 0.0), k))
+    scored.sort(key=lambda sk: -sk[0])  # stable: ties keep the config's order
+    return [k for _, k in scored[:n]]
+
+
+def _unknown_setting(key: str) -> LongtailError:
+    keys = override_keys()
+    sec, dot, _ = key.partition(".")
+    close = _suggestions(key, keys)
+    if dot and sec not in SECTIONS:
+        problem = (f"unknown setting {key!r}: there is no section {sec!r} "
+                   f"(the sections are {', '.join(SECTIONS)}, and the top-level seed)")
+    else:
+        problem = f"unknown setting {key!r}"
+    mean = f"did you mean {' or '.join(close)}? " if close else ""
+    return LongtailError(problem, f"{mean}`longtail train RECIPE --show-config` lists every setting with its value")
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return ``cfg`` with dotted-name overrides applied; values may be strings (from the CLI)."""
+    """Return ``cfg`` with dotted-name overrides applied; values may be strings (from the CLI).
+
+    Each override is checked as it is applied (the sections' ``__post_init__``), so a bad value is
+    refused with its dotted name before anything is written or trained.
+    """
     for key, value in overrides.items():
         if key == "seed":
-            cfg = replace(cfg, seed=int(value))
+            cfg = replace(cfg, seed=_coerce(value, int, key) if isinstance(value, str) else value)
             continue
         sec, _, name = key.partition(".")
         cls = SECTIONS.get(sec)
-        hints = typing.get_type_hints(cls) if cls else {}
+        hints = _hints(cls) if cls else {}
         if cls is None or name not in hints:
-            raise LongtailError(
-                f"unknown setting {key!r}",
-                "valid settings: " + ", ".join(override_keys()),
-            )
+            raise _unknown_setting(key)
         if isinstance(value, str):
             value = _coerce(value, hints[name], key)
         cfg = replace(cfg, **{sec: replace(getattr(cfg, sec), **{name: value})})
     return cfg
+
+
+def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """``{"recipe": ..., "seed": ..., "data.dataset": ..., ...}`` of a config (or its ``to_dict``)."""
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{name}": x for name, x in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def config_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, Any],
+                       labels: tuple[str, str] = ("run folder", "now")) -> list[str]:
+    """One line per dotted setting where ``a`` and ``b`` differ, in config order, e.g.
+    ``"train.lr: 0.1 (run folder) vs 0.05 (now)"``; empty when they agree. A dict (an old run
+    folder's ``config.json``) may stand for a config; a setting only one side has shows as absent.
+    """
+    fa, fb = _flat(a), _flat(b)
+    absent = object()
+    lines = []
+    for key in dict.fromkeys([*fa, *fb]):
+        va, vb = fa.get(key, absent), fb.get(key, absent)
+        if isinstance(va, list):
+            va = tuple(va)
+        if isinstance(vb, list):
+            vb = tuple(vb)
+        if va == vb and isinstance(va, bool) == isinstance(vb, bool):  # 100 == 100.0, but True != 1
+            continue
+        sa = "(absent)" if va is absent else _show(va)
+        sb = "(absent)" if vb is absent else _show(vb)
+        lines.append(f"{key}: {sa} ({labels[0]}) vs {sb} ({labels[1]})")
+    return lines
+
+
+def format_config(cfg: RunConfig) -> str:
+    """Every setting of ``cfg`` as ``KEY=VALUE``, one per line, grouped by section: each line can
+    be passed back as ``--set KEY=VALUE`` (for ``longtail train RECIPE --show-config``)."""
+    lines = [f"# recipe {cfg.recipe}", f"seed={_show(cfg.seed)}"]
+    for sec in SECTIONS:
+        lines += ["", f"[{sec}]"]
+        section = getattr(cfg, sec)
+        lines += [f"{sec}.{f.name}={_show(getattr(section, f.name))}" for f in fields(section)]
+    return "\n".join(lines) + "\n"

@@ -46,6 +46,7 @@ from .data.augment import Augment
 from .data.imageset import ImageSet
 from .data.registry import Splits, load_splits
 from .errors import LongtailError
+from .storage import check_writable_dir
 from . import distributed
 from .data.loader import feature_batches
 from .experiment import adapt_task, build_model, evaluate_model, resolve_device
@@ -424,6 +425,7 @@ def decouple_run(
     out = Path(out) if out is not None else _run_root(ckpt) / f"decouple-{method}"
     if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():
         raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
+    check_writable_dir(out)  # before the work, not after it
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     dev = distributed.setup(resolve_device(device))
@@ -459,6 +461,13 @@ def _write(out: Path, cfg: RunConfig, model: Classifier, state: dict[str, Any], 
            summary: dict[str, Any], extra: dict[str, Any]) -> None:
     """config.json, metrics.jsonl (trained methods), checkpoints/last.pt and the report into ``out``."""
     run = RunDir(out)
+    with run.lock():
+        _write_locked(run, cfg, model, state, records, summary, extra)
+
+
+def _write_locked(run: RunDir, cfg: RunConfig, model: Classifier, state: dict[str, Any], records: list[dict[str, Any]],
+                  summary: dict[str, Any], extra: dict[str, Any]) -> None:
+    out = run.root
     run.create(cfg)
     if records:
         run.write_metrics(records)

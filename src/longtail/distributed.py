@@ -93,6 +93,11 @@ def is_main() -> bool:
     return current().is_main
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 without it), known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device) -> torch.device:
     """Join the process group that ``torchrun`` describes in the environment; return this process's device.
 

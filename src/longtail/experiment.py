@@ -11,6 +11,7 @@ a :class:`~longtail.data.loader.LoaderTask` and are evaluated through DataLoader
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, replace
@@ -33,8 +34,9 @@ from .losses import make_loss
 from .metrics import aggregate_seeds, summarize
 from .models import Classifier, make_model
 from .report import summary_table, write_report, write_seed_report
-from .runs import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from .runs import RunDir, RunLock, clear_run_folder, load_checkpoint, load_model_state, resume_or_start, save_checkpoint
 from .samplers import make_sampler
+from .storage import check_writable_dir
 from .schedule import cosine_lr, scaled_epoch, step_lr
 from .tasks import SupervisedTask, Task
 from .weights import make_weighting
@@ -214,12 +216,23 @@ def train_one(
     progress: bool | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] = print,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train one seed into the run folder ``out`` (resuming from its checkpoint if present).
 
-    Returns the test summary of the last epoch (plus ``val`` when a validation split is used).
+    The folder is locked while this runs (one writer at a time). ``restart``: clear the folder once the
+    settings and data have been checked, and start over. Returns the test summary of the last epoch
+    (plus ``val`` when a validation split is used).
     """
     run = RunDir(out)
+    with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        return _train_one(cfg, run, splits=splits, command=command, progress=progress, stop_after=stop_after,
+                          log=log, restart=restart)
+
+
+def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: list[str] | None,
+               progress: bool | None, stop_after: int | None, log: Callable[[str], None],
+               restart: bool) -> dict[str, Any]:
     device, main, log, progress = start_process(cfg.train.device, log, progress)
     t_setup = time.perf_counter()
     with distributed.main_first():  # rank 0 downloads, the others read what it left
@@ -233,7 +246,7 @@ def train_one(
     t = cfg.train
     if use_channels_last(device, t.channels_last):
         model = model.to(memory_format=torch.channels_last)
-    if t.init_from and not run.checkpoint.is_file():  # a resumed run has its own weights
+    if t.init_from and not (run.has_checkpoint() and not restart):  # a resumed run has its own weights
         from .ssl import load_pretrained_backbone
 
         load_pretrained_backbone(model, t.init_from, log=log)
@@ -241,14 +254,13 @@ def train_one(
     task = build_task(cfg, train, counts, splits).to(device)  # loss buffers (margins, priors) too
 
     start_epoch, records = 0, []
-    previous = run.existing_config()
-    if run.checkpoint.is_file():
-        if previous is not None and previous != cfg:
-            raise LongtailError(
-                f"{run.root} holds a run with a different configuration",
-                "use another --out, or pass --restart to overwrite it",
-            )
-        state = load_checkpoint(run.checkpoint)
+    if main:
+        if restart:  # settings and data are checked by now
+            clear_run_folder(run.root)
+        run.clean()
+    distributed.barrier()
+    state = resume_or_start(run, cfg, log=log)
+    if state is not None:
         load_model_state(model, state["model"], str(run.checkpoint))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, records = state["next_epoch"], list(state["records"])
@@ -335,18 +347,30 @@ def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[i
 
 
 def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,
-                **kw: Any) -> dict[str, Any]:
+                restart: bool = False, **kw: Any) -> dict[str, Any]:
     """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``.
 
     ``stack``: train the seeds concurrently as one fused network (``longtail.stacked``; exact per
     seed up to rounding). None: stack on CUDA when the configuration allows it, else one after another.
+    ``restart``: clear ``out`` once the settings and data have been checked, and start over.
     """
     out = Path(out)
+    if len(set(seeds)) != len(seeds):
+        raise LongtailError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}", "pass each seed once")
     if len(seeds) == 1:
-        return train_one(replace(cfg, seed=seeds[0]), out, **kw)
+        return train_one(replace(cfg, seed=seeds[0]), out, restart=restart, **kw)
+    with RunLock(out, log=kw.get("log", print)) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        return _train_seeds(cfg, seeds, out, stack=stack, restart=restart, **kw)
+
+
+def _train_seeds(cfg: RunConfig, seeds: list[int], out: Path, *, stack: bool | None, restart: bool,
+                 **kw: Any) -> dict[str, Any]:
     distributed.setup(resolve_device(cfg.train.device))
     with distributed.main_first():
         splits = load_splits(cfg.data)  # the same data split for every seed
+    if restart and distributed.is_main():  # settings and data are checked by now
+        clear_run_folder(out)
+    distributed.barrier()
     from .stacked import check_stackable, stack_unsupported_reason, stacked_resume_problem, train_stacked
 
     if splits.on_files or distributed.current().world > 1:
@@ -379,6 +403,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])
+    run_root = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if write:
+        check_writable_dir(run_root, "run folder")  # before the evaluation, not after it
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     dev = distributed.setup(resolve_device(device))
@@ -393,7 +420,6 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "checkpoint": str(ckpt)}
     if write and distributed.is_main():
-        run_root = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
                      extra=extra)
     return {**summary, **extra}

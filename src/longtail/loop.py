@@ -10,6 +10,7 @@ every process of a distributed run draws the same epoch (each then takes its row
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .errors import LongtailError
 from .graphs import autocast_for, make_stepper
 from .tasks import Task
 
@@ -103,6 +105,10 @@ def fit(
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
         record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)
+        if not math.isfinite(record.train_loss):  # before on_epoch_end: no checkpoint of a diverged model
+            raise LongtailError(f"training diverged in epoch {epoch + 1}: the mean training loss is {record.train_loss}",
+                                "lower the learning rate (--lr) or check the data; the run folder keeps its last good "
+                                "checkpoint, and --restart starts over with the new settings")
         records.append(record)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", lr=f"{lr:.3g}")
         if on_epoch_end is not None:

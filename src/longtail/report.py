@@ -9,14 +9,14 @@ class absent from the test set) print as ``n/a``, never as 0. Files are written 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from .counts import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, SHOT_GROUPS
 from .errors import LongtailError
+from .storage import atomic_write_bytes, atomic_write_text
 
 #: (column header, summary key) of the comparison table.
 TABLE_COLUMNS = (("top-1", "top1"), ("many", "many"), ("medium", "medium"), ("few", "few"),
@@ -89,20 +89,13 @@ def _json_default(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``.
-
-    ``os.replace`` is atomic on one file system, so readers see the old file or the new one.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write(file)`` and put what it wrote at ``path`` atomically (``longtail.storage``)."""
+    if "b" in mode:
+        atomic_write_bytes(path, write)
+        return
+    buf = io.StringIO()
+    write(buf)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

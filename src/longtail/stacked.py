@@ -43,6 +43,7 @@ resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. N
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
@@ -525,18 +526,18 @@ def stacked_resume_problem(out: str | Path, seeds: Sequence[int]) -> str | None:
     They can when none holds a checkpoint (a fresh start) or all hold one at the same epoch.
     A caller choosing stacking automatically can fall back to sequential training otherwise.
     """
-    from .runs import RunDir, load_checkpoint
+    from .runs import RunDir
 
     out = Path(out)
-    ckpts = [RunDir(out / f"seed-{s}").checkpoint for s in seeds]
-    present = [c.is_file() for c in ckpts]
+    runs = [RunDir(out / f"seed-{s}") for s in seeds]
+    present = [r.has_checkpoint() for r in runs]
     if not any(present):
         return None
     if not all(present):
         have = [s for s, p in zip(seeds, present) if p]
         return (f"only some seed folders under {out} hold a checkpoint (seeds {have} of {list(seeds)}), "
                 "so the seeds cannot be resumed together")
-    epochs = sorted({int(load_checkpoint(c)["next_epoch"]) for c in ckpts})
+    epochs = sorted({int(r.resume_state(lambda m: None)["next_epoch"]) for r in runs})  # type: ignore[index]
     if len(epochs) != 1:
         return (f"the seed folders under {out} were checkpointed at different epochs {epochs}, "
                 "so the seeds cannot be resumed together")
@@ -564,8 +565,10 @@ def train_stacked(
     progress: bool | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] = print,
+    restart: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train ``cfg`` once per seed, all seeds at once as one stacked network, into ``out/seed-N``.
+    """Train ``cfg`` once per seed, all seeds at once as one stacked network, into ``out/seed-N``
+    (each seed folder locked while it runs; ``restart`` clears them once settings and data are checked).
 
     Each seed's run folder is the one ``experiment.train_one(replace(cfg, seed=N), out/seed-N)``
     writes, and its weights equal that run's up to floating-point rounding. Returns one result
@@ -573,10 +576,22 @@ def train_stacked(
     ``stop_after`` ended the run early. Resumes from the seed folders' checkpoints when all of
     them hold one at the same epoch (written by this function or by ``train_one``).
     """
+    from .runs import RunDir
+
+    with contextlib.ExitStack() as locks:
+        for s in seeds:
+            locks.enter_context(RunDir(Path(out) / f"seed-{s}").lock(log))
+        return _train_stacked(cfg, seeds, out, splits=splits, command=command, progress=progress,
+                              stop_after=stop_after, log=log, restart=restart)
+
+
+def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, splits: Any, command: list[str] | None,
+                   progress: bool | None, stop_after: int | None, log: Callable[[str], None],
+                   restart: bool) -> list[dict[str, Any]]:
     from .data.registry import load_splits
     from .experiment import build_model, build_task, evaluate_model, lr_function, resolve_device
     from .report import write_report
-    from .runs import RunDir, load_checkpoint, load_model_state, save_checkpoint
+    from .runs import RunDir, clear_run_folder, load_model_state, resume_or_start, save_checkpoint
 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -603,17 +618,18 @@ def train_stacked(
 
     start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]
     opt_states = None
+    for run in runs:
+        if restart:  # settings and data are checked by now
+            clear_run_folder(run.root)
+        run.clean()
     problem = stacked_resume_problem(out, seeds)
     if problem is not None:
         raise LongtailError(problem, f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
-    if runs[0].checkpoint.is_file():
+    if runs[0].has_checkpoint():
         states = []
         for run, c, member in zip(runs, cfgs, members):
-            previous = run.existing_config()
-            if previous is not None and previous != c:
-                raise LongtailError(f"{run.root} holds a run with a different configuration",
-                                    "use another --out, or pass --restart to overwrite it")
-            state = load_checkpoint(run.checkpoint)
+            state = resume_or_start(run, c, log=log)
+            assert state is not None  # stacked_resume_problem: every seed holds one
             load_model_state(member, state["model"], str(run.checkpoint))
             if state.get("optimizer") is None:
                 raise LongtailError(f"{run.checkpoint} holds no optimizer state to resume from",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import LongtailError
+from ..storage import load_data_pickle
 from .download import download_and_extract
 from .imageset import ImageSet
 
@@ -159,7 +160,7 @@ def _load_pickle(path: Path) -> dict[str, Any]:
         )
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = load_data_pickle(f, encoding="latin1")  # data only: a pickle that names code is refused
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
         raise _corrupt(path, f"{type(e).__name__}: {e} (truncated or not a CIFAR pickle)") from e
     if not isinstance(d, dict):

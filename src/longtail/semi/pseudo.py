@@ -30,6 +30,7 @@ from ..config import DataConfig, RunConfig
 from ..data.augment import Batch, normalize
 from ..errors import LongtailError
 from ..runs import atomic_write_bytes, atomic_write_text
+from ..storage import check_writable_dir, load_file
 from .pools import UnlabeledSet
 
 FORMAT = "longtail-pseudo-labels"
@@ -201,10 +202,7 @@ def load_pseudo_labels(path: str | Path) -> SavedPseudoLabels:
         raise LongtailError(f"no pseudo-labels at {p}",
                             "make them first: longtail pseudo-label RUN --pool SPEC --out DIR, then set "
                             "data.pseudo_labels=DIR")
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise LongtailError(f"cannot read {f}: {e}", "the file is corrupt; run `longtail pseudo-label` again") from e
+    state = load_file(f, what="pseudo-label file", fix="run `longtail pseudo-label` again")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise LongtailError(f"{f} is not a longtail pseudo-label file", "pass a folder written by `longtail pseudo-label`")
     if state.get("format_version", 0) > VERSION:
@@ -334,6 +332,7 @@ def pseudo_label_run(run: str | Path, pool_spec: dict[str, Any] | str, out: str 
     from ..runs import load_checkpoint, resolve_checkpoint
 
     spec = parse_pool_spec(pool_spec) if isinstance(pool_spec, str) else dict(pool_spec)
+    check_writable_dir(out)  # before the work, not after it
     ckpt = resolve_checkpoint(run)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])

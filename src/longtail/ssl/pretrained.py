@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..errors import LongtailError
 from ..runs import CHECKPOINT_FORMAT, resolve_checkpoint
+from ..storage import load_file
 from .models import HEAD_MODULES
 
 BACKBONE_PREFIX = "backbone."
@@ -30,11 +31,8 @@ BACKBONE_PREFIX = "backbone."
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """The state dict in ``path``, and the backbone architecture when the file is a longtail checkpoint."""
     arch = None
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, or one that holds more than tensors and containers
-        raise LongtailError(f"cannot read pre-trained weights from {path}: {e}",
-                            "pass a run folder written by `longtail pretrain` or a .pt state dict") from e
+    obj: Any = load_file(path, what="pre-trained weights file",
+                         fix="pass a run folder written by `longtail pretrain` or a .pt state dict")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         arch = (obj.get("config") or {}).get("model", {}).get("arch")
         obj = obj["model"]

@@ -16,6 +16,7 @@ set and reports per class.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict
@@ -36,7 +37,7 @@ from ..graphs import training_engine
 from ..loop import EpochRecord, fit, use_channels_last
 from ..models import make_model
 from ..report import summary_table, write_report
-from ..runs import RunDir, atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
+from ..runs import RunDir, atomic_write_text, clear_run_folder, load_model_state, resume_or_start, save_checkpoint
 from .augment import TwoViewAugment
 from .config import SSLConfig, check_method, default_ssl
 from .evaluate import extract_features, knn_probabilities, representation_report, rotation_accuracy
@@ -156,8 +157,10 @@ def _report_markdown(title: str, method: str, evaluations: dict[str, dict[str, A
 
 def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig | None = None,
                  splits: Splits | None = None, command: list[str] | None = None, progress: bool | None = None,
-                 stop_after: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Pre-train a backbone with ``method`` (``METHODS``) into the run folder ``out``; resumes an existing one.
+                 stop_after: int | None = None, log: Callable[[str], None] = print,
+                 restart: bool = False) -> dict[str, Any]:
+    """Pre-train a backbone with ``method`` (``METHODS``) into the run folder ``out``; resumes an existing one
+    (``restart``: clears it once the settings and data have been checked). The folder is locked meanwhile.
 
     Returns the representation report (``linear_probe_balanced`` summary at the top level, plus
     ``knn``, ``linear_probe``, ``method``, ``ssl`` and, for rotation, ``rotation_test_accuracy``),
@@ -166,6 +169,14 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     check_method(method)
     ssl = resolve_ssl(method, cfg, ssl)
     run = RunDir(out)
+    with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        return _pretrain_run(method, cfg, run, ssl, splits=splits, command=command, progress=progress,
+                             stop_after=stop_after, log=log, restart=restart)
+
+
+def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, splits: Splits | None,
+                  command: list[str] | None, progress: bool | None, stop_after: int | None,
+                  log: Callable[[str], None], restart: bool) -> dict[str, Any]:
     device, main, log, progress = start_process(cfg.train.device, log, progress)
     t = cfg.train
     with distributed.main_first():
@@ -184,13 +195,19 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     backbone = model.backbone
 
     start_epoch, records = 0, []
-    if run.checkpoint.is_file():
+    if main:
+        if restart:  # settings and data are checked by now
+            clear_run_folder(run.root)
+        run.clean()
+    distributed.barrier()
+
+    def same() -> bool:
         previous, prev_meta = run.existing_config(), _previous_meta(run)
-        if (previous is not None and previous != cfg) or (prev_meta is not None and prev_meta != json.loads(
-                json.dumps(_meta(method, ssl)))):
-            raise LongtailError(f"{run.root} holds a run with a different configuration or method",
-                                "use another --out, or pass --restart to overwrite it")
-        state = load_checkpoint(run.checkpoint)
+        return not ((previous is not None and previous != cfg) or (prev_meta is not None and prev_meta != json.loads(
+            json.dumps(_meta(method, ssl)))))
+
+    state = resume_or_start(run, cfg, log=log, same=same)
+    if state is not None:
         load_model_state(model, state["model"], str(run.checkpoint))
         optimizer.load_state_dict(state["optimizer"])
         task.load_state_dict(state.get("extra", {}).get("task", {}))

@@ -1,0 +1,327 @@
+"""Settings are checked once, when a RunConfig is built: dotted name, bad value and a fix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from longtail import config as config_module
+from longtail.config import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    SSLConfig,
+    TrainConfig,
+    apply_overrides,
+    config_differences,
+    format_config,
+    override_keys,
+)
+from longtail.errors import LongtailError
+
+# (dotted key, value as --set gives it): each must be refused, naming the key.
+BAD_SETTINGS = [
+    ("train.epochs", "0"),
+    ("train.epochs", "-3"),
+    ("train.batch_size", "0"),
+    ("train.lr", "0"),
+    ("train.lr", "nan"),
+    ("train.lr", "inf"),
+    ("train.momentum", "1"),
+    ("train.momentum", "-0.1"),
+    ("train.weight_decay", "-1e-4"),
+    ("train.weight_decay", "nan"),
+    ("train.warmup_epochs", "-1"),
+    ("train.milestones", "160,nan"),
+    ("train.milestones", "-5,180"),
+    ("train.drw_start", "-1"),
+    ("train.cb_beta", "1"),
+    ("train.crop_padding", "-1"),
+    ("train.checkpoint_every", "0"),
+    ("train.eval_every", "-1"),
+    ("train.pseudo_weight", "nan"),
+    ("train.labeled_fraction", "0"),
+    ("train.labeled_fraction", "1.5"),
+    ("train.mfw_strength", "-0.5"),
+    ("train.mfw_lam_min", "1.1"),
+    ("train.fixmatch_threshold", "1.01"),
+    ("train.fixmatch_mu", "0"),
+    ("train.fixmatch_lambda_u", "-1"),
+    ("train.fixmatch_la_tau", "nan"),
+    ("train.schedule", "linear"),
+    ("train.sampler", "balanced"),
+    ("train.weighting", "effective-number"),
+    ("train.device", "gpu"),
+    ("train.device", "cuda:x"),
+    ("train.amp", "fp16"),
+    ("train.channels_last", "yes"),
+    ("train.compile", "fast"),
+    ("train.engine", "graphs"),
+    ("train.semi", "mixmatch"),
+    ("train.fixmatch_alignment", "dal"),
+    ("data.imbalance_ratio", "nan"),
+    ("data.imbalance_ratio", "0.5"),
+    ("data.imbalance_ratio", "inf"),
+    ("data.n_max", "0"),
+    ("data.val_per_class", "-1"),
+    ("data.profile", "linear"),
+    ("data.protocol", "ssl"),
+    ("data.on_bad_image", "ignore"),
+    ("data.darp_n1", "0"),
+    ("data.darp_m1", "-1"),
+    ("data.darp_gamma_l", "0.5"),
+    ("data.darp_gamma_u", "nan"),
+    ("data.pseudo_threshold", "1.5"),
+    ("data.image_size", "0"),
+    ("data.num_workers", "-1"),
+    ("model.head", "mlp"),
+    ("loss.name", "cross-entropy"),
+    ("loss.focal_gamma", "-1"),
+    ("loss.ldam_max_margin", "-0.5"),
+    ("loss.ldam_scale", "0"),
+    ("loss.tau", "nan"),
+    ("loss.cdt_gamma", "-0.2"),
+    ("ssl.crop_min_scale", "0"),
+    ("ssl.jitter_prob", "nan"),
+    ("ssl.hue", "0.7"),
+    ("ssl.blur_prob", "2"),
+    ("ssl.moco_queue", "0"),
+    ("ssl.moco_momentum", "1.5"),
+    ("ssl.moco_temperature", "0"),
+    ("ssl.sam_rho", "-0.1"),
+    ("ssl.rw_weights", "density"),
+    ("ssl.kde_bandwidth", "0"),
+    ("ssl.knn_k", "0"),
+    ("ssl.probe_lr", "nan"),
+    ("seed", "-1"),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_SETTINGS, ids=[f"{k}={v}" for k, v in BAD_SETTINGS])
+def test_bad_setting_is_refused_with_its_name_and_a_fix(key, value):
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {key: value})
+    problem = e.value.problem
+    assert key in problem
+    assert _shows_value(problem, value), problem
+    assert e.value.fix
+
+
+def _shows_value(problem: str, value: str) -> bool:
+    """The problem names the bad value: a name quoted, a number (list) after "got"."""
+    if problem.startswith("unknown"):
+        return repr(value) in problem
+    got = problem.rpartition("got ")[2]
+    return [repr(float(v)) for v in got.split(",")] == [repr(float(v)) for v in value.split(",")]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: TrainConfig(epochs=0),
+    lambda: TrainConfig(lr=float("nan")),
+    lambda: DataConfig(imbalance_ratio=float("nan")),
+    lambda: LossConfig(name="focall"),
+    lambda: ModelConfig(head="cos"),
+    lambda: SSLConfig(moco_temperature=-1.0),
+    lambda: RunConfig(seed=-2),
+])
+def test_python_api_gets_the_same_checks(build):
+    with pytest.raises(LongtailError) as e:
+        build()
+    assert e.value.fix
+
+
+def test_nan_imbalance_ratio_is_refused_before_the_counts():
+    # formerly a traceback deep in counts.profile_counts
+    with pytest.raises(LongtailError, match=r"data\.imbalance_ratio must be .*got nan") as e:
+        apply_overrides(RunConfig(), {"data.imbalance_ratio": "nan"})
+    assert "--imbalance-ratio" in e.value.fix
+
+
+def test_fix_names_the_command_line_option():
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"train.epochs": "0"})
+    assert e.value.problem == "train.epochs must be a finite number >= 1, got 0"
+    assert "--epochs" in e.value.fix
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"train.momentum": "1"})
+    assert "--set train.momentum=" in e.value.fix and "[0, 1)" in e.value.fix
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"train.sampler": "balanced"})
+    assert "instance, class-balanced, class-aware, sqrt" in e.value.fix
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("train", "epochs", "10"),
+    ("train", "lr", "0.1"),
+    ("train", "flip", "yes"),
+    ("train", "milestones", [160, "x"]),
+    ("data", "imbalance_ratio", "100"),
+    ("data", "n_max", 1.5),
+    ("loss", "focal_gamma", True),
+    ("model", "head", 3),
+])
+def test_wrong_types_from_a_json_config_are_named(section, field, value):
+    d = RunConfig().to_dict()
+    d[section][field] = value
+    with pytest.raises(LongtailError) as e:
+        RunConfig.from_dict(d)
+    assert f"{section}.{field} must be" in e.value.problem or f"unknown {section}.{field}" in e.value.problem
+    assert e.value.fix
+
+
+def test_sections_must_be_sections():
+    with pytest.raises(LongtailError, match="train must be a TrainConfig"):
+        RunConfig(train={"epochs": 3})  # type: ignore[arg-type]
+
+
+def test_valid_edge_values_are_accepted():
+    cfg = apply_overrides(RunConfig(), {
+        "train.epochs": "1", "train.momentum": "0", "train.cb_beta": "0", "train.warmup_epochs": "0",
+        "train.labeled_fraction": "1", "train.fixmatch_threshold": "0", "train.mfw_lam_min": "1",
+        "train.device": "cuda:1", "train.drw_start": "none", "train.milestones": "", "train.eval_every": "0",
+        "data.imbalance_ratio": "1", "data.n_max": "1", "data.num_workers": "0", "data.pseudo_threshold": "1",
+        "loss.ldam_max_margin": "0", "loss.tau": "-1", "ssl.blur_prob": "0", "ssl.hue": "0.5", "seed": "0",
+    })
+    assert cfg.train.device == "cuda:1" and cfg.train.milestones == () and cfg.data.imbalance_ratio == 1.0
+    # ints where floats are declared, and a path object for a path, as the Python API may pass them
+    d = DataConfig(imbalance_ratio=10, darp_gamma_l=10, root=Path("/tmp/x"))  # type: ignore[arg-type]
+    assert d.root == "/tmp/x" and isinstance(d.root, str)
+    assert TrainConfig(milestones=[100, 150]).milestones == (100, 150)  # type: ignore[arg-type]
+
+
+def test_name_lists_mirror_the_registries():
+    from longtail.counts import PROFILES
+    from longtail.data.files import BAD_IMAGE_POLICIES
+    from longtail.graphs import COMPILE_MODES, ENGINES
+    from longtail.losses import LOSSES
+    from longtail.models.heads import HEADS
+    from longtail.samplers import SAMPLERS
+    from longtail.semi.data import PROTOCOLS
+    from longtail.semi.fixmatch import ALIGNMENTS
+    from longtail.weights import SCHEMES
+
+    assert config_module.SAMPLERS == tuple(SAMPLERS)
+    assert config_module.WEIGHTINGS == tuple(SCHEMES)
+    assert config_module.LOSSES == tuple(LOSSES)
+    assert config_module.HEADS == tuple(HEADS)
+    assert config_module.PROFILES == tuple(PROFILES)
+    assert config_module.PROTOCOLS == tuple(PROTOCOLS)
+    assert config_module.BAD_IMAGE_POLICIES == tuple(BAD_IMAGE_POLICIES)
+    assert config_module.ENGINES == tuple(ENGINES)
+    assert config_module.COMPILE_MODES == tuple(COMPILE_MODES)
+    assert config_module.ALIGNMENTS == tuple(ALIGNMENTS)
+
+
+def test_config_imports_only_errors_and_the_standard_library():
+    import ast
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    relative = {(n.module, n.level) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    assert relative == {("errors", 1)}
+    absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    absolute |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and not n.level and n.module}
+    assert absolute <= {"__future__", "dataclasses", "difflib", "math", "numbers", "os", "re", "typing"}
+
+
+def test_every_recipe_builds_and_round_trips():
+    from longtail.recipes import RECIPES
+
+    assert RECIPES
+    for name, recipe in RECIPES.items():
+        cfg = recipe.config
+        assert isinstance(cfg, RunConfig), name
+        again = RunConfig.from_dict(cfg.to_dict())
+        assert again == cfg, name
+        assert config_differences(cfg, again) == [], name
+
+
+def test_pretraining_defaults_build():
+    from longtail.ssl import METHODS, default_config
+
+    for method in METHODS:
+        for dataset in ("cifar10", "imagenet-lt"):
+            cfg = default_config(method, dataset)
+            assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_setting_suggests_the_nearest():
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"train.epoch": "3"})
+    assert "unknown setting 'train.epoch'" in e.value.problem
+    assert "did you mean train.epochs" in e.value.fix
+    assert "--show-config" in e.value.fix
+    assert len(e.value.fix) < 300  # not the list of every key
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"train.gamma": "2"})
+    assert "loss.focal_gamma" in e.value.fix and "loss.cdt_gamma" in e.value.fix
+    assert e.value.fix.index("loss.focal_gamma") < e.value.fix.index("data.darp_gamma_l")
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"epochs": "3"})
+    assert "did you mean train.epochs" in e.value.fix
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"foo.bar": "1"})
+    assert "no section 'foo'" in e.value.problem and "--show-config" in e.value.fix
+    with pytest.raises(LongtailError) as e:
+        apply_overrides(RunConfig(), {"optim.lr": "1"})
+    assert "no section 'optim'" in e.value.problem and "train.lr" in e.value.fix
+
+
+def test_overrides_still_apply_one_field_at_a_time():
+    cfg = apply_overrides(RunConfig(), {"train.epochs": "7", "loss.name": "cdt", "loss.cdt_gamma": "0.2",
+                                        "train.semi": "fixmatch", "data.protocol": "darp", "seed": "3"})
+    assert (cfg.train.epochs, cfg.loss.name, cfg.loss.cdt_gamma, cfg.seed) == (7, "cdt", 0.2, 3)
+    with pytest.raises(LongtailError, match="not a valid int") as e:
+        apply_overrides(RunConfig(), {"seed": "x"})
+    assert e.value.fix
+
+
+def test_config_differences():
+    a = RunConfig()
+    b = apply_overrides(a, {"train.lr": "0.05", "loss.name": "focal", "train.milestones": "100,150"})
+    assert config_differences(a, a) == []
+    lines = config_differences(a, b)
+    assert lines == [
+        "loss.name: ce (run folder) vs focal (now)",
+        "train.lr: 0.1 (run folder) vs 0.05 (now)",
+        "train.milestones: 160.0,180.0 (run folder) vs 100.0,150.0 (now)",
+    ]
+    assert config_differences(b, a, labels=("old", "new"))[1] == "train.lr: 0.05 (old) vs 0.1 (new)"
+    # an old run folder's config.json, as read back (lists, an extra or a missing key)
+    d = a.to_dict()
+    d["train"]["milestones"] = list(d["train"]["milestones"])
+    assert config_differences(d, a) == []
+    del d["train"]["lr"]
+    d["train"]["old_knob"] = 1
+    assert config_differences(d, a) == ["train.old_knob: 1 (run folder) vs (absent) (now)",
+                                        "train.lr: (absent) (run folder) vs 0.1 (now)"]
+    assert config_differences(a, replace(a, data=replace(a.data, download=False))) == [
+        "data.download: true (run folder) vs false (now)"]
+
+
+def test_format_config_lists_every_setting_once_by_section():
+    cfg = apply_overrides(RunConfig(recipe="r"), {"train.lr": "0.05", "data.n_max": "50"})
+    text = format_config(cfg)
+    lines = [line for line in text.splitlines() if "=" in line]
+    keys = [line.partition("=")[0] for line in lines]
+    assert keys == override_keys()
+    assert "train.lr=0.05" in lines and "data.n_max=50" in lines and "train.drw_start=none" in lines
+    assert "train.milestones=160.0,180.0" in lines and "train.flip=true" in lines
+    headers = [line for line in text.splitlines() if line.startswith("[")]
+    assert headers == ["[data]", "[model]", "[loss]", "[train]", "[ssl]"]
+    assert "r" in text.splitlines()[0]
+    # every line can be passed back as --set KEY=VALUE and gives the same config
+    assert apply_overrides(RunConfig(recipe="r"), dict(line.partition("=")[::2] for line in lines)) == cfg
+
+
+def test_nan_is_never_in_range():
+    for key in ("train.lr", "train.momentum", "data.imbalance_ratio", "loss.focal_gamma", "ssl.sam_rho"):
+        with pytest.raises(LongtailError):
+            apply_overrides(RunConfig(), {key: str(math.nan)})
