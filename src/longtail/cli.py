@@ -37,8 +37,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="print every setting (with these options applied) and exit; each line works as --set KEY=VALUE")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in longtail's form: the problem, then a fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"longtail: error: {message}\n  fix: see `{self.prog} --help` for the accepted options", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longtail", description="Deep learning on long-tailed data.")
+    parser = _Parser(prog="longtail", description="Deep learning on long-tailed data.")
     parser.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -65,6 +65,9 @@ def download_and_extract(
     """
     root = Path(root)
     filename = filename or PurePosixPath(urlparse(url).path).name or "download"
+    if root.exists() and not root.is_dir():
+        raise LongtailError(f"the data root {root} is a file, not a folder",
+                            "pass --data-root the folder that holds (or should hold) the data set")
     created = _make_dirs(root)
     try:
         _download_into(url, root, md5, filename, timeout)
