@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))  # run from the source tree (the GPU machine has no install)
 
 from longtail.config import apply_overrides  # noqa: E402
-from longtail.experiment import train_one, train_seeds  # noqa: E402
+from longtail.experiment import train_one  # noqa: E402
+from longtail.seeds import train_seeds  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 
 HEADER = ("| date | machine | command | seed | epochs | setup s | compile s | train s | eval s | train img/s "

@@ -643,7 +643,7 @@ def test_battery_is_large_and_mostly_longtail_errors():
     assert ARGPARSE <= set(CASES) and len(ARGPARSE) * 4 < len(CASES)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in NEEDS_RUN else n for n in CASES])
 def test_bad_input_is_refused_cleanly(name, tmp_path, request, capsys, monkeypatch):
     trained = request.getfixturevalue("trained_run") if name in NEEDS_RUN else tmp_path / "no-trained-run"
     work = tmp_path / "case"
@@ -676,6 +676,7 @@ def test_bad_input_is_refused_cleanly(name, tmp_path, request, capsys, monkeypat
     assert not (work / "runs").exists(), "a default runs/ folder was written"
 
 
+@pytest.mark.slow
 def test_resume_from_a_code_running_last_checkpoint_never_runs_it(trained_run, tmp_path, capsys):
     """checkpoints/last.pt replaced by a pickle that runs code, then the same command again: longtail may
     fall back to an earlier checkpoint or stop, but it never runs the payload."""

@@ -21,6 +21,7 @@ def _cells(row: str) -> list[str]:
     return [c.strip() for c in row.strip("|").split("|")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", [False, True])
 def test_run_recipe_appends_measured_rows(tmp_path, stack):
     out = tmp_path / "runs"

@@ -51,11 +51,13 @@ def test_missing_data_folder(tmp_path, capsys):
     assert "nowhere" in err and "fix:" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "longtail", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("longtail ")
 
 
+@pytest.mark.slow
 def test_two_stage_recipe_and_compare(tmp_path, capsys, monkeypatch):
     """A recipe with a decoupling step trains, then re-balances, for each seed; compare reads both."""
     from dataclasses import replace

@@ -200,7 +200,7 @@ def test_name_lists_mirror_the_registries():
     from longtail.losses import LOSSES
     from longtail.models.heads import HEADS
     from longtail.samplers import SAMPLERS
-    from longtail.semi.data import PROTOCOLS
+    from longtail.data.semi import PROTOCOLS
     from longtail.semi.fixmatch import ALIGNMENTS
     from longtail.weights import SCHEMES
 

@@ -89,7 +89,7 @@ def test_validation_split_is_balanced_disjoint_and_seeded():
 
 def test_load_splits_validation_comes_from_unused_images():
     from longtail.config import DataConfig
-    from longtail.data.registry import load_splits
+    from longtail.data.semi import load_splits
 
     plain = load_splits(DataConfig(dataset="digits", imbalance_ratio=100))
     s = load_splits(DataConfig(dataset="digits", imbalance_ratio=100, val_per_class=5))
@@ -104,7 +104,7 @@ def test_svhn_long_tailed_split_from_mat_files(tmp_path):
     import scipy.io
 
     from longtail.config import DataConfig
-    from longtail.data.registry import load_splits
+    from longtail.data.semi import load_splits
 
     rng = np.random.RandomState(0)
     for split, per_class in (("train", 12), ("test", 3)):

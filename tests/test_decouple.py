@@ -9,13 +9,11 @@ import longtail.decouple as dc
 from longtail import ClassCounts, LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.registry import Splits
-from longtail.decouple import (
-    TAU_GRID, LogitAdjustedHead, ScaledHead, choose_tau, decouple_run, fold_head, head_wrappers,
-    model_from_checkpoint, tau_normalize,
-)
+from longtail.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from longtail.decouple import TAU_GRID, choose_tau, decouple_run
+from longtail.models.wrappers import LogitAdjustedHead, ScaledHead, fold_head, head_wrappers, tau_normalize
 from longtail.experiment import evaluate_checkpoint, train_one
 from longtail.models import LinearHead, make_model
-from longtail.runs import load_checkpoint, save_checkpoint
 
 from conftest import synthetic_set
 

@@ -25,7 +25,7 @@ from longtail.distributed import Shard
 from longtail.experiment import train_one
 from longtail.models import MODELS
 from longtail.models.classifier import TinyNet
-from longtail.runs import load_checkpoint
+from longtail.checkpoints import load_checkpoint
 from longtail.ssl import SSLConfig, pretrain_run
 
 from conftest import synthetic_set
@@ -102,6 +102,7 @@ def test_rows_of_a_global_batch():
     assert sum(Shard(r, 3).batch_rows(7)[0].numel() for r in range(3)) == 7
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(tmp_path, monkeypatch):
     monkeypatch.setitem(MODELS, GN, gn_backbone)
     root = write_imagenet_lt(tmp_path / "data", [13, 7, 3], test_per_class=3)  # 23 images: uneven halves
@@ -156,6 +157,7 @@ def _assert_same_weights(a: Path, b: Path, atol: float = 5e-5) -> dict:  # float
     return ma
 
 
+@pytest.mark.slow
 def test_pretraining_on_two_processes_matches_one(tmp_path, monkeypatch):
     """MoCo's keys are shuffled over the processes and the whole batch's keys enter every queue.
 

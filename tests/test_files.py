@@ -13,7 +13,7 @@ from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.files import FileImageSet
 from longtail.data.loader import FileLoader, LoaderTask, PilEvalTransform, PilTrainTransform, _seeded, \
     eval_transform, train_transform
-from longtail.data.registry import load_splits
+from longtail.data.semi import load_splits
 from longtail.experiment import build_task, train_one
 from longtail.loop import epoch_generator
 from longtail.models import make_model

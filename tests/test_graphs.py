@@ -18,7 +18,7 @@ from longtail.losses import make_loss
 from longtail.loop import fit, make_sgd
 from longtail.models import make_model
 from longtail.mfw import MFWTask
-from longtail.runs import load_checkpoint
+from longtail.checkpoints import load_checkpoint
 from longtail.stacked import train_stacked
 from longtail.ssl import SAM
 from longtail.tasks import SupervisedTask
@@ -98,6 +98,7 @@ def test_graph_engine_resumes_exactly(tmp_path, splits):
         assert torch.equal(wa[k], wb[k]), k
 
 
+@pytest.mark.slow
 def test_stacked_seeds_under_the_graph_engine(tmp_path, splits):
     eager = train_stacked(config("eager", epochs=2), [0, 1], tmp_path / "eager", splits=splits, progress=False)
     graph = train_stacked(config("graph", epochs=2), [0, 1], tmp_path / "graph", splits=splits, progress=False)
@@ -167,6 +168,7 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch):
         torch.testing.assert_close(wa[k].float(), wb[k].float(), atol=1e-4, rtol=1e-3, msg=k)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(tmp_path, splits):
     """train.compile: compiled before the first step (its time reported apart), same training otherwise."""
     runs = {}

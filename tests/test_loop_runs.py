@@ -9,8 +9,9 @@ import torch
 from longtail import LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
 from longtail.data.registry import Splits
-from longtail.experiment import evaluate_checkpoint, train_one, train_seeds
-from longtail.runs import load_checkpoint
+from longtail.experiment import evaluate_checkpoint, train_one
+from longtail.seeds import train_seeds
+from longtail.checkpoints import load_checkpoint
 from longtail.schedule import step_lr
 
 from conftest import synthetic_set
@@ -78,9 +79,9 @@ def test_resume_refuses_a_different_config(tmp_path, splits):
 
 
 def test_several_seeds_give_mean_and_std(tmp_path, splits, monkeypatch):
-    import longtail.experiment as ex
+    import longtail.seeds
 
-    monkeypatch.setattr(ex, "load_splits", lambda cfg: splits)
+    monkeypatch.setattr(longtail.seeds, "load_splits", lambda cfg: splits)
     out = train_seeds(tiny_config(epochs=2), [0, 1], tmp_path / "seeds", progress=False)
     agg = out["aggregate"]
     assert len(agg["top1"]["values"]) == 2

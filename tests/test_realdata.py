@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from longtail.config import DataConfig
-from longtail.data.registry import load_splits
+from longtail.data.semi import load_splits
 from longtail.data.splits import longtail_indices
 from longtail.counts import ClassCounts
 

@@ -16,11 +16,11 @@ from longtail.counts import ClassCounts, profile_counts
 from longtail.data.augment import Augment, Batch
 from longtail.data.imageset import ImageSet
 from longtail.data.splits import longtail_indices
-from longtail.experiment import build_model
+from longtail.models import build_model
 from longtail.loop import fit, make_sgd
 from longtail.losses import make_loss
 from longtail.models import make_model
-from longtail.runs import save_checkpoint
+from longtail.checkpoints import save_checkpoint
 from longtail.samplers import make_sampler
 from longtail.semi import (
     FixMatchTask,
@@ -272,18 +272,12 @@ def test_pseudo_label_run_and_merged_training_data(tmp_path, monkeypatch):
     assert int(fewer.is_pseudo.sum()) == int(keep.sum()) < len(saved.labels)
     assert torch.equal(fewer.train.labels[n_lab:], saved.labels.labels[keep])
 
-    # the registry's hook (load_splits calls build_semi_splits first) gives the same data, without recursion
-    import longtail.data.registry as registry
+    # every run's load_splits (build_semi_splits first, then the labeled splits) gives the same data
+    from longtail.data.semi import load_splits
 
-    plain_load = registry.load_splits
-
-    def hooked(data):
-        return build_semi_splits(data, log=lambda s: None) or plain_load(data)
-
-    monkeypatch.setattr(registry, "load_splits", hooked)
-    via_registry = registry.load_splits(replace(cfg.data, pseudo_labels=str(out)))
-    assert torch.equal(via_registry.train.labels, splits.train.labels)
-    assert len(registry.load_splits(cfg.data).train) == n_lab
+    via_load_splits = load_splits(replace(cfg.data, pseudo_labels=str(out)), log=lambda s: None)
+    assert torch.equal(via_load_splits.train.labels, splits.train.labels)
+    assert len(load_splits(cfg.data).train) == n_lab
 
     # another labeled subset would train on images that are in the pool: refused
     with pytest.raises(LongtailError, match="also in the labeled training set"):

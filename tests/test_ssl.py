@@ -13,7 +13,7 @@ from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.imageset import ImageSet
 from longtail.data.registry import Splits
 from longtail.models import make_model
-from longtail.runs import load_checkpoint
+from longtail.checkpoints import load_checkpoint
 from longtail.ssl import (
     SAM, MoCo, MoCoTask, RotationTask, SimSiam, SimSiamTask, SSLConfig, TwoViewAugment, apply_ssl_overrides,
     class_frequency_weights, default_config, default_ssl, frozen_bn_statistics, info_nce, kde_density, kde_weights, knn_probabilities,

@@ -17,7 +17,7 @@ from longtail.loop import epoch_generator
 from longtail.losses import make_loss
 from longtail.models import MODELS, Classifier, make_model
 from longtail.models.resnet_cifar import ResNetCifar
-from longtail.runs import load_checkpoint
+from longtail.checkpoints import load_checkpoint
 from longtail.samplers import make_sampler
 from longtail.stacked import (StackedTask, check_stackable, stack, stack_images, stack_optimizer_state,
                               stack_unsupported_reason, stacked_resume_problem, train_stacked, unstack,
@@ -205,6 +205,7 @@ def assert_close_runs(a, b, atol=1e-4):
     assert a["next_epoch"] == b["next_epoch"]
 
 
+@pytest.mark.slow
 def test_train_stacked_matches_sequential_runs(tmp_path, splits):
     cfg = tiny_config(epochs=2)
     seeds = [0, 5]
@@ -229,6 +230,7 @@ def test_train_stacked_matches_sequential_runs(tmp_path, splits):
         assert abs(result["top1"] - seq["top1"]) <= 100 / 40 + 1e-9
 
 
+@pytest.mark.slow
 def test_resume_stacked_and_across_modes(tmp_path, splits):
     cfg = tiny_config(epochs=2)
     seeds = [1, 2]

@@ -19,7 +19,8 @@ import torch
 from longtail import LongtailError
 from longtail.data.registry import Splits
 from longtail.experiment import evaluate_checkpoint, train_one
-from longtail.runs import RunDir, load_checkpoint, save_checkpoint
+from longtail.checkpoints import load_checkpoint, save_checkpoint
+from longtail.runs import RunDir
 from longtail.storage import LOCK_NAME, RunLock, digest, load_data_pickle, load_file
 
 from conftest import synthetic_set
@@ -59,7 +60,7 @@ def test_every_reader_refuses_a_payload_that_runs_code(tmp_path, splits):
     with pytest.raises(LongtailError, match="refused"):
         evaluate_checkpoint(evil)
     from longtail.decouple import decouple_run
-    from longtail.semi.pseudo import load_pseudo_labels
+    from longtail.data.pseudo_labels import load_pseudo_labels
     from longtail.ssl import load_pretrained_backbone
 
     with pytest.raises(LongtailError, match="refused"):
@@ -181,6 +182,7 @@ train_one(tiny_config(epochs=3), {out!r}, splits=splits, progress=False)
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_loses_nothing(tmp_path, splits):
     cfg = tiny_config(epochs=3)
     full = train_one(cfg, tmp_path / "full", splits=splits, progress=False)

@@ -133,8 +133,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
     from .config import apply_overrides
-    from .experiment import console_table, train_seeds
     from .recipes import get_recipe
+    from .seeds import console_table, train_seeds
 
     recipe = get_recipe(recipe_name)
     cfg = apply_overrides(recipe.config, overrides_from_args(args))
@@ -216,8 +216,8 @@ def _single_process(command: str) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import apply_overrides
-    from .experiment import console_table
     from .recipes import get_recipe
+    from .seeds import console_table
     from .ssl import METHODS, default_config, pretrain_run
 
     if args.method in METHODS:
@@ -258,7 +258,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .experiment import console_table, evaluate_checkpoint
+    from .experiment import evaluate_checkpoint
+    from .seeds import console_table
 
     result = evaluate_checkpoint(args.run, device=args.device, data_root=args.data_root)
     print(console_table(result.get("recipe", "run"), result))

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from .errors import LongtailError
 from .metrics import AGGREGATED_METRICS, aggregate_seeds, mean_std
 from .report import TABLE_COLUMNS
-from .runs import atomic_write_bytes, atomic_write_text
+from .storage import atomic_write_bytes, atomic_write_text
 
 #: (label, key) of the metrics drawn in the bar plot.
 PLOT_METRICS = (("top-1", "top1"), ("many", "many"), ("medium", "medium"), ("few", "few"))

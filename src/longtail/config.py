@@ -27,15 +27,15 @@ from .errors import LongtailError
 # to stay at the bottom of the import graph); tests/test_config_checks.py keeps them in step.
 
 PROFILES = ("exp", "step")  # longtail.counts.PROFILES
-PROTOCOLS = ("lt", "darp")  # longtail.semi.data.PROTOCOLS
+PROTOCOLS = ("lt", "darp")  # longtail.data.semi.PROTOCOLS
 BAD_IMAGE_POLICIES = ("stop", "skip")  # longtail.data.files.BAD_IMAGE_POLICIES
 HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
 LOSSES = ("ce", "focal", "ldam", "balanced-softmax", "logit-adjust", "cdt")  # longtail.losses.LOSSES
-SCHEDULES = ("step", "cosine")  # longtail.experiment.lr_function
+SCHEDULES = ("step", "cosine")  # longtail.schedule.lr_function
 SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt")  # longtail.samplers.SAMPLERS
 WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
-AMP_MODES = ("auto", "bf16", "off")  # longtail.graphs.autocast_for
-CHANNELS_LAST = ("auto", "on", "off")  # longtail.loop.use_channels_last
+AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
+CHANNELS_LAST = ("auto", "on", "off")  # longtail.devices.use_channels_last
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # graphs
 ENGINES = ("auto", "eager", "graph")  # longtail.graphs.ENGINES
 SEMI_METHODS = ("none", "fixmatch")  # longtail.experiment.build_task
@@ -209,7 +209,7 @@ class DataConfig:
         _number(self, "data", "n_max", 1, fix="use a count >= 1, or none for the data set's reference n_max")
         _number(self, "data", "subset_seed", 0)
         _number(self, "data", "val_per_class", 0)
-        if self.protocol not in PROTOCOLS:  # worded as longtail.semi.data words it
+        if self.protocol not in PROTOCOLS:  # worded as longtail.data.semi words it
             raise LongtailError(f"unknown data protocol {self.protocol!r} (data.protocol)",
                                 f"use one of: {', '.join(PROTOCOLS)} (e.g. --set data.protocol=lt)")
         _number(self, "data", "darp_n1", 1)

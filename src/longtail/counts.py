@@ -113,6 +113,12 @@ class ClassCounts:
         t = self.tensor(device, torch.float64)
         return (t / t.sum()).float()
 
+    def log_prior(self) -> torch.Tensor:
+        """``log pi_c = log(n_c / N)`` as a ``(C,)`` float32 tensor (computed in float64); every class needs examples."""
+        self.require_nonempty()
+        t = self.tensor(dtype=torch.float64)
+        return torch.log(t / t.sum()).float()
+
     def group_of(self, c: int) -> str:
         n = self.counts[c]
         if n > MANY_SHOT_ABOVE:

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .devices import resolve_device
 from .errors import LongtailError
 
 
@@ -201,8 +203,6 @@ def wrap(model: nn.Module, device: torch.device, *, broadcast_buffers: bool = Tr
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    import inspect
-
     ids = [device.index] if device.type == "cuda" else None
     # newer PyTorch renamed the per-forward buffer broadcast (and warns about the old name)
     name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
@@ -271,3 +271,18 @@ def default_workers() -> int:
 
 __all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers", "env_world_size",
            "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
+
+
+def start_process(device_name: str, log: Callable[[str], None], progress: bool | None
+                  ) -> tuple[torch.device, bool, Callable[[str], None], bool | None]:
+    """(device, is rank 0, log, progress) of this process; alone, or one of ``torchrun``'s.
+
+    Joins the process group (``cuda:LOCAL_RANK`` on GPUs), silences logging and progress bars off
+    rank 0, and waits until every process is past the command line's ``--restart`` before rank 0 writes.
+    """
+    device = setup(resolve_device(device_name))
+    main = is_main()
+    if not main:
+        log, progress = (lambda _: None), False
+    barrier()
+    return device, main, log, progress

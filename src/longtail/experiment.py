@@ -22,80 +22,38 @@ import torch
 import torch.nn as nn
 
 from . import distributed
+from .checkpoints import (
+    load_checkpoint,
+    load_model_state,
+    load_pretrained_backbone,
+    model_from_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
-from .data.registry import Splits, load_splits
+from .data.loader import LoaderTask, predict_files
+from .data.registry import Splits
+from .data.semi import load_splits
+from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
-from .graphs import training_engine
-from .loop import EpochRecord, fit, make_sgd, predict, use_channels_last
-from .losses import make_loss
-from .metrics import aggregate_seeds, summarize
-from .models import Classifier, make_model
-from .report import summary_table, write_report, write_seed_report
-from .runs import RunDir, RunLock, clear_run_folder, load_checkpoint, load_model_state, resume_or_start, save_checkpoint
+from .graphs import compile_model, resolve_engine, training_engine
+from .loop import EpochRecord, fit, make_sgd, predict
+from .losses import loss_from_config
+from .metrics import summarize
+from .mfw import MFWTask
+from .models import build_model
+from .report import write_report
+from .runs import RunDir, clear_run_folder, resume_or_start
 from .samplers import make_sampler
+from .schedule import lr_function, scaled_epoch
+from .semi.fixmatch import FixMatchTask
+from .semi.task import SemiSupervisedTask
 from .storage import check_writable_dir
-from .schedule import cosine_lr, scaled_epoch, step_lr
 from .tasks import SupervisedTask, Task
 from .weights import make_weighting
-
-
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a device. On CUDA, cuDNN picks its fastest kernels for the (fixed) batch
-    shapes (``cudnn.benchmark``): results then vary in the last bits from run to run, like any GPU run."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LongtailError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise LongtailError(f"unknown device {name!r}", "use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def start_process(device_name: str, log: Callable[[str], None], progress: bool | None
-                  ) -> tuple[torch.device, bool, Callable[[str], None], bool | None]:
-    """(device, is rank 0, log, progress) of this process; alone, or one of ``torchrun``'s.
-
-    Joins the process group (``cuda:LOCAL_RANK`` on GPUs), silences logging and progress bars off
-    rank 0, and waits until every process is past the command line's ``--restart`` before rank 0 writes.
-    """
-    device = distributed.setup(resolve_device(device_name))
-    main = distributed.is_main()
-    if not main:
-        log, progress = (lambda _: None), False
-    distributed.barrier()
-    return device, main, log, progress
-
-
-def loss_params(cfg: RunConfig) -> dict[str, float]:
-    """The loss's own hyperparameters, from the flat ``LossConfig``."""
-    lc = cfg.loss
-    return {
-        "ce": {},
-        "focal": {"gamma": lc.focal_gamma},
-        "ldam": {"max_margin": lc.ldam_max_margin, "scale": lc.ldam_scale},
-        "balanced-softmax": {},
-        "logit-adjust": {"tau": lc.tau},
-        "cdt": {"gamma": lc.cdt_gamma},
-    }.get(lc.name, {})
-
-
-def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:
-    return make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
-
-
-def lr_function(cfg: RunConfig) -> Callable[[int], float]:
-    t = cfg.train
-    if t.schedule == "step":
-        return lambda e: step_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
-                                 milestones=t.milestones)
-    if t.schedule == "cosine":
-        return lambda e: cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
-    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")
 
 
 def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> Task:
@@ -108,7 +66,6 @@ def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
 def adapt_task(task: Task) -> Task:
     """``task`` as it runs here: batches decoded from files (``LoaderTask``) when its training set is a
     ``FileImageSet``; each process's rows of every batch (``ShardedTask``) under ``torchrun``."""
-    from .mfw import MFWTask
 
     shard = distributed.current()
     name = type(task).__name__
@@ -119,7 +76,6 @@ def adapt_task(task: Task) -> Task:
     if isinstance(getattr(task, "train", None), FileImageSet):
         if type(task) not in (SupervisedTask, MFWTask):  # others draw their own batches
             raise LongtailError(f"{name} is not supported with image files", "use a supervised recipe")
-        from .data.loader import LoaderTask
 
         return LoaderTask(task, shard=shard)
     if shard.world > 1:
@@ -136,11 +92,9 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
         sampler=make_sampler(t.sampler, train.labels, train.num_classes),
         weighting=make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta),
     )
-    criterion = make_loss(cfg.loss.name, counts, **loss_params(cfg))
+    criterion = loss_from_config(cfg.loss, counts)
     is_pseudo = getattr(splits, "is_pseudo", None)
     if t.semi == "fixmatch":
-        from .semi.fixmatch import FixMatchTask
-
         if getattr(splits, "unlabeled", None) is None:
             raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
         return FixMatchTask(train, splits.unlabeled, criterion, mu=t.fixmatch_mu,  # type: ignore[union-attr]
@@ -152,7 +106,6 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
         if t.mfw_strength > 0:
             raise LongtailError("major feature weakening with pseudo-labels is not supported",
                                 "set train.mfw_strength=0 for semi-supervised runs")
-        from .semi.task import SemiSupervisedTask
 
         return SemiSupervisedTask(train, criterion, is_pseudo=is_pseudo, pseudo_weight=t.pseudo_weight,
                                   labeled_fraction=t.labeled_fraction, **common)
@@ -160,8 +113,6 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
         raise LongtailError("train.pseudo_weight and train.labeled_fraction need pseudo-labels",
                             "set data.pseudo_labels=DIR (written by `longtail pseudo-label`)")
     if t.mfw_strength > 0:
-        from .mfw import MFWTask
-
         return MFWTask(train, criterion, counts=counts, strength=t.mfw_strength, lam_min=t.mfw_lam_min,
                        seed=cfg.seed, **common)
     return SupervisedTask(train, criterion, **common)
@@ -182,8 +133,6 @@ def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: to
     rows = shard.rows(len(data))
     skipped: dict[int, str] = {}
     if isinstance(data, FileImageSet):
-        from .data.loader import predict_files
-
         logits, labels, rows, skipped = predict_files(model, data, device, amp, rows=rows)
     elif rows.numel():
         logits, labels = predict(model, iterate_batches(data, rows.to(data.device), 512), device, amp)
@@ -233,7 +182,7 @@ def train_one(
 def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: list[str] | None,
                progress: bool | None, stop_after: int | None, log: Callable[[str], None],
                restart: bool) -> dict[str, Any]:
-    device, main, log, progress = start_process(cfg.train.device, log, progress)
+    device, main, log, progress = distributed.start_process(cfg.train.device, log, progress)
     t_setup = time.perf_counter()
     with distributed.main_first():  # rank 0 downloads, the others read what it left
         splits = splits or load_splits(cfg.data)
@@ -244,11 +193,9 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, train.num_classes, train.image_shape[0]).to(device)
     t = cfg.train
-    if use_channels_last(device, t.channels_last):
+    if use_channels_last(t.channels_last):
         model = model.to(memory_format=torch.channels_last)
     if t.init_from and not (run.has_checkpoint() and not restart):  # a resumed run has its own weights
-        from .ssl import load_pretrained_backbone
-
         load_pretrained_backbone(model, t.init_from, log=log)
     optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     task = build_task(cfg, train, counts, splits).to(device)  # loss buffers (margins, priors) too
@@ -336,70 +283,18 @@ def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[i
     t = cfg.train
     if t.compile == "off":
         return model, 0.0
-    from .graphs import compile_model, resolve_engine
 
     graphed = resolve_engine(t.engine, device, t.compile) == "graph" and device.type == "cuda"
     rows = len(distributed.current().rows(t.batch_size))  # this process's share of a batch
     example = torch.zeros(rows, *image_shape, device=device)
-    if use_channels_last(device, t.channels_last):
+    if use_channels_last(t.channels_last):
         example = example.contiguous(memory_format=torch.channels_last)
     return compile_model(model, t.compile, example, device=device, amp=t.amp, autocast_cache=not graphed)
-
-
-def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,
-                restart: bool = False, **kw: Any) -> dict[str, Any]:
-    """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``.
-
-    ``stack``: train the seeds concurrently as one fused network (``longtail.stacked``; exact per
-    seed up to rounding). None: stack on CUDA when the configuration allows it, else one after another.
-    ``restart``: clear ``out`` once the settings and data have been checked, and start over.
-    """
-    out = Path(out)
-    if len(set(seeds)) != len(seeds):
-        raise LongtailError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}", "pass each seed once")
-    if len(seeds) == 1:
-        return train_one(replace(cfg, seed=seeds[0]), out, restart=restart, **kw)
-    with RunLock(out, log=kw.get("log", print)) if distributed.launch_rank() == 0 else contextlib.nullcontext():
-        return _train_seeds(cfg, seeds, out, stack=stack, restart=restart, **kw)
-
-
-def _train_seeds(cfg: RunConfig, seeds: list[int], out: Path, *, stack: bool | None, restart: bool,
-                 **kw: Any) -> dict[str, Any]:
-    distributed.setup(resolve_device(cfg.train.device))
-    with distributed.main_first():
-        splits = load_splits(cfg.data)  # the same data split for every seed
-    if restart and distributed.is_main():  # settings and data are checked by now
-        clear_run_folder(out)
-    distributed.barrier()
-    from .stacked import check_stackable, stack_unsupported_reason, stacked_resume_problem, train_stacked
-
-    if splits.on_files or distributed.current().world > 1:
-        if stack:
-            raise LongtailError("seeds cannot be trained stacked with image files or several processes",
-                                "train the seeds one after another (--stack-seeds off)")
-        stack = False
-    if stack is None:
-        stack = (resolve_device(cfg.train.device).type == "cuda" and stack_unsupported_reason(cfg) is None
-                 and stacked_resume_problem(out, seeds) is None)
-    if stack:
-        check_stackable(cfg)
-        results = [(f"seed {s}", r) for s, r in zip(seeds, train_stacked(cfg, seeds, out, splits=splits, **kw))]
-    else:
-        results = [(f"seed {s}", train_one(replace(cfg, seed=s), out / f"seed-{s}", splits=splits, **kw))
-                   for s in seeds]
-    if any(not r for _, r in results):
-        return {}
-    aggregate = aggregate_seeds([r for _, r in results])
-    if distributed.is_main():
-        write_seed_report(out, aggregate, results, title=f"{cfg.recipe}: {len(seeds)} seeds (last epoch, test set)")
-    return {"aggregate": aggregate, "seeds": {name: r for name, r in results}}
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: str | None = None,
                         write: bool = True) -> dict[str, Any]:
     """Re-evaluate a checkpoint on its test set and (re)write its report beside it."""
-    from .runs import resolve_checkpoint
-
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])
@@ -412,8 +307,6 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     with distributed.main_first():
         splits = load_splits(cfg.data).to(dev)
     counts = splits.train.class_counts()
-    from .decouple import model_from_checkpoint  # rebuilds decoupled heads too
-
     model = model_from_checkpoint(state, splits.train.num_classes, splits.train.image_shape[0], str(ckpt))
     model.to(dev)
     summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
@@ -423,13 +316,6 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
         write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
                      extra=extra)
     return {**summary, **extra}
-
-
-def console_table(name: str, result: dict[str, Any]) -> str:
-    if "aggregate" in result:
-        rows = [(name, result["aggregate"])] + list(result["seeds"].items())
-        return summary_table(rows)
-    return summary_table([(name, result)])
 
 
 def read_report(run: str | Path) -> dict[str, Any]:

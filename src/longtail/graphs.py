@@ -29,28 +29,20 @@ with :class:`EagerStep`.
 
 from __future__ import annotations
 
-import contextlib
+import time
+import warnings
 from typing import Any, Callable, Hashable
 
 import torch
 import torch.nn as nn
 
+from .devices import autocast_for
+from .distributed import current
 from .errors import LongtailError
 
 ENGINES = ("auto", "eager", "graph")
 #: ``train.compile``: off, or a ``torch.compile`` mode (``default`` is torch.compile's own default)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def autocast_for(device: torch.device, amp: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; float32 on the CPU, where bf16 measured 10x slower (benchmarks/RESULTS.md).
-
-    ``cache=False`` inside CUDA graph capture (autocast's cast cache must not outlive the capture).
-    """
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if not use:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 class EagerStep:
@@ -86,7 +78,6 @@ def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str
     for g in optimizer.param_groups:
         if g.get("nesterov") or g.get("dampening", 0) or g.get("maximize"):
             return "the graphed step implements SGD without Nesterov, dampening or maximize"
-    from .distributed import current
 
     if current().world > 1:
         return "several processes (DDP) train eagerly"
@@ -195,8 +186,6 @@ class GraphStep:
             return step()
 
     def _capture(self, key: Hashable, batch: Any) -> torch.Tensor:
-        import time
-
         t0 = time.perf_counter()
         static = type(batch)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in batch))
         graph = torch.cuda.CUDAGraph()
@@ -207,8 +196,6 @@ class GraphStep:
             if not self.fallback:
                 raise LongtailError(f"capturing the training step as a CUDA graph failed: {type(e).__name__}: "
                                     f"{str(e)[:300]}", "train with train.engine=eager") from e
-            import warnings
-
             warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}); "
                           "training on with eager steps (set train.engine=eager to skip the attempt)", stacklevel=2)
             self.capture = False
@@ -237,8 +224,6 @@ def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device:
         raise LongtailError(f"unknown train.compile {mode!r}", f"use one of: {', '.join(COMPILE_MODES)}")
     if mode == "off":
         return model, 0.0
-    import time
-
     t0 = time.perf_counter()
     compiled = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
     saved = {k: b.clone() for k, b in model.named_buffers()}
@@ -277,8 +262,6 @@ def resolve_engine(engine: str, device: torch.device, compile_mode: str = "off")
         raise LongtailError(f"train.compile={compile_mode} records CUDA graphs itself, inside train.engine=graph's own",
                             "use train.compile=max-autotune-no-cudagraphs (or default) with train.engine=graph")
     if engine == "auto":
-        from .distributed import current
-
         graphed = device.type == "cuda" and current().world == 1 and compile_mode not in CUDAGRAPH_COMPILE_MODES
         return "graph" if graphed else "eager"
     return engine
@@ -307,6 +290,6 @@ def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.opti
     return EagerStep(model, task, optimizer, device, amp)
 
 
-__all__ = ["COMPILE_MODES", "CUDAGRAPH_COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "autocast_for", "compile_model",
+__all__ = ["COMPILE_MODES", "CUDAGRAPH_COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "compile_model",
            "graph_unsupported_reason", "make_stepper", "resolve_engine", "sgd_update",
            "training_engine"]

@@ -19,8 +19,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .devices import autocast_for
+from .distributed import all_mean, is_main
 from .errors import LongtailError
-from .graphs import autocast_for, make_stepper
+from .graphs import make_stepper
 from .tasks import Task
 
 
@@ -38,20 +40,6 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
-
-
-def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
-    """Whether the model trains in channels-last memory format: ``train.channels_last``.
-
-    ``auto`` is on: on CUDA (bf16 convolutions are made for it; not measured by us yet) and on the
-    CPU, where a whole ResNet-32 epoch of CIFAR-10-LT took 94.7 s against 105.8 s contiguous
-    (benchmarks/RESULTS.md, 2 cores).
-    """
-    if setting not in ("auto", "on", "off"):
-        from .errors import LongtailError
-
-        raise LongtailError(f"unknown train.channels_last {setting!r}", "use auto, on or off")
-    return setting in ("on", "auto")
 
 
 def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
@@ -84,7 +72,6 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    from .distributed import all_mean, is_main
 
     if progress is None:
         progress = sys.stderr.isatty() and is_main()

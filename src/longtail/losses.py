@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import LossConfig
 from .counts import ClassCounts
 from .errors import LongtailError
 
@@ -104,8 +105,7 @@ def _require_nonempty(counts: ClassCounts, what: str) -> None:
 def log_prior(counts: ClassCounts) -> Tensor:
     """``log pi_c = log(n_c / N)`` as a ``(C,)`` float32 tensor (computed in float64)."""
     _require_nonempty(counts, "the log prior log(n_c / N) (balanced softmax, logit adjustment)")
-    n = counts.tensor(dtype=torch.float64)
-    return torch.log(n / n.sum()).float()
+    return counts.log_prior()
 
 
 def ldam_margins(counts: ClassCounts, *, max_margin: float = 0.5) -> Tensor:
@@ -355,3 +355,19 @@ def make_loss(name: str, counts: ClassCounts, **params: float) -> nn.Module:
         raise LongtailError(f"loss {name!r} needs the parameter(s) {', '.join(missing)}", f"pass {hint}")
     return cls(counts, **params)
 
+
+def loss_params(lc: LossConfig) -> dict[str, float]:
+    """The loss's own hyperparameters, from the flat ``LossConfig``."""
+    return {
+        "ce": {},
+        "focal": {"gamma": lc.focal_gamma},
+        "ldam": {"max_margin": lc.ldam_max_margin, "scale": lc.ldam_scale},
+        "balanced-softmax": {},
+        "logit-adjust": {"tau": lc.tau},
+        "cdt": {"gamma": lc.cdt_gamma},
+    }.get(lc.name, {})
+
+
+def loss_from_config(lc: LossConfig, counts: ClassCounts) -> nn.Module:
+    """The loss that ``LossConfig`` describes, with its own hyperparameters."""
+    return make_loss(lc.name, counts, **loss_params(lc))

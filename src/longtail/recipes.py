@@ -6,10 +6,12 @@ override any field (``--epochs``, ``--imbalance-ratio`` or ``--set section.field
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 
 from .config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import LongtailError
+from .ssl.config import default_config
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,6 @@ def _large_image_recipes() -> list[Recipe]:
 
 def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
     """Self-supervised pre-training (Yang & Xu 2020; Liu et al. 2022) and fine-tuning after it."""
-    from .ssl.config import default_config
 
     out = []
     for ds in ("cifar10", "cifar100"):
@@ -194,8 +195,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in _recipes()}
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        import difflib
-
         close = difflib.get_close_matches(name, RECIPES, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise LongtailError(f"unknown recipe {name!r}", f"{hint}`longtail recipes` lists them")

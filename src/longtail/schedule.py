@@ -8,6 +8,12 @@ warm-up and the milestones to the run's epoch count, so 200 epochs is exactly th
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
+
+from .errors import LongtailError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 REFERENCE_EPOCHS = 200
 
@@ -51,3 +57,14 @@ def cosine_lr(epoch: int, *, base_lr: float, epochs: int, warmup_epochs: float =
 
 
 SCHEDULES = ("step", "cosine")
+
+
+def lr_function(cfg: RunConfig) -> Callable[[int], float]:
+    """The learning rate of each epoch of a run, from its ``train`` section."""
+    t = cfg.train
+    if t.schedule == "step":
+        return lambda e: step_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+                                 milestones=t.milestones)
+    if t.schedule == "cosine":
+        return lambda e: cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
+    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")

@@ -56,13 +56,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoints import load_model_state, save_checkpoint
 from .config import RunConfig
+from .data.semi import load_splits
+from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
+from .experiment import build_task, compiled_for_training, evaluate_model
 from .graphs import training_engine
-from .loop import EpochRecord, epoch_generator, fit, make_sgd, use_channels_last
+from .loop import EpochRecord, epoch_generator, fit, make_sgd
+from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
+from .report import write_report
+from .runs import RunDir, clear_run_folder, resume_or_start
+from .schedule import lr_function
 from .tasks import SupervisedTask
 
 __all__ = [
@@ -501,7 +509,6 @@ def stack_unsupported_reason(cfg: RunConfig) -> str | None:
         return "semi-supervised tasks (train.semi, data.pseudo_labels) are not stackable"
     if cfg.train.init_from:
         return "pre-trained initialisation (train.init_from) is loaded per run, not into a stacked network"
-    from .experiment import build_model
 
     try:
         with torch.device("meta"):
@@ -526,8 +533,6 @@ def stacked_resume_problem(out: str | Path, seeds: Sequence[int]) -> str | None:
     They can when none holds a checkpoint (a fresh start) or all hold one at the same epoch.
     A caller choosing stacking automatically can fall back to sequential training otherwise.
     """
-    from .runs import RunDir
-
     out = Path(out)
     runs = [RunDir(out / f"seed-{s}") for s in seeds]
     present = [r.has_checkpoint() for r in runs]
@@ -576,8 +581,6 @@ def train_stacked(
     ``stop_after`` ended the run early. Resumes from the seed folders' checkpoints when all of
     them hold one at the same epoch (written by this function or by ``train_one``).
     """
-    from .runs import RunDir
-
     with contextlib.ExitStack() as locks:
         for s in seeds:
             locks.enter_context(RunDir(Path(out) / f"seed-{s}").lock(log))
@@ -588,10 +591,6 @@ def train_stacked(
 def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, splits: Any, command: list[str] | None,
                    progress: bool | None, stop_after: int | None, log: Callable[[str], None],
                    restart: bool) -> list[dict[str, Any]]:
-    from .data.registry import load_splits
-    from .experiment import build_model, build_task, evaluate_model, lr_function, resolve_device
-    from .report import write_report
-    from .runs import RunDir, clear_run_folder, load_model_state, resume_or_start, save_checkpoint
 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -644,13 +643,12 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
 
     stacked = stack(members)
     del members
-    if use_channels_last(device, t.channels_last):
+    if use_channels_last(t.channels_last):
         stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if opt_states is not None:
         optimizer.load_state_dict(stack_optimizer_state(stacked, opt_states))
     setup_s = time.perf_counter() - t_setup
-    from .experiment import compiled_for_training
 
     c0, h, w = train.image_shape
     train_model, compile_s = compiled_for_training(stacked, cfg, (len(seeds) * c0, h, w), device)  # member-major channels

@@ -2,7 +2,8 @@
 
 from .augment import Augment, Batch, eval_batches, iterate_batches, normalize
 from .imageset import ImageSet, concat
-from .registry import DATASETS, Splits, load_splits
+from .registry import DATASETS, Splits
+from .semi import load_splits
 from .splits import longtail_indices, make_longtailed, validation_split
 
 __all__ = [

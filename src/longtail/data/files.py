@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..counts import ClassCounts
+from ..distributed import default_workers
 from ..errors import LongtailError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -334,7 +335,6 @@ class FileOptions:
 
 def file_options(cfg: object) -> FileOptions:
     """The file-data settings of a ``DataConfig``; fields it lacks take their defaults."""
-    from ..distributed import default_workers
 
     dataset = getattr(cfg, "dataset")
     train, val, test = FILE_DATASETS[dataset]

@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from ..devices import autocast_for
 from ..distributed import Shard, current
 from ..errors import LongtailError
-from .augment import Batch, normalize
+from .augment import Batch, eval_batches, normalize
 from .files import FileImageSet
 
 #: the evaluation resize before the centre crop is image_size * 256 / 224 (256 for 224), as in the references
@@ -313,7 +314,6 @@ def predict_files(model: nn.Module, data: FileImageSet, device: torch.device, am
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, str]]:
     """Logits (n, C) float32 on the CPU, labels (n,) and rows (n,) of ``data``'s ``rows`` (default all),
     with the evaluation transform; plus the rows skipped as unreadable (``on_bad_image="skip"``)."""
-    from ..loop import autocast_for
 
     rows = torch.arange(len(data)) if rows is None else rows.cpu()
     plan = [[(r, 0) for r in rows[k:k + batch_size].tolist()] for k in range(0, rows.numel(), batch_size)]
@@ -341,8 +341,6 @@ def feature_batches(data: Any, device: torch.device, batch_size: int = EVAL_BATC
     is row ``i`` of ``data`` (and of ``data.labels``).
     """
     if not isinstance(data, FileImageSet):
-        from .augment import eval_batches
-
         yield from eval_batches(data, batch_size)
         return
     rows = torch.arange(len(data))

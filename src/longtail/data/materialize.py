@@ -16,6 +16,7 @@ them on ``device`` (the GPUs under NCCL): the decoding is split N ways and each 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..distributed import all_gather, current
 from ..errors import LongtailError
@@ -63,7 +64,6 @@ def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, tor
     The set is assembled in one tensor: each process broadcasts its part in turn, written straight
     into its rows, so a device holds the whole set plus one part at most (not the set twice).
     """
-    import torch.distributed as dist
 
     shard = current()
     counts = [int(c) for c in all_gather(torch.tensor([rows.numel()], device=rows.device))]

@@ -14,11 +14,19 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..errors import LongtailError
-from .files import FILE_DATASETS, FileImageSet
-from .imageset import ImageSet
-from .splits import longtail_indices, unused_indices, validation_split
 from ..counts import ClassCounts
+from ..errors import LongtailError
+from .cifar import load_cifar
+from .files import (
+    FILE_DATASETS,
+    FileImageSet,
+    file_options,
+    holdout_validation,
+    load_file_sets,
+)
+from .imageset import ImageSet
+from .pack import load_pack
+from .splits import longtail_indices, unused_indices, validation_split
 
 #: data set -> n_max of its long-tailed versions (REFERENCE.md)
 DATASETS = {"cifar10": 5000, "cifar100": 500, "svhn": 1000, "digits": 140}
@@ -42,8 +50,6 @@ class Splits:
 def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     """The balanced (train, test) sets of a data set."""
     if cfg.dataset in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
-
         return load_cifar(cfg.dataset, Path(cfg.root), download=cfg.download)
     if cfg.dataset == "svhn":
         from .svhn import load_svhn_sets
@@ -56,18 +62,13 @@ def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     raise LongtailError(f"unknown data set {cfg.dataset!r}", f"use one of: {', '.join([*DATASETS, *FILE_DATASETS])}")
 
 
-def load_splits(cfg: DataConfig) -> Splits:
+def load_labeled_splits(cfg: DataConfig) -> Splits:
     """Balanced source -> long-tailed training subset (+ validation split) and the test set;
     image-file data sets as given (see :func:`load_file_splits`)."""
     if cfg.dataset in FILE_DATASETS:
         return load_file_splits(cfg)
     if cfg.pack:
         return _splits_from_pack(cfg)
-    from ..semi.data import build_semi_splits  # the DARP protocol, or labeled + pseudo-labeled data
-
-    semi = build_semi_splits(cfg)
-    if semi is not None:
-        return semi
     source, test = load_balanced(cfg)
     n_max = cfg.n_max if cfg.n_max is not None else DATASETS[cfg.dataset]
     counts = ClassCounts.from_profile(n_max, source.num_classes, cfg.imbalance_ratio, cfg.profile)
@@ -84,7 +85,6 @@ def load_splits(cfg: DataConfig) -> Splits:
 
 def _splits_from_pack(cfg: DataConfig) -> Splits:
     """A device pack's ``train`` group is the long-tailed subset; check it is the one asked for."""
-    from .pack import load_pack
 
     if cfg.dataset != "cifar10" or cfg.val_per_class:
         raise LongtailError("device packs hold CIFAR-10 without a validation split",
@@ -106,7 +106,6 @@ def _splits_from_pack(cfg: DataConfig) -> Splits:
 def load_file_splits(cfg: DataConfig) -> Splits:
     """An image-file data set's splits. Validation: ``data.val_split`` (a file or folder like the others),
     else ``data.val_per_class > 0`` holds out that many training images per class, else none."""
-    from .files import file_options, holdout_validation, load_file_sets
 
     for key in ("pack", "pseudo_labels", "unlabeled_pool"):
         if getattr(cfg, key, None):

@@ -13,7 +13,7 @@ import torch
 
 from ..counts import ClassCounts
 from ..errors import LongtailError
-from .imageset import ImageSet
+from .imageset import ImageSet, concat
 
 
 def longtail_indices(labels: torch.Tensor | np.ndarray, counts: ClassCounts, *, seed: int = 0) -> np.ndarray:
@@ -96,7 +96,6 @@ def validation_split(
         parts.append(pool.subset(torch.from_numpy(np.concatenate(val_from_pool))))
     if len(from_train):
         parts.append(train.subset(torch.from_numpy(from_train)))
-    from .imageset import concat
 
     val = concat(parts, name=f"{train.name}-val")
     return train.subset(torch.from_numpy(np.where(keep)[0]), name=train.name), val

@@ -16,7 +16,11 @@ import torch.nn as nn
 from ..errors import LongtailError
 from .heads import make_head
 from .resnet_cifar import ResNetCifar
-from .torchvision_backbones import TORCHVISION_BACKBONES, backbone_builder, timm_backbone
+from .torchvision_backbones import (
+    TORCHVISION_BACKBONES,
+    backbone_builder,
+    timm_backbone,
+)
 
 
 class Classifier(nn.Module):

@@ -14,9 +14,7 @@ A typical pipeline (Yang & Xu 2020)::
     longtail train cifar10-semi-pseudo --set data.pseudo_labels=runs/pl --out runs/semi
 """
 
-from .data import SemiSplits, build_semi_splits, darp_splits, labeled_splits, rebuild_pool
-from .fixmatch import FixMatchTask, consistency_loss, pseudo_targets, strong_augment
-from .pools import (
+from ..data.pools import (
     UnlabeledSet,
     darp_counts,
     darp_split,
@@ -28,17 +26,24 @@ from .pools import (
     unlabeled_counts,
     unused_pool,
 )
-from .pseudo import (
+from ..data.pseudo_labels import (
     PseudoLabels,
     SavedPseudoLabels,
-    build_pool,
     load_pseudo_labels,
     parse_pool_spec,
-    pseudo_label,
     pseudo_label_report,
-    pseudo_label_run,
     save_pseudo_labels,
 )
+from ..data.semi import (
+    SemiSplits,
+    build_pool,
+    build_semi_splits,
+    darp_splits,
+    labeled_splits,
+    rebuild_pool,
+)
+from .fixmatch import FixMatchTask, consistency_loss, pseudo_targets, strong_augment
+from .pseudo import pseudo_label, pseudo_label_run
 from .task import SemiSupervisedTask, group_weighted_loss
 
 __all__ = [

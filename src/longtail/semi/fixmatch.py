@@ -40,9 +40,9 @@ from torch import Tensor
 
 from ..data.augment import Augment, normalize
 from ..data.imageset import ImageSet
+from ..data.pools import UnlabeledSet
 from ..errors import LongtailError
 from ..tasks import Sampler, Weighting, _Permutation
-from .pools import UnlabeledSet
 from .task import cycled_draw
 
 ALIGNMENTS = ("none", "da", "la")

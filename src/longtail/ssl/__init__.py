@@ -27,13 +27,25 @@ Then :func:`load_pretrained_backbone` puts the backbone into a ``Classifier`` (h
 frozen features with k-NN and linear probes, per class and shot group.
 """
 
+from ..checkpoints import HEAD_MODULES, load_pretrained_backbone
 from .augment import TwoViewAugment
 from .config import METHODS, SSLConfig, apply_ssl_overrides, default_config, default_ssl
-from .evaluate import extract_features, knn_probabilities, linear_probe, representation_report, rotation_accuracy
+from .evaluate import (
+    extract_features,
+    knn_probabilities,
+    linear_probe,
+    representation_report,
+    rotation_accuracy,
+)
 from .losses import info_nce, negative_cosine, rotation_loss, simsiam_loss
-from .models import HEAD_MODULES, MoCo, SimSiam, rotation_model
-from .pretrained import load_pretrained_backbone
-from .reweight import ClassFrequencyWeights, KDEWeights, class_frequency_weights, kde_density, kde_weights
+from .models import MoCo, SimSiam, rotation_model
+from .reweight import (
+    ClassFrequencyWeights,
+    KDEWeights,
+    class_frequency_weights,
+    kde_density,
+    kde_weights,
+)
 from .run import build_pretraining, pretrain_run
 from .sam import SAM, frozen_bn_statistics
 from .tasks import MoCoTask, RotationTask, SimSiamTask, ViewPair, rotate

@@ -13,9 +13,12 @@ m 0.99, T 0.2, no blur, and smaller heads.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import replace
 
-from ..config import DataConfig, ModelConfig, RunConfig, SSLConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, RunConfig, SSLConfig, TrainConfig, _coerce
 from ..errors import LongtailError
 
 #: pre-training methods: ``longtail pretrain METHOD``
@@ -26,8 +29,6 @@ LARGE_DATASETS = ("imagenet-lt", "inat2018", "imagenet")
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        import difflib
-
         close = difflib.get_close_matches(method, METHODS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise LongtailError(f"unknown pre-training method {method!r}", f"{hint}use one of: {', '.join(METHODS)}")
@@ -80,10 +81,7 @@ def apply_ssl_overrides(ssl: SSLConfig, overrides: dict[str, object]) -> SSLConf
     Keys without the ``ssl.`` prefix are rejected, so a CLI can split ``--set`` items between
     ``longtail.config.apply_overrides`` and this function.
     """
-    import dataclasses
-    import typing
 
-    from ..config import _coerce
 
     hints = typing.get_type_hints(SSLConfig)
     changes = {}

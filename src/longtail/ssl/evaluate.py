@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from ..counts import ClassCounts
 from ..data.augment import eval_batches
 from ..data.imageset import ImageSet
-from ..loop import autocast_for
+from ..devices import autocast_for
 from ..metrics import summarize
 from ..weights import class_weights
+from .tasks import rotate
 
 
 @torch.no_grad()
@@ -130,7 +131,6 @@ def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, 
 def rotation_accuracy(model: nn.Module, data: ImageSet, device: torch.device, amp: str = "auto",
                       batch_size: int = 256) -> float:
     """Pretext accuracy (%) of a rotation model: every image of ``data`` in all four rotations."""
-    from .tasks import rotate
 
     was_training = model.training
     model.eval()

@@ -22,10 +22,6 @@ import torch.nn.functional as F
 from ..models import Classifier
 from ..models.heads import LinearHead
 
-#: top-level module names of pre-training heads (and of supervised heads): never backbone tensors
-HEAD_MODULES = ("head", "projector", "predictor", "momentum_backbone", "momentum_projector", "queue",
-                "queue_ptr", "rotation_head", "fc", "linear")
-
 
 def rotation_model(backbone: nn.Module) -> Classifier:
     """The backbone with a 4-way rotation head (0, 90, 180, 270 degrees)."""

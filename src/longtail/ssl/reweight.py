@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..counts import ClassCounts
 from ..errors import LongtailError
+from .evaluate import extract_features
 
 
 def _normalise(w: torch.Tensor, max_weight: float | None) -> torch.Tensor:
@@ -114,8 +115,6 @@ class KDEWeights:
 
     def weights_at(self, epoch: int) -> torch.Tensor:
         if self.weight is None or (epoch % self.every == 0 and self.computed_at != epoch):
-            from .evaluate import extract_features
-
             features = extract_features(self.backbone, self.data, self.device, self.amp)
             self.weight = kde_weights(features, bandwidth=self.bandwidth, power=self.power,
                                       max_weight=self.max_weight)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,21 +27,32 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .. import distributed
+from .. import __version__, distributed
+from ..checkpoints import load_model_state, save_checkpoint
 from ..config import RunConfig
 from ..data.augment import Augment
 from ..data.imageset import ImageSet
-from ..data.registry import Splits, load_splits
+from ..data.materialize import materialize
+from ..data.registry import Splits
+from ..data.semi import load_splits
+from ..devices import use_channels_last
+from ..distributed import start_process
 from ..errors import LongtailError
-from ..experiment import lr_function, start_process
 from ..graphs import training_engine
-from ..loop import EpochRecord, fit, use_channels_last
+from ..loop import EpochRecord, fit
 from ..models import make_model
 from ..report import summary_table, write_report
-from ..runs import RunDir, atomic_write_text, clear_run_folder, load_model_state, resume_or_start, save_checkpoint
+from ..runs import RunDir, clear_run_folder, resume_or_start
+from ..schedule import lr_function
+from ..storage import atomic_write_text
 from .augment import TwoViewAugment
 from .config import SSLConfig, check_method, default_ssl
-from .evaluate import extract_features, knn_probabilities, representation_report, rotation_accuracy
+from .evaluate import (
+    extract_features,
+    knn_probabilities,
+    representation_report,
+    rotation_accuracy,
+)
 from .models import MoCo, SimSiam, rotation_model
 from .reweight import ClassFrequencyWeights, KDEWeights
 from .sam import SAM
@@ -92,7 +104,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
         else:
             log("SimSiam: SyncBatchNorm needs GPUs; on the CPU each process normalises its own rows")
     model = model.to(device)
-    if use_channels_last(device, t.channels_last):
+    if use_channels_last(t.channels_last):
         model = model.to(memory_format=torch.channels_last)
 
     weights = None
@@ -129,10 +141,6 @@ def _meta(method: str, ssl: SSLConfig) -> dict[str, Any]:
 
 
 def _write_config(run: RunDir, cfg: RunConfig, method: str, ssl: SSLConfig, command: list[str] | None) -> None:
-    import sys
-
-    from .. import __version__
-
     run.root.mkdir(parents=True, exist_ok=True)
     meta = {"config": cfg.to_dict(), "pretrain": _meta(method, ssl),
             "command": command if command is not None else sys.argv,
@@ -182,7 +190,6 @@ def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, s
     with distributed.main_first():
         splits = splits or load_splits(cfg.data)
     if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
-        from ..data.materialize import materialize
 
         log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
             f"({splits.train.image_size} px) for pre-training"

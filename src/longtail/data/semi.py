@@ -1,7 +1,7 @@
 """From a ``DataConfig`` to semi-supervised splits: the DARP protocol, and labeled + pseudo-labeled data.
 
-:func:`build_semi_splits` is the hook ``longtail.data.registry.load_splits`` calls first; it
-returns ``None`` for plain long-tailed data, so the usual path runs unchanged.
+:func:`load_splits` is how every run gets its data: :func:`build_semi_splits` first, which returns
+``None`` for plain long-tailed data, then the registry's labeled splits.
 
 * ``data.protocol=darp``: the labeled part of the DARP protocol is the training set; its
   unlabeled part (labels hidden) rides along in ``SemiSplits.unlabeled`` for consistency
@@ -20,18 +20,26 @@ plus kept pseudo-labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ..config import DataConfig
-from ..data.imageset import ImageSet, concat
-from ..data.registry import Splits
 from ..errors import LongtailError
-from .pools import UnlabeledSet, darp_split, hide_labels, load_image_folder
-from .pseudo import SavedPseudoLabels, build_pool, load_pseudo_labels, parse_pool_spec, pseudo_label_report
+from .imageset import ImageSet, concat
+from .pools import UnlabeledSet, darp_split, hide_labels, load_image_folder, unused_pool
+from .pseudo_labels import (
+    POOL_KINDS,
+    SavedPseudoLabels,
+    load_pseudo_labels,
+    parse_pool_spec,
+    pseudo_label_report,
+)
+from .registry import Splits, load_balanced, load_labeled_splits
+from .splits import validation_split
 
 PROTOCOLS = ("lt", "darp")
 
@@ -59,9 +67,6 @@ class SemiSplits(Splits):
 
 def darp_splits(cfg: DataConfig) -> tuple[Splits, UnlabeledSet]:
     """The DARP protocol's labeled splits (+ a validation split from the images neither part uses) and pool."""
-    from ..data.registry import load_balanced
-    from ..data.splits import validation_split
-
     if cfg.pack:
         raise LongtailError("the DARP protocol is cut from the full training set, not a device pack",
                             "unset data.pack and point --data-root at the data set")
@@ -81,19 +86,11 @@ def labeled_splits(cfg: DataConfig) -> Splits:
     """The labeled (train, test, val) of a config, without any pseudo-labels."""
     if cfg.protocol == "darp":
         return darp_splits(cfg)[0]
-    from ..data.registry import load_splits
-
-    # pseudo_labels=None and no pool: build_semi_splits returns None there, so no recursion.
-    plain = replace(cfg, pseudo_labels=None)
-    if hasattr(plain, "unlabeled_pool"):
-        plain = replace(plain, unlabeled_pool=None)  # type: ignore[call-arg]
-    return load_splits(plain)
+    return load_labeled_splits(replace(cfg, pseudo_labels=None, unlabeled_pool=None))
 
 
 def rebuild_pool(saved: SavedPseudoLabels, cfg: DataConfig) -> UnlabeledSet:
     """The pool of a pseudo-label folder, rows in the order they were labeled."""
-    from ..data.registry import load_balanced
-
     spec = saved.pool_spec
     rows = saved.labels.source_index
     if spec["kind"] == "folder":
@@ -178,3 +175,54 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
                 pseudo_threshold=pl.threshold, pseudo_kept=report["kept"], pseudo_accuracy=report["accuracy"],
                 pseudo_kept_counts=report["kept_counts"], train_counts=list(train.class_counts().counts))
     return SemiSplits(train, base.test, base.val, is_pseudo=is_pseudo.to(train.device), unlabeled=unlabeled, info=info)
+
+
+def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], None] = print
+               ) -> tuple[UnlabeledSet, dict[str, Any]]:
+    """The pool a spec describes for a run's data settings; returns ``(pool, resolved spec)``.
+
+    The resolved spec adds the defaults, the sizes, and the data settings it was built for
+    (``spec["data"]``); together with the pool's ``source_index`` it rebuilds the same pool.
+    """
+
+    kind = spec.get("kind")
+    if kind not in POOL_KINDS:
+        raise LongtailError(f"unknown unlabeled pool kind {kind!r}", f"use one of: {', '.join(POOL_KINDS)}")
+    if data.pack and kind != "folder":
+        raise LongtailError("a pool cut from the training source needs the data set itself, not a device pack",
+                            "run with data.pack unset (and --data-root), or use --pool folder:PATH")
+    resolved: dict[str, Any] = {**spec, "data": asdict(data)}
+    source, test = load_balanced(data)
+    if kind == "unused":
+        labeled = labeled_splits(data)
+        used = torch.cat([labeled.train.source_index.cpu()]  # type: ignore[union-attr]
+                         + ([labeled.val.source_index.cpu()] if labeled.val is not None else []))  # type: ignore[union-attr]
+        rho_u = float(spec.get("rho_u", data.imbalance_ratio))
+        factor = float(spec.get("factor", 5.0))
+        seed = int(spec.get("seed", 0))
+        pool, info = unused_pool(source, used, labeled_total=len(labeled.train), rho_u=rho_u, factor=factor,
+                                 seed=seed, log=log)
+        resolved.update(rho_u=rho_u, factor=factor, seed=seed, labeled_size=len(labeled.train), **info)
+        return pool, resolved
+    if kind == "darp":
+        if data.protocol != "darp":
+            raise LongtailError("--pool darp is the unlabeled part of the DARP protocol, but this run was trained on "
+                                f"data.protocol={data.protocol!r}",
+                                "pseudo-label a run trained with data.protocol=darp, or use --pool unused:...")
+        _, pool = darp_split(source, n1=data.darp_n1, m1=data.darp_m1, gamma_l=data.darp_gamma_l,
+                             gamma_u=data.darp_gamma_u, reverse=data.darp_reverse, seed=data.subset_seed)
+        counts = pool.hidden_counts()
+        resolved.update(size=len(pool), counts=list(counts.counts) if counts else None)
+        return pool, resolved
+    pool = load_image_folder(spec["path"], size=test.image_shape[1:], channels=test.image_shape[0],
+                             class_names=test.class_names, mean=test.mean, std=test.std)
+    resolved.update(path=str(Path(spec["path"]).resolve()), size=len(pool))
+    return pool, resolved
+
+
+def load_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) -> Splits:
+    """The train / test (/ validation) sets of a run: semi-supervised splits (the DARP protocol, labeled +
+    pseudo-labeled data, an unlabeled pool) when ``cfg`` asks for them, else the labeled splits
+    (:func:`longtail.data.registry.load_labeled_splits`)."""
+    semi = build_semi_splits(cfg, log=log)
+    return semi if semi is not None else load_labeled_splits(cfg)

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ..counts import ClassCounts
-from ..errors import LongtailError
 from ..data.imageset import ImageSet
+from ..errors import LongtailError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
