@@ -230,6 +230,28 @@ def test_train_stacked_matches_sequential_runs(tmp_path, splits):
         assert abs(result["top1"] - seq["top1"]) <= 100 / 40 + 1e-9
 
 
+def test_stacked_and_sequential_runs_keep_the_same_epoch_records(tmp_path):
+    """One EpochLog for both drivers: with a validation split evaluated every epoch, the stacked run logs
+    val_top1 and val_balanced, keeps best-val.pt and reports best_val_epoch, as a sequential run does."""
+    val_splits = Splits(synthetic_set([40, 20, 10, 6]), synthetic_set([10, 10, 10, 10], seed=1, name="test"),
+                        synthetic_set([5, 5, 5, 5], seed=2, name="val"))
+    cfg = tiny_config(epochs=3, eval_every=1)
+    train_stacked(cfg, [0, 1], tmp_path / "stacked", splits=val_splits, progress=False, log=lambda _: None)
+    train_one(cfg, tmp_path / "seq", splits=val_splits, progress=False)
+    runs = {"stacked": tmp_path / "stacked" / "seed-0", "sequential": tmp_path / "seq"}
+    rows = {k: [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for k, r in runs.items()}
+    reports = {k: json.loads((r / "report.json").read_text()) for k, r in runs.items()}
+    for k, run in runs.items():
+        assert all({"val_top1", "val_balanced"} <= set(r) for r in rows[k]), k
+        assert (run / "checkpoints" / "best-val.pt").is_file(), k
+        assert not (run / "checkpoints" / "previous-best-val.pt").exists(), k
+        best = max(range(3), key=lambda e: (rows[k][e]["val_balanced"], -e))  # the first epoch of the best score
+        assert reports[k]["best_val_epoch"]["epoch"] == best + 1, k
+        assert "val" in reports[k], k
+    for a, b in zip(rows["stacked"], rows["sequential"]):
+        assert a["val_balanced"] == pytest.approx(b["val_balanced"], abs=100 / 20 + 1e-9)  # 20 images: one flip at most
+
+
 @pytest.mark.slow
 def test_resume_stacked_and_across_modes(tmp_path, splits):
     cfg = tiny_config(epochs=2)

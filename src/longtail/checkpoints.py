@@ -43,12 +43,12 @@ RESTART_FIX = "pass --restart to start the run over (this deletes the run folder
 
 def save_checkpoint(path: Path, *, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     next_epoch: int, records: list[dict[str, Any]], extra: dict[str, Any] | None = None,
-                    keep_previous: bool = True) -> None:
+                    keep_previous: bool | None = None) -> None:
     """Write a checkpoint atomically, with a checksum of its payload.
 
     Weights that are not finite are never written (the last good checkpoint stays). With
-    ``keep_previous`` the checkpoint it replaces is kept as ``previous.pt`` beside it, so that a
-    damaged newest checkpoint does not lose the run."""
+    ``keep_previous`` (default: for ``last.pt``) the checkpoint it replaces is kept as ``previous.pt``
+    beside it, so that a damaged newest checkpoint does not lose the run."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = next((k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
@@ -68,6 +68,8 @@ def save_checkpoint(path: Path, *, config: RunConfig, model: torch.nn.Module, op
     }
     state["checksum"] = digest(state)
     path = Path(path)
+    if keep_previous is None:
+        keep_previous = path.name == "last.pt"
     if keep_previous and path.is_file():
         tmp_new = path.with_name(f".{path.name}.new.tmp")
         atomic_write_bytes(tmp_new, lambda f: torch.save(state, f))

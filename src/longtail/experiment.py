@@ -28,7 +28,6 @@ from .checkpoints import (
     load_pretrained_backbone,
     model_from_checkpoint,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from .config import RunConfig
 from .counts import ClassCounts
@@ -46,7 +45,7 @@ from .metrics import summarize
 from .mfw import MFWTask
 from .models import build_model
 from .report import write_report
-from .runs import RunDir, clear_run_folder, resume_or_start
+from .runs import EpochLog, RunDir, clear_run_folder, resume_or_start
 from .samplers import make_sampler
 from .schedule import lr_function, scaled_epoch
 from .semi.fixmatch import FixMatchTask
@@ -218,22 +217,10 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     setup_s = time.perf_counter() - t_setup
     train_model, compile_s = compiled_for_training(train_model, cfg, train.image_shape, device)
 
+    epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None)
+
     def on_epoch_end(rec: EpochRecord) -> None:
-        row = asdict(rec)
-        if splits.val is not None and t.eval_every and (rec.epoch + 1) % t.eval_every == 0:
-            val = evaluate_model(model, splits.val, counts, device, t.amp)
-            row["val_top1"], row["val_balanced"] = val["top1"], val["balanced_accuracy"]
-            best = max((r["val_balanced"] for r in records if "val_balanced" in r), default=None)
-            if main and (best is None or val["balanced_accuracy"] > best):  # chosen on validation, never on test
-                save_checkpoint(run.best_val, config=cfg, model=model, optimizer=None,
-                                next_epoch=rec.epoch + 1, records=[])
-        records.append(row)
-        done = rec.epoch + 1
-        if main:
-            run.write_metrics(records)
-            if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
-                save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer,
-                                next_epoch=done, records=records)
+        epochs.end_epoch(asdict(rec), model, optimizer, validate=lambda: val_scores(model, splits, counts, device, t.amp))
 
     t_train = time.perf_counter()
     fit_stats: dict[str, float] = {}
@@ -262,19 +249,34 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
         merged = {k: v for part in skipped for k, v in part.items()}
         extra["train_unreadable_images"] = _unreadable(train, merged)  # type: ignore[arg-type]
         log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
-    if splits.val is not None:
-        extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
-    if run.best_val.is_file():
-        best_state = load_checkpoint(run.best_val)
-        best_model = build_model(cfg, train.num_classes, train.image_shape[0])
-        load_model_state(best_model, best_state["model"], str(run.best_val))
-        extra["best_val_epoch"] = {"epoch": best_state["next_epoch"],
-                                   "test": evaluate_model(best_model.to(device), test, counts, device, t.amp)}
+    extra.update(validation_report(cfg, run, model, splits, counts, device))
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
     if main:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
+
+
+def val_scores(model: nn.Module, splits: Splits, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, float]:
+    """The validation fields of an epoch's row: top-1 and balanced accuracy on the validation split."""
+    val = evaluate_model(model, splits.val, counts, device, amp)
+    return {"val_top1": val["top1"], "val_balanced": val["balanced_accuracy"]}
+
+
+def validation_report(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, counts: ClassCounts,
+                      device: torch.device) -> dict[str, Any]:
+    """The report's validation entries: the last epoch on the validation split (``val``), and the test
+    scores of the epoch that was best on it (``best_val_epoch``, from ``best-val.pt``)."""
+    out: dict[str, Any] = {}
+    if splits.val is not None:
+        out["val"] = evaluate_model(model, splits.val, counts, device, cfg.train.amp)
+    if run.best_val.is_file():
+        best_state = load_checkpoint(run.best_val)
+        best_model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0])
+        load_model_state(best_model, best_state["model"], str(run.best_val))
+        out["best_val_epoch"] = {"epoch": best_state["next_epoch"],
+                                 "test": evaluate_model(best_model.to(device), splits.test, counts, device, cfg.train.amp)}
+    return out
 
 
 def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[int, ...], device: torch.device

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .checkpoints import RESTART_FIX, load_checkpoint, previous_checkpoint
+from .checkpoints import RESTART_FIX, load_checkpoint, previous_checkpoint, save_checkpoint
 from .config import RunConfig, config_differences
 from .errors import LongtailError
 from .storage import LOCK_NAME, RunLock, atomic_write_text, remove_stale_temporaries
@@ -142,3 +142,49 @@ def resume_or_start(run: RunDir, cfg: RunConfig, *, log: Callable[[str], None] =
         raise LongtailError(f"{run.root} holds a run with other settings: {detail}",
                             "use another --out to keep both, or pass --restart to start this one over")
     return run.resume_state(log)
+
+
+class EpochLog:
+    """What a run keeps of each epoch, the same for every driver (one seed, stacked seeds, pre-training):
+    a row in ``metrics.jsonl``, the validation scores every ``train.eval_every`` epochs, ``best-val.pt``
+    when ``best_by`` improved (chosen on the validation split, never on the test set), and the
+    checkpoint every ``train.checkpoint_every`` epochs and at the last one. Only a process that
+    ``writes`` (rank 0) writes files; every process keeps the rows."""
+
+    def __init__(self, run: RunDir, cfg: RunConfig, records: list[dict[str, Any]], *, writes: bool,
+                 has_val: bool, best_by: str | None = "val_balanced") -> None:
+        self.run, self.cfg, self.records, self.writes = run, cfg, records, writes
+        self.has_val, self.best_by = has_val, best_by
+
+    def validates(self, done: int) -> bool:
+        every = self.cfg.train.eval_every
+        return self.has_val and bool(every) and done % every == 0
+
+    def checkpoints(self, done: int) -> bool:
+        t = self.cfg.train
+        return done % max(t.checkpoint_every, 1) == 0 or done == t.epochs
+
+    def wants_model(self, done: int) -> bool:
+        """Whether :meth:`end_epoch` of epoch ``done`` will use the model (validation or checkpoint)."""
+        return self.validates(done) or self.checkpoints(done)
+
+    def end_epoch(self, row: dict[str, Any], model: torch.nn.Module | None, optimizer: Any,
+                  validate: Callable[[], dict[str, Any]] | None = None,
+                  extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Record epoch ``row["epoch"]``: ``validate()`` gives the row's validation fields, ``extra()`` what
+        the checkpoint carries besides model and optimizer."""
+        done = int(row["epoch"]) + 1
+        if validate is not None and self.validates(done):
+            scores = validate()
+            row.update(scores)
+            if self.best_by is not None and self.best_by in scores:
+                best = max((r[self.best_by] for r in self.records if self.best_by in r), default=None)
+                if self.writes and (best is None or scores[self.best_by] > best):
+                    save_checkpoint(self.run.best_val, config=self.cfg, model=model, optimizer=None,  # type: ignore[arg-type]
+                                    next_epoch=done, records=[])
+        self.records.append(row)
+        if self.writes:
+            self.run.write_metrics(self.records)
+            if self.checkpoints(done):
+                save_checkpoint(self.run.checkpoint, config=self.cfg, model=model, optimizer=optimizer,  # type: ignore[arg-type]
+                                next_epoch=done, records=self.records, extra=extra() if extra else None)

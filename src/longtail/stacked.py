@@ -56,12 +56,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoints import load_model_state, save_checkpoint
+from .checkpoints import load_model_state
 from .config import RunConfig
 from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
-from .experiment import build_task, compiled_for_training, evaluate_model
+from .experiment import build_task, compiled_for_training, evaluate_model, val_scores, validation_report
 from .graphs import training_engine
 from .loop import EpochRecord, epoch_generator, fit, make_sgd
 from .models import build_model
@@ -69,7 +69,7 @@ from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
 from .report import write_report
-from .runs import RunDir, clear_run_folder, resume_or_start
+from .runs import EpochLog, RunDir, clear_run_folder, resume_or_start
 from .schedule import lr_function
 from .tasks import SupervisedTask
 
@@ -653,25 +653,20 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     c0, h, w = train.image_shape
     train_model, compile_s = compiled_for_training(stacked, cfg, (len(seeds) * c0, h, w), device)  # member-major channels
 
+    logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None) for run, c, rows in zip(runs, cfgs, records)]
+
     def on_epoch_end(rec: EpochRecord) -> None:
         losses = task.member_losses()
         done = rec.epoch + 1
-        want_val = splits.val is not None and t.eval_every and done % t.eval_every == 0
-        want_ckpt = done % max(t.checkpoint_every, 1) == 0 or done == t.epochs
-        models = unstack(stacked) if (want_val or want_ckpt) else None
-        for s, run in enumerate(runs):
+        models = unstack(stacked) if logs[0].wants_model(done) else None
+        optimizers = _member_optimizers(stacked, optimizer, models, cfg) if logs[0].checkpoints(done) else None
+        for s, log_s in enumerate(logs):
             row = asdict(rec)
             row["train_loss"] = losses[s]  # this seed's own loss (rec.train_loss is the sum over seeds)
             row["stacked_seeds"] = seeds  # `seconds` is the time of the stacked epoch (all seeds)
-            if want_val:
-                row["val_top1"] = evaluate_model(models[s], splits.val, counts, device, t.amp)["top1"]  # type: ignore[index]
-            records[s].append(row)
-            run.write_metrics(records[s])
-        if want_ckpt:
-            assert models is not None
-            for c, run, model, opt, rows in zip(cfgs, runs, models, _member_optimizers(stacked, optimizer, models, cfg),
-                                                records):
-                save_checkpoint(run.checkpoint, config=c, model=model, optimizer=opt, next_epoch=done, records=rows)
+            model = models[s] if models is not None else None
+            log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None,
+                            validate=lambda m=model: val_scores(m, splits, counts, device, t.amp))
 
     t_train = time.perf_counter()
     fit_stats: dict[str, float] = {}
@@ -694,8 +689,7 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
         extra: dict[str, Any] = {"recipe": c.recipe, "epoch": t.epochs, "split": "test", "seed": c.seed,
                                  "config": c.to_dict(), "device": str(device), "timing": timing,
                                  "train_size": len(train), "test_size": len(test), "stacked_seeds": seeds}
-        if splits.val is not None:
-            extra["val"] = evaluate_model(model, splits.val, counts, device, t.amp)
+        extra.update(validation_report(c, run, model, splits, counts, device))
         if getattr(splits, "info", None):
             extra["semi"] = splits.info
         write_report(run.root, summary, title=f"{c.recipe} (seed {c.seed}, last epoch, test set)", extra=extra)

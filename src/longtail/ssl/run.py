@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__, distributed
-from ..checkpoints import load_model_state, save_checkpoint
+from ..checkpoints import load_model_state
 from ..config import RunConfig
 from ..data.augment import Augment
 from ..data.imageset import ImageSet
@@ -42,7 +42,7 @@ from ..graphs import training_engine
 from ..loop import EpochRecord, fit
 from ..models import make_model
 from ..report import summary_table, write_report
-from ..runs import RunDir, clear_run_folder, resume_or_start
+from ..runs import EpochLog, RunDir, clear_run_folder, resume_or_start
 from ..schedule import lr_function
 from ..storage import atomic_write_text
 from .augment import TwoViewAugment
@@ -225,21 +225,19 @@ def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, s
     # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
     train_model = distributed.wrap(model, device, broadcast_buffers=not isinstance(model, MoCo))
 
+    epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None, best_by=None)
+
+    def val_knn() -> dict[str, float]:
+        probs = knn_probabilities(extract_features(backbone, train, device, t.amp), train.labels,
+                                  extract_features(backbone, splits.val, device, t.amp), train.num_classes,
+                                  k=ssl.knn_k, temperature=ssl.knn_temperature)
+        return {"val_knn_top1": 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())}
+
     def on_epoch_end(rec: EpochRecord) -> None:
         task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
         row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun: every process calls it
-        if splits.val is not None and t.eval_every and (rec.epoch + 1) % t.eval_every == 0:
-            probs = knn_probabilities(extract_features(backbone, train, device, t.amp), train.labels,
-                                      extract_features(backbone, splits.val, device, t.amp), train.num_classes,
-                                      k=ssl.knn_k, temperature=ssl.knn_temperature)
-            row["val_knn_top1"] = 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())
-        records.append(row)
-        done = rec.epoch + 1
-        if main:
-            run.write_metrics(records)
-            if done % max(t.checkpoint_every, 1) == 0 or done == t.epochs:
-                save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=optimizer, next_epoch=done,
-                                records=records, extra={"pretrain": _meta(method, ssl), "task": task.state_dict()})
+        epochs.end_epoch(row, model, optimizer, validate=val_knn,
+                         extra=lambda: {"pretrain": _meta(method, ssl), "task": task.state_dict()})
 
     t_train = time.perf_counter()
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
