@@ -28,8 +28,8 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from the source tree (the GP
 
 from longtail.config import apply_overrides  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
-from longtail.seeds import train_seeds  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
+from longtail.seeds import train_seeds  # noqa: E402
 
 HEADER = ("| date | machine | command | seed | epochs | setup s | compile s | train s | eval s | train img/s "
           "| top-1 | many | medium | few | rarest 3 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")

@@ -196,11 +196,11 @@ def test_valid_edge_values_are_accepted():
 def test_name_lists_mirror_the_registries():
     from longtail.counts import PROFILES
     from longtail.data.files import BAD_IMAGE_POLICIES
+    from longtail.data.semi import PROTOCOLS
     from longtail.graphs import COMPILE_MODES, ENGINES
     from longtail.losses import LOSSES
     from longtail.models.heads import HEADS
     from longtail.samplers import SAMPLERS
-    from longtail.data.semi import PROTOCOLS
     from longtail.semi.fixmatch import ALIGNMENTS
     from longtail.weights import SCHEMES
 

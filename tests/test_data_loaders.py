@@ -25,7 +25,8 @@ import torch
 from longtail.data import download as download_mod
 from longtail.data.cifar import DATASET_INFO, N_MAX, load_cifar
 from longtail.data.download import download_and_extract
-from longtail.data.svhn import CLASS_NAMES as SVHN_NAMES, N_MAX_SVHN, load_svhn, load_svhn_sets
+from longtail.data.svhn import CLASS_NAMES as SVHN_NAMES
+from longtail.data.svhn import N_MAX_SVHN, load_svhn, load_svhn_sets
 from longtail.errors import LongtailError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

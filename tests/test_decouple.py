@@ -7,13 +7,13 @@ import torch
 
 import longtail.decouple as dc
 from longtail import ClassCounts, LongtailError
+from longtail.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.registry import Splits
-from longtail.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from longtail.decouple import TAU_GRID, choose_tau, decouple_run
-from longtail.models.wrappers import LogitAdjustedHead, ScaledHead, fold_head, head_wrappers, tau_normalize
 from longtail.experiment import evaluate_checkpoint, train_one
 from longtail.models import LinearHead, make_model
+from longtail.models.wrappers import LogitAdjustedHead, ScaledHead, fold_head, head_wrappers, tau_normalize
 
 from conftest import synthetic_set
 

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from longtail.checkpoints import load_checkpoint
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.registry import Splits
 from longtail.distributed import Shard
 from longtail.experiment import train_one
 from longtail.models import MODELS
 from longtail.models.classifier import TinyNet
-from longtail.checkpoints import load_checkpoint
 from longtail.ssl import SSLConfig, pretrain_run
 
 from conftest import synthetic_set

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-import test_data_loaders
-from test_data_loaders import _closed_port_url, _targz, write_fake_cifar10
 
+import test_data_loaders
 from longtail.data import download as download_mod
 from longtail.data.cifar import load_cifar
 from longtail.data.download import download_and_extract
 from longtail.errors import LongtailError
+from test_data_loaders import _closed_port_url, _targz, write_fake_cifar10
 
 # the download tests' fixtures: the local HTTP server and the guard that refuses any other host
 _local_only = test_data_loaders._local_only

@@ -11,14 +11,21 @@ import torch
 from longtail import LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.files import FileImageSet
-from longtail.data.loader import FileLoader, LoaderTask, PilEvalTransform, PilTrainTransform, _seeded, \
-    eval_transform, train_transform
+from longtail.data.loader import (
+    FileLoader,
+    LoaderTask,
+    PilEvalTransform,
+    PilTrainTransform,
+    _seeded,
+    eval_transform,
+    train_transform,
+)
 from longtail.data.semi import load_splits
 from longtail.experiment import build_task, train_one
 from longtail.loop import epoch_generator
 from longtail.models import make_model
 
-from imagefiles import file_splits, image, write_images, write_imagenet_lt, write_inat
+from imagefiles import file_splits, image, write_imagenet_lt, write_images, write_inat
 
 TRAIN = [12, 6, 3]
 
@@ -228,7 +235,7 @@ def test_file_sets_subset_and_device():
 @pytest.mark.parametrize("method", ["moco", "rotation"])
 def test_pretraining_on_image_files(tmp_path, inlt, method):
     """ImageNet-LT-format files are decoded once, then pre-trained on like tensors; the backbone loads."""
-    from longtail.config import RunConfig, apply_overrides
+    from longtail.config import apply_overrides
     from longtail.ssl import default_config, load_pretrained_backbone, pretrain_run
 
     cfg = default_config(method, "imagenet-lt")

@@ -1,18 +1,17 @@
 """The training loop, run folders, resuming and multi-seed reports, on tiny synthetic data."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 from longtail import LongtailError
+from longtail.checkpoints import load_checkpoint
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
 from longtail.data.registry import Splits
 from longtail.experiment import evaluate_checkpoint, train_one
-from longtail.seeds import train_seeds
-from longtail.checkpoints import load_checkpoint
 from longtail.schedule import step_lr
+from longtail.seeds import train_seeds
 
 from conftest import synthetic_set
 

@@ -18,3 +18,20 @@ def test_api_example_runs(capsys):
 def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README.read_text() and "python -m pytest -q" in ci
+
+
+def test_the_package_table_names_every_module_and_no_other():
+    """README "What is in the package": every file of the package is named, and every name is a file."""
+    text = README.read_text()
+    section = text[text.index("## What is in the package"):]
+    section = section[:section.index("\n## ", 3)]
+    named = set(re.findall(r"`([\w/]+\.py|[\w]+/)`", section))
+    pkg = README.parent / "src" / "longtail"
+    files = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    top = {f for f in files if "/" not in f} | {f.split("/")[0] + "/" for f in files if "/" in f}
+    inner = {f.split("/")[-1] for f in files if "/" in f and f.split("/")[0] in ("data", "models")}
+    assert top - named == set(), "modules the table does not name"
+    assert inner - named == set(), "data/ and models/ files the table does not name"
+    basenames = {f.split("/")[-1] for f in files} | top
+    missing = {n for n in named if n not in basenames and not (pkg / n).exists() and not (README.parent / n).exists()}
+    assert missing == set(), "names in the table that are not files"

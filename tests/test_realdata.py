@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from longtail.config import DataConfig
+from longtail.counts import ClassCounts
 from longtail.data.semi import load_splits
 from longtail.data.splits import longtail_indices
-from longtail.counts import ClassCounts
 
 from conftest import SHARED_DATA, require_real_cifar10
 

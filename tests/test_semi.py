@@ -11,16 +11,15 @@ import torch
 import torch.nn as nn
 
 from longtail import LongtailError
+from longtail.checkpoints import save_checkpoint
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.counts import ClassCounts, profile_counts
 from longtail.data.augment import Augment, Batch
 from longtail.data.imageset import ImageSet
 from longtail.data.splits import longtail_indices
-from longtail.models import build_model
 from longtail.loop import fit, make_sgd
 from longtail.losses import make_loss
-from longtail.models import make_model
-from longtail.checkpoints import save_checkpoint
+from longtail.models import build_model, make_model
 from longtail.samplers import make_sampler
 from longtail.semi import (
     FixMatchTask,
@@ -50,7 +49,6 @@ from longtail.semi import (
 from longtail.tasks import SupervisedTask
 
 from conftest import synthetic_set
-
 
 
 @pytest.fixture(autouse=True)

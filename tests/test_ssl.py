@@ -9,15 +9,34 @@ import torch
 import torch.nn.functional as F
 
 from longtail import ClassCounts, LongtailError
-from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.checkpoints import load_checkpoint
+from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
 from longtail.data.imageset import ImageSet
 from longtail.data.registry import Splits
 from longtail.models import make_model
-from longtail.checkpoints import load_checkpoint
 from longtail.ssl import (
-    SAM, MoCo, MoCoTask, RotationTask, SimSiam, SimSiamTask, SSLConfig, TwoViewAugment, apply_ssl_overrides,
-    class_frequency_weights, default_config, default_ssl, frozen_bn_statistics, info_nce, kde_density, kde_weights, knn_probabilities,
-    linear_probe, load_pretrained_backbone, pretrain_run, rotate, rotation_model, simsiam_loss,
+    SAM,
+    MoCo,
+    MoCoTask,
+    RotationTask,
+    SimSiam,
+    SimSiamTask,
+    SSLConfig,
+    TwoViewAugment,
+    class_frequency_weights,
+    default_config,
+    default_ssl,
+    frozen_bn_statistics,
+    info_nce,
+    kde_density,
+    kde_weights,
+    knn_probabilities,
+    linear_probe,
+    load_pretrained_backbone,
+    pretrain_run,
+    rotate,
+    rotation_model,
+    simsiam_loss,
 )
 from longtail.ssl.augment import hsv_to_rgb, random_resized_crop, rgb_to_hsv
 
@@ -486,13 +505,13 @@ def test_pretraining_resumes_exactly(tmp_path, splits, method):
 
 
 def test_ssl_overrides():
-    ssl = apply_ssl_overrides(SSLConfig(), {"ssl.moco_queue": "1024", "ssl.kde_bandwidth": "none",
-                                            "ssl.sam_adaptive": "false", "ssl.rw_weights": "class"})
+    ssl = apply_overrides(RunConfig(), {"ssl.moco_queue": "1024", "ssl.kde_bandwidth": "none",
+                                        "ssl.sam_adaptive": "false", "ssl.rw_weights": "class"}).ssl
     assert (ssl.moco_queue, ssl.kde_bandwidth, ssl.sam_adaptive, ssl.rw_weights) == (1024, None, False, "class")
     with pytest.raises(LongtailError, match="unknown setting"):
-        apply_ssl_overrides(SSLConfig(), {"ssl.queue": "1"})
+        apply_overrides(RunConfig(), {"ssl.queue": "1"})
     with pytest.raises(LongtailError, match="rw_weights"):
-        apply_ssl_overrides(SSLConfig(), {"ssl.rw_weights": "labels"})
+        apply_overrides(RunConfig(), {"ssl.rw_weights": "labels"})
     assert default_ssl("moco", "imagenet-lt").moco_queue == 65536 and default_ssl("moco").moco_queue == 4096
     assert default_config("rotation").train == TrainConfig()  # the supervised reference recipe
     assert default_config("simsiam").train.schedule == "cosine"

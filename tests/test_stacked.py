@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longtail import LongtailError
+from longtail.checkpoints import load_checkpoint
 from longtail.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.augment import Augment
 from longtail.data.registry import Splits
@@ -17,11 +18,19 @@ from longtail.loop import epoch_generator
 from longtail.losses import make_loss
 from longtail.models import MODELS, Classifier, make_model
 from longtail.models.resnet_cifar import ResNetCifar
-from longtail.checkpoints import load_checkpoint
 from longtail.samplers import make_sampler
-from longtail.stacked import (StackedTask, check_stackable, stack, stack_images, stack_optimizer_state,
-                              stack_unsupported_reason, stacked_resume_problem, train_stacked, unstack,
-                              unstack_optimizer_state)
+from longtail.stacked import (
+    StackedTask,
+    check_stackable,
+    stack,
+    stack_images,
+    stack_optimizer_state,
+    stack_unsupported_reason,
+    stacked_resume_problem,
+    train_stacked,
+    unstack,
+    unstack_optimizer_state,
+)
 from longtail.tasks import SupervisedTask
 from longtail.weights import make_weighting
 

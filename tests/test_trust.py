@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from longtail import LongtailError
+from longtail.checkpoints import load_checkpoint, save_checkpoint
 from longtail.data.registry import Splits
 from longtail.experiment import evaluate_checkpoint, train_one
-from longtail.checkpoints import load_checkpoint, save_checkpoint
 from longtail.runs import RunDir
 from longtail.storage import LOCK_NAME, RunLock, digest, load_data_pickle, load_file
 
@@ -59,8 +59,8 @@ def test_every_reader_refuses_a_payload_that_runs_code(tmp_path, splits):
         load_file(evil)
     with pytest.raises(LongtailError, match="refused"):
         evaluate_checkpoint(evil)
-    from longtail.decouple import decouple_run
     from longtail.data.pseudo_labels import load_pseudo_labels
+    from longtail.decouple import decouple_run
     from longtail.ssl import load_pretrained_backbone
 
     with pytest.raises(LongtailError, match="refused"):

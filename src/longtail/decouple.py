@@ -57,7 +57,7 @@ from .devices import autocast_for, resolve_device
 from .errors import LongtailError
 from .experiment import adapt_task, evaluate_model
 from .loop import fit
-from .losses import log_prior, make_loss
+from .losses import adjust_logits, make_loss
 from .metrics import summarize
 from .models import Classifier, CosineHead, make_head
 from .models.wrappers import (
@@ -234,8 +234,7 @@ def _logit_adjust(ctx: Context) -> dict[str, Any]:
         feats = _features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp)
         with torch.no_grad():
             val_logits = model.forward_head(feats).float().cpu()
-        lp = log_prior(ctx.counts)
-        info = _tau_from_val(ctx, lambda tau: val_logits - tau * lp)
+        info = _tau_from_val(ctx, lambda tau: adjust_logits(val_logits, ctx.counts, tau).float())
     model.reset_head(LogitAdjustedHead.for_counts(model.head, ctx.counts, info["tau"]))
     return info
 

@@ -12,7 +12,6 @@ a :class:`~longtail.data.loader.LoaderTask` and are evaluated through DataLoader
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -68,12 +67,11 @@ def adapt_task(task: Task) -> Task:
 
     shard = distributed.current()
     name = type(task).__name__
-    if shard.world > 1 and (isinstance(task, MFWTask) or name == "FixMatchTask"):
-        # MFW calls features()/forward_head(), which DDP does not see; FixMatch keeps per-process state
+    if shard.world > 1 and not task.multi_process:
         raise LongtailError(f"{name} is not supported with several processes",
                             "train it in one process (python -m longtail, not torchrun)")
     if isinstance(getattr(task, "train", None), FileImageSet):
-        if type(task) not in (SupervisedTask, MFWTask):  # others draw their own batches
+        if not task.image_files:
             raise LongtailError(f"{name} is not supported with image files", "use a supervised recipe")
 
         return LoaderTask(task, shard=shard)
@@ -318,10 +316,3 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
         write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
                      extra=extra)
     return {**summary, **extra}
-
-
-def read_report(run: str | Path) -> dict[str, Any]:
-    p = Path(run) / "report.json"
-    if not p.is_file():
-        raise LongtailError(f"{run} has no report.json", "train it first, or run `longtail evaluate` on it")
-    return json.loads(p.read_text())

@@ -71,8 +71,8 @@ class EagerStep:
 
 def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str | None:
     """Why ``GraphStep`` cannot run this task and optimizer, or ``None``."""
-    if not callable(getattr(task, "graph_key", None)):
-        return f"the task ({type(task).__name__}) does not declare a graph_key (its loss may read changing state)"
+    if not getattr(task, "graphable", False):
+        return f"the task ({type(task).__name__}) is not graphable (its loss may read changing state)"
     if type(optimizer) is not torch.optim.SGD:
         return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD"
     for g in optimizer.param_groups:

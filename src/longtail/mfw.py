@@ -142,7 +142,8 @@ class MFWTask(SupervisedTask):
     ``counts`` defaults to the training set's class counts.
     """
 
-    graph_key = None  # type: ignore[assignment]  # its loss draws or reads per-step state: eager steps only
+    multi_process = False  # it calls features() / forward_head(), which DDP does not see
+    graphable = False  # its loss draws per-step state: eager steps only
 
     def __init__(
         self,

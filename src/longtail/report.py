@@ -67,11 +67,6 @@ def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return _md_table(header, body)
 
 
-def format_console_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """The comparison table for a terminal (Markdown reads well there too)."""
-    return summary_table(rows)
-
-
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------

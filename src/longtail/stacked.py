@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -435,6 +434,9 @@ class StackedTask:
     of the epoch so far are :meth:`member_losses`.
     """
 
+    multi_process = False  # several seeds in one process, never under torchrun
+    image_files = False  # tensors only
+
     def __init__(self, members: Sequence[SupervisedTask], seeds: Sequence[int]) -> None:
         self.members, self.seeds = list(members), [int(s) for s in seeds]
         if not self.members or len(self.members) != len(self.seeds):
@@ -461,6 +463,10 @@ class StackedTask:
         if self._loss_sum is not None:
             self._loss_sum.zero_()
         self._calls = 0
+
+    @property
+    def graphable(self) -> bool:
+        return all(m.graphable for m in self.members)
 
     def graph_key(self) -> tuple[str, ...]:
         """The structure of :meth:`loss` this epoch (``longtail.graphs``): the members' weighting."""
@@ -607,12 +613,11 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     cfgs = [replace(cfg, seed=s) for s in seeds]
     runs = [RunDir(out / f"seed-{s}") for s in seeds]
 
-    task_args = (splits,) if len(inspect.signature(build_task).parameters) > 3 else ()  # newer build_task
     members, tasks = [], []
     for c in cfgs:  # exactly as train_one builds each seed's run
         torch.manual_seed(c.seed)  # model initialisation
         members.append(build_model(c, train.num_classes, train.image_shape[0]).to(device))
-        tasks.append(build_task(c, train, counts, *task_args).to(device))
+        tasks.append(build_task(c, train, counts, splits).to(device))
     task = StackedTask(tasks, seeds)
 
     start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]

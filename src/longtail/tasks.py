@@ -25,6 +25,18 @@ class Sampler(Protocol):
 
 
 class Task(Protocol):
+    """What the loop needs of a task, and what a task declares it supports (class attributes):
+
+    - ``multi_process``: it can run under ``torchrun`` (each process takes its rows of every batch);
+    - ``image_files``: its training set may be image files decoded per batch (``LoaderTask``);
+    - ``graphable``: its loss reads only state updated in place, so a step can be captured as a CUDA graph
+      (``longtail.graphs``); such a task also names its loss's structure with ``graph_key()``.
+    """
+
+    multi_process: bool
+    image_files: bool
+    graphable: bool
+
     def on_epoch_start(self, epoch: int) -> None: ...
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]: ...
@@ -49,6 +61,10 @@ class SupervisedTask:
     weighting's ``weight_at(epoch)`` gives the per-class weights of an epoch (None: unweighted),
     which is how deferred re-weighting (DRW) switches at its epoch without a branch in the loop.
     """
+
+    multi_process = True
+    image_files = True
+    graphable = True
 
     def __init__(
         self,

@@ -4,9 +4,9 @@ from .augment import Augment, Batch, eval_batches, iterate_batches, normalize
 from .imageset import ImageSet, concat
 from .registry import DATASETS, Splits
 from .semi import load_splits
-from .splits import longtail_indices, make_longtailed, validation_split
+from .splits import longtail_indices, validation_split
 
 __all__ = [
     "Augment", "Batch", "DATASETS", "ImageSet", "Splits", "concat", "eval_batches", "iterate_batches",
-    "load_splits", "longtail_indices", "make_longtailed", "normalize", "validation_split",
+    "load_splits", "longtail_indices", "normalize", "validation_split",
 ]

@@ -31,7 +31,6 @@ class Augment:
         return images
 
 
-NO_AUGMENT = Augment(crop_padding=0, flip=False)
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:

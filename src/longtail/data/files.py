@@ -139,10 +139,6 @@ class FileImageSet:
         return replace(self, labels=self.labels.to(device), source_index=index)
 
 
-def is_file_set(data: object) -> bool:
-    return isinstance(data, FileImageSet)
-
-
 # ------------------------------------------------------------------------------------------------
 # readers: (relative paths, integer labels) of one split
 # ------------------------------------------------------------------------------------------------
@@ -336,7 +332,7 @@ class FileOptions:
 def file_options(cfg: object) -> FileOptions:
     """The file-data settings of a ``DataConfig``; fields it lacks take their defaults."""
 
-    dataset = getattr(cfg, "dataset")
+    dataset = cfg.dataset
     train, val, test = FILE_DATASETS[dataset]
     workers = getattr(cfg, "num_workers", None)
     return FileOptions(
@@ -431,5 +427,5 @@ def holdout_validation(train: FileImageSet, *, per_class: int, seed: int = 0) ->
 
 
 __all__ = ["BAD_IMAGE_POLICIES", "FILE_DATASETS", "FileImageSet", "FileOptions", "IMAGENET_MEAN", "IMAGENET_STD",
-           "file_options", "holdout_validation", "is_file_set", "load_file_sets", "read_csv", "read_folder",
+           "file_options", "holdout_validation", "load_file_sets", "read_csv", "read_folder",
            "read_imagenet_lt", "read_inat"]

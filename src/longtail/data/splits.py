@@ -37,21 +37,6 @@ def longtail_indices(labels: torch.Tensor | np.ndarray, counts: ClassCounts, *, 
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def make_longtailed(
-    train: ImageSet,
-    *,
-    imbalance_ratio: float,
-    n_max: int,
-    profile: str = "exp",
-    seed: int = 0,
-) -> ImageSet:
-    """The long-tailed subset of a balanced training set (the reference's ``IMBALANCECIFAR``)."""
-    counts = ClassCounts.from_profile(n_max, train.num_classes, imbalance_ratio, profile)
-    idx = longtail_indices(train.labels, counts, seed=seed)
-    name = f"{train.name}-lt{imbalance_ratio:g}" + ("" if profile == "exp" else f"-{profile}")
-    return train.subset(torch.from_numpy(idx), name=name)
-
-
 def validation_split(
     train: ImageSet,
     *,

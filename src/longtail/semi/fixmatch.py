@@ -142,6 +142,10 @@ class FixMatchTask:
     ``last_mask_rate`` holds the share of unlabeled rows above the threshold in the last batch.
     """
 
+    multi_process = False  # it keeps per-process state (distribution alignment)
+    image_files = False  # it draws its own batches from tensors
+    graphable = False
+
     def __init__(
         self,
         train: ImageSet,

@@ -63,7 +63,8 @@ def group_weighted_loss(criterion: nn.Module, logits: Tensor, targets: Tensor, i
 class SemiSupervisedTask(SupervisedTask):
     """``SupervisedTask`` over labeled + pseudo-labeled rows (``is_pseudo`` (N,) bool marks the latter)."""
 
-    graph_key = None  # type: ignore[assignment]  # its loss draws or reads per-step state: eager steps only
+    image_files = False
+    graphable = False  # its loss reads per-step state: eager steps only
 
     def __init__(
         self,

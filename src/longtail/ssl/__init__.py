@@ -29,7 +29,7 @@ frozen features with k-NN and linear probes, per class and shot group.
 
 from ..checkpoints import HEAD_MODULES, load_pretrained_backbone
 from .augment import TwoViewAugment
-from .config import METHODS, SSLConfig, apply_ssl_overrides, default_config, default_ssl
+from .config import METHODS, SSLConfig, default_config, default_ssl
 from .evaluate import (
     extract_features,
     knn_probabilities,
@@ -52,7 +52,7 @@ from .tasks import MoCoTask, RotationTask, SimSiamTask, ViewPair, rotate
 
 __all__ = [
     "HEAD_MODULES", "METHODS", "SAM", "ClassFrequencyWeights", "KDEWeights", "MoCo", "MoCoTask", "RotationTask",
-    "SSLConfig", "SimSiam", "SimSiamTask", "TwoViewAugment", "ViewPair", "apply_ssl_overrides", "build_pretraining",
+    "SSLConfig", "SimSiam", "SimSiamTask", "TwoViewAugment", "ViewPair", "build_pretraining",
     "class_frequency_weights", "default_config", "default_ssl", "extract_features", "frozen_bn_statistics",
     "info_nce", "kde_density", "kde_weights", "knn_probabilities", "linear_probe", "load_pretrained_backbone",
     "negative_cosine", "pretrain_run", "representation_report", "rotate", "rotation_accuracy", "rotation_loss",

@@ -13,12 +13,10 @@ m 0.99, T 0.2, no blur, and smaller heads.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import typing
 from dataclasses import replace
 
-from ..config import DataConfig, ModelConfig, RunConfig, SSLConfig, TrainConfig, _coerce
+from ..config import DataConfig, ModelConfig, RunConfig, SSLConfig, TrainConfig
 from ..errors import LongtailError
 
 #: pre-training methods: ``longtail pretrain METHOD``
@@ -69,26 +67,4 @@ def default_config(method: str, dataset: str = "cifar10", *, imbalance_ratio: fl
         train = TrainConfig(epochs=800, batch_size=512, lr=0.06, weight_decay=5e-4, schedule="cosine",
                             warmup_epochs=0.0, checkpoint_every=20)
         cfg = RunConfig(recipe=name, data=data, train=train)
-    if "ssl" in getattr(RunConfig, "__dataclass_fields__", {}):  # once RunConfig carries the ssl section
-        cfg = replace(cfg, ssl=default_ssl(method, dataset))  # type: ignore[call-arg]
-    return cfg
-
-
-
-def apply_ssl_overrides(ssl: SSLConfig, overrides: dict[str, object]) -> SSLConfig:
-    """``ssl`` with ``{"ssl.moco_queue": "1024", ...}`` applied (strings are parsed as the field's type).
-
-    Keys without the ``ssl.`` prefix are rejected, so a CLI can split ``--set`` items between
-    ``longtail.config.apply_overrides`` and this function.
-    """
-
-
-    hints = typing.get_type_hints(SSLConfig)
-    changes = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if section != "ssl" or name not in hints:
-            raise LongtailError(f"unknown setting {key!r}",
-                                "valid pre-training settings: " + ", ".join(f"ssl.{k}" for k in hints))
-        changes[name] = _coerce(value, hints[name], key) if isinstance(value, str) else value
-    return dataclasses.replace(ssl, **changes)
+    return replace(cfg, ssl=default_ssl(method, dataset))

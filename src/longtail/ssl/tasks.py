@@ -78,6 +78,10 @@ def rotate(images: torch.Tensor, generator: torch.Generator | None, mode: str = 
 class _SSLTask:
     """What every pretext task shares: the image set, the SAM phase, example weights, epoch metrics."""
 
+    multi_process = True  # rows rank::world of every batch (longtail.ssl.run under torchrun)
+    image_files = False  # image files are decoded once to tensors before pre-training
+    graphable = False  # SAM's two passes and the pretext state: eager steps
+
     def __init__(self, train: ImageSet, *, batch_size: int, example_weights: ExampleWeights | None = None,
                  drop_last: bool = True) -> None:
         if len(train) == 0:
