@@ -16,7 +16,8 @@ def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(padded[i, :, dy:dy + 6, dx:dx + 6], out[i])]
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(padded[i, :, dy:dy + 6, dx:dx + 6], out[i])]
         assert found, "each crop must be a window of the padded image"
 
 

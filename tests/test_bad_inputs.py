@@ -85,7 +85,8 @@ def write_fake_cifar10(root: Path, labels_of: Callable[[int, int], list[int]] | 
 def snapshot(path: Path):
     """Every path under ``path`` with, for files, their bytes and modification time; None when absent.
 
-    Folders are recorded by name only: a lock file made and removed again changes a folder's mtime, not what it holds."""
+    Folders are recorded by name only: a lock file made and removed again changes a folder's mtime, not what
+    it holds."""
     if not os.path.lexists(path):
         return None
     if not path.is_dir():
@@ -330,7 +331,8 @@ def _cifar(c: Ctx, root: Path, pattern: str, *extra: str) -> Case:
 def missing_data_folder(c):
     root = c.tmp / "empty-data"
     root.mkdir()
-    return _cifar(c, root, re.escape(str(root)) + r".*cifar-10-batches-py|CIFAR data not found.*" + re.escape(str(root)))
+    return _cifar(c, root,
+                  re.escape(str(root)) + r".*cifar-10-batches-py|CIFAR data not found.*" + re.escape(str(root)))
 
 
 @case
@@ -696,7 +698,8 @@ def test_resume_from_a_code_running_last_checkpoint_never_runs_it(trained_run, t
 
 
 def test_the_code_running_pickles_are_live(tmp_path):
-    """The payload the cases use does run under a plain ``torch.load`` (so its marker staying absent means something)."""
+    """The payload the cases use does run under a plain ``torch.load`` (so its marker staying absent means
+    something)."""
     marker = tmp_path / "PWNED-plain-load"
     f = write_code_pickle(tmp_path / "evil.pt", marker, lambda evil: {"format": "longtail-checkpoint", "model": evil})
     torch.load(f, weights_only=False)

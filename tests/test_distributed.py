@@ -153,7 +153,7 @@ def _assert_same_weights(a: Path, b: Path, atol: float = 5e-5) -> dict:  # float
     mb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
     assert ma.keys() == mb.keys()
     for k in ma:
-        torch.testing.assert_close(ma[k], mb[k], atol=atol, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(ma[k], mb[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     return ma
 
 

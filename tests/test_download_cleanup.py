@@ -154,7 +154,8 @@ def test_http_error_leaves_no_folder(home, status_server, code):
 @pytest.mark.parametrize("code", [404, 500])
 def test_http_error_keeps_existing_root_and_user_files(home, user_root, status_server, code):
     _assert_fails_cleanly(
-        home, lambda: download_and_extract(f"{status_server}/{code}/x.tar.gz", user_root, "0" * 32), "could not download"
+        home, lambda: download_and_extract(f"{status_server}/{code}/x.tar.gz", user_root, "0" * 32),
+        "could not download",
     )
     assert (user_root / "README.txt").read_text() == "my own data root, keep it"
 
@@ -178,7 +179,8 @@ def test_refused_connection_leaves_no_folder(home):
 def test_connection_cut_short_leaves_no_partial_file(home, user_root, cut_server):
     for root in (home / "fresh", user_root):
         err = _assert_fails_cleanly(
-            home, lambda root=root: download_and_extract(f"{cut_server}/big.tar.gz", root, "0" * 32), "could not download"
+            home, lambda root=root: download_and_extract(f"{cut_server}/big.tar.gz", root, "0" * 32),
+            "could not download",
         )
         assert "1000 of 100000" in str(err)
 
@@ -309,7 +311,8 @@ def test_interrupted_move_into_place_is_undone(home, user_root, http_dir, tmp_pa
 
     def flaky_replace(src, dst):
         if moved:
-            raise KeyboardInterrupt if failure is KeyboardInterrupt else OSError(errno.ENOSPC, "No space left on device")
+            raise (KeyboardInterrupt if failure is KeyboardInterrupt
+                   else OSError(errno.ENOSPC, "No space left on device"))
         real_replace(src, dst)
         moved.append(dst)
 

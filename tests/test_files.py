@@ -51,7 +51,7 @@ def test_imagenet_lt_split_files(inlt):
     assert splits.train.class_names == ("n00000000", "n00000001", "n00000002")
     assert splits.train.files[0] == "train/n00000000/0.JPEG" and splits.train.path(0).is_file()
     assert splits.val is None and splits.train.image_shape == (3, 224, 224)
-    train, val = load_splits(DataConfig(dataset="imagenet-lt", root=str(inlt), val_per_class=1)).train, None
+    train = load_splits(DataConfig(dataset="imagenet-lt", root=str(inlt), val_per_class=1)).train
     assert train.class_counts().counts == (11, 5, 2)
 
 

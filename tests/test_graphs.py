@@ -27,8 +27,8 @@ from conftest import synthetic_set
 
 def config(engine: str, epochs: int = 4, **train) -> RunConfig:
     return RunConfig(recipe="graph-test", data=DataConfig(dataset="synthetic"), model=ModelConfig(arch="tiny"),
-                     train=TrainConfig(**{**dict(epochs=epochs, batch_size=16, lr=0.05, device="cpu", checkpoint_every=1,
-                                                 crop_padding=1, engine=engine), **train}))
+                     train=TrainConfig(**{**dict(epochs=epochs, batch_size=16, lr=0.05, device="cpu",
+                                                 checkpoint_every=1, crop_padding=1, engine=engine), **train}))
 
 
 @pytest.fixture

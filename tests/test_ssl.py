@@ -90,7 +90,8 @@ def test_simsiam_loss_against_a_loop_and_analytic_values():
     g = gen(1)
     p1, p2, z1, z2 = (torch.randn(5, 7, generator=g) for _ in range(4))
     w = torch.rand(5, generator=g) + 0.1
-    naive = [0.5 * -(p1[i] @ z2[i]) / (p1[i].norm() * z2[i].norm()) - 0.5 * (p2[i] @ z1[i]) / (p2[i].norm() * z1[i].norm())
+    naive = [0.5 * -(p1[i] @ z2[i]) / (p1[i].norm() * z2[i].norm())
+             - 0.5 * (p2[i] @ z1[i]) / (p2[i].norm() * z1[i].norm())
              for i in range(5)]
     naive = torch.stack(naive)
     assert simsiam_loss(p1, p2, z1, z2).item() == pytest.approx(naive.mean().item(), abs=1e-6)

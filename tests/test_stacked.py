@@ -126,7 +126,7 @@ def test_sgd_steps_on_the_stack_equal_separate_steps(head):
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for m in models]
     opt = torch.optim.SGD(stacked.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(4)
-    for step in range(3):  # several steps: momentum buffers matter
+    for _ in range(3):  # several steps: momentum buffers matter
         xs = [torch.randn(8, 3, 8, 8, generator=g) for _ in models]
         ys = [torch.randint(0, 4, (8,), generator=g) for _ in models]
         for m, o, x, y in zip(models, opts, xs, ys):

@@ -312,3 +312,22 @@ def test_restart_clears_a_run_folder_and_only_a_run_folder(tmp_path, splits):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
     again = train_one(tiny_config(epochs=2), tmp_path / "run", splits=splits, progress=False, restart=True)
     assert again["epoch"] == 2 and len(RunDir(tmp_path / "run").metrics.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "{ckpt}", "--device", "cpu"],
+    ["decouple", "{ckpt}", "--method", "tau-norm", "--tau", "1", "--out", "{tmp}/d", "--device", "cpu"],
+    ["pseudo-label", "{ckpt}", "--pool", "darp", "--out", "{tmp}/pl", "--device", "cpu"],
+    ["train", "quickstart", "--epochs", "1", "--out", "{tmp}/t", "--init-from", "{ckpt}", "--quiet"],
+], ids=["evaluate", "decouple", "pseudo-label", "init-from"])
+def test_every_command_refuses_a_checkpoint_that_runs_code(tmp_path, capsys, argv):
+    from longtail.cli import main
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"format": "longtail-checkpoint", "config": {}, "model": {"w": Payload(marker)}}, ckpt)
+    code = main([a.format(ckpt=ckpt, tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "refused to read" in err and "could run code" in err and "Traceback" not in err, err
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]  # nothing written

@@ -300,8 +300,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"quickstart": cmd_quickstart, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "train": cmd_train, "evaluate": cmd_evaluate,
-            "decouple": cmd_decouple, "compare": cmd_compare, "pseudo-label": cmd_pseudo_label}
+COMMANDS = {"quickstart": cmd_quickstart, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "train": cmd_train,
+            "evaluate": cmd_evaluate, "decouple": cmd_decouple, "compare": cmd_compare,
+            "pseudo-label": cmd_pseudo_label}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,8 @@ class DataConfig:
     darp_reverse: bool = False  # unlabeled profile reversed (head class rarest)
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
-    unlabeled_pool: str | None = None  # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
+    # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
+    unlabeled_pool: str | None = None
     # image-file data sets (dataset imagenet-lt | inat2018 | folder | csv; longtail.data.files), used as given
     train_split: str | None = None  # split file (.txt/.json/.csv) or folder, relative to root; None: the data set's own
     val_split: str | None = None  # None: no validation split (val_per_class > 0 holds one out of train instead)
@@ -272,7 +273,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
     channels_last: str = "auto"  # model memory format: auto (= on: 10 % faster per CPU epoch, measured) | on | off
-    compile: str = "off"  # off | default | max-autotune-no-cudagraphs | ... (torch.compile of the model, longtail.graphs)
+    # off | default | max-autotune-no-cudagraphs | ... (torch.compile of the model, longtail.graphs)
+    compile: str = "off"
     engine: str = "auto"  # how a step runs (longtail.graphs): auto (graph on one GPU when possible) | eager | graph
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
@@ -305,7 +307,8 @@ class TrainConfig:
         _number(self, "train", "cb_beta", 0, 1, hi_open=True)
         _number(self, "train", "crop_padding", 0)
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
-            raise LongtailError(f"unknown train.device {self.device!r}", "use auto, cpu, cuda or cuda:N (e.g. --device cpu)")
+            raise LongtailError(f"unknown train.device {self.device!r}",
+                                "use auto, cpu, cuda or cuda:N (e.g. --device cpu)")
         _choice(self, "train", "amp", AMP_MODES)
         _choice(self, "train", "channels_last", CHANNELS_LAST)
         _choice(self, "train", "compile", COMPILE_MODES)
@@ -330,7 +333,8 @@ class SSLConfig:
     """Hyperparameters of the pretext tasks, heads, rwSAM and the representation evaluation."""
 
     # rotation prediction (Gidaris et al. 2018; Yang & Xu 2020)
-    rotations: str = "balanced"  # balanced: one rotation per image, a quarter of the batch each (Yang & Xu) | all: 4x batch
+    # balanced: one rotation per image, a quarter of the batch each (Yang & Xu) | all: 4x batch
+    rotations: str = "balanced"
     # two-view augmentation (MoCo v2 / SimSiam), batched on the device
     crop_min_scale: float = 0.2  # random resized crop keeps 20..100 % of the area
     jitter_prob: float = 0.8
@@ -447,7 +451,8 @@ def _coerce(value: str, annotation: Any, key: str) -> Any:
     optional = type(None) in args
     if optional and value.lower() in ("none", "null", ""):
         return None
-    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    base = (next((a for a in args if a is not type(None)), hint)
+            if args and typing.get_origin(hint) is not tuple else hint)
     try:
         if typing.get_origin(base) is tuple or base is tuple:
             return tuple(float(v) for v in value.replace(",", " ").split())

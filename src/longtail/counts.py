@@ -114,7 +114,8 @@ class ClassCounts:
         return (t / t.sum()).float()
 
     def log_prior(self) -> torch.Tensor:
-        """``log pi_c = log(n_c / N)`` as a ``(C,)`` float32 tensor (computed in float64); every class needs examples."""
+        """``log pi_c = log(n_c / N)`` as a ``(C,)`` float32 tensor (computed in float64); every class
+        needs examples."""
         self.require_nonempty()
         t = self.tensor(dtype=torch.float64)
         return torch.log(t / t.sum()).float()

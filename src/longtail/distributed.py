@@ -269,8 +269,8 @@ def default_workers() -> int:
     return max(0, min(8, cpus // max(per_node, 1)))
 
 
-__all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers", "env_world_size",
-           "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
+__all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers",
+           "env_world_size", "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
 
 
 def start_process(device_name: str, log: Callable[[str], None], progress: bool | None

@@ -218,7 +218,8 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None)
 
     def on_epoch_end(rec: EpochRecord) -> None:
-        epochs.end_epoch(asdict(rec), model, optimizer, validate=lambda: val_scores(model, splits, counts, device, t.amp))
+        epochs.end_epoch(asdict(rec), model, optimizer,
+                         validate=lambda: val_scores(model, splits, counts, device, t.amp))
 
     t_train = time.perf_counter()
     fit_stats: dict[str, float] = {}
@@ -255,7 +256,8 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     return {**summary, **extra}
 
 
-def val_scores(model: nn.Module, splits: Splits, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, float]:
+def val_scores(model: nn.Module, splits: Splits, counts: ClassCounts, device: torch.device,
+               amp: str) -> dict[str, float]:
     """The validation fields of an epoch's row: top-1 and balanced accuracy on the validation split."""
     val = evaluate_model(model, splits.val, counts, device, amp)
     return {"val_top1": val["top1"], "val_balanced": val["balanced_accuracy"]}
@@ -273,7 +275,8 @@ def validation_report(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Spl
         best_model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0])
         load_model_state(best_model, best_state["model"], str(run.best_val))
         out["best_val_epoch"] = {"epoch": best_state["next_epoch"],
-                                 "test": evaluate_model(best_model.to(device), splits.test, counts, device, cfg.train.amp)}
+                                 "test": evaluate_model(best_model.to(device), splits.test, counts, device,
+                                                        cfg.train.amp)}
     return out
 
 

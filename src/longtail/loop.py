@@ -93,7 +93,8 @@ def fit(
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
         record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)
         if not math.isfinite(record.train_loss):  # before on_epoch_end: no checkpoint of a diverged model
-            raise LongtailError(f"training diverged in epoch {epoch + 1}: the mean training loss is {record.train_loss}",
+            raise LongtailError(f"training diverged in epoch {epoch + 1}: "
+                                f"the mean training loss is {record.train_loss}",
                                 "lower the learning rate (--lr) or check the data; the run folder keeps its last good "
                                 "checkpoint, and --restart starts over with the new settings")
         records.append(record)

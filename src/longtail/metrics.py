@@ -75,7 +75,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     # are (lo, hi] as in Guo et al.'s reference code.
     edges = torch.linspace(0.0, 1.0, bins + 1, dtype=dtype, device=conf.device)[1:-1]
     idx = torch.bucketize(conf, edges, right=False)
-    count = torch.bincount(idx, minlength=bins).to(dtype)
     conf_sum = torch.bincount(idx, weights=conf, minlength=bins)
     acc_sum = torch.bincount(idx, weights=correct, minlength=bins)
     # |sum acc - sum conf| / N == (|b|/N) * |acc(b) - conf(b)|; empty bins contribute 0.

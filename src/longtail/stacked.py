@@ -656,9 +656,11 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     setup_s = time.perf_counter() - t_setup
 
     c0, h, w = train.image_shape
-    train_model, compile_s = compiled_for_training(stacked, cfg, (len(seeds) * c0, h, w), device)  # member-major channels
+    # member-major channels
+    train_model, compile_s = compiled_for_training(stacked, cfg, (len(seeds) * c0, h, w), device)
 
-    logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None) for run, c, rows in zip(runs, cfgs, records)]
+    logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None)
+            for run, c, rows in zip(runs, cfgs, records)]
 
     def on_epoch_end(rec: EpochRecord) -> None:
         losses = task.member_losses()
@@ -690,7 +692,8 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
         summary = evaluate_model(model, test, counts, device, t.amp)
         per_seed = len(done_rows) and steps * t.batch_size / max(train_s, 1e-9)
         timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0), "train_s": train_s,
-                  "eval_s": time.perf_counter() - t_eval, "train_images_per_s": per_seed, "stacked_train_images_per_s": per_seed * len(seeds)}
+                  "eval_s": time.perf_counter() - t_eval, "train_images_per_s": per_seed,
+                  "stacked_train_images_per_s": per_seed * len(seeds)}
         extra: dict[str, Any] = {"recipe": c.recipe, "epoch": t.epochs, "split": "test", "seed": c.seed,
                                  "config": c.to_dict(), "device": str(device), "timing": timing,
                                  "train_size": len(train), "test_size": len(test), "stacked_seeds": seeds}

@@ -162,7 +162,8 @@ def _write_error(path: Path, root: Path, e: OSError) -> LongtailError:
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = f"make {root} writable for this user, or pass --data-root pointing at a folder you can write to"
     elif e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-        fix = f"move {path} out of the way (or the file that stands where a folder is needed), or pass another --data-root"
+        fix = (f"move {path} out of the way (or the file that stands where a folder is needed), "
+               "or pass another --data-root")
     else:
         fix = f"check that {root} is on a writable disk with free space, or pass --data-root pointing at another folder"
     return LongtailError(f"could not write {path}: {reason}", fix)

@@ -166,7 +166,8 @@ class DecodedImages(Dataset):
             with _seeded(seed):
                 x = self.transform(im)
             return x, int(self.labels[row]), row, ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # missing, not an image, truncated
+        # missing, not an image, truncated
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), int(self.labels[row]), row, \
                 f"{type(e).__name__}: {e}"
 

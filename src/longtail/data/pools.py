@@ -104,7 +104,8 @@ class UnlabeledSet:
         files = None if self.files is None else tuple(self.files[i] for i in index.tolist())
         return replace(
             self, images=self.images[index], name=name or self.name, files=files,
-            hidden_labels=None if self.hidden_labels is None else self.hidden_labels[index.to(self.hidden_labels.device)],
+            hidden_labels=(None if self.hidden_labels is None
+                           else self.hidden_labels[index.to(self.hidden_labels.device)]),
             source_index=self.source_index[index.to(self.source_index.device)],  # type: ignore[index]
         )
 
@@ -248,12 +249,14 @@ def unused_pool(source: ImageSet, used: Tensor, *, labeled_total: int, rho_u: fl
     profile_total = largest_pool(want_total, source.num_classes, rho_u, avail)
     counts = unlabeled_counts(profile_total, source.num_classes, rho_u)
     if sum(counts) == 0 or any(w > 0 and n == 0 for w, n in zip(want, counts)):
-        short = ", ".join(f"{source.class_names[c]!r} ({a} of {w})" for c, (w, a) in enumerate(zip(want, avail)) if a < w)
+        short = ", ".join(f"{source.class_names[c]!r} ({a} of {w})"
+                          for c, (w, a) in enumerate(zip(want, avail)) if a < w)
         raise LongtailError(
             f"the source has no room for an unlabeled pool with rho_u={rho_u:g}: too few images the labeled data "
             f"did not use (left of wanted) in class(es) {short}",
             "lower data.n_max (the reference labeled subset of CIFAR uses every image of its head class), "
-            "use the DARP protocol (--pool darp with data.protocol=darp), or bring a folder of images (--pool folder:PATH)",
+            "use the DARP protocol (--pool darp with data.protocol=darp), "
+            "or bring a folder of images (--pool folder:PATH)",
         )
     shrunk = counts != want
     if shrunk:
@@ -297,7 +300,8 @@ def darp_split(source: ImageSet, *, n1: int = 1500, m1: int = 3000, gamma_l: flo
         lab.append(idx[: n_l[c]])
         unl.append(idx[n_l[c]: n_l[c] + n_u[c]])
     rev = "-rev" if reverse else ""
-    labeled = source.subset(torch.from_numpy(np.concatenate(lab)), name=f"{source.name}-darp-labeled-N{n1}-g{gamma_l:g}")
+    labeled = source.subset(torch.from_numpy(np.concatenate(lab)),
+                            name=f"{source.name}-darp-labeled-N{n1}-g{gamma_l:g}")
     unlabeled = hide_labels(source.subset(torch.from_numpy(np.concatenate(unl))),
                             name=f"{source.name}-darp-unlabeled-M{m1}-g{gamma_u:g}{rev}")
     return labeled, unlabeled

@@ -175,7 +175,8 @@ def load_pseudo_labels(path: str | Path) -> SavedPseudoLabels:
                             "data.pseudo_labels=DIR")
     state = load_file(f, what="pseudo-label file", fix="run `longtail pseudo-label` again")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise LongtailError(f"{f} is not a longtail pseudo-label file", "pass a folder written by `longtail pseudo-label`")
+        raise LongtailError(f"{f} is not a longtail pseudo-label file",
+                            "pass a folder written by `longtail pseudo-label`")
     if state.get("format_version", 0) > VERSION:
         raise LongtailError(f"{f} was written by a newer longtail", "upgrade longtail to read it")
     pl = PseudoLabels(state["labels"].long(), state["confidence"].float(), state["source_index"].long(),

@@ -99,7 +99,8 @@ def rebuild_pool(saved: SavedPseudoLabels, cfg: DataConfig) -> UnlabeledSet:
                                  class_names=test.class_names, mean=test.mean, std=test.std)
         if saved.files is not None and pool.files != saved.files:
             raise LongtailError(f"the images in {spec['path']} changed since they were pseudo-labeled",
-                                "pseudo-label the folder again (longtail pseudo-label RUN --pool folder:PATH --out DIR)")
+                                "pseudo-label the folder again "
+                                "(longtail pseudo-label RUN --pool folder:PATH --out DIR)")
         return pool.subset(rows)
     labeled_on = spec.get("data", {}).get("dataset")
     if labeled_on is not None and labeled_on != cfg.dataset:
@@ -167,7 +168,8 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
     kept = pl.kept.to(pool.device)  # type: ignore[union-attr]
     pseudo = pool.subset(kept).with_labels(pl.labels[pl.kept], name=f"{pool.name}-pseudo-labeled")
     if len(pseudo) == 0:
-        log(f"warning: threshold {pl.threshold:g} keeps none of the {len(pl)} pseudo-labels; training on labeled data only")
+        log(f"warning: threshold {pl.threshold:g} keeps none of the {len(pl)} pseudo-labels; "
+            "training on labeled data only")
     train = concat([base.train, pseudo], name=f"{base.train.name}+pseudo")
     is_pseudo = torch.cat([torch.zeros(len(base.train), dtype=torch.bool), torch.ones(len(pseudo), dtype=torch.bool)])
     report = pseudo_label_report(pl, pool)

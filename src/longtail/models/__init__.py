@@ -11,7 +11,8 @@ from .resnet_cifar import ResNetCifar, resnet32
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["Classifier", "CosineHead", "LinearHead", "HEADS", "MODELS", "ResNetCifar", "build_model", "make_backbone", "make_head", "make_model", "resnet32"]
+__all__ = ["Classifier", "CosineHead", "LinearHead", "HEADS", "MODELS", "ResNetCifar", "build_model", "make_backbone",
+           "make_head", "make_model", "resnet32"]
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:

@@ -45,7 +45,8 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """Backbone only: (B, in_channels, H, W) -> (B, 64) features; the head lives in ``Classifier``."""
 
-    def __init__(self, blocks_per_stage: int = 5, *, in_channels: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, blocks_per_stage: int = 5, *, in_channels: int = 3,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -49,7 +49,8 @@ def pseudo_label(model: nn.Module, pool: UnlabeledSet, device: torch.device | st
         return PseudoLabels(empty.long(), empty, pool.source_index.cpu(), threshold)  # type: ignore[union-attr]
     logits, _ = predict(model, _pool_batches(pool, device, batch_size), device, amp)  # (N, C) float32, CPU
     if logits.shape[1] != pool.num_classes:
-        raise LongtailError(f"the model has {logits.shape[1]} outputs but the pool's data set {pool.num_classes} classes",
+        raise LongtailError(f"the model has {logits.shape[1]} outputs "
+                            f"but the pool's data set {pool.num_classes} classes",
                             "pseudo-label with a model trained on the same classes")
     confidence, labels = logits.softmax(dim=1).max(dim=1)
     return PseudoLabels(labels, confidence, pool.source_index.cpu(), float(threshold))  # type: ignore[union-attr]

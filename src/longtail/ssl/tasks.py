@@ -52,7 +52,8 @@ class ExampleWeights(Protocol):
     def weights_at(self, epoch: int) -> torch.Tensor | None: ...
 
 
-def rotate(images: torch.Tensor, generator: torch.Generator | None, mode: str = "balanced") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rotate(images: torch.Tensor, generator: torch.Generator | None,
+           mode: str = "balanced") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotate a (B, C, H, W) batch by multiples of 90 degrees; returns (images, rotation index, source row).
 
     ``balanced``: each image once, the rotations 0..3 on a random quarter of the batch each (as Yang
@@ -200,7 +201,8 @@ class _TwoViewTask(_SSLTask):
         for start in range(0, stop, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = data.images[idx]
-            yield ViewPair(self.augment(x, generator, data.mean, data.std), self.augment(x, generator, data.mean, data.std),
+            yield ViewPair(self.augment(x, generator, data.mean, data.std),
+                           self.augment(x, generator, data.mean, data.std),
                            data.labels[idx], idx)
 
 
