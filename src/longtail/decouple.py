@@ -49,14 +49,12 @@ from .checkpoints import (
 from .config import RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment
-from .data.imageset import ImageSet
-from .data.loader import feature_batches
 from .data.registry import Splits
 from .data.semi import load_splits
-from .devices import autocast_for, resolve_device
+from .devices import resolve_device
 from .errors import LongtailError
 from .experiment import adapt_task, evaluate_model
-from .loop import fit
+from .loop import extract_features, fit
 from .losses import adjust_logits, make_loss
 from .metrics import summarize
 from .models import Classifier, CosineHead, make_head
@@ -109,17 +107,6 @@ class FrozenBackbone(nn.Module):
         with torch.no_grad():
             features = self.model.features(x)
         return self.model.forward_head(features)
-
-
-@torch.no_grad()
-def _features(model: Classifier, data: ImageSet, device: torch.device, amp: str) -> torch.Tensor:
-    """Backbone features ``(N, D)`` (float32, on ``device``) of ``data`` in its own order, eval mode."""
-    model.eval()
-    out = []
-    for b in feature_batches(data, device, 512):  # tensors, or image files decoded by workers
-        with autocast_for(device, amp):
-            out.append(model.features(b.images).float())
-    return torch.cat(out)
 
 
 def choose_tau(logits_at: Callable[[float], torch.Tensor], labels: torch.Tensor, counts: ClassCounts,
@@ -214,7 +201,7 @@ def _tau_norm(ctx: Context) -> dict[str, Any]:
     if ctx.tau is not None:
         info: dict[str, Any] = {"tau": ctx.tau, "tau_source": "explicit"}
     else:
-        feats = _features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp)  # type: ignore[arg-type]
+        feats = extract_features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp, fn=model.features)  # type: ignore[arg-type]
         with torch.no_grad():
             info = _tau_from_val(ctx, lambda tau: tau_normalize(head, tau)(feats).float().cpu())
     model.reset_head(tau_normalize(head, info["tau"]))
@@ -231,7 +218,7 @@ def _logit_adjust(ctx: Context) -> dict[str, Any]:
     elif ctx.splits.val is None:
         info = {"tau": 1.0, "tau_source": "default (no validation split; Menon et al.'s tau = 1)"}
     else:
-        feats = _features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp)
+        feats = extract_features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp, fn=model.features)
         with torch.no_grad():
             val_logits = model.forward_head(feats).float().cpu()
         info = _tau_from_val(ctx, lambda tau: adjust_logits(val_logits, ctx.counts, tau).float())

@@ -14,11 +14,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from .data.loader import feature_batches
 from .devices import autocast_for
 from .distributed import all_mean, is_main
 from .errors import LongtailError
@@ -118,3 +119,21 @@ def predict(model: nn.Module, batches, device: torch.device, amp: str = "auto") 
             outs.append(model(b.images).float().cpu())
         labels.append(b.labels.cpu())
     return torch.cat(outs), torch.cat(labels)
+
+
+@torch.no_grad()
+def extract_features(module: nn.Module, data: Any, device: torch.device, amp: str = "auto", *,
+                     fn: Callable[[torch.Tensor], torch.Tensor] | None = None, batch_size: int = 512) -> torch.Tensor:
+    """``fn(images)`` (default ``module(images)``) of every image of ``data`` in its own order: ``(N, D)`` float32
+    on ``device``, in eval mode (``module``'s mode is restored). Tensors or image files (``feature_batches``)."""
+    was_training = module.training
+    module.eval()
+    fn = fn if fn is not None else module
+    out = []
+    try:
+        for b in feature_batches(data, device, batch_size):
+            with autocast_for(device, amp):
+                out.append(fn(b.images.to(device)).float())
+    finally:
+        module.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, int(getattr(module, "out_features", 0)), device=device)

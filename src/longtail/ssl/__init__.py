@@ -28,10 +28,10 @@ frozen features with k-NN and linear probes, per class and shot group.
 """
 
 from ..checkpoints import HEAD_MODULES, load_pretrained_backbone
+from ..loop import extract_features
 from .augment import TwoViewAugment
 from .config import METHODS, SSLConfig, default_config, default_ssl
 from .evaluate import (
-    extract_features,
     knn_probabilities,
     linear_probe,
     representation_report,

@@ -27,25 +27,10 @@ from ..counts import ClassCounts
 from ..data.augment import eval_batches
 from ..data.imageset import ImageSet
 from ..devices import autocast_for
+from ..loop import extract_features
 from ..metrics import summarize
 from ..weights import class_weights
 from .tasks import rotate
-
-
-@torch.no_grad()
-def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device, amp: str = "auto",
-                     batch_size: int = 512) -> torch.Tensor:
-    """(N, d) float32 features of ``data`` (in its order) on ``device``; restores the module's mode."""
-    was_training = backbone.training
-    backbone.eval()
-    out = []
-    try:
-        for b in eval_batches(data, batch_size):
-            with autocast_for(device, amp):
-                out.append(backbone(b.images.to(device)).float())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, int(getattr(backbone, "out_features", 0)), device=device)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..counts import ClassCounts
 from ..errors import LongtailError
-from .evaluate import extract_features
+from ..loop import extract_features
 
 
 def _normalise(w: torch.Tensor, max_weight: float | None) -> torch.Tensor:

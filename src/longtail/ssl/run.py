@@ -39,7 +39,7 @@ from ..devices import use_channels_last
 from ..distributed import start_process
 from ..errors import LongtailError
 from ..graphs import training_engine
-from ..loop import EpochRecord, fit
+from ..loop import EpochRecord, extract_features, fit
 from ..models import make_model
 from ..report import summary_table, write_report
 from ..runs import EpochLog, RunDir, clear_run_folder, resume_or_start
@@ -48,7 +48,6 @@ from ..storage import atomic_write_text
 from .augment import TwoViewAugment
 from .config import SSLConfig, check_method, default_ssl
 from .evaluate import (
-    extract_features,
     knn_probabilities,
     representation_report,
     rotation_accuracy,
