@@ -82,6 +82,12 @@ def save_checkpoint(path: Path, *, config: RunConfig, model: torch.nn.Module, op
         atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
+def run_root(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint file (``RUN/checkpoints/last.pt`` -> ``RUN``; a loose file: its folder)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def previous_checkpoint(path: Path) -> Path:
     """Where the checkpoint that ``path`` replaced is kept (``last.pt`` -> ``previous.pt``)."""
     path = Path(path)

@@ -135,15 +135,19 @@ class ClassCounts:
             out[self.group_of(c)].append(c)
         return out
 
-    def require_nonempty(self, class_names: Sequence[str] | None = None) -> None:
-        """Stop with a clear message when a class has no training examples."""
+    def require_nonempty(self, class_names: Sequence[str] | None = None, *, because: str = "",
+                         alternative: str = "") -> None:
+        """Stop with a clear message when a class has no training examples (the one check of it).
+
+        ``because``: what cannot be computed then (e.g. "the LDAM margin n_c^(-1/4) is undefined");
+        ``alternative``: another way out, added to the fix."""
         empty = [c for c, n in enumerate(self.counts) if n == 0]
         if empty:
             names = [class_names[c] if class_names else str(c) for c in empty]
             raise LongtailError(
-                f"class(es) {', '.join(names)} have no training examples",
-                "every class needs at least one training image: lower the imbalance ratio, add data, "
-                "or remove the class from the class list",
+                f"class(es) {', '.join(names)} have no training examples" + (f", so {because}" if because else ""),
+                "every class needs at least one training example: lower the imbalance ratio, add data, "
+                "or remove the class from the class list" + (f"; or {alternative}" if alternative else ""),
             )
 
     def __repr__(self) -> str:

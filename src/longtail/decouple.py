@@ -44,6 +44,7 @@ from .checkpoints import (
     load_checkpoint,
     model_from_checkpoint,
     resolve_checkpoint,
+    run_root,
     save_checkpoint,
 )
 from .config import RunConfig
@@ -256,10 +257,6 @@ def _check_method(method: str, epochs: int | None, tau: float | None) -> Method:
     return m
 
 
-def _run_root(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("top1", "many", "medium", "few", "balanced_accuracy")}
 
@@ -289,7 +286,7 @@ def decouple_run(
     ckpt = resolve_checkpoint(run)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])
-    out = Path(out) if out is not None else _run_root(ckpt) / f"decouple-{method}"
+    out = Path(out) if out is not None else run_root(ckpt) / f"decouple-{method}"
     if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():
         raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
     check_writable_dir(out)  # before the work, not after it

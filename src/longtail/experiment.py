@@ -27,6 +27,7 @@ from .checkpoints import (
     load_pretrained_backbone,
     model_from_checkpoint,
     resolve_checkpoint,
+    run_root,
 )
 from .config import RunConfig
 from .counts import ClassCounts
@@ -301,9 +302,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])
-    run_root = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    root = run_root(ckpt)
     if write:
-        check_writable_dir(run_root, "run folder")  # before the evaluation, not after it
+        check_writable_dir(root, "run folder")  # before the evaluation, not after it
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     dev = distributed.setup(resolve_device(device))
@@ -316,6 +317,6 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "checkpoint": str(ckpt)}
     if write and distributed.is_main():
-        write_report(run_root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
+        write_report(root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
                      extra=extra)
     return {**summary, **extra}

@@ -36,10 +36,15 @@ class EpochRecord:
     steps: int
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws: a function of (run seed, epoch) alone, so a resumed run draws the same."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """The generator for one epoch; lives on the data's device so draws stay there."""
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
+    g.manual_seed(epoch_seed(seed, epoch))
     return g
 
 

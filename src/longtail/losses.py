@@ -90,13 +90,7 @@ def _check_shapes(logits: Tensor, targets: Tensor, per_class: Tensor | None = No
 
 
 def _require_nonempty(counts: ClassCounts, what: str) -> None:
-    empty = [c for c, n in enumerate(counts.counts) if n == 0]
-    if empty:
-        raise LongtailError(
-            f"class(es) {', '.join(map(str, empty))} have no training examples, so {what} is undefined",
-            "every class needs at least one training example: lower the imbalance ratio, add data, remove "
-            "the class from the class list, or use the 'ce' or 'focal' loss",
-        )
+    counts.require_nonempty(because=f"{what} is undefined", alternative="use the 'ce' or 'focal' loss")
 
 
 # per-class tensors derived from the counts ----------------------------------------------------

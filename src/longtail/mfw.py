@@ -44,7 +44,10 @@ from .counts import ClassCounts
 from .data.augment import Augment, Batch
 from .data.imageset import ImageSet
 from .errors import LongtailError
-from .tasks import Sampler, SupervisedTask, Weighting
+from .loop import epoch_seed
+from .samplers import Sampler
+from .tasks import SupervisedTask
+from .weights import Weighting
 
 
 def weakening_probabilities(counts: ClassCounts, strength: float) -> torch.Tensor:
@@ -168,7 +171,7 @@ class MFWTask(SupervisedTask):
         self._seed_generator(0)
 
     def _seed_generator(self, epoch: int) -> None:
-        self.generator.manual_seed((self.seed * 1_000_003 + epoch) ^ _STREAM)
+        self.generator.manual_seed(epoch_seed(self.seed, epoch) ^ _STREAM)
 
     def to(self, device: torch.device | str) -> "MFWTask":
         super().to(device)

@@ -14,14 +14,8 @@ import torch.nn as nn
 
 from .data.augment import Augment, Batch, iterate_batches
 from .data.imageset import ImageSet
-
-
-class Weighting(Protocol):
-    def weight_at(self, epoch: int) -> torch.Tensor | None: ...
-
-
-class Sampler(Protocol):
-    def epoch_indices(self, generator: torch.Generator) -> torch.Tensor: ...
+from .samplers import Sampler
+from .weights import Weighting
 
 
 class Task(Protocol):

@@ -54,14 +54,7 @@ def class_weights(scheme: str, counts: ClassCounts, *, beta: float = 0.9999) -> 
         raise LongtailError(f"unknown weighting scheme {scheme!r}", f"use one of {', '.join(SCHEMES)}")
     if scheme == "none":
         return None
-    empty = [c for c, n in enumerate(counts.counts) if n == 0]
-    if empty:
-        raise LongtailError(
-            f"class(es) {', '.join(map(str, empty))} have no training examples, so the {scheme!r} weight "
-            "(which grows as n_c shrinks) is infinite",
-            "every class needs at least one training example: lower the imbalance ratio, add data, "
-            "or remove the class from the class list",
-        )
+    counts.require_nonempty(because=f"the {scheme!r} weight (which grows as n_c shrinks) is infinite")
     # float64: with beta = 0.9999, 1 - beta^n is a small difference that float32 rounds badly.
     n = counts.tensor(dtype=torch.float64)
     if scheme == "inverse":

@@ -42,7 +42,9 @@ from ..data.augment import Augment, normalize
 from ..data.imageset import ImageSet
 from ..data.pools import UnlabeledSet
 from ..errors import LongtailError
-from ..tasks import Sampler, Weighting, _Permutation
+from ..samplers import Sampler
+from ..tasks import _Permutation
+from ..weights import Weighting
 from .task import cycled_draw
 
 ALIGNMENTS = ("none", "da", "la")
