@@ -185,18 +185,16 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     with distributed.main_first():  # rank 0 downloads, the others read what it left
         splits = splits or load_splits(cfg.data)
     splits = splits.to(device)
-    train, test = splits.train, splits.test
+    train = splits.train
     counts = train.class_counts()
     counts.require_nonempty(train.class_names)
-    torch.manual_seed(cfg.seed)  # model initialisation
-    model = build_model(cfg, train.num_classes, train.image_shape[0]).to(device)
+    model, task = build_seed(cfg, splits, counts, device)
     t = cfg.train
     if use_channels_last(t.channels_last):
         model = model.to(memory_format=torch.channels_last)
     if t.init_from and not (run.has_checkpoint() and not restart):  # a resumed run has its own weights
         load_pretrained_backbone(model, t.init_from, log=log)
     optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    task = build_task(cfg, train, counts, splits).to(device)  # loss buffers (margins, priors) too
 
     start_epoch, records = 0, []
     if main:
@@ -231,15 +229,9 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
     if stop_after is not None and len(records) < t.epochs:
         return {}
-    t_eval = time.perf_counter()
-    summary = evaluate_model(model, test, counts, device, t.amp)
     timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0),  # capture: in train_s
-              "train_s": train_s, "eval_s": time.perf_counter() - t_eval,
-              "train_images_per_s": len(records[start_epoch:]) and
-              sum(r["steps"] for r in records[start_epoch:]) * t.batch_size / max(train_s, 1e-9)}
-    extra: dict[str, Any] = {"recipe": cfg.recipe, "epoch": t.epochs, "split": "test", "seed": cfg.seed,
-                             "config": cfg.to_dict(), "device": str(device), "timing": timing,
-                             "train_size": len(train), "test_size": len(test)}
+              "train_s": train_s, "train_images_per_s": images_per_s(records[start_epoch:], t.batch_size, train_s)}
+    extra: dict[str, Any] = {}
     shard = distributed.current()
     if shard.world > 1:
         extra["distributed"] = {"processes": shard.world, "batch_per_process": t.batch_size / shard.world,
@@ -249,10 +241,38 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
         merged = {k: v for part in skipped for k, v in part.items()}
         extra["train_unreadable_images"] = _unreadable(train, merged)  # type: ignore[arg-type]
         log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
+    return finish_run(cfg, run, model, splits, counts, device, timing, extra, writes=main)
+
+
+def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[nn.Module, Task]:
+    """The model (initialised from ``cfg.seed``) and the task of one seed's run, on ``device``: the same for a
+    single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
+    task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
+    return model, task
+
+
+def images_per_s(rows: list[dict[str, Any]], batch_size: int, seconds: float) -> float:
+    """Training images per second of the epochs ``rows`` (their steps times the batch size)."""
+    return len(rows) and sum(r["steps"] for r in rows) * batch_size / max(seconds, 1e-9)
+
+
+def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, counts: ClassCounts,
+               device: torch.device, timing: dict[str, float], extra: dict[str, Any], *,
+               writes: bool) -> dict[str, Any]:
+    """The last epoch's report of one seed: test summary, timing (``eval_s`` added), the run's context, the
+    validation entries and semi-supervised data info; written into ``run`` when ``writes``."""
+    t_eval = time.perf_counter()
+    summary = evaluate_model(model, splits.test, counts, device, cfg.train.amp)
+    timing = {**timing, "eval_s": time.perf_counter() - t_eval}
+    extra = {"recipe": cfg.recipe, "epoch": cfg.train.epochs, "split": "test", "seed": cfg.seed,
+             "config": cfg.to_dict(), "device": str(device), "timing": timing,
+             "train_size": len(splits.train), "test_size": len(splits.test), **extra}
     extra.update(validation_report(cfg, run, model, splits, counts, device))
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
-    if main:
+    if writes:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
 

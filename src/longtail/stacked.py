@@ -60,14 +60,13 @@ from .config import RunConfig
 from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
-from .experiment import build_task, compiled_for_training, evaluate_model, val_scores, validation_report
+from .experiment import build_seed, compiled_for_training, finish_run, images_per_s, val_scores
 from .graphs import training_engine
 from .loop import EpochRecord, epoch_generator, fit, make_sgd
 from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
-from .report import write_report
 from .runs import EpochLog, RunDir, clear_run_folder, resume_or_start
 from .schedule import lr_function
 from .tasks import SupervisedTask
@@ -607,7 +606,7 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     device = resolve_device(t.device)
     t_setup = time.perf_counter()
     splits = (splits or load_splits(cfg.data)).to(device)
-    train, test = splits.train, splits.test
+    train = splits.train
     counts = train.class_counts()
     counts.require_nonempty(train.class_names)
     cfgs = [replace(cfg, seed=s) for s in seeds]
@@ -615,9 +614,9 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
 
     members, tasks = [], []
     for c in cfgs:  # exactly as train_one builds each seed's run
-        torch.manual_seed(c.seed)  # model initialisation
-        members.append(build_model(c, train.num_classes, train.image_shape[0]).to(device))
-        tasks.append(build_task(c, train, counts, splits).to(device))
+        model, member_task = build_seed(c, splits, counts, device)
+        members.append(model)
+        tasks.append(member_task)
     task = StackedTask(tasks, seeds)
 
     start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]
@@ -684,22 +683,8 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     if stop_after is not None and len(records[0]) < t.epochs:
         return [{} for _ in seeds]
 
-    results = []
-    done_rows = records[0][start_epoch:]
-    steps = sum(r["steps"] for r in done_rows)
-    for c, run, model in zip(cfgs, runs, unstack(stacked)):
-        t_eval = time.perf_counter()
-        summary = evaluate_model(model, test, counts, device, t.amp)
-        per_seed = len(done_rows) and steps * t.batch_size / max(train_s, 1e-9)
-        timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0), "train_s": train_s,
-                  "eval_s": time.perf_counter() - t_eval, "train_images_per_s": per_seed,
-                  "stacked_train_images_per_s": per_seed * len(seeds)}
-        extra: dict[str, Any] = {"recipe": c.recipe, "epoch": t.epochs, "split": "test", "seed": c.seed,
-                                 "config": c.to_dict(), "device": str(device), "timing": timing,
-                                 "train_size": len(train), "test_size": len(test), "stacked_seeds": seeds}
-        extra.update(validation_report(c, run, model, splits, counts, device))
-        if getattr(splits, "info", None):
-            extra["semi"] = splits.info
-        write_report(run.root, summary, title=f"{c.recipe} (seed {c.seed}, last epoch, test set)", extra=extra)
-        results.append({**summary, **extra})
-    return results
+    per_seed = images_per_s(records[0][start_epoch:], t.batch_size, train_s)
+    timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0), "train_s": train_s,
+              "train_images_per_s": per_seed, "stacked_train_images_per_s": per_seed * len(seeds)}
+    return [finish_run(c, run, model, splits, counts, device, timing, {"stacked_seeds": seeds}, writes=True)
+            for c, run, model in zip(cfgs, runs, unstack(stacked))]
