@@ -135,7 +135,8 @@ def test_what_the_graph_engine_refuses(splits):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch):
+@pytest.mark.parametrize("weights", ["drw", "changing"])
+def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     """On a GPU: the captured step (replayed for later batches, a second graph for the last partial
     batch, a third after DRW's switch) trains the same weights as the closure step, in float32.
 
@@ -155,7 +156,7 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch):
     for engine in ("eager", "graph"):
         torch.manual_seed(0)
         model = make_model("resnet8", 4).to(dev)
-        weighting = make_weighting("class-balanced", counts, start_epoch=3)
+        weighting = make_weighting("class-balanced", counts, start_epoch=3) if weights == "drw" else _ChangingWeights()
         task = SupervisedTask(data, make_loss("ce", counts).to(dev), batch_size=16, weighting=weighting)
         sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
         recs = fit(model, task, sgd, epochs=5, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=dev, amp="off",
@@ -268,11 +269,19 @@ def _fake_record(self, graph, step):
     return out
 
 
+class _ChangingWeights:
+    """Per-class weights from epoch 2 that differ every epoch: a replayed graph must read each epoch's."""
+
+    def weight_at(self, epoch):
+        return None if epoch < 2 else torch.tensor([1.0, 1.0 + epoch, 2.0, 0.5 * epoch])
+
+
+@pytest.mark.parametrize("weights", ["drw", "changing"])
 @pytest.mark.parametrize("stacked", [False, True])
-def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked):
+def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked, weights):
     """GraphStep's GPU control flow, with CUDA's graph and stream calls replaced by CPU stand-ins:
-    warm-up steps per key, one capture per (batch shape, loss structure), static inputs copied in,
-    the replayed loss read back; the run must equal the closure step."""
+    warm-up steps per key, one capture per (batch shape, loss structure), static inputs and the epoch's
+    class weights copied in, the replayed loss read back; the run must equal the closure step."""
     from longtail.stacked import StackedTask, stack
     from longtail.weights import make_weighting
 
@@ -283,8 +292,9 @@ def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked
     counts = splits.train.class_counts()  # 75 images, batch 16: 4 full batches and one of 11 per epoch
 
     def task_for(seed):
-        return SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16,
-                              weighting=make_weighting("class-balanced", counts, start_epoch=2))
+        weighting = (make_weighting("class-balanced", counts, start_epoch=2) if weights == "drw"
+                     else _ChangingWeights())
+        return SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16, weighting=weighting)
 
     results, steppers = [], []
     for engine in ("eager", "graph"):

@@ -24,8 +24,6 @@ def test_a_task_has_the_loop_methods_and_declares_its_capabilities(cls):
         assert hasattr(cls, flag), f"{cls.__name__} does not declare {flag}"
         value = getattr(cls, flag)
         assert isinstance(value, (bool, property)), f"{cls.__name__}.{flag} is {value!r}"
-    if isinstance(cls.graphable, bool) and cls.graphable:
-        assert callable(getattr(cls, "graph_key", None)), f"a graphable {cls.__name__} names its loss structure"
     assert list(inspect.signature(cls.batches).parameters)[1:] == ["epoch", "generator"]
 
 

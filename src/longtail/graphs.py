@@ -16,10 +16,12 @@ What a graph needs, and how the step provides it:
 * no host synchronisation: the learning rate is a device tensor, filled once per epoch, and the
   SGD update (:func:`sgd_update`, the arithmetic of ``torch.optim.SGD`` with momentum, dampening 0,
   weight decay, no Nesterov) uses only ``torch._foreach_*`` kernels;
-* a task whose loss reads only device tensors that stay in place: a task opts in with
-  ``graph_key()``, which names the structure of its loss (e.g. weighted or not, for DRW); a new key
-  or a new batch shape gets its own graph (``pool`` shared), after ``warmup`` eager steps of that
-  shape (cuDNN picks its kernels outside the capture).
+* a task whose loss reads only the batch and per-class weights (``graphable``): the step keeps each
+  ``class_weight`` the task sets in a tensor of its own and copies every new epoch's weights into it,
+  so a replayed graph reads them where it recorded them; which tasks hold weights (a task, the members
+  of stacked seeds, the task inside a loader) is :func:`weight_holders`. The graph's key is whether each
+  holder is weighted (DRW after its start) and the batch shapes: a new key gets its own graph (``pool``
+  shared), after ``warmup`` eager steps of it (cuDNN picks its kernels outside the capture).
 
 Every step, eager or replayed, is a real training step: the warm-up steps are the schedule's first
 steps, so the number of optimizer steps and the batches are those of an eager run. On the CPU (and
@@ -67,6 +69,18 @@ class EagerStep:
             return loss
 
         return self.optimizer.step(closure).detach()
+
+
+def weight_holders(task: Any) -> list[Any]:
+    """The tasks whose ``class_weight`` a task's loss reads: itself, the members of stacked seeds, or the
+    task a loader or shard wraps."""
+    members = getattr(task, "members", None)
+    if members is not None:
+        return [h for m in members for h in weight_holders(m)]
+    inner = task.__dict__.get("inner") if hasattr(task, "__dict__") else None
+    if inner is not None:
+        return weight_holders(inner)
+    return [task] if hasattr(task, "class_weight") else []
 
 
 def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str | None:
@@ -118,6 +132,8 @@ class GraphStep:
         self.pool: Any = None
         self.capture_s = 0.0  # time spent capturing graphs (the "compile" time of this engine)
         self.groups = [self._group(g) for g in optimizer.param_groups]
+        self.holders = weight_holders(task)
+        self.weight_bufs: dict[int, torch.Tensor] = {}
 
     def _group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], float, float]:
         params = [p for p in group["params"] if p.requires_grad]
@@ -153,9 +169,23 @@ class GraphStep:
 
     def _key(self, batch: Any) -> Hashable:
         shapes = tuple((tuple(t.shape), t.dtype) for t in batch if isinstance(t, torch.Tensor))
-        return (self.task.graph_key(), shapes)
+        return (tuple(h.class_weight is not None for h in self.holders), shapes)
+
+    def _pin_weights(self) -> None:
+        """Each holder's ``class_weight`` in a tensor that stays put: a new epoch's weights are copied in."""
+        for i, holder in enumerate(self.holders):
+            w = holder.class_weight
+            if w is None:
+                continue
+            buf = self.weight_bufs.get(i)
+            if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+                self.weight_bufs[i] = buf = w.detach().clone()
+            elif w is not buf:
+                buf.copy_(w)
+            holder.class_weight = buf
 
     def __call__(self, batch: Any) -> torch.Tensor:
+        self._pin_weights()
         key = self._key(batch)
         entry = self.graphs.get(key)
         if entry is not None:

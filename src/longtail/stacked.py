@@ -467,10 +467,6 @@ class StackedTask:
     def graphable(self) -> bool:
         return all(m.graphable for m in self.members)
 
-    def graph_key(self) -> tuple[str, ...]:
-        """The structure of :meth:`loss` this epoch (``longtail.graphs``): the members' weighting."""
-        return tuple(m.graph_key() for m in self.members)
-
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[StackedBatch]:
         device = generator.device
         streams = [m.batches(epoch, epoch_generator(seed, epoch, device)) for m, seed in zip(self.members, self.seeds)]

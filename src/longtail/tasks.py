@@ -23,8 +23,8 @@ class Task(Protocol):
 
     - ``multi_process``: it can run under ``torchrun`` (each process takes its rows of every batch);
     - ``image_files``: its training set may be image files decoded per batch (``LoaderTask``);
-    - ``graphable``: its loss reads only state updated in place, so a step can be captured as a CUDA graph
-      (``longtail.graphs``); such a task also names its loss's structure with ``graph_key()``.
+    - ``graphable``: its loss reads only the batch and its per-class ``class_weight`` (None or a tensor), so
+      a step can be captured as a CUDA graph (``longtail.graphs`` keeps the weights where the graph reads them).
     """
 
     multi_process: bool
@@ -77,7 +77,6 @@ class SupervisedTask:
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
         self.weighting = weighting
         self.class_weight: torch.Tensor | None = None
-        self._weight_buffer: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "SupervisedTask":
         self.train = self.train.to(device)
@@ -89,20 +88,7 @@ class SupervisedTask:
 
     def on_epoch_start(self, epoch: int) -> None:
         w = self.weighting.weight_at(epoch) if self.weighting is not None else None
-        if w is None:
-            self.class_weight = None
-            return
-        w = w.to(self.train.device)
-        buf = self._weight_buffer
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-            self._weight_buffer = buf = w.clone()
-        else:
-            buf.copy_(w)  # in place: a captured training step (longtail.graphs) reads the new weights
-        self.class_weight = buf
-
-    def graph_key(self) -> str:
-        """The structure of :meth:`loss` this epoch (``longtail.graphs``): weighted (DRW after its start) or not."""
-        return "weighted" if self.class_weight is not None else "unweighted"
+        self.class_weight = None if w is None else w.to(self.train.device)
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
         order = self.sampler.epoch_indices(generator)
