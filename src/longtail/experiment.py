@@ -216,20 +216,20 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
 
     epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None)
 
-    def on_epoch_end(rec: EpochRecord) -> None:
+    def on_epoch_end(rec: EpochRecord) -> bool:
         epochs.end_epoch(asdict(rec), model, optimizer,
                          validate=lambda: val_scores(model, splits, counts, device, t.amp))
+        return stop_after is not None and len(records) - start_epoch >= stop_after
 
     t_train = time.perf_counter()
-    fit_stats: dict[str, float] = {}
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=training_engine(t.engine, t.compile, device), stats=fit_stats)
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
+        engine=training_engine(t.engine, t.compile, device))
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
     if stop_after is not None and len(records) < t.epochs:
         return {}
-    timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0),  # capture: in train_s
+    timing = {"setup_s": setup_s, "compile_s": compile_s + captured(records[start_epoch:]),  # capture: in train_s
               "train_s": train_s, "train_images_per_s": images_per_s(records[start_epoch:], t.batch_size, train_s)}
     extra: dict[str, Any] = {}
     shard = distributed.current()
@@ -251,6 +251,11 @@ def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torc
     model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
     task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
     return model, task
+
+
+def captured(rows: list[dict[str, Any]]) -> float:
+    """Seconds spent capturing CUDA graphs during the epochs ``rows`` (part of their training time)."""
+    return sum(float(r.get("capture_s", 0.0)) for r in rows)
 
 
 def images_per_s(rows: list[dict[str, Any]], batch_size: int, seconds: float) -> float:

@@ -34,6 +34,7 @@ class EpochRecord:
     train_loss: float
     seconds: float
     steps: int
+    capture_s: float = 0.0  # of ``seconds``: capturing CUDA graphs (longtail.graphs), 0 for eager steps
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -63,18 +64,16 @@ def fit(
     device: torch.device,
     amp: str = "auto",
     start_epoch: int = 0,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: Callable[[EpochRecord], bool | None] | None = None,
     progress: bool | None = None,
-    stop_after: int | None = None,
     engine: str = "eager",
-    stats: dict[str, float] | None = None,
 ) -> list[EpochRecord]:
     """Train ``model`` from ``start_epoch`` to ``epochs``; returns one record per epoch run.
 
-    ``on_epoch_end`` is where the caller evaluates, logs and checkpoints. ``stop_after`` ends
-    the run after that many epochs (used to test resuming). ``engine`` picks how a step runs
-    (``longtail.graphs``): ``eager`` (``optimizer.step(closure)``) or ``graph`` (CUDA graphs);
-    ``stats`` receives ``compile_s``, the seconds spent capturing graphs (0 for eager steps).
+    ``on_epoch_end`` is where the caller evaluates, logs and checkpoints; when it returns True the
+    training stops there (a driver's ``stop_after``, used to test resuming). ``engine`` picks how a
+    step runs (``longtail.graphs``): ``eager`` (``optimizer.step(closure)``) or ``graph`` (CUDA graphs);
+    each record's ``capture_s`` is the part of its time spent capturing graphs.
     """
     from tqdm.auto import tqdm
 
@@ -84,6 +83,7 @@ def fit(
     records: list[EpochRecord] = []
     step = make_stepper(engine, model, task, optimizer, device, amp)
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
+    captured_before = step.capture_s
     for epoch in bar:
         t0 = time.perf_counter()
         lr = lr_at(epoch)
@@ -97,7 +97,9 @@ def fit(
             total += step(batch)  # no host sync inside the epoch
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
-        record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps)
+        captured = step.capture_s - captured_before
+        captured_before = step.capture_s
+        record = EpochRecord(epoch, lr, float(total) / max(steps, 1), time.perf_counter() - t0, steps, captured)
         if not math.isfinite(record.train_loss):  # before on_epoch_end: no checkpoint of a diverged model
             raise LongtailError(f"training diverged in epoch {epoch + 1}: "
                                 f"the mean training loss is {record.train_loss}",
@@ -105,12 +107,8 @@ def fit(
                                 "checkpoint, and --restart starts over with the new settings")
         records.append(record)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", lr=f"{lr:.3g}")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if stop_after is not None and len(records) >= stop_after:
+        if on_epoch_end is not None and on_epoch_end(record):
             break
-    if stats is not None:
-        stats["compile_s"] = step.capture_s
     return records
 
 

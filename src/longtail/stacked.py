@@ -60,7 +60,7 @@ from .config import RunConfig
 from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
-from .experiment import build_seed, compiled_for_training, finish_run, images_per_s, val_scores
+from .experiment import build_seed, captured, compiled_for_training, finish_run, images_per_s, val_scores
 from .graphs import training_engine
 from .loop import EpochRecord, epoch_generator, fit, make_sgd
 from .models import build_model
@@ -657,7 +657,7 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None)
             for run, c, rows in zip(runs, cfgs, records)]
 
-    def on_epoch_end(rec: EpochRecord) -> None:
+    def on_epoch_end(rec: EpochRecord) -> bool:
         losses = task.member_losses()
         done = rec.epoch + 1
         models = unstack(stacked) if logs[0].wants_model(done) else None
@@ -669,18 +669,18 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
             model = models[s] if models is not None else None
             log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None,
                             validate=lambda m=model: val_scores(m, splits, counts, device, t.amp))
+        return stop_after is not None and len(records[0]) - start_epoch >= stop_after
 
     t_train = time.perf_counter()
-    fit_stats: dict[str, float] = {}
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=seeds[0], device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
-        engine=training_engine(t.engine, t.compile, device), stats=fit_stats)
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
+        engine=training_engine(t.engine, t.compile, device))
     train_s = time.perf_counter() - t_train
     if stop_after is not None and len(records[0]) < t.epochs:
         return [{} for _ in seeds]
 
     per_seed = images_per_s(records[0][start_epoch:], t.batch_size, train_s)
-    timing = {"setup_s": setup_s, "compile_s": compile_s + fit_stats.get("compile_s", 0.0), "train_s": train_s,
+    timing = {"setup_s": setup_s, "compile_s": compile_s + captured(records[0][start_epoch:]), "train_s": train_s,
               "train_images_per_s": per_seed, "stacked_train_images_per_s": per_seed * len(seeds)}
     return [finish_run(c, run, model, splits, counts, device, timing, {"stacked_seeds": seeds}, writes=True)
             for c, run, model in zip(cfgs, runs, unstack(stacked))]

@@ -232,15 +232,16 @@ def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, s
                                   k=ssl.knn_k, temperature=ssl.knn_temperature)
         return {"val_knn_top1": 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())}
 
-    def on_epoch_end(rec: EpochRecord) -> None:
+    def on_epoch_end(rec: EpochRecord) -> bool:
         task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
         row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun: every process calls it
         epochs.end_epoch(row, model, optimizer, validate=val_knn,
                          extra=lambda: {"pretrain": _meta(method, ssl), "task": task.state_dict()})
+        return stop_after is not None and len(records) - start_epoch >= stop_after
 
     t_train = time.perf_counter()
     fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after,
+        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
         engine=training_engine(t.engine, t.compile, device))
     train_s = time.perf_counter() - t_train
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone returns
