@@ -57,7 +57,11 @@ def http_dir(tmp_path):
         def log_message(self, *args):  # keep pytest output clean
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    class QuietServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # a client that hangs up early (a test's Ctrl-C)
+            pass
+
+    server = QuietServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
