@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", help="a first result on a built-in long-tailed data set (CPU, < 1 minute)")
-    q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=int)
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--out", default="runs/quickstart",
+                   help="run folder (default runs/quickstart); an existing one is resumed, as with train")
+    q.add_argument("--epochs", type=int, help="number of epochs (default 30)")
+    q.add_argument("--restart", action="store_true", help="delete an existing run folder instead of resuming it")
+    q.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -251,7 +253,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    args.seeds, args.restart, args.sets = None, True, []
+    args.seeds, args.sets = None, []
     print("longtail quickstart: scikit-learn digits made long-tailed (rho=100), ResNet-8, cross-entropy, CPU")
     _train("quickstart", args, args.out)
     return 0

@@ -12,6 +12,7 @@ a :class:`~longtail.data.loader.LoaderTask` and are evaluated through DataLoader
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,13 +40,13 @@ from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
 from .graphs import compile_model, resolve_engine, training_engine
-from .loop import EpochRecord, fit, make_sgd, predict
+from .loop import EpochLines, EpochRecord, announces, fit, make_sgd, predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
 from .models import build_model
 from .report import write_report
-from .runs import EpochLog, RunDir, clear_run_folder, resume_or_start
+from .runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
 from .samplers import make_sampler
 from .schedule import lr_function, scaled_epoch
 from .semi.fixmatch import FixMatchTask
@@ -173,6 +174,7 @@ def train_one(
     """
     run = RunDir(out)
     with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        require_run_folder(run.root)
         return _train_one(cfg, run, splits=splits, command=command, progress=progress, stop_after=stop_after,
                           log=log, restart=restart)
 
@@ -215,10 +217,13 @@ def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: l
     train_model, compile_s = compiled_for_training(train_model, cfg, train.image_shape, device)
 
     epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None)
+    lines = EpochLines(t.epochs, t.batch_size, start_epoch, log) if announces(progress, main) else None
 
     def on_epoch_end(rec: EpochRecord) -> bool:
         epochs.end_epoch(asdict(rec), model, optimizer,
                          validate=lambda: val_scores(model, splits, counts, device, t.amp))
+        if lines is not None:
+            lines(rec)
         return stop_after is not None and len(records) - start_epoch >= stop_after
 
     t_train = time.perf_counter()
@@ -339,9 +344,22 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     model = model_from_checkpoint(state, splits.train.num_classes, splits.train.image_shape[0], str(ckpt))
     model.to(dev)
     summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
-    extra = {"recipe": cfg.recipe, "epoch": state["next_epoch"], "split": "test", "seed": cfg.seed,
-             "config": cfg.to_dict(), "checkpoint": str(ckpt)}
+    epoch = state["next_epoch"]
+    extra = {**_report_context(root), "recipe": cfg.recipe, "epoch": epoch, "split": "test", "seed": cfg.seed,
+             "config": cfg.to_dict(), "device": str(dev), "train_size": len(splits.train),
+             "test_size": len(splits.test), "checkpoint": str(ckpt)}
     if write and distributed.is_main():
-        write_report(root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, epoch {state['next_epoch']}, test set)",
-                     extra=extra)
+        which = "last epoch" if epoch == cfg.train.epochs else f"epoch {epoch}"
+        write_report(root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, {which}, test set)", extra=extra)
     return {**summary, **extra}
+
+
+def _report_context(root: Path) -> dict[str, Any]:
+    """What an earlier report of the run said about how it ran (timing, validation, semi-supervised data):
+    kept when ``evaluate`` rewrites the report, since evaluating again does not change it."""
+    try:
+        old = json.loads((root / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keep = ("timing", "val", "best_val_epoch", "semi", "distributed", "stacked_seeds", "train_unreadable_images")
+    return {k: old[k] for k in keep if isinstance(old, dict) and k in old}

@@ -37,6 +37,34 @@ class EpochRecord:
     capture_s: float = 0.0  # of ``seconds``: capturing CUDA graphs (longtail.graphs), 0 for eager steps
 
 
+class EpochLines:
+    """One line per epoch for logs, pipes and batch jobs, where no progress bar shows:
+    ``epoch 3/200: loss 1.2345, lr 0.1, 812 img/s, elapsed 0:01:23, ETA 0:45:10``."""
+
+    def __init__(self, epochs: int, batch_size: int, start_epoch: int, log: Callable[[str], None]) -> None:
+        self.epochs, self.batch_size, self.start_epoch, self.log = epochs, batch_size, start_epoch, log
+        self.started = time.perf_counter()
+
+    def __call__(self, rec: EpochRecord, loss: float | None = None) -> None:
+        elapsed = time.perf_counter() - self.started
+        done = rec.epoch + 1
+        eta = elapsed / max(done - self.start_epoch, 1) * (self.epochs - done)
+        rate = rec.steps * self.batch_size / max(rec.seconds, 1e-9)
+        self.log(f"epoch {done}/{self.epochs}: loss {rec.train_loss if loss is None else loss:.4f}, lr {rec.lr:.3g}, "
+                 f"{rate:.0f} img/s, elapsed {_clock(elapsed)}, ETA {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def announces(progress: bool | None, main: bool) -> bool:
+    """Whether a run prints one line per epoch: on the main process, when progress is automatic and no
+    terminal shows a bar (``--quiet`` or ``progress=False`` silence it)."""
+    return main and progress is None and not sys.stderr.isatty()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's draws: a function of (run seed, epoch) alone, so a resumed run draws the same."""
     return seed * 1_000_003 + epoch
@@ -93,7 +121,8 @@ def fit(
         gen = epoch_generator(seed, epoch, device)
         total = torch.zeros((), device=device)
         steps = 0
-        for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+        for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+                          total=getattr(task, "steps_per_epoch", None)):
             total += step(batch)  # no host sync inside the epoch
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)

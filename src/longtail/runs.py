@@ -107,6 +107,14 @@ def is_run_folder(folder: str | Path) -> bool:
     return has_meta(folder) or any(has_meta(p) for p in folder.glob("seed-*") if p.is_dir())
 
 
+def require_run_folder(folder: str | Path) -> None:
+    """Stop when ``folder`` holds files that are not a longtail run: a run never writes among a user's own files."""
+    folder = Path(folder)
+    if folder.is_dir() and not is_run_folder(folder):
+        raise LongtailError(f"{folder} holds files and is not a longtail run folder",
+                            "pass an --out folder that is new, empty, or written by longtail")
+
+
 def clear_run_folder(folder: str | Path) -> None:
     """``--restart``: delete what a run folder holds (not its lock); refuses a folder longtail did not write."""
     folder = Path(folder)

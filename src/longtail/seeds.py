@@ -16,7 +16,7 @@ from .errors import LongtailError
 from .experiment import train_one
 from .metrics import aggregate_seeds
 from .report import summary_table, write_seed_report
-from .runs import RunLock, clear_run_folder
+from .runs import RunLock, clear_run_folder, require_run_folder
 from .stacked import (
     check_stackable,
     stack_unsupported_reason,
@@ -39,6 +39,7 @@ def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: boo
     if len(seeds) == 1:
         return train_one(replace(cfg, seed=seeds[0]), out, restart=restart, **kw)
     with RunLock(out, log=kw.get("log", print)) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        require_run_folder(out)
         return _train_seeds(cfg, seeds, out, stack=stack, restart=restart, **kw)
 
 

@@ -62,12 +62,12 @@ from .devices import resolve_device, use_channels_last
 from .errors import LongtailError
 from .experiment import build_seed, captured, compiled_for_training, finish_run, images_per_s, val_scores
 from .graphs import training_engine
-from .loop import EpochRecord, epoch_generator, fit, make_sgd
+from .loop import EpochLines, EpochRecord, announces, epoch_generator, fit, make_sgd
 from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
-from .runs import EpochLog, RunDir, clear_run_folder, resume_or_start
+from .runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
 from .schedule import lr_function
 from .tasks import SupervisedTask
 
@@ -585,6 +585,7 @@ def train_stacked(
     with contextlib.ExitStack() as locks:
         for s in seeds:
             locks.enter_context(RunDir(Path(out) / f"seed-{s}").lock(log))
+            require_run_folder(Path(out) / f"seed-{s}")
         return _train_stacked(cfg, seeds, out, splits=splits, command=command, progress=progress,
                               stop_after=stop_after, log=log, restart=restart)
 
@@ -657,8 +658,12 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
     logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None)
             for run, c, rows in zip(runs, cfgs, records)]
 
+    lines = EpochLines(t.epochs, t.batch_size * len(seeds), start_epoch, log) if announces(progress, True) else None
+
     def on_epoch_end(rec: EpochRecord) -> bool:
         losses = task.member_losses()
+        if lines is not None:
+            lines(rec, loss=sum(losses) / len(losses))  # the seeds' mean loss; img/s of all seeds
         done = rec.epoch + 1
         models = unstack(stacked) if logs[0].wants_model(done) else None
         optimizers = _member_optimizers(stacked, optimizer, models, cfg) if logs[0].checkpoints(done) else None

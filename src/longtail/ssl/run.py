@@ -39,10 +39,10 @@ from ..devices import use_channels_last
 from ..distributed import start_process
 from ..errors import LongtailError
 from ..graphs import training_engine
-from ..loop import EpochRecord, extract_features, fit
+from ..loop import EpochLines, EpochRecord, announces, extract_features, fit
 from ..models import make_model
 from ..report import summary_table, write_report
-from ..runs import EpochLog, RunDir, clear_run_folder, resume_or_start
+from ..runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
 from ..schedule import lr_function
 from ..storage import atomic_write_text
 from .augment import TwoViewAugment
@@ -177,6 +177,7 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     ssl = resolve_ssl(method, cfg, ssl)
     run = RunDir(out)
     with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
+        require_run_folder(run.root)
         return _pretrain_run(method, cfg, run, ssl, splits=splits, command=command, progress=progress,
                              stop_after=stop_after, log=log, restart=restart)
 
@@ -232,11 +233,15 @@ def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, s
                                   k=ssl.knn_k, temperature=ssl.knn_temperature)
         return {"val_knn_top1": 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())}
 
+    lines = EpochLines(t.epochs, t.batch_size, start_epoch, log) if announces(progress, main) else None
+
     def on_epoch_end(rec: EpochRecord) -> bool:
         task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
         row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun: every process calls it
         epochs.end_epoch(row, model, optimizer, validate=val_knn,
                          extra=lambda: {"pretrain": _meta(method, ssl), "task": task.state_dict()})
+        if lines is not None:
+            lines(rec)
         return stop_after is not None and len(records) - start_epoch >= stop_after
 
     t_train = time.perf_counter()
