@@ -52,3 +52,24 @@ def test_evaluate_keeps_the_fields_of_the_report(tmp_path):
     for key in ("timing", "device", "train_size", "test_size", "top1", "per_class", "epoch"):
         assert after[key] == before[key], key
     assert "last epoch" in (tmp_path / "run" / "report.md").read_text().splitlines()[0]
+
+
+def test_a_two_stage_recipe_prints_the_base_run_and_the_tau(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import longtail.recipes as rec
+
+    base = rec.RECIPES["quickstart"]
+    two = replace(base, name="quick-tau", decouple="tau-norm",
+                  config=replace(base.config, recipe="quick-tau", data=replace(base.config.data, val_per_class=3)))
+    monkeypatch.setitem(rec.RECIPES, "quick-tau", two)
+    assert main(["train", "quick-tau", "--epochs", "1", "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| quick-tau (base run) |" in out and "| quick-tau (+ tau-norm) |" in out
+    assert "tau = " in out and "(validation" in out
+
+
+def test_one_class_is_one_class_in_the_report():
+    from longtail.report import _classes
+
+    assert _classes(1) == "1 class" and _classes(3) == "3 classes"

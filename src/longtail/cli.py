@@ -156,6 +156,17 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
     if recipe.decouple and result:
         result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress, epochs=recipe.decouple_epochs)
         out = str(Path(out) / f"decouple-{recipe.decouple}")
+        if _rank() == 0 and "base" in result:  # one seed: the base run beside the result, and the tau chosen
+            from .report import summary_table
+
+            print()
+            print(summary_table([(f"{recipe_name} (base run)", result["base"]),
+                                 (f"{recipe_name} (+ {recipe.decouple})", result)]))
+            if result.get("tau") is not None:
+                print(f"tau = {result['tau']} ({result['tau_source']})")
+            print(f"\nrun folder: {out}  ({time.perf_counter() - t0:.1f} s)")
+            print(f"report: {Path(out) / 'report.md'}")
+            return result
     if _rank() != 0:
         return result
     print()
@@ -243,18 +254,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{cfg.recipe}"
     if args.restart:
         _check_restart(out)
+    t0 = time.perf_counter()
     result = pretrain_run(method, cfg, out, progress=False if args.quiet else None, command=sys.argv,
                           restart=args.restart)
     if _rank() != 0:
         return 0
     print(console_table(f"{cfg.recipe} (linear probe)", result))
-    print(f"\nrun folder: {out}\nreport: {Path(out) / 'report.md'}")
+    print(f"\nrun folder: {out}  ({time.perf_counter() - t0:.1f} s)\nreport: {Path(out) / 'report.md'}")
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     args.seeds, args.sets = None, []
-    print("longtail quickstart: scikit-learn digits made long-tailed (rho=100), ResNet-8, cross-entropy, CPU")
+    print("longtail quickstart: scikit-learn digits made long-tailed (140 images of the first digit down to 1 of "
+          "the last), ResNet-8, cross-entropy, CPU")
     _train("quickstart", args, args.out)
     return 0
 

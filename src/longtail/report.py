@@ -70,6 +70,10 @@ def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
+def _classes(n: int) -> str:
+    return f"{n} class" if n == 1 else f"{n} classes"
+
+
 def _json_default(obj: Any) -> Any:
     """Make configuration values (paths, dataclasses, tensors, numpy) JSON-serialisable."""
     if isinstance(obj, Path):
@@ -127,7 +131,7 @@ def _report_markdown(summary: dict[str, Any], title: str, extra: dict[str, Any] 
     train = summary["train_counts"]
     test = summary["test_per_class"]
     lines = [f"# {title}", ""] + _context_lines(extra)
-    lines += [f"{summary['num_test']} test images, {sum(train)} training images in {len(train)} classes "
+    lines += [f"{summary['num_test']} test images, {sum(train)} training images in {_classes(len(train))} "
               f"(imbalance ratio {_imbalance(train)}). Accuracies are top-1 %; ECE is in % "
               "(0 = calibrated). n/a: undefined (no class in the group, or none with test images).", ""]
     metric_rows = [["top-1", _fmt(summary.get("top1"))],
@@ -135,7 +139,7 @@ def _report_markdown(summary: dict[str, Any], title: str, extra: dict[str, Any] 
     for g in SHOT_GROUPS:
         members = groups.get(g, [])
         tested = sum(1 for c in members if test[c] > 0)
-        metric_rows.append([f"{g}-shot ({_GROUP_RULES[g]} train images; {len(members)} classes, "
+        metric_rows.append([f"{g}-shot ({_GROUP_RULES[g]} train images; {_classes(len(members))}, "
                             f"{tested} in test)", _fmt(summary.get(g))])
     metric_rows.append(["ECE", _fmt(summary.get("ece"))])
     if summary.get("nll") is not None:
@@ -175,7 +179,7 @@ def plot_per_class(path: Path, summary: dict[str, Any], *, title: str = "") -> N
                if acc is not None and train[c] > 0 and group.get(c) == g]
         if idx:
             ax.scatter([train[c] for c in idx], [summary["per_class"][c] for c in idx], s=22,
-                       color=_GROUP_COLOURS[g], label=f"{g} ({len(idx)} classes)", zorder=3)
+                       color=_GROUP_COLOURS[g], label=f"{g} ({_classes(len(idx))})", zorder=3)
             if len(summary["per_class"]) <= 20:  # names stay readable only for small C
                 for c in idx:
                     ax.annotate(_class_name(summary, c), (train[c], summary["per_class"][c]), fontsize=7,
