@@ -22,6 +22,7 @@ import pickle
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,7 +132,9 @@ def load_file(path: str | Path, *, what: str = "file", fix: str = "pass a file w
     if not path.is_file():
         raise LongtailError(f"no {what} at {path}", fix)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign file's "pickle protocol" warning: the error below says it better
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" in str(e).lower():  # the pickle names a class or function: not plain data
             raise LongtailError(
