@@ -534,18 +534,22 @@ def stacked_resume_problem(out: str | Path, seeds: Sequence[int]) -> str | None:
     They can when none holds a checkpoint (a fresh start) or all hold one at the same epoch.
     A caller choosing stacking automatically can fall back to sequential training otherwise.
     """
-    out = Path(out)
-    runs = [RunDir(out / f"seed-{s}") for s in seeds]
-    present = [r.has_checkpoint() for r in runs]
-    if not any(present):
+    runs = [RunDir(Path(out) / f"seed-{s}") for s in seeds]
+    epochs = [int(r.resume_state(lambda m: None)["next_epoch"]) if r.has_checkpoint() else None  # type: ignore[index]
+              for r in runs]
+    return _resume_problem(out, seeds, epochs)
+
+
+def _resume_problem(out: str | Path, seeds: Sequence[int], epochs: list[int | None]) -> str | None:
+    """:func:`stacked_resume_problem` from each seed's checkpointed epoch (None: no checkpoint)."""
+    have = [s for s, e in zip(seeds, epochs) if e is not None]
+    if not have:
         return None
-    if not all(present):
-        have = [s for s, p in zip(seeds, present) if p]
+    if len(have) < len(seeds):
         return (f"only some seed folders under {out} hold a checkpoint (seeds {have} of {list(seeds)}), "
                 "so the seeds cannot be resumed together")
-    epochs = sorted({int(r.resume_state(lambda m: None)["next_epoch"]) for r in runs})  # type: ignore[index]
-    if len(epochs) != 1:
-        return (f"the seed folders under {out} were checkpointed at different epochs {epochs}, "
+    if len(set(epochs)) != 1:
+        return (f"the seed folders under {out} were checkpointed at different epochs {sorted(set(epochs))}, "
                 "so the seeds cannot be resumed together")
     return None
 
@@ -622,19 +626,17 @@ def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, spl
         if restart:  # settings and data are checked by now
             clear_run_folder(run.root)
         run.clean()
-    problem = stacked_resume_problem(out, seeds)
+    found = [resume_or_start(run, c, log=log) for run, c in zip(runs, cfgs)]  # each checkpoint read once
+    problem = _resume_problem(out, seeds, [None if st is None else int(st["next_epoch"]) for st in found])
     if problem is not None:
         raise LongtailError(problem, f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
-    if runs[0].has_checkpoint():
-        states = []
-        for run, c, member in zip(runs, cfgs, members):
-            state = resume_or_start(run, c, log=log)
-            assert state is not None  # stacked_resume_problem: every seed holds one
+    if found[0] is not None:
+        states = [st for st in found if st is not None]
+        for run, member, state in zip(runs, members, states):
             load_model_state(member, state["model"], str(run.checkpoint))
             if state.get("optimizer") is None:
                 raise LongtailError(f"{run.checkpoint} holds no optimizer state to resume from",
                                     "pass --restart to train afresh")
-            states.append(state)
         start_epoch = int(states[0]["next_epoch"])
         records = [list(st["records"]) for st in states]
         opt_states = [st["optimizer"] for st in states]
