@@ -27,6 +27,7 @@ from ..errors import LongtailError
 from ..storage import load_data_pickle
 from .download import download_and_extract
 from .imageset import ImageSet
+from .normalization import CIFAR_REFERENCE
 
 #: images per class in the balanced training sets: the n_max of the long-tailed versions
 N_MAX = {"cifar10": 5000, "cifar100": 500}
@@ -63,8 +64,8 @@ DATASET_INFO: dict[str, CifarInfo] = {
         names_key="label_names",
         num_classes=10,
         # the reference recipe's constants (its std is not the data's 0.247/0.243/0.261; kept to match it)
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2023, 0.1994, 0.2010),
+        mean=CIFAR_REFERENCE[0],  # type: ignore[arg-type]
+        std=CIFAR_REFERENCE[1],  # type: ignore[arg-type]
     ),
     "cifar100": CifarInfo(
         folder="cifar-100-python",
@@ -76,8 +77,10 @@ DATASET_INFO: dict[str, CifarInfo] = {
         label_key="fine_labels",
         names_key="fine_label_names",
         num_classes=100,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
+        # CIFAR-10's constants, as both references normalise CIFAR-100 (LDAM-DRW cifar_train.py, Yang & Xu's
+        # train.py; see longtail.data.normalization); CIFAR-100's own statistics are its "cifar100-data"
+        mean=CIFAR_REFERENCE[0],  # type: ignore[arg-type]
+        std=CIFAR_REFERENCE[1],  # type: ignore[arg-type]
     ),
 }
 

@@ -40,9 +40,15 @@ import torch
 from ..counts import ClassCounts
 from ..distributed import default_workers
 from ..errors import LongtailError
+from .normalization import IMAGENET, INAT2018
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET
+#: the references' normalisation per data set (Kang et al.'s data/dataloader.py RGB_statistics); others: ImageNet's
+FILE_NORMALIZATION = {"inat2018": INAT2018}
+#: ColorJitter(brightness, contrast, saturation) strength of the training transform; Kang et al. (and Yang & Xu's
+#: copy) jitter ImageNet-LT by 0.4 and iNaturalist 2018 not at all (get_data_transform, key == 'iNaturalist18')
+DEFAULT_COLOR_JITTER = 0.4
+FILE_COLOR_JITTER = {"inat2018": 0.0}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BAD_IMAGE_POLICIES = ("stop", "skip")
 
@@ -62,7 +68,9 @@ class FileImageSet:
     ``labels``: (N,) int64 in ``0..num_classes-1``. ``image_size``: the side of the square crops
     the model sees; ``num_workers``: DataLoader worker processes that decode; ``on_bad_image``:
     ``stop`` (raise) or ``skip`` (leave the image out and count it). ``mean``/``std``: the
-    normalisation constants (ImageNet's). ``to(device)`` moves the labels only; images are decoded
+    normalisation constants (ImageNet's; iNaturalist's own for ``inat2018``, as Kang et al.).
+    ``color_jitter``: brightness/contrast/saturation jitter of the training transform (0.4; none
+    for ``inat2018``, as Kang et al.). ``to(device)`` moves the labels only; images are decoded
     on the CPU and each batch is moved to the device.
     """
 
@@ -76,6 +84,7 @@ class FileImageSet:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     name: str = "files"
+    color_jitter: float = DEFAULT_COLOR_JITTER
     source_index: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +106,9 @@ class FileImageSet:
                     "labels must be 0..num_classes-1 (the training split defines the classes)")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
             raise LongtailError(f"data.on_bad_image={self.on_bad_image!r}", "use stop or skip")
+        if not self.color_jitter >= 0:
+            raise LongtailError(f"{self.name}: colour jitter {self.color_jitter} must be >= 0",
+                                "use 0.4, or 0 for none")
         if self.image_size < 8:
             raise LongtailError(f"data.image_size={self.image_size} is too small", "use e.g. 224")
         if self.source_index is None:
@@ -357,7 +369,9 @@ def load_file_sets(opt: FileOptions) -> tuple[FileImageSet, FileImageSet | None,
     if not opt.root.is_dir():
         raise LongtailError(f"data root {opt.root} does not exist",
                             f"pass --data-root=the folder of the {opt.dataset} data")
-    common = dict(image_size=opt.image_size, num_workers=opt.num_workers, on_bad_image=opt.on_bad_image)
+    mean, std = FILE_NORMALIZATION.get(opt.dataset, IMAGENET)
+    common = dict(image_size=opt.image_size, num_workers=opt.num_workers, on_bad_image=opt.on_bad_image,
+                  mean=mean, std=std, color_jitter=FILE_COLOR_JITTER.get(opt.dataset, DEFAULT_COLOR_JITTER))
     splits = {"train": opt.train_split, "val": opt.val_split, "test": opt.test_split}
     out: dict[str, FileImageSet | None] = {"val": None}
     class_names: list[str] | None = None
@@ -426,6 +440,7 @@ def holdout_validation(train: FileImageSet, *, per_class: int, seed: int = 0) ->
             train.subset(torch.from_numpy(val_rows), name=f"{train.name}-val"))
 
 
-__all__ = ["BAD_IMAGE_POLICIES", "FILE_DATASETS", "FileImageSet", "FileOptions", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["BAD_IMAGE_POLICIES", "DEFAULT_COLOR_JITTER", "FILE_COLOR_JITTER", "FILE_DATASETS", "FILE_NORMALIZATION",
+           "FileImageSet", "FileOptions", "IMAGENET_MEAN", "IMAGENET_STD",
            "file_options", "holdout_validation", "load_file_sets", "read_csv", "read_folder",
            "read_imagenet_lt", "read_inat"]

@@ -1,7 +1,8 @@
 """Batches of image files: decoding and augmentation in DataLoader workers, for the one training loop.
 
 The training recipe of the ImageNet-LT / iNaturalist references (Liu et al. 2019; Kang et al. 2020):
-``RandomResizedCrop(S)``, horizontal flip and ``ColorJitter(0.4, 0.4, 0.4)`` for training;
+``RandomResizedCrop(S)``, horizontal flip and ``ColorJitter(0.4, 0.4, 0.4)`` for training (no jitter
+on iNaturalist 2018, as Kang et al.'s ``get_data_transform``: ``FileImageSet.color_jitter``);
 ``Resize(S * 256 / 224)`` and ``CenterCrop(S)`` for evaluation, with ``S = data.image_size``
 (224). Images are decoded with PIL and transformed by ``torchvision.transforms.v2`` when
 torchvision is installed (a PIL implementation of the same transforms otherwise), in worker
@@ -41,14 +42,19 @@ EVAL_BATCH_SIZE = 256
 # ------------------------------------------------------------------------------------------------
 # transforms: PIL image -> uint8 (3, S, S) tensor
 # ------------------------------------------------------------------------------------------------
-def train_transform(size: int, flip: bool = True) -> Callable[[Any], torch.Tensor]:
-    """RandomResizedCrop(size) (scale 0.08..1, ratio 3/4..4/3), flip, ColorJitter(0.4, 0.4, 0.4)."""
+def train_transform(size: int, flip: bool = True, jitter: float = 0.4) -> Callable[[Any], torch.Tensor]:
+    """RandomResizedCrop(size) (scale 0.08..1, ratio 3/4..4/3), flip, ColorJitter(jitter, jitter, jitter)
+    (left out for ``jitter=0``)."""
+    if jitter < 0:
+        raise LongtailError(f"colour jitter must be >= 0, got {jitter}")
     try:
         from torchvision.transforms import v2
     except ImportError:
-        return PilTrainTransform(size, flip=flip)
-    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(0.5 if flip else 0.0),
-                       v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4), v2.PILToTensor()])
+        return PilTrainTransform(size, flip=flip, jitter=jitter)
+    steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(0.5 if flip else 0.0)]
+    if jitter > 0:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    return v2.Compose([*steps, v2.PILToTensor()])
 
 
 def eval_transform(size: int) -> Callable[[Any], torch.Tensor]:
@@ -100,6 +106,8 @@ class PilTrainTransform:
         im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=self.crop_box(*im.size))
         if float(torch.rand(1)) < (0.5 if self.flip else 0.0):
             im = ImageOps.mirror(im)
+        if self.jitter <= 0:
+            return _pil_to_tensor(im)
         ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
         for k in torch.randperm(3).tolist():
             im = ops[k](im).enhance(float(torch.empty(1).uniform_(1 - self.jitter, 1 + self.jitter)))
@@ -197,7 +205,8 @@ class FileLoader:
     def __init__(self, data: FileImageSet, *, train: bool, flip: bool = True, pin_memory: bool = False) -> None:
         self.data = data
         self.plan = _Plan()
-        transform = train_transform(data.image_size, flip) if train else eval_transform(data.image_size)
+        transform = (train_transform(data.image_size, flip, data.color_jitter) if train
+                     else eval_transform(data.image_size))
         workers = data.num_workers
         # Workers start with each pass and end with it (not persistent): a pass's workers are forked from
         # a process that holds no other pass's live workers (a forked copy of those fails on exit).

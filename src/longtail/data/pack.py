@@ -16,9 +16,9 @@ import torch
 
 from ..errors import LongtailError
 from .imageset import ImageSet
+from .normalization import CIFAR_REFERENCE
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR10_MEAN, CIFAR10_STD = CIFAR_REFERENCE  # as longtail.data.cifar normalises CIFAR-10
 
 
 def load_pack(path: str | Path) -> tuple[dict[str, ImageSet], ImageSet]:

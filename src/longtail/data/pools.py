@@ -9,10 +9,12 @@ Three sources, each an index selection with an explicit seed (or a sorted file l
   from 80M TinyImages (no longer distributed); here it comes from the images of the balanced
   source set that the labeled subset (and a validation split) did not use. When the source has
   too few images left, :func:`largest_pool` gives the largest pool with the same profile.
-* ``darp`` (DARP, Kim et al. NeurIPS 2020; ABC; USB): labeled and unlabeled parts both cut from
-  the training set, ``N1`` labeled head images with ``gamma_l`` and ``M1`` unlabeled with
-  ``gamma_u`` (optionally reversed), disjoint; per class one shuffle, labeled first, then
-  unlabeled (the reference ``train_split``).
+* ``darp`` (DARP, Kim et al. NeurIPS 2020; ABC, Lee et al. NeurIPS 2021): labeled and unlabeled
+  parts both cut from the training set, ``N1`` labeled head images with ``gamma_l`` and ``M1``
+  unlabeled with ``gamma_u`` (optionally reversed), disjoint; per class, in the data set's file
+  order, the first ``n_l`` images are labeled and the next ``n_u`` unlabeled, with no shuffle
+  (the references' ``train_split``). A seeded per-class shuffle (USB's way of drawing the same
+  counts) is :func:`darp_split`'s ``order="shuffled"``.
 * ``folder``: a user's own PNG/JPEG images, centre-cropped and resized to the data set's size.
 
 How true labels stay hidden: an :class:`UnlabeledSet` has no ``labels``; a pool cut from a
@@ -36,6 +38,8 @@ from ..data.imageset import ImageSet
 from ..errors import LongtailError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: how :func:`darp_split` orders each class before cutting: the references' file order, or a seeded shuffle
+DARP_ORDERS = ("file", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -270,23 +274,39 @@ def unused_pool(source: ImageSet, used: Tensor, *, labeled_total: int, rho_u: fl
 
 
 def darp_split(source: ImageSet, *, n1: int = 1500, m1: int = 3000, gamma_l: float = 100.0,
-               gamma_u: float = 100.0, reverse: bool = False, seed: int = 0) -> tuple[ImageSet, UnlabeledSet]:
-    """The DARP/ABC/USB protocol: ``(labeled, unlabeled)``, disjoint, from one balanced training set.
+               gamma_u: float = 100.0, reverse: bool = False, order: str = "file", seed: int = 0,
+               include_labeled: bool = False) -> tuple[ImageSet, UnlabeledSet]:
+    """The DARP/ABC protocol: ``(labeled, unlabeled)`` from one balanced training set.
 
     Labeled class ``c`` gets ``darp_counts(n1, C, gamma_l)[c]`` images, unlabeled
-    ``darp_counts(m1, C, gamma_u)[c]`` (reversed: the head class is the rarest). Per class, one
-    shuffle of ``RandomState(seed)`` (shared across classes in order), labeled first, then unlabeled.
+    ``darp_counts(m1, C, gamma_u)[c]`` (reversed: the head class is the rarest).
+
+    ``order="file"`` (the default) takes the references' images exactly: for each class ``c``,
+    ``idx = np.where(labels == c)[0]`` in the data set's order, labeled ``idx[:n_l]``, unlabeled
+    ``idx[n_l:n_l + n_u]`` (``train_split`` in bbuing9/DARP ``dataset/all_cifar10.py`` and
+    LeeHyuck/ABC ``ABCcode0920/dataset/fix_cifar10.py``; neither shuffles: their
+    ``np.random.seed(args.manualSeed)`` does not reach the split). ``seed`` is then unused.
+    ``order="shuffled"``: each class's indices are first shuffled by one ``RandomState(seed)``
+    shared across classes in order (USB's ``sample_labeled_unlabeled_data`` draws the same counts
+    after a per-class ``np.random.shuffle``; its global numpy stream is not reproduced here).
+
+    ``include_labeled``: the unlabeled part also holds the labeled images, ``idx[:n_l + n_u]``,
+    as DARP's FixMatch loader does (``train_split(..., fix=True)``) and USB by default
+    (``include_lb_to_ulb=True``); ABC keeps the parts disjoint. Rows come in class order,
+    within a class in the order above.
     """
     if n1 < 1 or m1 < 0:
         raise LongtailError(f"DARP protocol needs n1 >= 1 and m1 >= 0, got n1={n1}, m1={m1}",
                             "the protocol uses data.darp_n1=1500, data.darp_m1=3000")
+    if order not in DARP_ORDERS:
+        raise LongtailError(f"unknown DARP split order {order!r}", f"use one of: {', '.join(DARP_ORDERS)}")
     C = source.num_classes
     n_l = darp_counts(n1, C, gamma_l)
     n_u = darp_counts(m1, C, gamma_u)
     if reverse:
         n_u = n_u[::-1]
     y = source.labels.cpu().numpy()
-    rng = np.random.RandomState(seed)
+    rng = np.random.RandomState(seed) if order == "shuffled" else None
     lab, unl = [], []
     for c in range(C):
         idx = np.where(y == c)[0]
@@ -296,14 +316,16 @@ def darp_split(source: ImageSet, *, n1: int = 1500, m1: int = 3000, gamma_l: flo
                 f"{n_l[c]} labeled + {n_u[c]} unlabeled it asks for",
                 "lower data.darp_n1 or data.darp_m1",
             )
-        rng.shuffle(idx)
+        if rng is not None:
+            rng.shuffle(idx)
         lab.append(idx[: n_l[c]])
-        unl.append(idx[n_l[c]: n_l[c] + n_u[c]])
+        unl.append(idx[: n_l[c] + n_u[c]] if include_labeled else idx[n_l[c]: n_l[c] + n_u[c]])
     rev = "-rev" if reverse else ""
+    tag = ("" if order == "file" else f"-{order}{seed}") + ("-incl" if include_labeled else "")
     labeled = source.subset(torch.from_numpy(np.concatenate(lab)),
-                            name=f"{source.name}-darp-labeled-N{n1}-g{gamma_l:g}")
+                            name=f"{source.name}-darp-labeled-N{n1}-g{gamma_l:g}{tag}")
     unlabeled = hide_labels(source.subset(torch.from_numpy(np.concatenate(unl))),
-                            name=f"{source.name}-darp-unlabeled-M{m1}-g{gamma_u:g}{rev}")
+                            name=f"{source.name}-darp-unlabeled-M{m1}-g{gamma_u:g}{rev}{tag}")
     return labeled, unlabeled
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +26,9 @@ from .files import (
     load_file_sets,
 )
 from .imageset import ImageSet
+from .normalization import normalization_override, with_normalization
 from .pack import load_pack
-from .splits import longtail_indices, unused_indices, validation_split
+from .splits import longtail_indices, unused_indices, validation_info, validation_split
 
 #: data set -> n_max of its long-tailed versions (REFERENCE.md)
 DATASETS = {"cifar10": 5000, "cifar100": 500, "svhn": 1000, "digits": 140}
@@ -34,9 +36,14 @@ DATASETS = {"cifar10": 5000, "cifar100": 500, "svhn": 1000, "digits": 140}
 
 @dataclass(frozen=True)
 class Splits:
+    """``val_info``: where the validation split came from (None without one), see
+    :func:`longtail.data.splits.validation_info`; ``val_info["note"]`` is a sentence for reports
+    (e.g. that CIFAR-10-LT's head class gives 20 of its own 5,000 images: 4,980 left)."""
+
     train: ImageSet | FileImageSet
     test: ImageSet | FileImageSet
     val: ImageSet | FileImageSet | None = None
+    val_info: dict[str, Any] | None = None
 
     @property
     def on_files(self) -> bool:
@@ -44,11 +51,19 @@ class Splits:
         return isinstance(self.train, FileImageSet)
 
     def to(self, device: torch.device | str) -> "Splits":
-        return Splits(self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None)
+        return Splits(self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None,
+                      val_info=self.val_info)
 
 
 def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
-    """The balanced (train, test) sets of a data set."""
+    """The balanced (train, test) sets of a data set, normalised as its references do
+    (:mod:`longtail.data.normalization`) or as ``data.normalization`` says when the config has it."""
+    stats = normalization_override(cfg)
+    train, test = _load_balanced(cfg)
+    return with_normalization(train, stats), with_normalization(test, stats)
+
+
+def _load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     if cfg.dataset in ("cifar10", "cifar100"):
         return load_cifar(cfg.dataset, Path(cfg.root), download=cfg.download)
     if cfg.dataset == "svhn":
@@ -75,12 +90,14 @@ def load_labeled_splits(cfg: DataConfig) -> Splits:
     idx = torch.from_numpy(longtail_indices(source.labels, counts, seed=cfg.subset_seed))
     tag = f"-lt{cfg.imbalance_ratio:g}" + ("" if cfg.profile == "exp" else f"-{cfg.profile}")
     train = source.subset(idx, name=f"{cfg.dataset}{tag}-train")
-    val = None
+    val, val_info = None, None
     if cfg.val_per_class > 0:
         pool = source.subset(unused_indices(len(source), idx))  # rows of source the subset did not take
+        subset = train
         train, val = validation_split(train, per_class=cfg.val_per_class, seed=cfg.subset_seed, pool=pool)
+        val_info = validation_info(subset, train, val)
     train.class_counts().require_nonempty(train.class_names)
-    return Splits(train, test, val)
+    return Splits(train, test, val, val_info=val_info)
 
 
 def _splits_from_pack(cfg: DataConfig) -> Splits:
@@ -92,7 +109,8 @@ def _splits_from_pack(cfg: DataConfig) -> Splits:
     groups, test = load_pack(cfg.pack)  # type: ignore[arg-type]
     if "train" not in groups:
         raise LongtailError(f"pack {cfg.pack} has no 'train' group", "make it with device-pack --lt-ratio R")
-    train = groups["train"]
+    stats = normalization_override(cfg)
+    train, test = with_normalization(groups["train"], stats), with_normalization(test, stats)
     n_max = cfg.n_max if cfg.n_max is not None else DATASETS[cfg.dataset]
     want = ClassCounts.from_profile(n_max, train.num_classes, cfg.imbalance_ratio, cfg.profile)
     if train.class_counts() != want:
@@ -113,11 +131,18 @@ def load_file_splits(cfg: DataConfig) -> Splits:
                                 f"leave data.{key} unset")
     if getattr(cfg, "protocol", "lt") != "lt":
         raise LongtailError(f"data.protocol={cfg.protocol} is not supported with image files", "use data.protocol=lt")
-    train, val, test = load_file_sets(file_options(cfg))
+    stats = normalization_override(cfg)
+    train, val, test = (with_normalization(x, stats) for x in load_file_sets(file_options(cfg)))
+    val_info = None
     if val is None and cfg.val_per_class > 0:
+        whole = train
         train, val = holdout_validation(train, per_class=cfg.val_per_class, seed=cfg.subset_seed)
+        val_info = validation_info(whole, train, val)  # type: ignore[arg-type]
     elif val is not None and cfg.val_per_class > 0:
         raise LongtailError("both data.val_split and data.val_per_class are set",
                             "use the validation split file, or hold out images per class, not both")
+    elif val is not None:
+        val_info = {"total": len(val), "from_train": None, "note": f"validation split: {len(val):,} images from "
+                    f"the split file {cfg.val_split}"}
     train.class_counts().require_nonempty(train.class_names)
-    return Splits(train, test, val)
+    return Splits(train, test, val, val_info=val_info)

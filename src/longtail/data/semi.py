@@ -39,7 +39,7 @@ from .pseudo_labels import (
     pseudo_label_report,
 )
 from .registry import Splits, load_balanced, load_labeled_splits
-from .splits import validation_split
+from .splits import validation_info, validation_split
 
 PROTOCOLS = ("lt", "darp")
 
@@ -60,26 +60,43 @@ class SemiSplits(Splits):
     def to(self, device: torch.device | str) -> "SemiSplits":
         return SemiSplits(
             self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None,
-            is_pseudo=None if self.is_pseudo is None else self.is_pseudo.to(device),
+            val_info=self.val_info, is_pseudo=None if self.is_pseudo is None else self.is_pseudo.to(device),
             unlabeled=None if self.unlabeled is None else self.unlabeled.to(device), info=self.info,
         )
 
 
+def darp_order(cfg: DataConfig) -> str:
+    """How the DARP split orders each class: ``data.darp_order`` when the config has it, else the
+    references' file order (:func:`longtail.data.pools.darp_split`)."""
+    return getattr(cfg, "darp_order", None) or "file"
+
+
 def darp_splits(cfg: DataConfig) -> tuple[Splits, UnlabeledSet]:
-    """The DARP protocol's labeled splits (+ a validation split from the images neither part uses) and pool."""
+    """The DARP protocol's labeled splits (+ a validation split from the images neither part uses) and pool.
+
+    The pool holds the labeled images too when the config says ``data.darp_include_labeled`` (DARP's
+    FixMatch loader, USB); a pool for pseudo-labels (:func:`build_pool`) never does.
+    """
     if cfg.pack:
         raise LongtailError("the DARP protocol is cut from the full training set, not a device pack",
                             "unset data.pack and point --data-root at the data set")
     source, test = load_balanced(cfg)
     labeled, unlabeled = darp_split(source, n1=cfg.darp_n1, m1=cfg.darp_m1, gamma_l=cfg.darp_gamma_l,
-                                    gamma_u=cfg.darp_gamma_u, reverse=cfg.darp_reverse, seed=cfg.subset_seed)
-    val = None
+                                    gamma_u=cfg.darp_gamma_u, reverse=cfg.darp_reverse, order=darp_order(cfg),
+                                    seed=cfg.subset_seed,
+                                    include_labeled=bool(getattr(cfg, "darp_include_labeled", False)))
+    val, val_info = None, None
     if cfg.val_per_class > 0:
         taken = torch.cat([labeled.source_index, unlabeled.source_index]).cpu()  # type: ignore[list-item]
         rest = source.subset(~torch.isin(source.source_index.cpu(), taken))  # type: ignore[union-attr]
+        whole = labeled
         labeled, val = validation_split(labeled, per_class=cfg.val_per_class, seed=cfg.subset_seed, pool=rest)
+        val_info = validation_info(whole, labeled, val)
+        # a pool that holds the labeled images must not hold the ones that went to validation
+        unlabeled = unlabeled.subset(~torch.isin(unlabeled.source_index.cpu(),  # type: ignore[union-attr]
+                                                 val.source_index.cpu()))  # type: ignore[union-attr]
     labeled.class_counts().require_nonempty(labeled.class_names)
-    return Splits(labeled, test, val), unlabeled
+    return Splits(labeled, test, val, val_info=val_info), unlabeled
 
 
 def labeled_splits(cfg: DataConfig) -> Splits:
@@ -141,6 +158,8 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
     if cfg.protocol == "darp":
         base, unlabeled = darp_splits(cfg)
         info["unlabeled_counts"] = list(unlabeled.hidden_counts().counts)  # type: ignore[union-attr]
+        info["darp_order"] = darp_order(cfg)
+        info["darp_include_labeled"] = bool(getattr(cfg, "darp_include_labeled", False))
     else:
         base = labeled_splits(cfg)
     if pool_text:
@@ -148,7 +167,7 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
         info["unlabeled_pool"] = {k: v for k, v in spec.items() if k != "data"}
     info["labeled_counts"] = list(base.train.class_counts().counts)
     if cfg.pseudo_labels is None:
-        return SemiSplits(base.train, base.test, base.val, unlabeled=unlabeled, info=info)
+        return SemiSplits(base.train, base.test, base.val, val_info=base.val_info, unlabeled=unlabeled, info=info)
 
     saved = load_pseudo_labels(cfg.pseudo_labels)
     if cfg.pack and saved.pool_spec["kind"] != "folder":
@@ -176,7 +195,8 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
     info.update(pseudo_labels=str(cfg.pseudo_labels), pool={k: v for k, v in saved.pool_spec.items() if k != "data"},
                 pseudo_threshold=pl.threshold, pseudo_kept=report["kept"], pseudo_accuracy=report["accuracy"],
                 pseudo_kept_counts=report["kept_counts"], train_counts=list(train.class_counts().counts))
-    return SemiSplits(train, base.test, base.val, is_pseudo=is_pseudo.to(train.device), unlabeled=unlabeled, info=info)
+    return SemiSplits(train, base.test, base.val, val_info=base.val_info, is_pseudo=is_pseudo.to(train.device),
+                      unlabeled=unlabeled, info=info)
 
 
 def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], None] = print
@@ -212,7 +232,8 @@ def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], N
                                 f"data.protocol={data.protocol!r}",
                                 "pseudo-label a run trained with data.protocol=darp, or use --pool unused:...")
         _, pool = darp_split(source, n1=data.darp_n1, m1=data.darp_m1, gamma_l=data.darp_gamma_l,
-                             gamma_u=data.darp_gamma_u, reverse=data.darp_reverse, seed=data.subset_seed)
+                             gamma_u=data.darp_gamma_u, reverse=data.darp_reverse, order=darp_order(data),
+                             seed=data.subset_seed)  # disjoint from the labeled part, always
         counts = pool.hidden_counts()
         resolved.update(size=len(pool), counts=list(counts.counts) if counts else None)
         return pool, resolved

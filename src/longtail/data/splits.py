@@ -86,6 +86,39 @@ def validation_split(
     return train.subset(torch.from_numpy(np.where(keep)[0]), name=train.name), val
 
 
+def validation_info(train_before: ImageSet, train_after: ImageSet, val: ImageSet) -> dict:
+    """Where a validation split's images came from, for reports: ``{"per_class", "total", "from_train",
+    "train_before", "train_after", "note"}``.
+
+    ``from_train[c]``: validation images of class ``c`` taken out of the training subset itself
+    (``train_before``), because the unused source images of that class were too few; the others
+    come from images the training subset never had. ``note`` says it in one sentence, e.g. on
+    CIFAR-10-LT (rho=100, n_max 5000 uses every head image): "validation split: 20 images per class
+    (200); 180 from images the training subset does not use, 20 of class 'airplane' from its own
+    training images (5,000 -> 4,980 left)".
+    """
+    C = train_before.num_classes
+    taken = torch.isin(val.source_index.cpu(), train_before.source_index.cpu())  # type: ignore[union-attr]
+    from_train = torch.bincount(val.labels.cpu()[taken], minlength=C).tolist()
+    per = torch.bincount(val.labels.cpu(), minlength=C).tolist()
+    before = list(train_before.class_counts().counts)
+    after = list(train_after.class_counts().counts)
+    per_class = per[0] if per and all(p == per[0] for p in per) else per
+    size = f"{per_class} images per class ({len(val):,})" if isinstance(per_class, int) else f"{len(val):,} images"
+    own = [f"{k} of class {train_before.class_names[c]!r} from its own training images "
+           f"({before[c]:,} -> {after[c]:,} left)" for c, k in enumerate(from_train) if k]
+    n_own = sum(from_train)
+    if not own:
+        note = f"validation split: {size}, all from images the training subset does not use"
+    elif n_own == len(val):
+        note = f"validation split: {size}, all taken out of the training subset: " + "; ".join(own)
+    else:
+        note = (f"validation split: {size}; {len(val) - n_own:,} from images the training subset does not use, "
+                + "; ".join(own))
+    return {"per_class": per_class, "total": len(val), "from_train": from_train, "train_before": before,
+            "train_after": after, "note": note}
+
+
 def unused_indices(source_size: int, used: torch.Tensor) -> torch.Tensor:
     """Indices of a source set that a selection did not use (e.g. the pool for validation)."""
     mask = torch.ones(source_size, dtype=torch.bool)

@@ -18,6 +18,7 @@ import torch
 from ..errors import LongtailError
 from .download import download_and_extract
 from .imageset import ImageSet
+from .normalization import HALF
 
 #: images per class of SVHN-LT's most frequent class
 N_MAX_SVHN = 1000
@@ -30,8 +31,9 @@ MD5 = {
     "extra": "a93ce644f1a588dc4d68dda5feec44a7",
 }
 CLASS_NAMES = tuple(str(d) for d in (1, 2, 3, 4, 5, 6, 7, 8, 9, 0))
-MEAN = (0.4377, 0.4438, 0.4728)
-STD = (0.1980, 0.2010, 0.1970)
+#: Yang & Xu's constants (train.py: 0.5 / 0.5 for every data set not named cifar*); SVHN's own pixel
+#: statistics are longtail.data.normalization.SVHN_DATA ("svhn-data")
+MEAN, STD = HALF
 FOLDER = "svhn"
 
 
