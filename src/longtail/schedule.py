@@ -56,7 +56,29 @@ def cosine_lr(epoch: int, *, base_lr: float, epochs: int, warmup_epochs: float =
     return 0.5 * base_lr * (1 + math.cos(math.pi * t))
 
 
-SCHEDULES = ("step", "cosine")
+def onecycle_lr(epoch: float, *, base_lr: float, epochs: float, warmup_epochs: float = 0, start: float = 0.2,
+                end: float = 0.0) -> float:
+    """A triangle (airbench's "one-cycle"): linear from ``start * base_lr`` at epoch 0 up to ``base_lr`` at
+    ``warmup_epochs`` (real epochs), then linear down to ``end * base_lr`` at ``epochs``.
+
+    ``epoch`` may be fractional (``epoch + step / steps_per_epoch``) for a rate set every step; the
+    loop sets it once per epoch, at the epoch's start.
+
+    >>> [round(onecycle_lr(e, base_lr=1.0, epochs=10, warmup_epochs=2), 6) for e in (0, 1, 2, 6, 10, 11)]
+    [0.2, 0.6, 1.0, 0.5, 0.0, 0.0]
+    """
+    if epochs <= 0:
+        raise LongtailError(f"a schedule needs epochs > 0, got {epochs}")
+    e = min(max(float(epoch), 0.0), float(epochs))
+    warm = min(max(float(warmup_epochs), 0.0), float(epochs))
+    if e < warm:
+        return base_lr * (start + (1.0 - start) * e / warm)
+    if epochs == warm:
+        return base_lr
+    return base_lr * (1.0 + (end - 1.0) * (e - warm) / (epochs - warm))
+
+
+SCHEDULES = ("step", "cosine", "onecycle")
 
 
 def lr_function(cfg: RunConfig) -> Callable[[int], float]:
@@ -67,4 +89,6 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
                                  milestones=t.milestones)
     if t.schedule == "cosine":
         return lambda e: cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
-    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step or cosine")
+    if t.schedule == "onecycle":  # warmup_epochs in real epochs, as for cosine
+        return lambda e: onecycle_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
+    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step, cosine or onecycle")
