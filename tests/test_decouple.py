@@ -254,3 +254,56 @@ def test_bad_arguments(base, tmp_path):
         decouple_run(run, "logit-adjust", out=run, splits=splits, device="cpu")
     with pytest.raises(LongtailError, match="no checkpoints"):
         decouple_run(tmp_path, "crt", splits=splits, device="cpu")
+
+
+# through the run driver: resumable, a finished result re-evaluated, other settings refused ---------------
+
+
+def test_crt_stopped_and_resumed_equals_an_uninterrupted_one(base, tmp_path):
+    run, splits = base
+    whole = decouple_run(run, "crt", out=tmp_path / "whole", epochs=3, splits=splits, device="cpu")
+    assert decouple_run(run, "crt", out=tmp_path / "parts", epochs=3, splits=splits, device="cpu",
+                        stop_after=1) == {}
+    assert (tmp_path / "parts" / "checkpoints" / "last.pt").is_file()
+    logs = []
+    parts = decouple_run(run, "crt", out=tmp_path / "parts", epochs=3, splits=splits, device="cpu", log=logs.append)
+    assert any("resuming" in line and "from epoch 1/3" in line for line in logs)
+    a, b = model_state(tmp_path / "whole"), model_state(tmp_path / "parts")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert parts["top1"] == whole["top1"] and parts["base"] == whole["base"]
+    rows = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_a_finished_decoupling_is_evaluated_again_and_other_settings_are_refused(base, tmp_path):
+    run, splits = base
+    out = tmp_path / "lws"
+    first = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    again = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    assert again["top1"] == first["top1"] and again["lws_scales"] == first["lws_scales"]
+    with pytest.raises(LongtailError, match="other settings") as e:
+        decouple_run(run, "lws", out=out, epochs=3, splits=splits, device="cpu")
+    assert "--restart" in e.value.fix
+    redone = decouple_run(run, "lws", out=out, epochs=3, splits=splits, device="cpu", restart=True)
+    assert redone["epochs"] == 3
+
+
+def test_a_changed_base_run_is_another_source(base, tmp_path):
+    run, splits = base
+    copy = tmp_path / "base"
+    train_one(tiny_config(epochs=2), copy, splits=splits, progress=False)
+    out = tmp_path / "out"
+    decouple_run(copy, "tau-norm", out=out, tau=1.0, splits=splits, device="cpu")
+    train_one(tiny_config(epochs=2), copy, splits=splits, progress=False, restart=True)  # same settings...
+    state = load_checkpoint(copy / "checkpoints" / "last.pt")
+    state["model"]["head.bias"] += 1.0  # ...other weights
+    save_checkpoint(copy / "checkpoints" / "last.pt", config=RunConfig.from_dict(state["config"]),
+                    model=_with_state(state["model"]), optimizer=None, next_epoch=state["next_epoch"], records=[])
+    with pytest.raises(LongtailError, match="other settings"):
+        decouple_run(copy, "tau-norm", out=out, tau=1.0, splits=splits, device="cpu")
+
+
+def _with_state(sd):
+    model = make_model("tiny", len(COUNTS))
+    model.load_state_dict(sd)
+    return model
