@@ -60,10 +60,10 @@ def read_report(out):
 
 
 # cRT ------------------------------------------------------------------------------------------
-def test_crt_keeps_the_backbone_bit_identical_and_retrains_the_head(base, tmp_path):
+def test_crt_with_frozen_bn_keeps_the_backbone_bit_identical_and_retrains_the_head(base, tmp_path):
     run, splits = base
     out = tmp_path / "crt"
-    result = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    result = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu", bn="frozen")
     assert_backbone_identical(run, out)  # parameters and BatchNorm buffers
     a, b = model_state(run), model_state(out)
     assert not torch.equal(a["head.weight"], b["head.weight"])
@@ -160,7 +160,7 @@ def test_scaled_head_starts_at_one_and_folds_exactly():
 def test_lws_learns_scales_on_a_frozen_backbone_and_head(base, tmp_path):
     run, splits = base
     out = tmp_path / "lws"
-    report = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    report = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu", bn="frozen")
     assert_backbone_identical(run, out)
     scales = torch.tensor(report["lws_scales"])
     assert scales.shape == (4,) and not torch.equal(scales, torch.ones(4))  # trained away from 1
@@ -307,3 +307,43 @@ def _with_state(sd):
     model = make_model("tiny", len(COUNTS))
     model.load_state_dict(sd)
     return model
+
+
+# the second stage's settings, as the sources give them ---------------------------------------------
+
+
+def test_by_default_bn_follows_the_class_balanced_batches_and_weights_stay(base, tmp_path):
+    """Kang et al.'s run_networks.py and BagofTricks-LT keep the fixed feature model in train mode."""
+    run, splits = base
+    out = tmp_path / "crt-bn"
+    report = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    a, b = model_state(run), model_state(out)
+    backbone = [k for k in a if k.startswith("backbone.")]
+    stats = [k for k in backbone if "running_" in k]
+    assert stats and all(not torch.equal(a[k], b[k]) for k in stats)  # re-estimated
+    weights = [k for k in backbone if not ("running_" in k or "num_batches" in k)]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)  # never trained
+    assert report["bn"] == "train" and report["nesterov"] is True and report["schedule"] == "warmup-step"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["train"]["batch_size"] == 128 and cfg["config"]["train"]["weight_decay"] == 5e-4
+    assert cfg["decouple"]["settings_from"].startswith("BagofTricks-LT")
+
+
+def test_second_stage_settings_per_data_set_and_their_schedules():
+    small, inet, inat = dc.second_stage_for("cifar100"), dc.second_stage_for("imagenet-lt"), \
+        dc.second_stage_for("inat2018")
+    assert (small.epochs, small.batch_size, small.lr, small.weight_decay) == ({"crt": 30, "lws": 30}, 128, 0.1, 5e-4)
+    assert (inet.epochs, inet.batch_size, inet.lr, inet.weight_decay) == ({"crt": 10, "lws": 5}, 512, 0.2, 5e-4)
+    assert (inat.epochs["crt"], inat.weight_decay) == (30, 1e-4)
+    assert dc.second_stage_for("folder") is inet
+    lr = small.lr_at(30)  # BagofTricks-LT's WarmupMultiStepLR: from lr/3 over 5 epochs, x0.1 at 10 and 20
+    assert [round(lr(e), 6) for e in (0, 4, 5, 9, 10, 19, 20, 29)] == \
+        [0.033333, 0.086667, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    cos = inet.lr_at(10)
+    assert cos(0) == 0.2 and 0 < cos(9) < 0.01
+
+
+def test_unknown_bn_mode(base, tmp_path):
+    run, splits = base
+    with pytest.raises(LongtailError, match="BatchNorm mode 'eval'"):
+        decouple_run(run, "crt", out=tmp_path / "x", splits=splits, device="cpu", bn="eval")

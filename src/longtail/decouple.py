@@ -1,8 +1,9 @@
 """Second-stage re-balancing of a trained run: decoupled classifiers and post-hoc logit adjustment.
 
 A model trained on long-tailed data learns good features but a classifier biased to the head
-classes. These methods keep the features and re-balance only the classifier (the backbone is never
-touched, BatchNorm statistics included):
+classes. These methods keep the backbone's weights and re-balance only the classifier. While cRT and
+LWS train, the backbone's BatchNorm is in training mode by default, as in every reference (its running
+statistics follow the class-balanced batches); ``bn="frozen"`` keeps it bit-identical instead:
 
 * ``crt`` (classifier re-training; Kang et al., "Decoupling representation and classifier for
   long-tailed recognition", ICLR 2020): a new head of the run's kind is trained with
@@ -14,6 +15,15 @@ touched, BatchNorm statistics included):
 * ``logit-adjust`` (post-hoc logit adjustment; Menon et al., "Long-tail learning via logit
   adjustment", ICLR 2021): ``z_c <- z_c - tau * log pi_c`` with ``pi`` the training prior.
   No training; ``tau`` from the validation split when there is one, else Menon's ``tau = 1``.
+
+cRT and LWS train with the settings of their source for the data set (:data:`SECOND_STAGES`): Kang et al.'s
+configs on ImageNet-LT and iNaturalist 2018 (batch 512, lr 0.2, cosine; cRT 10 / 30 epochs, LWS 5),
+BagofTricks-LT's on CIFAR-LT (30 epochs, batch 128, lr 0.1 with a 5-epoch warm-up and x0.1 at 10 and 20,
+Nesterov, wd 5e-4). Where we differ from them: the class-balanced sampler picks a class uniformly and then
+one of its images (Kang's ``ClassAwareSampler`` takes 4 images of a class in a row); the cosine rate of
+epoch ``e`` is ``lr (1 + cos(pi e / T)) / 2`` (Kang's scheduler steps before each epoch, which under
+PyTorch >= 1.1 shifts it by one epoch, so that his last epoch trains at lr 0); every epoch is kept, the
+result is the last epoch's (Kang keeps the epoch best on the validation split).
 
 ``decouple_run`` loads a run's checkpoint, applies a method, evaluates on the test set (shot groups
 from the *training* counts) and writes a report and a checkpoint into ``RUN/decouple-METHOD/``.
@@ -72,12 +82,63 @@ from .schedule import cosine_lr
 from .storage import check_writable_dir, digest
 from .tasks import SupervisedTask
 
-__all__ = ["METHODS", "TAU_GRID", "DEFAULT_EPOCHS", "FrozenBackbone", "choose_tau", "decouple_run"]
+__all__ = ["METHODS", "SECOND_STAGES", "TAU_GRID", "BN_MODES", "FrozenBackbone", "SecondStage", "choose_tau",
+           "decouple_run", "second_stage_for"]
 
 #: tau values searched on the validation split: 0.0, 0.1, ..., 2.0 (Kang et al. 2020; Menon et al. 2021)
 TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))
-#: epochs of cRT and LWS when none are given (Kang et al. use 10 on ImageNet-LT)
-DEFAULT_EPOCHS = 10
+#: the frozen backbone's BatchNorm while cRT / LWS train: ``train`` (the references: its running statistics
+#: follow the class-balanced batches) or ``frozen`` (eval mode: the backbone's tensors stay bit-identical)
+BN_MODES = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class SecondStage:
+    """How cRT and LWS train, as their source gives it for a kind of data set.
+
+    ``schedule``: ``cosine`` (to 0 over the epochs, Kang et al.'s ``coslr``) or ``warmup-step`` (linear warm-up
+    from lr/3 over 5 epochs, then x0.1 at epochs 10 and 20: BagofTricks-LT's ``WarmupMultiStepLR``).
+    """
+
+    source: str
+    epochs: dict[str, int]  # method -> epochs
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+
+    def lr_at(self, epochs: int) -> Callable[[float], float]:
+        lr = self.lr
+        if self.schedule == "cosine":
+            return lambda e: cosine_lr(int(e), base_lr=lr, epochs=epochs)
+        return lambda e: lr * (1 / 3 + (1 - 1 / 3) * e / 5 if e < 5 else 0.1 ** sum(e >= m for m in (10, 20)))
+
+
+_KANG = "Kang et al. 2020, facebookresearch/classifier-balancing config/{}/cls_crt.yaml and cls_lws.yaml"
+#: the second stage's settings per kind of data set, from the sources of the published numbers
+SECOND_STAGES: dict[str, SecondStage] = {
+    # CIFAR-10/100-LT (and the other small-image sets): Zhang et al. 2021, "Bag of tricks for long-tailed visual
+    # recognition", zhangyongshun/BagofTricks-LT configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/*.yaml
+    "small": SecondStage("BagofTricks-LT (Zhang et al. 2021), configs/cao_cifar/two_stage/classifier_balance",
+                         {"crt": 30, "lws": 30}, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                         nesterov=True, schedule="warmup-step"),
+    "imagenet-lt": SecondStage(_KANG.format("ImageNet_LT"), {"crt": 10, "lws": 5}, batch_size=512, lr=0.2,
+                               momentum=0.9, weight_decay=5e-4, nesterov=False, schedule="cosine"),
+    "inat2018": SecondStage(_KANG.format("iNaturalist18"), {"crt": 30, "lws": 5}, batch_size=512, lr=0.2,
+                            momentum=0.9, weight_decay=1e-4, nesterov=False, schedule="cosine"),
+}
+
+
+def second_stage_for(dataset: str) -> SecondStage:
+    """The second stage's settings for ``dataset``: Kang et al.'s for ImageNet-LT and iNaturalist 2018 (and their
+    ImageNet-LT settings for a user's image folder or CSV), BagofTricks-LT's for small-image sets."""
+    if dataset in ("imagenet-lt", "inat2018"):
+        return SECOND_STAGES[dataset]
+    if dataset in ("folder", "csv"):
+        return SECOND_STAGES["imagenet-lt"]
+    return SECOND_STAGES["small"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,21 +147,25 @@ DEFAULT_EPOCHS = 10
 class FrozenBackbone(nn.Module):
     """The view of a ``Classifier`` that ``fit`` trains when only the head may change.
 
-    ``fit`` calls ``model.train()`` every epoch, and BatchNorm in training mode would update its
-    running statistics even without gradients. Here ``train()`` puts everything but the backbone
-    in training mode; the backbone stays in eval mode (its running statistics are used, never
-    updated), its parameters have ``requires_grad=False``, and its features are computed without
-    autograd. The backbone's tensors therefore stay bit-identical.
+    The backbone's parameters have ``requires_grad=False`` and its features are computed without
+    autograd. ``bn="train"`` (the references: Kang et al.'s ``run_networks.py`` and BagofTricks-LT put every
+    network, the fixed feature model included, in training mode): BatchNorm normalises each batch by its
+    own statistics and its running statistics follow the class-balanced batches. ``bn="frozen"``: the
+    backbone stays in eval mode, so its tensors, running statistics included, stay bit-identical.
     """
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(self, model: Classifier, bn: str = "train") -> None:
         super().__init__()
-        self.model = model
+        if bn not in BN_MODES:
+            raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage",
+                                f"use one of: {', '.join(BN_MODES)}")
+        self.model, self.bn = model, bn
         model.backbone.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "FrozenBackbone":
         super().train(mode)
-        self.model.backbone.eval()
+        if self.bn == "frozen":
+            self.model.backbone.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +227,7 @@ def _crt(ctx: MethodContext) -> dict[str, Any]:
     model = ctx.model
     torch.manual_seed(ctx.cfg.seed)  # the new head's initialisation
     model.reset_head(make_head(ctx.cfg.model.head, model.num_features, ctx.splits.train.num_classes).to(ctx.device))
-    return {"epochs": ctx.epochs or DEFAULT_EPOCHS}
+    return {"epochs": ctx.cfg.train.epochs}
 
 
 def _lws(ctx: MethodContext) -> dict[str, Any]:
@@ -170,7 +235,7 @@ def _lws(ctx: MethodContext) -> dict[str, Any]:
     model = ctx.model
     model.head.requires_grad_(False)
     model.reset_head(ScaledHead(model.head, ctx.splits.train.num_classes).to(ctx.device))
-    return {"epochs": ctx.epochs or DEFAULT_EPOCHS}
+    return {"epochs": ctx.cfg.train.epochs}
 
 
 def _lws_scales(ctx: MethodContext) -> dict[str, Any]:
@@ -234,7 +299,8 @@ def _check_method(method: str, epochs: int | None, tau: float | None) -> Method:
     if epochs is not None and not m.trains:
         raise LongtailError(f"{method} trains nothing, so --epochs does not apply", f"--epochs is for {trainers}")
     if epochs is not None and epochs < 1:
-        raise LongtailError(f"--epochs must be >= 1, got {epochs}", f"leave it out for {DEFAULT_EPOCHS} epochs")
+        raise LongtailError(f"--epochs must be >= 1, got {epochs}",
+                            "leave it out for the epochs the source gives for the data set")
     if tau is not None and not m.takes_tau:
         raise LongtailError(f"{method} has no tau, so --tau does not apply", f"--tau is for {tuners}")
     if tau is not None and not (math.isfinite(tau) and tau >= 0):
@@ -261,14 +327,17 @@ def decouple_run(
     command: list[str] | None = None,
     restart: bool = False,
     stop_after: int | None = None,
+    bn: str = "train",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Re-balance the classifier of a trained run with ``method`` (a key of :data:`METHODS`).
 
     ``run``: a run folder, a seed-N folder or a checkpoint file. ``out``: where the report and the
     new checkpoint go (default ``RUN/decouple-METHOD``); it is a run folder like any other, resumed
-    from its checkpoint when it holds one of the same settings (``restart``: start it over). ``epochs``:
-    cRT / LWS epochs (default 10). ``tau``: tau-norm / logit-adjust strength; None chooses it on the
+    from its checkpoint when it holds one of the same settings (``restart``: start it over). cRT and LWS
+    train with the settings their source gives for the run's data set (:func:`second_stage_for`); ``epochs``
+    overrides its epochs, ``bn`` is the frozen backbone's BatchNorm mode (:data:`BN_MODES`). ``tau``:
+    tau-norm / logit-adjust strength; None chooses it on the
     validation split. ``splits``: the data (default: rebuilt from the run's config, ``data_root``
     overriding its root). Returns the test summary (shot groups from the training counts) plus the
     report's extra entries (method, tau, tau_grid, source_checkpoint, base: the run before, ...), or ``{}``
@@ -282,13 +351,17 @@ def decouple_run(
     if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():
         raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
     check_writable_dir(out)  # before the work, not after it
+    if bn not in BN_MODES:
+        raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage", f"use one of: {', '.join(BN_MODES)}")
+    settings = second_stage_for(cfg.data.dataset)
     train = replace(cfg.train, device=device)
-    if m.trains:  # the second stage's own schedule
-        train = replace(train, epochs=epochs or DEFAULT_EPOCHS)
+    if m.trains:  # the second stage's own optimisation, as its source gives it for this data set
+        train = replace(train, epochs=epochs or settings.epochs[method], batch_size=settings.batch_size,
+                        lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     cfg = replace(cfg, train=train)
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    stage = DecoupleStage(cfg, RunDir(out), method, m, state, ckpt, epochs=epochs, tau=tau)
+    stage = DecoupleStage(cfg, RunDir(out), method, m, state, ckpt, epochs=epochs, tau=tau, settings=settings, bn=bn)
     return drive(stage, splits=splits, command=command, progress=progress, log=log, restart=restart,
                  stop_after=stop_after)
 
@@ -297,16 +370,17 @@ class DecoupleStage(Stage):
     """A second stage on a trained run's checkpoint, through the one driver.
 
     The methods that train (cRT, LWS) train the head's trainable tensors on the frozen backbone
-    (:class:`FrozenBackbone`) with cross-entropy and class-balanced sampling, the run's augmentation,
-    batch size, momentum and weight decay, and a cosine learning rate from the run's lr over the second
-    stage's epochs; checkpointed and resumable as any run. The others (tau-norm, post-hoc logit
+    (:class:`FrozenBackbone`) with cross-entropy, class-balanced sampling and the run's augmentation, with the
+    batch size, learning rate and schedule, momentum, Nesterov and weight decay of their source for the data
+    set (:data:`SECOND_STAGES`); checkpointed and resumable as any run. The others (tau-norm, post-hoc logit
     adjustment) train nothing. The result's head is folded into a plain head where exactly possible.
     """
 
     best_by = None
 
     def __init__(self, cfg: RunConfig, run: RunDir, method: str, m: Method, source: dict[str, Any], ckpt: Path, *,
-                 epochs: int | None, tau: float | None) -> None:
+                 epochs: int | None, tau: float | None, settings: SecondStage, bn: str) -> None:
+        self.settings, self.bn = settings, bn
         self.cfg, self.members = cfg, [Member(cfg, run)]
         self.method, self.m, self.source, self.ckpt = method, m, source, ckpt
         self.user_epochs, self.tau = epochs, tau
@@ -319,12 +393,13 @@ class DecoupleStage(Stage):
         return self.cfg.train.epochs if self.m.trains else 0
 
     def lr_at(self) -> Callable[[float], float]:
-        t, epochs = self.cfg.train, self.epochs
-        return lambda e: cosine_lr(e, base_lr=t.lr, epochs=epochs)
+        return self.settings.lr_at(self.epochs)
 
     def meta(self) -> dict[str, Any]:
+        second = ({"settings_from": self.settings.source, "nesterov": self.settings.nesterov,
+                   "schedule": self.settings.schedule, "bn": self.bn} if self.m.trains else {})
         return {"method": self.method, "epochs": self.user_epochs, "tau": self.tau,
-                "source_checkpoint": str(self.ckpt.resolve()), "source_weights": self.source_weights}
+                "source_checkpoint": str(self.ckpt.resolve()), "source_weights": self.source_weights, **second}
 
     def build(self, ctx: Context) -> Built:
         splits, counts, device = ctx.splits, ctx.counts, ctx.device
@@ -342,8 +417,9 @@ class DecoupleStage(Stage):
                                          sampler=make_sampler("class-balanced", train.labels, train.num_classes)))
         params = [p for p in model.head.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params or [torch.zeros(1, requires_grad=True)], lr=t.lr, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)  # nothing to train: an optimizer never stepped
-        return Built(model, task, optimizer, train.image_shape, trains=FrozenBackbone(model))
+                                    weight_decay=t.weight_decay,  # nothing to train: an optimizer never stepped
+                                    nesterov=self.settings.nesterov and t.momentum > 0)
+        return Built(model, task, optimizer, train.image_shape, trains=FrozenBackbone(model, self.bn))
 
     def same(self, member: Member) -> Callable[[], bool]:
         def same() -> bool:
@@ -378,7 +454,7 @@ class DecoupleStage(Stage):
         seconds = timing["train_s"] + time.perf_counter() - t0
         splits, counts, device, amp = ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp
         summary = evaluate_model(model, splits.test, counts, device, amp)
-        extra: dict[str, Any] = {"method": self.method, "tau": None, **self.info, "source_checkpoint": str(self.ckpt),
+        extra: dict[str, Any] = {**self.meta(), "tau": None, **self.info, "source_checkpoint": str(self.ckpt),
                                  "base": self.base, "recipe": self.cfg.recipe, "seed": self.cfg.seed, "split": "test",
                                  "device": str(device), "seconds": seconds, "out": str(self.members[0].run.root),
                                  "config": self.cfg.to_dict(), "timing": timing}
