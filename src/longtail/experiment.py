@@ -33,6 +33,7 @@ from .config import RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
+from .data.imageset import ImageSet
 from .data.loader import LoaderTask, predict_files
 from .data.registry import Splits
 from .data.semi import load_splits
@@ -217,6 +218,10 @@ def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torc
     single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
+    init_from_data = getattr(getattr(model, "backbone", None), "init_from_data", None)
+    if init_from_data is not None and isinstance(splits.train, ImageSet):  # e.g. FastNet's patch whitening
+        train = splits.train
+        init_from_data(train.images.to(device), mean=train.mean, std=train.std)  # draws no random numbers
     task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
     return model, task
 
@@ -235,6 +240,9 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
     extra.update(validation_report(cfg, run, model, splits, counts, device))
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
+    if getattr(splits, "val_info", None):  # where the validation images came from (report.md shows the note)
+        extra["validation_split"] = splits.val_info  # type: ignore[attr-defined]
+        extra["validation_note"] = splits.val_info.get("note")  # type: ignore[attr-defined]
     if writes:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
@@ -299,5 +307,6 @@ def _report_context(root: Path) -> dict[str, Any]:
         old = json.loads((root / "report.json").read_text())
     except (OSError, ValueError):
         return {}
-    keep = ("timing", "val", "best_val_epoch", "semi", "distributed", "stacked_seeds", "train_unreadable_images")
+    keep = ("timing", "val", "best_val_epoch", "semi", "distributed", "stacked_seeds", "train_unreadable_images",
+            "validation_split", "validation_note")
     return {k: old[k] for k in keep if isinstance(old, dict) and k in old}
