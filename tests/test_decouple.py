@@ -60,10 +60,10 @@ def read_report(out):
 
 
 # cRT ------------------------------------------------------------------------------------------
-def test_crt_keeps_the_backbone_bit_identical_and_retrains_the_head(base, tmp_path):
+def test_crt_with_frozen_bn_keeps_the_backbone_bit_identical_and_retrains_the_head(base, tmp_path):
     run, splits = base
     out = tmp_path / "crt"
-    result = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    result = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu", bn="frozen")
     assert_backbone_identical(run, out)  # parameters and BatchNorm buffers
     a, b = model_state(run), model_state(out)
     assert not torch.equal(a["head.weight"], b["head.weight"])
@@ -160,7 +160,7 @@ def test_scaled_head_starts_at_one_and_folds_exactly():
 def test_lws_learns_scales_on_a_frozen_backbone_and_head(base, tmp_path):
     run, splits = base
     out = tmp_path / "lws"
-    report = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    report = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu", bn="frozen")
     assert_backbone_identical(run, out)
     scales = torch.tensor(report["lws_scales"])
     assert scales.shape == (4,) and not torch.equal(scales, torch.ones(4))  # trained away from 1
@@ -254,3 +254,96 @@ def test_bad_arguments(base, tmp_path):
         decouple_run(run, "logit-adjust", out=run, splits=splits, device="cpu")
     with pytest.raises(LongtailError, match="no checkpoints"):
         decouple_run(tmp_path, "crt", splits=splits, device="cpu")
+
+
+# through the run driver: resumable, a finished result re-evaluated, other settings refused ---------------
+
+
+def test_crt_stopped_and_resumed_equals_an_uninterrupted_one(base, tmp_path):
+    run, splits = base
+    whole = decouple_run(run, "crt", out=tmp_path / "whole", epochs=3, splits=splits, device="cpu")
+    assert decouple_run(run, "crt", out=tmp_path / "parts", epochs=3, splits=splits, device="cpu",
+                        stop_after=1) == {}
+    assert (tmp_path / "parts" / "checkpoints" / "last.pt").is_file()
+    logs = []
+    parts = decouple_run(run, "crt", out=tmp_path / "parts", epochs=3, splits=splits, device="cpu", log=logs.append)
+    assert any("resuming" in line and "from epoch 1/3" in line for line in logs)
+    a, b = model_state(tmp_path / "whole"), model_state(tmp_path / "parts")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert parts["top1"] == whole["top1"] and parts["base"] == whole["base"]
+    rows = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_a_finished_decoupling_is_evaluated_again_and_other_settings_are_refused(base, tmp_path):
+    run, splits = base
+    out = tmp_path / "lws"
+    first = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    again = decouple_run(run, "lws", out=out, epochs=2, splits=splits, device="cpu")
+    assert again["top1"] == first["top1"] and again["lws_scales"] == first["lws_scales"]
+    with pytest.raises(LongtailError, match="other settings") as e:
+        decouple_run(run, "lws", out=out, epochs=3, splits=splits, device="cpu")
+    assert "--restart" in e.value.fix
+    redone = decouple_run(run, "lws", out=out, epochs=3, splits=splits, device="cpu", restart=True)
+    assert redone["epochs"] == 3
+
+
+def test_a_changed_base_run_is_another_source(base, tmp_path):
+    run, splits = base
+    copy = tmp_path / "base"
+    train_one(tiny_config(epochs=2), copy, splits=splits, progress=False)
+    out = tmp_path / "out"
+    decouple_run(copy, "tau-norm", out=out, tau=1.0, splits=splits, device="cpu")
+    train_one(tiny_config(epochs=2), copy, splits=splits, progress=False, restart=True)  # same settings...
+    state = load_checkpoint(copy / "checkpoints" / "last.pt")
+    state["model"]["head.bias"] += 1.0  # ...other weights
+    save_checkpoint(copy / "checkpoints" / "last.pt", config=RunConfig.from_dict(state["config"]),
+                    model=_with_state(state["model"]), optimizer=None, next_epoch=state["next_epoch"], records=[])
+    with pytest.raises(LongtailError, match="other settings"):
+        decouple_run(copy, "tau-norm", out=out, tau=1.0, splits=splits, device="cpu")
+
+
+def _with_state(sd):
+    model = make_model("tiny", len(COUNTS))
+    model.load_state_dict(sd)
+    return model
+
+
+# the second stage's settings, as the sources give them ---------------------------------------------
+
+
+def test_by_default_bn_follows_the_class_balanced_batches_and_weights_stay(base, tmp_path):
+    """Kang et al.'s run_networks.py and BagofTricks-LT keep the fixed feature model in train mode."""
+    run, splits = base
+    out = tmp_path / "crt-bn"
+    report = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    a, b = model_state(run), model_state(out)
+    backbone = [k for k in a if k.startswith("backbone.")]
+    stats = [k for k in backbone if "running_" in k]
+    assert stats and all(not torch.equal(a[k], b[k]) for k in stats)  # re-estimated
+    weights = [k for k in backbone if not ("running_" in k or "num_batches" in k)]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)  # never trained
+    assert report["bn"] == "train" and report["nesterov"] is True and report["schedule"] == "warmup-step"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["train"]["batch_size"] == 128 and cfg["config"]["train"]["weight_decay"] == 5e-4
+    assert cfg["decouple"]["settings_from"].startswith("BagofTricks-LT")
+
+
+def test_second_stage_settings_per_data_set_and_their_schedules():
+    small, inet, inat = dc.second_stage_for("cifar100"), dc.second_stage_for("imagenet-lt"), \
+        dc.second_stage_for("inat2018")
+    assert (small.epochs, small.batch_size, small.lr, small.weight_decay) == ({"crt": 30, "lws": 30}, 128, 0.1, 5e-4)
+    assert (inet.epochs, inet.batch_size, inet.lr, inet.weight_decay) == ({"crt": 10, "lws": 5}, 512, 0.2, 5e-4)
+    assert (inat.epochs["crt"], inat.weight_decay) == (30, 1e-4)
+    assert dc.second_stage_for("folder") is inet
+    lr = small.lr_at(30)  # BagofTricks-LT's WarmupMultiStepLR: from lr/3 over 5 epochs, x0.1 at 10 and 20
+    assert [round(lr(e), 6) for e in (0, 4, 5, 9, 10, 19, 20, 29)] == \
+        [0.033333, 0.086667, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    cos = inet.lr_at(10)
+    assert cos(0) == 0.2 and 0 < cos(9) < 0.01
+
+
+def test_unknown_bn_mode(base, tmp_path):
+    run, splits = base
+    with pytest.raises(LongtailError, match="BatchNorm mode 'eval'"):
+        decouple_run(run, "crt", out=tmp_path / "x", splits=splits, device="cpu", bn="eval")

@@ -20,11 +20,11 @@ LAYERS = {  # lowest first; a module is matched by its name or by a package pref
     "foundation": ["errors", "config", "storage", "devices", "counts", "schedule", "distributed"],
     "parts": ["data.", "models.", "losses", "weights", "samplers", "metrics", "report", "checkpoints"],
     "loop": ["graphs", "tasks", "loop", "mfw", "runs", "compare"],
-    "drivers": ["experiment", "stacked", "seeds", "decouple", "recipes", "ssl.", "semi."],
+    "drivers": ["driver", "experiment", "stacked", "seeds", "decouple", "recipes", "ssl.", "semi."],
     "commands": ["cli", "__main__"],
 }
 TRAINING = ["models.", "losses", "weights", "metrics", "checkpoints", "graphs", "tasks", "loop", "mfw", "runs",
-            "experiment", "stacked", "seeds", "decouple", "ssl.", "semi."]
+            "driver", "experiment", "stacked", "seeds", "decouple", "ssl.", "semi."]
 
 
 def _modules() -> list[str]:

@@ -271,9 +271,9 @@ def test_a_read_only_folder_is_an_error_before_any_work(tmp_path, splits, monkey
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     trained = []
-    import longtail.experiment as experiment
+    import longtail.driver as driver
 
-    monkeypatch.setattr(experiment, "fit", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(driver, "fit", lambda *a, **k: trained.append(1))
     with pytest.raises(LongtailError, match="cannot write .*Read-only file system") as e:
         train_one(tiny_config(epochs=1), tmp_path / "run", splits=splits, progress=False)
     assert "--out" in e.value.fix and not trained

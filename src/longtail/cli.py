@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--data-root", help="where the data is now, if it moved")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--restart", action="store_true", help="start the output folder over instead of resuming it")
+    d.add_argument("--bn", default="train", choices=["train", "frozen"],
+                   help="crt/lws: the frozen backbone's BatchNorm while the head trains: train (the references: "
+                   "running statistics follow the class-balanced batches) or frozen (bit-identical backbone)")
 
     pl = sub.add_parser("pseudo-label", help="label an unlabeled pool with a trained run (then train on it with "
                         "--set data.pseudo_labels=DIR)")
@@ -286,7 +290,8 @@ def cmd_decouple(args: argparse.Namespace) -> int:
     from .report import summary_table
 
     r = decouple_run(args.run, args.method, out=args.out, epochs=args.epochs, tau=args.tau, device=args.device,
-                     data_root=args.data_root, progress=False if args.quiet else None)
+                     data_root=args.data_root, progress=False if args.quiet else None, command=sys.argv,
+                     restart=args.restart, bn=args.bn)
     print(summary_table([(f"{r['recipe']} (base)", r["base"]), (f"{r['recipe']} + {args.method}", r)]))
     if r.get("tau") is not None:
         print(f"tau = {r['tau']} ({r['tau_source']})")

@@ -1,8 +1,9 @@
 """Second-stage re-balancing of a trained run: decoupled classifiers and post-hoc logit adjustment.
 
 A model trained on long-tailed data learns good features but a classifier biased to the head
-classes. These methods keep the features and re-balance only the classifier (the backbone is never
-touched, BatchNorm statistics included):
+classes. These methods keep the backbone's weights and re-balance only the classifier. While cRT and
+LWS train, the backbone's BatchNorm is in training mode by default, as in every reference (its running
+statistics follow the class-balanced batches); ``bn="frozen"`` keeps it bit-identical instead:
 
 * ``crt`` (classifier re-training; Kang et al., "Decoupling representation and classifier for
   long-tailed recognition", ICLR 2020): a new head of the run's kind is trained with
@@ -14,6 +15,15 @@ touched, BatchNorm statistics included):
 * ``logit-adjust`` (post-hoc logit adjustment; Menon et al., "Long-tail learning via logit
   adjustment", ICLR 2021): ``z_c <- z_c - tau * log pi_c`` with ``pi`` the training prior.
   No training; ``tau`` from the validation split when there is one, else Menon's ``tau = 1``.
+
+cRT and LWS train with the settings of their source for the data set (:data:`SECOND_STAGES`): Kang et al.'s
+configs on ImageNet-LT and iNaturalist 2018 (batch 512, lr 0.2, cosine; cRT 10 / 30 epochs, LWS 5),
+BagofTricks-LT's on CIFAR-LT (30 epochs, batch 128, lr 0.1 with a 5-epoch warm-up and x0.1 at 10 and 20,
+Nesterov, wd 5e-4). Where we differ from them: the class-balanced sampler picks a class uniformly and then
+one of its images (Kang's ``ClassAwareSampler`` takes 4 images of a class in a row); the cosine rate of
+epoch ``e`` is ``lr (1 + cos(pi e / T)) / 2`` (Kang's scheduler steps before each epoch, which under
+PyTorch >= 1.1 shifts it by one epoch, so that his last epoch trains at lr 0); every epoch is kept, the
+result is the last epoch's (Kang keeps the epoch best on the validation split).
 
 ``decouple_run`` loads a run's checkpoint, applies a method, evaluates on the test set (shot groups
 from the *training* counts) and writes a report and a checkpoint into ``RUN/decouple-METHOD/``.
@@ -30,16 +40,16 @@ rebuilds such models (and plain ones).
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from . import distributed
 from .checkpoints import (
     load_checkpoint,
     model_from_checkpoint,
@@ -51,11 +61,10 @@ from .config import RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment
 from .data.registry import Splits
-from .data.semi import load_splits
-from .devices import resolve_device
+from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
 from .experiment import adapt_task, evaluate_model
-from .loop import extract_features, fit
+from .loop import extract_features
 from .losses import adjust_logits, make_loss
 from .metrics import summarize
 from .models import Classifier, CosineHead, make_head
@@ -70,15 +79,66 @@ from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
 from .schedule import cosine_lr
-from .storage import check_writable_dir
+from .storage import check_writable_dir, digest
 from .tasks import SupervisedTask
 
-__all__ = ["METHODS", "TAU_GRID", "DEFAULT_EPOCHS", "FrozenBackbone", "choose_tau", "decouple_run"]
+__all__ = ["METHODS", "SECOND_STAGES", "TAU_GRID", "BN_MODES", "FrozenBackbone", "SecondStage", "choose_tau",
+           "decouple_run", "second_stage_for"]
 
 #: tau values searched on the validation split: 0.0, 0.1, ..., 2.0 (Kang et al. 2020; Menon et al. 2021)
 TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))
-#: epochs of cRT and LWS when none are given (Kang et al. use 10 on ImageNet-LT)
-DEFAULT_EPOCHS = 10
+#: the frozen backbone's BatchNorm while cRT / LWS train: ``train`` (the references: its running statistics
+#: follow the class-balanced batches) or ``frozen`` (eval mode: the backbone's tensors stay bit-identical)
+BN_MODES = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class SecondStage:
+    """How cRT and LWS train, as their source gives it for a kind of data set.
+
+    ``schedule``: ``cosine`` (to 0 over the epochs, Kang et al.'s ``coslr``) or ``warmup-step`` (linear warm-up
+    from lr/3 over 5 epochs, then x0.1 at epochs 10 and 20: BagofTricks-LT's ``WarmupMultiStepLR``).
+    """
+
+    source: str
+    epochs: dict[str, int]  # method -> epochs
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+
+    def lr_at(self, epochs: int) -> Callable[[float], float]:
+        lr = self.lr
+        if self.schedule == "cosine":
+            return lambda e: cosine_lr(int(e), base_lr=lr, epochs=epochs)
+        return lambda e: lr * (1 / 3 + (1 - 1 / 3) * e / 5 if e < 5 else 0.1 ** sum(e >= m for m in (10, 20)))
+
+
+_KANG = "Kang et al. 2020, facebookresearch/classifier-balancing config/{}/cls_crt.yaml and cls_lws.yaml"
+#: the second stage's settings per kind of data set, from the sources of the published numbers
+SECOND_STAGES: dict[str, SecondStage] = {
+    # CIFAR-10/100-LT (and the other small-image sets): Zhang et al. 2021, "Bag of tricks for long-tailed visual
+    # recognition", zhangyongshun/BagofTricks-LT configs/cao_cifar/two_stage/classifier_balance/{cRT,LWS}/*.yaml
+    "small": SecondStage("BagofTricks-LT (Zhang et al. 2021), configs/cao_cifar/two_stage/classifier_balance",
+                         {"crt": 30, "lws": 30}, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                         nesterov=True, schedule="warmup-step"),
+    "imagenet-lt": SecondStage(_KANG.format("ImageNet_LT"), {"crt": 10, "lws": 5}, batch_size=512, lr=0.2,
+                               momentum=0.9, weight_decay=5e-4, nesterov=False, schedule="cosine"),
+    "inat2018": SecondStage(_KANG.format("iNaturalist18"), {"crt": 30, "lws": 5}, batch_size=512, lr=0.2,
+                            momentum=0.9, weight_decay=1e-4, nesterov=False, schedule="cosine"),
+}
+
+
+def second_stage_for(dataset: str) -> SecondStage:
+    """The second stage's settings for ``dataset``: Kang et al.'s for ImageNet-LT and iNaturalist 2018 (and their
+    ImageNet-LT settings for a user's image folder or CSV), BagofTricks-LT's for small-image sets."""
+    if dataset in ("imagenet-lt", "inat2018"):
+        return SECOND_STAGES[dataset]
+    if dataset in ("folder", "csv"):
+        return SECOND_STAGES["imagenet-lt"]
+    return SECOND_STAGES["small"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,21 +147,25 @@ DEFAULT_EPOCHS = 10
 class FrozenBackbone(nn.Module):
     """The view of a ``Classifier`` that ``fit`` trains when only the head may change.
 
-    ``fit`` calls ``model.train()`` every epoch, and BatchNorm in training mode would update its
-    running statistics even without gradients. Here ``train()`` puts everything but the backbone
-    in training mode; the backbone stays in eval mode (its running statistics are used, never
-    updated), its parameters have ``requires_grad=False``, and its features are computed without
-    autograd. The backbone's tensors therefore stay bit-identical.
+    The backbone's parameters have ``requires_grad=False`` and its features are computed without
+    autograd. ``bn="train"`` (the references: Kang et al.'s ``run_networks.py`` and BagofTricks-LT put every
+    network, the fixed feature model included, in training mode): BatchNorm normalises each batch by its
+    own statistics and its running statistics follow the class-balanced batches. ``bn="frozen"``: the
+    backbone stays in eval mode, so its tensors, running statistics included, stay bit-identical.
     """
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(self, model: Classifier, bn: str = "train") -> None:
         super().__init__()
-        self.model = model
+        if bn not in BN_MODES:
+            raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage",
+                                f"use one of: {', '.join(BN_MODES)}")
+        self.model, self.bn = model, bn
         model.backbone.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "FrozenBackbone":
         super().train(mode)
-        self.model.backbone.eval()
+        if self.bn == "frozen":
+            self.model.backbone.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +194,7 @@ def choose_tau(logits_at: Callable[[float], torch.Tensor], labels: torch.Tensor,
 # methods
 # --------------------------------------------------------------------------------------------
 @dataclass
-class Context:
+class MethodContext:
     """What a method works with: the loaded model and config, the data, the user's knobs."""
 
     model: Classifier
@@ -140,63 +204,50 @@ class Context:
     device: torch.device
     epochs: int | None = None
     tau: float | None = None
-    progress: bool | None = False
-    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Method:
-    apply: Callable[[Context], dict[str, Any]]  # changes ctx.model.head, returns report entries
-    trains: bool  # takes --epochs
+    """A second stage. ``prepare`` changes the head before training (the methods that train: the
+    driver then trains the head's trainable tensors, see :class:`DecoupleStage`); ``finish`` changes
+    it after. Each returns report entries."""
+
+    prepare: Callable[[MethodContext], dict[str, Any]] | None
+    finish: Callable[[MethodContext], dict[str, Any]] | None
     takes_tau: bool  # takes --tau
     needs_val: bool  # needs a validation split unless --tau is given
 
-
-def _train_head(ctx: Context, model: Classifier) -> None:
-    """Train the head's trainable tensors on the frozen backbone with class-balanced sampling.
-
-    Cross-entropy, the run's augmentation and batch size, SGD (the run's momentum and weight
-    decay, on the trainable head tensors only), cosine learning rate from the run's lr over
-    ``ctx.epochs`` epochs, through the one training loop :func:`longtail.loop.fit`.
-    """
-    t, train = ctx.cfg.train, ctx.splits.train
-    task = adapt_task(SupervisedTask(train, make_loss("ce", ctx.counts), batch_size=t.batch_size,
-                                     augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
-                                     sampler=make_sampler("class-balanced", train.labels, train.num_classes)))
-    params = [p for p in model.head.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    epochs = ctx.epochs or DEFAULT_EPOCHS
-    records = fit(distributed.wrap(FrozenBackbone(model), ctx.device), task, optimizer, epochs=epochs,
-                  seed=ctx.cfg.seed, device=ctx.device, lr_at=lambda e: cosine_lr(e, base_lr=t.lr, epochs=epochs),
-                  amp=t.amp, progress=ctx.progress)
-    ctx.records = [asdict(r) for r in records]
+    @property
+    def trains(self) -> bool:  # takes --epochs
+        return self.prepare is not None
 
 
-def _crt(ctx: Context) -> dict[str, Any]:
+def _crt(ctx: MethodContext) -> dict[str, Any]:
     """cRT: a freshly initialised head of the run's kind, trained on the frozen features."""
     model = ctx.model
     torch.manual_seed(ctx.cfg.seed)  # the new head's initialisation
     model.reset_head(make_head(ctx.cfg.model.head, model.num_features, ctx.splits.train.num_classes).to(ctx.device))
-    _train_head(ctx, model)
-    return {"epochs": ctx.epochs or DEFAULT_EPOCHS}
+    return {"epochs": ctx.cfg.train.epochs}
 
 
-def _lws(ctx: Context) -> dict[str, Any]:
+def _lws(ctx: MethodContext) -> dict[str, Any]:
     """LWS: the old head frozen, one learnable scale per class on its logits."""
     model = ctx.model
     model.head.requires_grad_(False)
-    head = ScaledHead(model.head, ctx.splits.train.num_classes)
-    model.reset_head(head)
-    _train_head(ctx, model)
-    return {"epochs": ctx.epochs or DEFAULT_EPOCHS, "lws_scales": head.scale.detach().cpu().tolist()}
+    model.reset_head(ScaledHead(model.head, ctx.splits.train.num_classes).to(ctx.device))
+    return {"epochs": ctx.cfg.train.epochs}
 
 
-def _tau_from_val(ctx: Context, logits_at: Callable[[float], torch.Tensor]) -> dict[str, Any]:
+def _lws_scales(ctx: MethodContext) -> dict[str, Any]:
+    return {"lws_scales": ctx.model.head.scale.detach().cpu().tolist()}
+
+
+def _tau_from_val(ctx: MethodContext, logits_at: Callable[[float], torch.Tensor]) -> dict[str, Any]:
     tau, table = choose_tau(logits_at, ctx.splits.val.labels.cpu(), ctx.counts)  # type: ignore[union-attr]
     return {"tau": tau, "tau_source": "validation", "tau_grid": table}
 
 
-def _tau_norm(ctx: Context) -> dict[str, Any]:
+def _tau_norm(ctx: MethodContext) -> dict[str, Any]:
     """tau-norm: ``w_c / ||w_c||^tau`` with tau given, or chosen on the validation split."""
     model, head = ctx.model, ctx.model.head
     if ctx.tau is not None:
@@ -211,7 +262,7 @@ def _tau_norm(ctx: Context) -> dict[str, Any]:
     return info
 
 
-def _logit_adjust(ctx: Context) -> dict[str, Any]:
+def _logit_adjust(ctx: MethodContext) -> dict[str, Any]:
     """Post-hoc logit adjustment ``z - tau log pi``: tau given, from the validation split, or 1."""
     model = ctx.model
     if ctx.tau is not None:
@@ -229,10 +280,10 @@ def _logit_adjust(ctx: Context) -> dict[str, Any]:
 
 #: method name -> how it changes the head
 METHODS: dict[str, Method] = {
-    "crt": Method(_crt, trains=True, takes_tau=False, needs_val=False),
-    "tau-norm": Method(_tau_norm, trains=False, takes_tau=True, needs_val=True),
-    "lws": Method(_lws, trains=True, takes_tau=False, needs_val=False),
-    "logit-adjust": Method(_logit_adjust, trains=False, takes_tau=True, needs_val=False),
+    "crt": Method(_crt, None, takes_tau=False, needs_val=False),
+    "tau-norm": Method(None, _tau_norm, takes_tau=True, needs_val=True),
+    "lws": Method(_lws, _lws_scales, takes_tau=False, needs_val=False),
+    "logit-adjust": Method(None, _logit_adjust, takes_tau=True, needs_val=False),
 }
 
 
@@ -248,7 +299,8 @@ def _check_method(method: str, epochs: int | None, tau: float | None) -> Method:
     if epochs is not None and not m.trains:
         raise LongtailError(f"{method} trains nothing, so --epochs does not apply", f"--epochs is for {trainers}")
     if epochs is not None and epochs < 1:
-        raise LongtailError(f"--epochs must be >= 1, got {epochs}", f"leave it out for {DEFAULT_EPOCHS} epochs")
+        raise LongtailError(f"--epochs must be >= 1, got {epochs}",
+                            "leave it out for the epochs the source gives for the data set")
     if tau is not None and not m.takes_tau:
         raise LongtailError(f"{method} has no tau, so --tau does not apply", f"--tau is for {tuners}")
     if tau is not None and not (math.isfinite(tau) and tau >= 0):
@@ -272,15 +324,24 @@ def decouple_run(
     splits: Splits | None = None,
     data_root: str | None = None,
     progress: bool | None = False,
+    command: list[str] | None = None,
+    restart: bool = False,
+    stop_after: int | None = None,
+    bn: str = "train",
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Re-balance the classifier of a trained run with ``method`` (a key of :data:`METHODS`).
 
     ``run``: a run folder, a seed-N folder or a checkpoint file. ``out``: where the report and the
-    new checkpoint go (default ``RUN/decouple-METHOD``). ``epochs``: cRT / LWS epochs (default
-    10). ``tau``: tau-norm / logit-adjust strength; None chooses it on the validation split.
-    ``splits``: the data (default: rebuilt from the run's config, ``data_root`` overriding its
-    root). Returns the test summary (shot groups from the training counts) plus the report's
-    extra entries (method, tau, tau_grid, source_checkpoint, base: the run before, ...).
+    new checkpoint go (default ``RUN/decouple-METHOD``); it is a run folder like any other, resumed
+    from its checkpoint when it holds one of the same settings (``restart``: start it over). cRT and LWS
+    train with the settings their source gives for the run's data set (:func:`second_stage_for`); ``epochs``
+    overrides its epochs, ``bn`` is the frozen backbone's BatchNorm mode (:data:`BN_MODES`). ``tau``:
+    tau-norm / logit-adjust strength; None chooses it on the
+    validation split. ``splits``: the data (default: rebuilt from the run's config, ``data_root``
+    overriding its root). Returns the test summary (shot groups from the training counts) plus the
+    report's extra entries (method, tau, tau_grid, source_checkpoint, base: the run before, ...), or ``{}``
+    when ``stop_after`` (epochs) ended the training early.
     """
     m = _check_method(method, epochs, tau)
     ckpt = resolve_checkpoint(run)
@@ -290,53 +351,121 @@ def decouple_run(
     if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():
         raise LongtailError(f"--out {out} is the run being decoupled", "write the result to another folder")
     check_writable_dir(out)  # before the work, not after it
+    if bn not in BN_MODES:
+        raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage", f"use one of: {', '.join(BN_MODES)}")
+    settings = second_stage_for(cfg.data.dataset)
+    train = replace(cfg.train, device=device)
+    if m.trains:  # the second stage's own optimisation, as its source gives it for this data set
+        train = replace(train, epochs=epochs or settings.epochs[method], batch_size=settings.batch_size,
+                        lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    cfg = replace(cfg, train=train)
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    dev = distributed.setup(resolve_device(device))
-    with distributed.main_first():
-        splits = splits or load_splits(cfg.data)
-    splits = splits.to(dev)
-    if m.needs_val and tau is None and splits.val is None:
-        raise LongtailError(f"{method} chooses tau on a validation split, and this run has none",
-                            "train the base run with --val-per-class (e.g. 20), or pass --tau explicitly")
-    train, test = splits.train, splits.test
-    counts = train.class_counts()
-    model = model_from_checkpoint(state, train.num_classes, train.image_shape[0], str(ckpt)).to(dev)
-    base = _short(evaluate_model(model, test, counts, dev, cfg.train.amp))
-
-    t0 = time.perf_counter()
-    ctx = Context(model, cfg, splits, counts, dev, epochs=epochs, tau=tau, progress=progress)
-    info = m.apply(ctx)
-    model.reset_head(fold_head(model.head))
-    seconds = time.perf_counter() - t0
-
-    summary = evaluate_model(model, test, counts, dev, cfg.train.amp)
-    extra: dict[str, Any] = {"method": method, "tau": None, **info, "source_checkpoint": str(ckpt),
-                             "base": base, "recipe": cfg.recipe, "seed": cfg.seed, "split": "test",
-                             "device": str(dev), "seconds": seconds, "out": str(out), "config": cfg.to_dict()}
-    if splits.val is not None:
-        extra["val"] = _short(evaluate_model(model, splits.val, counts, dev, cfg.train.amp))
-    if distributed.is_main():
-        _write(out, cfg, model, state, ctx.records, summary, extra)
-    return {**summary, **extra}
+    stage = DecoupleStage(cfg, RunDir(out), method, m, state, ckpt, epochs=epochs, tau=tau, settings=settings, bn=bn)
+    return drive(stage, splits=splits, command=command, progress=progress, log=log, restart=restart,
+                 stop_after=stop_after)
 
 
-def _write(out: Path, cfg: RunConfig, model: Classifier, state: dict[str, Any], records: list[dict[str, Any]],
-           summary: dict[str, Any], extra: dict[str, Any]) -> None:
-    """config.json, metrics.jsonl (trained methods), checkpoints/last.pt and the report into ``out``."""
-    run = RunDir(out)
-    with run.lock():
-        _write_locked(run, cfg, model, state, records, summary, extra)
+class DecoupleStage(Stage):
+    """A second stage on a trained run's checkpoint, through the one driver.
 
+    The methods that train (cRT, LWS) train the head's trainable tensors on the frozen backbone
+    (:class:`FrozenBackbone`) with cross-entropy, class-balanced sampling and the run's augmentation, with the
+    batch size, learning rate and schedule, momentum, Nesterov and weight decay of their source for the data
+    set (:data:`SECOND_STAGES`); checkpointed and resumable as any run. The others (tau-norm, post-hoc logit
+    adjustment) train nothing. The result's head is folded into a plain head where exactly possible.
+    """
 
-def _write_locked(run: RunDir, cfg: RunConfig, model: Classifier, state: dict[str, Any], records: list[dict[str, Any]],
-                  summary: dict[str, Any], extra: dict[str, Any]) -> None:
-    out = run.root
-    run.create(cfg)
-    if records:
-        run.write_metrics(records)
-    decouple = {k: extra.get(k) for k in ("method", "tau", "epochs", "source_checkpoint")}
-    save_checkpoint(run.checkpoint, config=cfg, model=model, optimizer=None, next_epoch=state["next_epoch"],
-                    records=records, extra={"decouple": {**decouple, "head_wrappers": head_wrappers(model.head)}})
-    title = f"{cfg.recipe} + {extra['method']} (seed {cfg.seed}, test set)"
-    write_report(out, summary, title=title, extra=extra)
+    best_by = None
+
+    def __init__(self, cfg: RunConfig, run: RunDir, method: str, m: Method, source: dict[str, Any], ckpt: Path, *,
+                 epochs: int | None, tau: float | None, settings: SecondStage, bn: str) -> None:
+        self.settings, self.bn = settings, bn
+        self.cfg, self.members = cfg, [Member(cfg, run)]
+        self.method, self.m, self.source, self.ckpt = method, m, source, ckpt
+        self.user_epochs, self.tau = epochs, tau
+        self.source_weights = digest(source["model"])[:16]  # a retrained base is another source
+        self.info: dict[str, Any] = {}
+        self.finished = False  # the folder holds the finished result (a rerun re-evaluates it)
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.train.epochs if self.m.trains else 0
+
+    def lr_at(self) -> Callable[[float], float]:
+        return self.settings.lr_at(self.epochs)
+
+    def meta(self) -> dict[str, Any]:
+        second = ({"settings_from": self.settings.source, "nesterov": self.settings.nesterov,
+                   "schedule": self.settings.schedule, "bn": self.bn} if self.m.trains else {})
+        return {"method": self.method, "epochs": self.user_epochs, "tau": self.tau,
+                "source_checkpoint": str(self.ckpt.resolve()), "source_weights": self.source_weights, **second}
+
+    def build(self, ctx: Context) -> Built:
+        splits, counts, device = ctx.splits, ctx.counts, ctx.device
+        if self.m.needs_val and self.tau is None and splits.val is None:
+            raise LongtailError(f"{self.method} chooses tau on a validation split, and this run has none",
+                                "train the base run with --val-per-class (e.g. 20), or pass --tau explicitly")
+        train, t = splits.train, self.cfg.train
+        model = model_from_checkpoint(self.source, train.num_classes, train.image_shape[0], str(self.ckpt)).to(device)
+        self.base = _short(evaluate_model(model, splits.test, counts, device, t.amp))
+        self.context = MethodContext(model, self.cfg, splits, counts, device, epochs=self.user_epochs, tau=self.tau)
+        if self.m.prepare is not None:
+            self.info.update(self.m.prepare(self.context))
+        task = adapt_task(SupervisedTask(train, make_loss("ce", counts), batch_size=t.batch_size,
+                                         augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
+                                         sampler=make_sampler("class-balanced", train.labels, train.num_classes)))
+        params = [p for p in model.head.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params or [torch.zeros(1, requires_grad=True)], lr=t.lr, momentum=t.momentum,
+                                    weight_decay=t.weight_decay,  # nothing to train: an optimizer never stepped
+                                    nesterov=self.settings.nesterov and t.momentum > 0)
+        return Built(model, task, optimizer, train.image_shape, trains=FrozenBackbone(model, self.bn))
+
+    def same(self, member: Member) -> Callable[[], bool]:
+        def same() -> bool:
+            meta = json.loads(member.run.config_file.read_text()).get("decouple") \
+                if member.run.config_file.is_file() else None
+            return member.run.existing_config() in (None, self.cfg) and meta in (None, self.meta())
+        return same
+
+    def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
+        (state,) = states
+        assert state is not None
+        if (state.get("extra") or {}).get("decouple", {}).get("finished"):  # the result, folded: evaluate it again
+            model = model_from_checkpoint(state, ctx.splits.train.num_classes, ctx.splits.train.image_shape[0],
+                                          str(self.members[0].run.checkpoint)).to(ctx.device)
+            built.model.reset_head(model.head)  # type: ignore[operator]
+            self.info = dict(state["extra"]["decouple"].get("info", {}))
+            self.finished = True
+            return self.epochs
+        return super().restore(built, states, ctx)
+
+    def write_config(self, member: Member, command: list[str] | None) -> None:
+        member.run.create(member.cfg, command, extra={"decouple": self.meta()})
+
+    def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
+               start_epoch: int) -> dict[str, Any]:
+        model: Classifier = built.model  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        if not self.finished:
+            if self.m.finish is not None:
+                self.info.update(self.m.finish(self.context))
+            model.reset_head(fold_head(model.head))
+        seconds = timing["train_s"] + time.perf_counter() - t0
+        splits, counts, device, amp = ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp
+        summary = evaluate_model(model, splits.test, counts, device, amp)
+        extra: dict[str, Any] = {**self.meta(), "tau": None, **self.info, "source_checkpoint": str(self.ckpt),
+                                 "base": self.base, "recipe": self.cfg.recipe, "seed": self.cfg.seed, "split": "test",
+                                 "device": str(device), "seconds": seconds, "out": str(self.members[0].run.root),
+                                 "config": self.cfg.to_dict(), "timing": timing}
+        if splits.val is not None:
+            extra["val"] = _short(evaluate_model(model, splits.val, counts, device, amp))
+        if ctx.main:
+            run = self.members[0].run
+            decouple = {**{k: extra.get(k) for k in ("method", "tau", "epochs", "source_checkpoint")},
+                        "head_wrappers": head_wrappers(model.head), "finished": True, "info": self.info}
+            save_checkpoint(run.checkpoint, config=self.cfg, model=model, optimizer=None, next_epoch=self.epochs,
+                            records=records[0], extra={"decouple": decouple})
+            title = f"{self.cfg.recipe} + {self.method} (seed {self.cfg.seed}, test set)"
+            write_report(run.root, summary, title=title, extra=extra)
+        return {**summary, **extra}

@@ -11,10 +11,9 @@ a :class:`~longtail.data.loader.LoaderTask` and are evaluated through DataLoader
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,21 +33,22 @@ from .config import RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
+from .data.imageset import ImageSet
 from .data.loader import LoaderTask, predict_files
 from .data.registry import Splits
 from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
+from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
-from .graphs import compile_model, resolve_engine, training_engine
-from .loop import EpochLines, EpochRecord, announces, fit, make_sgd, predict
+from .loop import make_sgd, predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
 from .models import build_model
 from .report import write_report
-from .runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
+from .runs import RunDir
 from .samplers import make_sampler
-from .schedule import lr_function, scaled_epoch
+from .schedule import scaled_epoch
 from .semi.fixmatch import FixMatchTask
 from .semi.task import SemiSupervisedTask
 from .storage import check_writable_dir
@@ -170,83 +170,47 @@ def train_one(
 
     The folder is locked while this runs (one writer at a time). ``restart``: clear the folder once the
     settings and data have been checked, and start over. Returns the test summary of the last epoch
-    (plus ``val`` when a validation split is used).
+    (plus ``val`` when a validation split is used), or ``{}`` when ``stop_after`` ended the run early.
     """
-    run = RunDir(out)
-    with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
-        require_run_folder(run.root)
-        return _train_one(cfg, run, splits=splits, command=command, progress=progress, stop_after=stop_after,
-                          log=log, restart=restart)
+    return drive(SupervisedStage(cfg, RunDir(out)), splits=splits, command=command, progress=progress,
+                 stop_after=stop_after, log=log, restart=restart)
 
 
-def _train_one(cfg: RunConfig, run: RunDir, *, splits: Splits | None, command: list[str] | None,
-               progress: bool | None, stop_after: int | None, log: Callable[[str], None],
-               restart: bool) -> dict[str, Any]:
-    device, main, log, progress = distributed.start_process(cfg.train.device, log, progress)
-    t_setup = time.perf_counter()
-    with distributed.main_first():  # rank 0 downloads, the others read what it left
-        splits = splits or load_splits(cfg.data)
-    splits = splits.to(device)
-    train = splits.train
-    counts = train.class_counts()
-    counts.require_nonempty(train.class_names)
-    model, task = build_seed(cfg, splits, counts, device)
-    t = cfg.train
-    if use_channels_last(t.channels_last):
-        model = model.to(memory_format=torch.channels_last)
-    if t.init_from and not (run.has_checkpoint() and not restart):  # a resumed run has its own weights
-        load_pretrained_backbone(model, t.init_from, log=log)
-    optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+class SupervisedStage(Stage):
+    """Supervised training of one seed (any loss, sampler, weighting; pseudo-labels, FixMatch, MFW)."""
 
-    start_epoch, records = 0, []
-    if main:
-        if restart:  # settings and data are checked by now
-            clear_run_folder(run.root)
-        run.clean()
-    distributed.barrier()
-    state = resume_or_start(run, cfg, log=log)
-    if state is not None:
-        load_model_state(model, state["model"], str(run.checkpoint))
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, records = state["next_epoch"], list(state["records"])
-        log(f"resuming {run.root} from epoch {start_epoch}/{t.epochs}")
-    if main:
-        run.create(cfg, command)
-    train_model = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged in backward
-    setup_s = time.perf_counter() - t_setup
-    train_model, compile_s = compiled_for_training(train_model, cfg, train.image_shape, device)
+    def __init__(self, cfg: RunConfig, run: RunDir) -> None:
+        self.cfg, self.members = cfg, [Member(cfg, run)]
 
-    epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None)
-    lines = EpochLines(t.epochs, t.batch_size, start_epoch, log) if announces(progress, main) else None
+    def build(self, ctx: Context) -> Built:
+        model, task = build_seed(self.cfg, ctx.splits, ctx.counts, ctx.device)
+        t = self.cfg.train
+        if use_channels_last(t.channels_last):
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return Built(model, task, optimizer, ctx.splits.train.image_shape)
 
-    def on_epoch_end(rec: EpochRecord) -> bool:
-        epochs.end_epoch(asdict(rec), model, optimizer,
-                         validate=lambda: val_scores(model, splits, counts, device, t.amp))
-        if lines is not None:
-            lines(rec)
-        return stop_after is not None and len(records) - start_epoch >= stop_after
+    def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
+        if self.cfg.train.init_from and not resuming:  # a resumed run has its own weights
+            load_pretrained_backbone(built.model, self.cfg.train.init_from, log=ctx.log)
 
-    t_train = time.perf_counter()
-    fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
-        engine=training_engine(t.engine, t.compile, device))
-    train_s = time.perf_counter() - t_train
-    distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
-    if stop_after is not None and len(records) < t.epochs:
-        return {}
-    timing = {"setup_s": setup_s, "compile_s": compile_s + captured(records[start_epoch:]),  # capture: in train_s
-              "train_s": train_s, "train_images_per_s": images_per_s(records[start_epoch:], t.batch_size, train_s)}
-    extra: dict[str, Any] = {}
-    shard = distributed.current()
-    if shard.world > 1:
-        extra["distributed"] = {"processes": shard.world, "batch_per_process": t.batch_size / shard.world,
-                                "global_batch": t.batch_size}
-    skipped = distributed.gather_to_main(dict(getattr(task, "skipped", {})))
-    if skipped is not None and any(skipped):
-        merged = {k: v for part in skipped for k, v in part.items()}
-        extra["train_unreadable_images"] = _unreadable(train, merged)  # type: ignore[arg-type]
-        log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
-    return finish_run(cfg, run, model, splits, counts, device, timing, extra, writes=main)
+    def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]]:
+        return lambda: val_scores(built.model, ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp)
+
+    def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
+               start_epoch: int) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        shard, batch = distributed.current(), self.cfg.train.batch_size
+        if shard.world > 1:
+            extra["distributed"] = {"processes": shard.world, "batch_per_process": batch / shard.world,
+                                    "global_batch": batch}
+        skipped = distributed.gather_to_main(dict(getattr(built.task, "skipped", {})))
+        if skipped is not None and any(skipped):
+            merged = {k: v for part in skipped for k, v in part.items()}
+            extra["train_unreadable_images"] = _unreadable(ctx.splits.train, merged)  # type: ignore[arg-type]
+            ctx.log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
+        return finish_run(self.cfg, self.members[0].run, built.model, ctx.splits, ctx.counts, ctx.device, timing,
+                          extra, writes=ctx.main)
 
 
 def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[nn.Module, Task]:
@@ -254,18 +218,12 @@ def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torc
     single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
+    init_from_data = getattr(getattr(model, "backbone", None), "init_from_data", None)
+    if init_from_data is not None and isinstance(splits.train, ImageSet):  # e.g. FastNet's patch whitening
+        train = splits.train
+        init_from_data(train.images.to(device), mean=train.mean, std=train.std)  # draws no random numbers
     task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
     return model, task
-
-
-def captured(rows: list[dict[str, Any]]) -> float:
-    """Seconds spent capturing CUDA graphs during the epochs ``rows`` (part of their training time)."""
-    return sum(float(r.get("capture_s", 0.0)) for r in rows)
-
-
-def images_per_s(rows: list[dict[str, Any]], batch_size: int, seconds: float) -> float:
-    """Training images per second of the epochs ``rows`` (their steps times the batch size)."""
-    return len(rows) and sum(r["steps"] for r in rows) * batch_size / max(seconds, 1e-9)
 
 
 def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, counts: ClassCounts,
@@ -282,6 +240,9 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
     extra.update(validation_report(cfg, run, model, splits, counts, device))
     if getattr(splits, "info", None):
         extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
+    if getattr(splits, "val_info", None):  # where the validation images came from (report.md shows the note)
+        extra["validation_split"] = splits.val_info  # type: ignore[attr-defined]
+        extra["validation_note"] = splits.val_info.get("note")  # type: ignore[attr-defined]
     if writes:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}
@@ -309,21 +270,6 @@ def validation_report(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Spl
                                  "test": evaluate_model(best_model.to(device), splits.test, counts, device,
                                                         cfg.train.amp)}
     return out
-
-
-def compiled_for_training(model: nn.Module, cfg: RunConfig, image_shape: tuple[int, ...], device: torch.device
-              ) -> tuple[nn.Module, float]:
-    """``model`` compiled for training when ``train.compile`` asks (``longtail.graphs.compile_model``)."""
-    t = cfg.train
-    if t.compile == "off":
-        return model, 0.0
-
-    graphed = resolve_engine(t.engine, device, t.compile) == "graph" and device.type == "cuda"
-    rows = len(distributed.current().rows(t.batch_size))  # this process's share of a batch
-    example = torch.zeros(rows, *image_shape, device=device)
-    if use_channels_last(t.channels_last):
-        example = example.contiguous(memory_format=torch.channels_last)
-    return compile_model(model, t.compile, example, device=device, amp=t.amp, autocast_cache=not graphed)
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: str | None = None,
@@ -361,5 +307,6 @@ def _report_context(root: Path) -> dict[str, Any]:
         old = json.loads((root / "report.json").read_text())
     except (OSError, ValueError):
         return {}
-    keep = ("timing", "val", "best_val_epoch", "semi", "distributed", "stacked_seeds", "train_unreadable_images")
+    keep = ("timing", "val", "best_val_epoch", "semi", "distributed", "stacked_seeds", "train_unreadable_images",
+            "validation_split", "validation_note")
     return {k: old[k] for k in keep if isinstance(old, dict) and k in old}

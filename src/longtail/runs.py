@@ -70,9 +70,13 @@ class RunDir:
             raise LongtailError("no usable checkpoint to resume from: " + "; ".join(problems), RESTART_FIX)
         return None
 
-    def create(self, config: RunConfig, command: list[str] | None = None) -> None:
+    def create(self, config: RunConfig, command: list[str] | None = None, *,
+               extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json``: the configuration, the command, the versions and a stage's ``extra`` entries
+        (e.g. ``pretrain``: the method and its settings)."""
         meta = {
             "config": config.to_dict(),
+            **(extra or {}),
             "command": command if command is not None else sys.argv,
             "longtail_version": __version__,
             "torch_version": torch.__version__,
@@ -160,17 +164,17 @@ class EpochLog:
     ``writes`` (rank 0) writes files; every process keeps the rows."""
 
     def __init__(self, run: RunDir, cfg: RunConfig, records: list[dict[str, Any]], *, writes: bool,
-                 has_val: bool, best_by: str | None = "val_balanced") -> None:
+                 has_val: bool, best_by: str | None = "val_balanced", epochs: int | None = None) -> None:
         self.run, self.cfg, self.records, self.writes = run, cfg, records, writes
         self.has_val, self.best_by = has_val, best_by
+        self.epochs = cfg.train.epochs if epochs is None else epochs  # the run's last epoch: always checkpointed
 
     def validates(self, done: int) -> bool:
         every = self.cfg.train.eval_every
         return self.has_val and bool(every) and done % every == 0
 
     def checkpoints(self, done: int) -> bool:
-        t = self.cfg.train
-        return done % max(t.checkpoint_every, 1) == 0 or done == t.epochs
+        return done % max(self.cfg.train.checkpoint_every, 1) == 0 or done == self.epochs
 
     def wants_model(self, done: int) -> bool:
         """Whether :meth:`end_epoch` of epoch ``done`` will use the model (validation or checkpoint)."""

@@ -43,9 +43,7 @@ resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. N
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -57,18 +55,16 @@ from torch import Tensor
 
 from .checkpoints import load_model_state
 from .config import RunConfig
-from .data.semi import load_splits
-from .devices import resolve_device, use_channels_last
+from .devices import use_channels_last
+from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
-from .experiment import build_seed, captured, compiled_for_training, finish_run, images_per_s, val_scores
-from .graphs import training_engine
-from .loop import EpochLines, EpochRecord, announces, epoch_generator, fit, make_sgd
+from .experiment import build_seed, finish_run, val_scores
+from .loop import EpochRecord, epoch_generator, make_sgd
 from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
-from .runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
-from .schedule import lr_function
+from .runs import EpochLog, RunDir
 from .tasks import SupervisedTask
 
 __all__ = [
@@ -586,108 +582,88 @@ def train_stacked(
     ``stop_after`` ended the run early. Resumes from the seed folders' checkpoints when all of
     them hold one at the same epoch (written by this function or by ``train_one``).
     """
-    with contextlib.ExitStack() as locks:
-        for s in seeds:
-            locks.enter_context(RunDir(Path(out) / f"seed-{s}").lock(log))
-            require_run_folder(Path(out) / f"seed-{s}")
-        return _train_stacked(cfg, seeds, out, splits=splits, command=command, progress=progress,
-                              stop_after=stop_after, log=log, restart=restart)
-
-
-def _train_stacked(cfg: RunConfig, seeds: Sequence[int], out: str | Path, *, splits: Any, command: list[str] | None,
-                   progress: bool | None, stop_after: int | None, log: Callable[[str], None],
-                   restart: bool) -> list[dict[str, Any]]:
-
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise LongtailError(f"train_stacked needs distinct seeds, got {seeds}", "pass each seed once")
     check_stackable(cfg)
-    out = Path(out)
-    t = cfg.train
-    device = resolve_device(t.device)
-    t_setup = time.perf_counter()
-    splits = (splits or load_splits(cfg.data)).to(device)
-    train = splits.train
-    counts = train.class_counts()
-    counts.require_nonempty(train.class_names)
-    cfgs = [replace(cfg, seed=s) for s in seeds]
-    runs = [RunDir(out / f"seed-{s}") for s in seeds]
+    return drive(StackedStage(cfg, seeds, Path(out)), splits=splits, command=command, progress=progress,
+                 stop_after=stop_after, log=log, restart=restart)
 
-    members, tasks = [], []
-    for c in cfgs:  # exactly as train_one builds each seed's run
-        model, member_task = build_seed(c, splits, counts, device)
-        members.append(model)
-        tasks.append(member_task)
-    task = StackedTask(tasks, seeds)
 
-    start_epoch, records = 0, [[] for _ in seeds]  # type: list[list[dict[str, Any]]]
-    opt_states = None
-    for run in runs:
-        if restart:  # settings and data are checked by now
-            clear_run_folder(run.root)
-        run.clean()
-    found = [resume_or_start(run, c, log=log) for run, c in zip(runs, cfgs)]  # each checkpoint read once
-    problem = _resume_problem(out, seeds, [None if st is None else int(st["next_epoch"]) for st in found])
-    if problem is not None:
-        raise LongtailError(problem, f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
-    if found[0] is not None:
-        states = [st for st in found if st is not None]
-        for run, member, state in zip(runs, members, states):
-            load_model_state(member, state["model"], str(run.checkpoint))
+class StackedStage(Stage):
+    """Several seeds of one configuration trained at once as one stacked network; a run folder per seed."""
+
+    def __init__(self, cfg: RunConfig, seeds: list[int], out: Path) -> None:
+        self.cfg, self.seeds, self.out = cfg, seeds, out
+        self.members = [Member(replace(cfg, seed=s), RunDir(out / f"seed-{s}")) for s in seeds]
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]  # each member draws its batches from its own seed (StackedTask)
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.train.batch_size * len(self.seeds)  # img/s of all seeds
+
+    def build(self, ctx: Context) -> Built:
+        members, tasks = [], []
+        for m in self.members:  # exactly as train_one builds each seed's run
+            model, member_task = build_seed(m.cfg, ctx.splits, ctx.counts, ctx.device)
+            members.append(model)
+            tasks.append(member_task)
+        stacked = stack(members)
+        t = self.cfg.train
+        if use_channels_last(t.channels_last):
+            stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        c0, h, w = ctx.splits.train.image_shape  # the stacked input: member-major channels
+        return Built(stacked, StackedTask(tasks, self.seeds), optimizer, (len(self.seeds) * c0, h, w))
+
+    def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
+        epochs = [None if st is None else int(st["next_epoch"]) for st in states]
+        problem = _resume_problem(self.out, self.seeds, epochs)
+        if problem is not None:
+            raise LongtailError(problem, f"{_SEQUENTIAL_FIX}, or pass --restart to start all seeds afresh")
+        members = []
+        train = ctx.splits.train
+        for m, state in zip(self.members, states):
+            assert state is not None
             if state.get("optimizer") is None:
-                raise LongtailError(f"{run.checkpoint} holds no optimizer state to resume from",
+                raise LongtailError(f"{m.run.checkpoint} holds no optimizer state to resume from",
                                     "pass --restart to train afresh")
-        start_epoch = int(states[0]["next_epoch"])
-        records = [list(st["records"]) for st in states]
-        opt_states = [st["optimizer"] for st in states]
-        log(f"resuming seeds {seeds} under {out} (stacked) from epoch {start_epoch}/{t.epochs}")
-    for run, c in zip(runs, cfgs):
-        run.create(c, command)
+            member = build_model(m.cfg, train.num_classes, train.image_shape[0])
+            load_model_state(member, state["model"], str(m.run.checkpoint))
+            members.append(member.to(ctx.device))
+        stacked: StackedClassifier = built.model  # type: ignore[assignment]
+        with torch.no_grad():
+            for mine, theirs in zip(stacked.state_dict().values(), stack(members).state_dict().values()):
+                mine.copy_(theirs)  # in place: the optimizer holds these parameters
+        built.optimizer.load_state_dict(stack_optimizer_state(stacked, [st["optimizer"] for st in states]))  # type: ignore[index]
+        return int(states[0]["next_epoch"])  # type: ignore[index]
 
-    stacked = stack(members)
-    del members
-    if use_channels_last(t.channels_last):
-        stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if opt_states is not None:
-        optimizer.load_state_dict(stack_optimizer_state(stacked, opt_states))
-    setup_s = time.perf_counter() - t_setup
-
-    c0, h, w = train.image_shape
-    # member-major channels
-    train_model, compile_s = compiled_for_training(stacked, cfg, (len(seeds) * c0, h, w), device)
-
-    logs = [EpochLog(run, c, rows, writes=True, has_val=splits.val is not None)
-            for run, c, rows in zip(runs, cfgs, records)]
-
-    lines = EpochLines(t.epochs, t.batch_size * len(seeds), start_epoch, log) if announces(progress, True) else None
-
-    def on_epoch_end(rec: EpochRecord) -> bool:
-        losses = task.member_losses()
-        if lines is not None:
-            lines(rec, loss=sum(losses) / len(losses))  # the seeds' mean loss; img/s of all seeds
+    def end_epoch(self, rec: EpochRecord, built: Built, logs: list[EpochLog], ctx: Context) -> float:
+        stacked: StackedClassifier = built.model  # type: ignore[assignment]
+        losses = built.task.member_losses()  # type: ignore[attr-defined]
         done = rec.epoch + 1
         models = unstack(stacked) if logs[0].wants_model(done) else None
-        optimizers = _member_optimizers(stacked, optimizer, models, cfg) if logs[0].checkpoints(done) else None
+        optimizers = (_member_optimizers(stacked, built.optimizer, models, self.cfg)
+                      if models is not None and logs[0].checkpoints(done) else None)
         for s, log_s in enumerate(logs):
             row = asdict(rec)
             row["train_loss"] = losses[s]  # this seed's own loss (rec.train_loss is the sum over seeds)
-            row["stacked_seeds"] = seeds  # `seconds` is the time of the stacked epoch (all seeds)
+            row["stacked_seeds"] = self.seeds  # `seconds` is the time of the stacked epoch (all seeds)
             model = models[s] if models is not None else None
             log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None,
-                            validate=lambda m=model: val_scores(m, splits, counts, device, t.amp))
-        return stop_after is not None and len(records[0]) - start_epoch >= stop_after
+                            validate=lambda m=model: val_scores(m, ctx.splits, ctx.counts, ctx.device,
+                                                                self.cfg.train.amp))
+        return sum(losses) / len(losses)  # the seeds' mean loss
 
-    t_train = time.perf_counter()
-    fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=seeds[0], device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
-        engine=training_engine(t.engine, t.compile, device))
-    train_s = time.perf_counter() - t_train
-    if stop_after is not None and len(records[0]) < t.epochs:
-        return [{} for _ in seeds]
+    def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
+               start_epoch: int) -> list[dict[str, Any]]:
+        timing = {**timing, "stacked_train_images_per_s": timing["train_images_per_s"] * len(self.seeds)}
+        return [finish_run(m.cfg, m.run, model, ctx.splits, ctx.counts, ctx.device, timing,
+                           {"stacked_seeds": self.seeds}, writes=True)
+                for m, model in zip(self.members, unstack(built.model))]  # type: ignore[arg-type]
 
-    per_seed = images_per_s(records[0][start_epoch:], t.batch_size, train_s)
-    timing = {"setup_s": setup_s, "compile_s": compile_s + captured(records[0][start_epoch:]), "train_s": train_s,
-              "train_images_per_s": per_seed, "stacked_train_images_per_s": per_seed * len(seeds)}
-    return [finish_run(c, run, model, splits, counts, device, timing, {"stacked_seeds": seeds}, writes=True)
-            for c, run, model in zip(cfgs, runs, unstack(stacked))]
+    def stopped(self) -> list[dict[str, Any]]:
+        return [{} for _ in self.seeds]

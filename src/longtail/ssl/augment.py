@@ -152,18 +152,22 @@ def gaussian_blur(x: torch.Tensor, generator: torch.Generator, p: float,
     return torch.where(apply, y.view(n, c, h, w), x)
 
 
+_DEFAULTS = SSLConfig()  # one source of the defaults: the configuration's
+
+
 @dataclass(frozen=True)
 class TwoViewAugment:
-    """One random view of a uint8 batch; call twice for the two views of MoCo and SimSiam."""
+    """One random view of a uint8 batch; call twice for the two views of MoCo and SimSiam. The defaults are
+    ``SSLConfig``'s (:meth:`from_config` builds one from a run's settings and image size)."""
 
-    min_scale: float = 0.2
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.0
+    min_scale: float = _DEFAULTS.crop_min_scale
+    jitter_prob: float = _DEFAULTS.jitter_prob
+    brightness: float = _DEFAULTS.brightness
+    contrast: float = _DEFAULTS.contrast
+    saturation: float = _DEFAULTS.saturation
+    hue: float = _DEFAULTS.hue
+    grayscale_prob: float = _DEFAULTS.grayscale_prob
+    blur_prob: float = 0.0  # SSLConfig's None: 0 below 64 px
     flip: bool = True
 
     @classmethod

@@ -16,9 +16,7 @@ set and reports per class.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,23 +25,19 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .. import __version__, distributed
-from ..checkpoints import load_model_state
+from .. import distributed
 from ..config import RunConfig
 from ..data.augment import Augment
 from ..data.imageset import ImageSet
 from ..data.materialize import materialize
 from ..data.registry import Splits
-from ..data.semi import load_splits
 from ..devices import use_channels_last
-from ..distributed import start_process
+from ..driver import Built, Context, Member, Stage, drive
 from ..errors import LongtailError
-from ..graphs import training_engine
-from ..loop import EpochLines, EpochRecord, announces, extract_features, fit
+from ..loop import EpochRecord, extract_features
 from ..models import make_model
 from ..report import summary_table, write_report
-from ..runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
-from ..schedule import lr_function
+from ..runs import EpochLog, RunDir
 from ..storage import atomic_write_text
 from .augment import TwoViewAugment
 from .config import SSLConfig, check_method, default_ssl
@@ -139,20 +133,6 @@ def _meta(method: str, ssl: SSLConfig) -> dict[str, Any]:
     return {"method": method, "ssl": asdict(ssl)}
 
 
-def _write_config(run: RunDir, cfg: RunConfig, method: str, ssl: SSLConfig, command: list[str] | None) -> None:
-    run.root.mkdir(parents=True, exist_ok=True)
-    meta = {"config": cfg.to_dict(), "pretrain": _meta(method, ssl),
-            "command": command if command is not None else sys.argv,
-            "longtail_version": __version__, "torch_version": torch.__version__}
-    atomic_write_text(run.config_file, json.dumps(meta, indent=2) + "\n")
-
-
-def _previous_meta(run: RunDir) -> dict[str, Any] | None:
-    if not run.config_file.is_file():
-        return None
-    return json.loads(run.config_file.read_text()).get("pretrain")
-
-
 def _report_markdown(title: str, method: str, evaluations: dict[str, dict[str, Any]], extra_lines: list[str]) -> str:
     labels = {"linear_probe_balanced": "linear probe, class-balanced CE (main)",
               "linear_probe": "linear probe, plain CE", "knn": "k-NN (cosine, weighted)"}
@@ -174,113 +154,108 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
     or ``{}`` when ``stop_after`` ended the run early.
     """
     check_method(method)
-    ssl = resolve_ssl(method, cfg, ssl)
-    run = RunDir(out)
-    with run.lock(log) if distributed.launch_rank() == 0 else contextlib.nullcontext():
-        require_run_folder(run.root)
-        return _pretrain_run(method, cfg, run, ssl, splits=splits, command=command, progress=progress,
-                             stop_after=stop_after, log=log, restart=restart)
+    stage = PretrainStage(method, cfg, resolve_ssl(method, cfg, ssl), RunDir(out))
+    return drive(stage, splits=splits, command=command, progress=progress, stop_after=stop_after, log=log,
+                 restart=restart)
 
 
-def _pretrain_run(method: str, cfg: RunConfig, run: RunDir, ssl: SSLConfig, *, splits: Splits | None,
-                  command: list[str] | None, progress: bool | None, stop_after: int | None,
-                  log: Callable[[str], None], restart: bool) -> dict[str, Any]:
-    device, main, log, progress = start_process(cfg.train.device, log, progress)
-    t = cfg.train
-    with distributed.main_first():
-        splits = splits or load_splits(cfg.data)
-    if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
+class PretrainStage(Stage):
+    """Self-supervised pre-training of a backbone (rotation, MoCo v2, SimSiam; re-weighted SAM)."""
 
-        log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
-            f"({splits.train.image_size} px) for pre-training"
-            + (f", 1/{distributed.current().world} in each process" if distributed.current().world > 1 else ""))
-        splits = Splits(materialize(splits.train, device=device), materialize(splits.test, device=device),
-                        materialize(splits.val, device=device) if splits.val is not None else None)
-    splits = splits.to(device)
-    train, test = splits.train, splits.test
-    model, task, optimizer = build_pretraining(method, cfg, ssl, train, device, log=log)
-    backbone = model.backbone
+    best_by = None  # the k-NN score is logged, no best checkpoint is kept
 
-    start_epoch, records = 0, []
-    if main:
-        if restart:  # settings and data are checked by now
-            clear_run_folder(run.root)
-        run.clean()
-    distributed.barrier()
+    def __init__(self, method: str, cfg: RunConfig, ssl: SSLConfig, run: RunDir) -> None:
+        self.method, self.cfg, self.ssl = method, cfg, ssl
+        self.members = [Member(cfg, run)]
 
-    def same() -> bool:
-        previous, prev_meta = run.existing_config(), _previous_meta(run)
-        return not ((previous is not None and previous != cfg) or (prev_meta is not None and prev_meta != json.loads(
-            json.dumps(_meta(method, ssl)))))
+    def data(self, splits: Splits, device: torch.device, log: Callable[[str], None]) -> Splits:
+        if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
+            world = distributed.current().world
+            log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
+                f"({splits.train.image_size} px) for pre-training"  # type: ignore[attr-defined]
+                + (f", 1/{world} in each process" if world > 1 else ""))
+            splits = Splits(materialize(splits.train, device=device), materialize(splits.test, device=device),
+                            materialize(splits.val, device=device) if splits.val is not None else None)
+        return splits.to(device)
 
-    state = resume_or_start(run, cfg, log=log, same=same)
-    if state is not None:
-        load_model_state(model, state["model"], str(run.checkpoint))
-        optimizer.load_state_dict(state["optimizer"])
-        task.load_state_dict(state.get("extra", {}).get("task", {}))
-        start_epoch, records = state["next_epoch"], list(state["records"])
-        log(f"resuming {run.root} from epoch {start_epoch}/{t.epochs}")
-    if main:
-        _write_config(run, cfg, method, ssl, command)
-    # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
-    train_model = distributed.wrap(model, device, broadcast_buffers=not isinstance(model, MoCo))
+    def build(self, ctx: Context) -> Built:
+        model, task, optimizer = build_pretraining(self.method, self.cfg, self.ssl, ctx.splits.train, ctx.device,
+                                                   log=ctx.log)
+        # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
+        return Built(model, task, optimizer, ctx.splits.train.image_shape,
+                     broadcast_buffers=not isinstance(model, MoCo))
 
-    epochs = EpochLog(run, cfg, records, writes=main, has_val=splits.val is not None, best_by=None)
+    def same(self, member: Member) -> Callable[[], bool]:
+        run = member.run
 
-    def val_knn() -> dict[str, float]:
-        probs = knn_probabilities(extract_features(backbone, train, device, t.amp), train.labels,
-                                  extract_features(backbone, splits.val, device, t.amp), train.num_classes,
-                                  k=ssl.knn_k, temperature=ssl.knn_temperature)
-        return {"val_knn_top1": 100.0 * float((probs.argmax(1) == splits.val.labels.to(probs.device)).float().mean())}
+        def same() -> bool:
+            previous = run.existing_config()
+            meta = json.loads(run.config_file.read_text()).get("pretrain") if run.config_file.is_file() else None
+            return not ((previous is not None and previous != self.cfg)
+                        or (meta is not None and meta != json.loads(json.dumps(_meta(self.method, self.ssl)))))
+        return same
 
-    lines = EpochLines(t.epochs, t.batch_size, start_epoch, log) if announces(progress, main) else None
+    def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
+        epoch = super().restore(built, states, ctx)
+        built.task.load_state_dict((states[0] or {}).get("extra", {}).get("task", {}))  # type: ignore[attr-defined]
+        return epoch
 
-    def on_epoch_end(rec: EpochRecord) -> bool:
-        task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
-        row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun: every process calls it
-        epochs.end_epoch(row, model, optimizer, validate=val_knn,
-                         extra=lambda: {"pretrain": _meta(method, ssl), "task": task.state_dict()})
-        if lines is not None:
-            lines(rec)
-        return stop_after is not None and len(records) - start_epoch >= stop_after
+    def write_config(self, member: Member, command: list[str] | None) -> None:
+        member.run.create(member.cfg, command, extra={"pretrain": _meta(self.method, self.ssl)})
 
-    t_train = time.perf_counter()
-    fit(train_model, task, optimizer, epochs=t.epochs, lr_at=lr_function(cfg), seed=cfg.seed, device=device,
-        amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
-        engine=training_engine(t.engine, t.compile, device))
-    train_s = time.perf_counter() - t_train
-    distributed.barrier()  # rank 0's checkpoint is on disk before anyone returns
-    if stop_after is not None and len(records) < t.epochs:
-        return {}
-    if not main:  # the representation report is rank 0's (the model is the same on every process)
-        return {}
+    def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, float]]:
+        backbone, train, val, t = built.model.backbone, ctx.splits.train, ctx.splits.val, self.cfg.train
 
-    t_eval = time.perf_counter()
-    evaluations = representation_report(backbone, train, test, device, amp=t.amp, knn_k=ssl.knn_k,
-                                         knn_temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs,
-                                         probe_lr=ssl.probe_lr, probe_batch_size=ssl.probe_batch_size, seed=cfg.seed)
-    evaluations = {k: evaluations[k] for k in ("linear_probe_balanced", "linear_probe", "knn")}
-    main = evaluations["linear_probe_balanced"]
-    extra: dict[str, Any] = {
-        "recipe": cfg.recipe, "method": method, "epoch": t.epochs, "split": "test", "seed": cfg.seed,
-        "evaluation": "linear probe (class-balanced cross-entropy) on frozen backbone features",
-        "knn_top1": evaluations["knn"]["top1"], "linear_probe_top1": evaluations["linear_probe"]["top1"],
-        "knn": evaluations["knn"], "linear_probe": evaluations["linear_probe"],
-        "ssl": asdict(ssl), "config": cfg.to_dict(), "device": str(device), "train_size": len(train),
-        "test_size": len(test), "timing": {"train_s": train_s, "eval_s": 0.0},
-    }
-    extra_lines = []
-    if method == "rotation":
-        acc = rotation_accuracy(model, test, device, t.amp)
-        extra["rotation_test_accuracy"] = acc
-        extra_lines = [f"Rotation prediction accuracy (the 4-way pretext task, not classification), test images "
-                       f"in all four rotations: {acc:.2f} %", ""]
-    extra["timing"]["eval_s"] = time.perf_counter() - t_eval
-    title = f"{cfg.recipe}: {method} pre-training (seed {cfg.seed}, last epoch, frozen features, test set)"
-    write_report(run.root, main, title=title, extra=extra)
-    # Put the comparison of the three evaluations in front of write_report's page for the main one.
-    page = (run.root / "report.md").read_text()
-    body = page.split("\n", 1)[1] if page.startswith("# ") else page
-    atomic_write_text(run.root / "report.md", _report_markdown(title, method, evaluations, extra_lines)
-                      + "\n## Class-balanced linear probe in detail\n" + body)
-    return {**main, **extra}
+        def val_knn() -> dict[str, float]:
+            probs = knn_probabilities(extract_features(backbone, train, ctx.device, t.amp), train.labels,
+                                      extract_features(backbone, val, ctx.device, t.amp), train.num_classes,
+                                      k=self.ssl.knn_k, temperature=self.ssl.knn_temperature)
+            hits = probs.argmax(1) == val.labels.to(probs.device)  # type: ignore[union-attr]
+            return {"val_knn_top1": 100.0 * float(hits.float().mean())}
+        return val_knn
+
+    def end_epoch(self, rec: EpochRecord, built: Built, logs: list[EpochLog], ctx: Context) -> None:
+        task = built.task
+        task.end_epoch()  # type: ignore[attr-defined]  # MoCo: enqueue the last step's keys before the checkpoint
+        row = {**asdict(rec), **task.epoch_metrics()}  # type: ignore[attr-defined]  # a collective under torchrun
+        logs[0].end_epoch(row, built.model, built.optimizer, validate=self.validator(built, ctx),
+                          extra=lambda: {"pretrain": _meta(self.method, self.ssl),
+                                         "task": task.state_dict()})  # type: ignore[attr-defined]
+
+    def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
+               start_epoch: int) -> dict[str, Any]:
+        if not ctx.main:  # the representation report is rank 0's (the model is the same on every process)
+            return {}
+        method, ssl, t, run = self.method, self.ssl, self.cfg.train, self.members[0].run
+        backbone, train, test, device = built.model.backbone, ctx.splits.train, ctx.splits.test, ctx.device
+        t_eval = time.perf_counter()
+        evaluations = representation_report(backbone, train, test, device, amp=t.amp, knn_k=ssl.knn_k,
+                                             knn_temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs,
+                                             probe_lr=ssl.probe_lr, probe_batch_size=ssl.probe_batch_size,
+                                             seed=self.cfg.seed)
+        evaluations = {k: evaluations[k] for k in ("linear_probe_balanced", "linear_probe", "knn")}
+        main = evaluations["linear_probe_balanced"]
+        extra: dict[str, Any] = {
+            "recipe": self.cfg.recipe, "method": method, "epoch": t.epochs, "split": "test", "seed": self.cfg.seed,
+            "evaluation": "linear probe (class-balanced cross-entropy) on frozen backbone features",
+            "knn_top1": evaluations["knn"]["top1"], "linear_probe_top1": evaluations["linear_probe"]["top1"],
+            "knn": evaluations["knn"], "linear_probe": evaluations["linear_probe"],
+            "ssl": asdict(ssl), "config": self.cfg.to_dict(), "device": str(device), "train_size": len(train),
+            "test_size": len(test), "timing": dict(timing),
+        }
+        extra_lines = []
+        if method == "rotation":
+            acc = rotation_accuracy(built.model, test, device, t.amp)
+            extra["rotation_test_accuracy"] = acc
+            extra_lines = [f"Rotation prediction accuracy (the 4-way pretext task, not classification), test images "
+                           f"in all four rotations: {acc:.2f} %", ""]
+        extra["timing"]["eval_s"] = time.perf_counter() - t_eval
+        title = (f"{self.cfg.recipe}: {method} pre-training (seed {self.cfg.seed}, last epoch, frozen features, "
+                 "test set)")
+        write_report(run.root, main, title=title, extra=extra)
+        # Put the comparison of the three evaluations in front of write_report's page for the main one.
+        page = (run.root / "report.md").read_text()
+        body = page.split("\n", 1)[1] if page.startswith("# ") else page
+        atomic_write_text(run.root / "report.md", _report_markdown(title, method, evaluations, extra_lines)
+                          + "\n## The class-balanced linear probe in detail\n" + body)
+        return {**main, **extra}
