@@ -229,10 +229,27 @@ class ShardedTask:
         self._rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self._index: torch.Tensor | None = None
 
-    def __getattr__(self, name: str) -> Any:  # train, sampler, class_weight, ... of the inner task
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # What the loop and the drivers read of a task is the inner task's; its own hooks (a pre-training task's
+    # end_epoch, state_dict, ...) are called on the inner task itself (``unwrap_task``).
+    @property
+    def train(self) -> Any:
+        return self.inner.train
+
+    @property
+    def multi_process(self) -> bool:
+        return self.inner.multi_process
+
+    @property
+    def image_files(self) -> bool:
+        return self.inner.image_files
+
+    @property
+    def graphable(self) -> bool:
+        return self.inner.graphable
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.inner.steps_per_epoch
 
     def to(self, device: torch.device | str) -> "ShardedTask":
         self.inner = self.inner.to(device)
@@ -259,6 +276,13 @@ class ShardedTask:
         return loss if isinstance(scale, float) and scale == 1.0 else loss * scale
 
 
+def unwrap_task(task: Any) -> Any:
+    """The task inside ``ShardedTask`` / ``LoaderTask`` wrappers (``task`` itself when it has none)."""
+    while "inner" in getattr(task, "__dict__", {}):
+        task = task.inner
+    return task
+
+
 def default_workers() -> int:
     """DataLoader workers per process: min(8, the CPUs this process may use / processes on this node)."""
     try:
@@ -270,7 +294,7 @@ def default_workers() -> int:
 
 
 __all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers",
-           "env_world_size", "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
+           "unwrap_task", "env_world_size", "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
 
 
 def start_process(device_name: str, log: Callable[[str], None], progress: bool | None

@@ -269,14 +269,19 @@ class LoaderTask:
         self.scale = 1.0
         self._loader: FileLoader | None = None
 
-    def __getattr__(self, name: str) -> Any:  # class_weight, sampler, steps_per_epoch, ... of the inner task
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     @property
     def train(self) -> FileImageSet:
         return self.inner.train
+
+    @property
+    def multi_process(self) -> bool:
+        return self.inner.multi_process
+
+    @property
+    def image_files(self) -> bool:
+        return True
+
+    graphable = False  # batches decoded by worker processes, of changing composition
 
     @property
     def skipped(self) -> dict[int, str]:

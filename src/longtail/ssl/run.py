@@ -125,7 +125,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
                                                        weight_decay=t.weight_decay)
     if rwsam:
         optimizer = SAM(optimizer, rho=ssl.sam_rho, adaptive=ssl.sam_adaptive)
-        optimizer.add_phase_hook(task.set_phase)
+        optimizer.add_phase_hook(distributed.unwrap_task(task).set_phase)
     return model, task, optimizer
 
 
@@ -175,7 +175,8 @@ class PretrainStage(Stage):
                 f"({splits.train.image_size} px) for pre-training"  # type: ignore[attr-defined]
                 + (f", 1/{world} in each process" if world > 1 else ""))
             splits = Splits(materialize(splits.train, device=device), materialize(splits.test, device=device),
-                            materialize(splits.val, device=device) if splits.val is not None else None)
+                            materialize(splits.val, device=device) if splits.val is not None else None,
+                            val_info=splits.val_info)
         return splits.to(device)
 
     def build(self, ctx: Context) -> Built:
@@ -197,7 +198,8 @@ class PretrainStage(Stage):
 
     def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
         epoch = super().restore(built, states, ctx)
-        built.task.load_state_dict((states[0] or {}).get("extra", {}).get("task", {}))  # type: ignore[attr-defined]
+        task = distributed.unwrap_task(built.task)  # the pre-training task's own state (MoCo's queue)
+        task.load_state_dict((states[0] or {}).get("extra", {}).get("task", {}))
         return epoch
 
     def write_config(self, member: Member, command: list[str] | None) -> None:
@@ -215,12 +217,12 @@ class PretrainStage(Stage):
         return val_knn
 
     def end_epoch(self, rec: EpochRecord, built: Built, logs: list[EpochLog], ctx: Context) -> None:
-        task = built.task
-        task.end_epoch()  # type: ignore[attr-defined]  # MoCo: enqueue the last step's keys before the checkpoint
-        row = {**asdict(rec), **task.epoch_metrics()}  # type: ignore[attr-defined]  # a collective under torchrun
+        task = distributed.unwrap_task(built.task)
+        task.end_epoch()  # MoCo: enqueue the last step's keys before the checkpoint
+        row = {**asdict(rec), **task.epoch_metrics()}  # a collective under torchrun
         logs[0].end_epoch(row, built.model, built.optimizer, validate=self.validator(built, ctx),
                           extra=lambda: {"pretrain": _meta(self.method, self.ssl),
-                                         "task": task.state_dict()})  # type: ignore[attr-defined]
+                                         "task": task.state_dict()})
 
     def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
                start_epoch: int) -> dict[str, Any]:
