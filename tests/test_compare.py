@@ -122,3 +122,29 @@ def test_missing_report_names_the_folder_and_the_fix(tmp_path: Path) -> None:
     (tmp_path / "junk" / "report.json").write_text("{not json")
     with pytest.raises(LongtailError, match="cannot read"):
         compare_runs([tmp_path / "junk"])
+
+
+def test_long_run_names_and_na_marks_stay_inside_the_figure(runs, tmp_path: Path) -> None:
+    """Issue 16: long run names clipped the title on the left, and an n/a mark fell outside the axes."""
+    from longtail.compare import comparison_figure
+
+    long = tmp_path / "cifar10-lt-ldam-drw-with-a-very-long-descriptive-run-name-seed-sweep"
+    write_json(long, summary([91.0, 62.0, None], "cifar10-lt-ldam-drw-with-a-very-long-descriptive-name"))
+    _, rows = compare_runs([runs["single"], long, runs["multi"]])  # the first and second runs: few is n/a
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = comparison_figure(rows)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    ax = fig.axes[0]
+    texts = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(texts) == 2
+    box = ax.get_window_extent(renderer)
+    for t in texts:
+        e = t.get_window_extent(renderer)
+        assert box.x0 <= e.x0 and e.x1 <= box.x1, "an n/a mark outside the axes"
+    for artist in [ax.title, ax.get_legend()]:
+        e = artist.get_window_extent(renderer)
+        assert e.x0 >= 0 and e.x1 <= width and e.y1 <= height, f"{artist} is clipped by the figure"

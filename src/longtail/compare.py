@@ -207,14 +207,22 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     Bar height = mean over seeds (%), error bar = sample std (only with two or more seeds);
     an undefined metric has no bar and an ``n/a`` mark instead.
     """
+    atomic_write_bytes(Path(path), lambda f: comparison_figure(rows).savefig(f, format="png"))
+
+
+def comparison_figure(rows: Sequence[dict[str, Any]]) -> Any:
+    """The matplotlib ``Figure`` of :func:`plot_comparison`. Long run names are wrapped in the legend, and
+    the axes keep every group's place, so no label falls outside the figure or the axes."""
     # Imported here so `import longtail` stays fast; the Figure API renders with Agg and leaves
     # the pyplot backend of a notebook or an interactive session untouched.
+    import textwrap
+
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     n_runs = max(len(rows), 1)
     width = 0.8 / n_runs
-    fig = Figure(figsize=(max(6.0, 2.5 + 0.4 * n_runs * len(PLOT_METRICS)), 4.5), dpi=120, layout="constrained")
+    fig = Figure(figsize=(max(7.0, 3.5 + 0.4 * n_runs * len(PLOT_METRICS)), 4.5), dpi=120, layout="constrained")
     ax = fig.subplots()
     colours = [f"C{i % 10}" for i in range(len(rows))]
     for i, r in enumerate(rows):
@@ -222,23 +230,26 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
             x = m + (i - (n_runs - 1) / 2) * width  # run i's bar inside metric m's group
             entry = r.get(key) or {}
             if entry.get("mean") is None:
-                ax.text(x, 1.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color=colours[i])
+                ax.text(x, 1.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color=colours[i],
+                        clip_on=True)
                 continue
             k = sum(v is not None for v in entry.get("values") or [])
             err = entry.get("std") if k >= 2 else None  # one seed has no spread to show
             ax.bar(x, entry["mean"], width * 0.92, color=colours[i], yerr=err, capsize=3 if err else 0)
     ax.set_xticks(range(len(PLOT_METRICS)), [label for label, _ in PLOT_METRICS])
+    ax.set_xlim(-0.5, len(PLOT_METRICS) - 0.5)  # every group's place, bars or n/a marks alike
     ax.set_ylim(0, 105)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("mean over seeds; error bars: std between seeds (none for a single seed)", fontsize=10)
+    ax.set_title("mean over seeds; error bars: std between seeds\n(none for a single seed)", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if rows:
         # Explicit handles: a run whose every metric is n/a still gets its legend entry.
-        labels = [f"{r['run']} ({r['seeds']} seed{'' if r['seeds'] == 1 else 's'})" for r in rows]
+        labels = [textwrap.fill(f"{r['run']} ({r['seeds']} seed{'' if r['seeds'] == 1 else 's'})", 32,
+                                break_long_words=True) for r in rows]
         ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colours, labels)], fontsize=8,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), title="run", title_fontsize=8)
-    atomic_write_bytes(Path(path), lambda f: fig.savefig(f, format="png"))
+    return fig
 
 
 def write_comparison(paths: Sequence[str | Path], out: Path, *, names: Sequence[str] | None = None) -> str:
