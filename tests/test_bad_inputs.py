@@ -222,8 +222,14 @@ def unknown_sampler(c):
 @case
 def misspelt_setting_suggests(c):
     # the problem names the key, the fix suggests the setting meant
-    return _bad(c, r"unknown setting 'train\.gama'(.|\n)*fix:.*(loss\.focal_gamma|loss\.cdt_gamma)",
-                "--set", "train.gama=2")
+    return _bad(c, r"unknown setting 'train\.gama'(.|\n)*fix:.*did you mean .*loss\.gamma", "--set", "train.gama=2")
+
+
+@case
+def misspelt_loss_parameter_suggests(c):
+    # a loss's own parameter: the fix names the loss's parameters and the one meant
+    return _bad(c, r"'focal' loss has no parameter 'gama'(.|\n)*fix:.*did you mean loss\.gamma",
+                "--set", "loss.name=focal", "--set", "loss.gama=2")
 
 
 @case

@@ -80,11 +80,6 @@ BAD_SETTINGS = [
     ("data.num_workers", "-1"),
     ("model.head", "mlp"),
     ("loss.name", "cross-entropy"),
-    ("loss.focal_gamma", "-1"),
-    ("loss.ldam_max_margin", "-0.5"),
-    ("loss.ldam_scale", "0"),
-    ("loss.tau", "nan"),
-    ("loss.cdt_gamma", "-0.2"),
     ("ssl.crop_min_scale", "0"),
     ("ssl.jitter_prob", "nan"),
     ("ssl.hue", "0.7"),
@@ -101,10 +96,22 @@ BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("key,value", BAD_SETTINGS, ids=[f"{k}={v}" for k, v in BAD_SETTINGS])
+# (loss, its parameter, bad value): a loss's own parameters are checked as the other settings are.
+BAD_LOSS_PARAMS = [
+    ("focal", "loss.gamma", "-1"),
+    ("ldam", "loss.max_margin", "-0.5"),
+    ("ldam", "loss.scale", "0"),
+    ("logit-adjust", "loss.tau", "nan"),
+    ("cdt", "loss.gamma", "-0.2"),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_SETTINGS + [(k, v) for _, k, v in BAD_LOSS_PARAMS],
+                         ids=[f"{k}={v}" for k, v in BAD_SETTINGS] + [f"{n}-{k}={v}" for n, k, v in BAD_LOSS_PARAMS])
 def test_bad_setting_is_refused_with_its_name_and_a_fix(key, value):
+    loss = next((n for n, k, v in BAD_LOSS_PARAMS if (k, v) == (key, value)), None)
     with pytest.raises(LongtailError) as e:
-        apply_overrides(RunConfig(), {key: value})
+        apply_overrides(RunConfig(), {key: value} if loss is None else {"loss.name": loss, key: value})
     problem = e.value.problem
     assert key in problem
     assert _shows_value(problem, value), problem
@@ -161,7 +168,7 @@ def test_fix_names_the_command_line_option():
     ("train", "milestones", [160, "x"]),
     ("data", "imbalance_ratio", "100"),
     ("data", "n_max", 1.5),
-    ("loss", "focal_gamma", True),
+    ("loss", "name", 3),
     ("model", "head", 3),
 ])
 def test_wrong_types_from_a_json_config_are_named(section, field, value):
@@ -184,9 +191,11 @@ def test_valid_edge_values_are_accepted():
         "train.labeled_fraction": "1", "train.fixmatch_threshold": "0", "train.mfw_lam_min": "1",
         "train.device": "cuda:1", "train.drw_start": "none", "train.milestones": "", "train.eval_every": "0",
         "data.imbalance_ratio": "1", "data.n_max": "1", "data.num_workers": "0", "data.pseudo_threshold": "1",
-        "loss.ldam_max_margin": "0", "loss.tau": "-1", "ssl.blur_prob": "0", "ssl.hue": "0.5", "seed": "0",
+        "ssl.blur_prob": "0", "ssl.hue": "0.5", "seed": "0",
     })
     assert cfg.train.device == "cuda:1" and cfg.train.milestones == () and cfg.data.imbalance_ratio == 1.0
+    assert apply_overrides(RunConfig(), {"loss.name": "ldam", "loss.max_margin": "0"}).loss.params["max_margin"] == 0
+    assert apply_overrides(RunConfig(), {"loss.name": "logit-adjust", "loss.tau": "-1"}).loss.params["tau"] == -1
     # ints where floats are declared, and a path object for a path, as the Python API may pass them
     d = DataConfig(imbalance_ratio=10, darp_gamma_l=10, root=Path("/tmp/x"))  # type: ignore[arg-type]
     assert d.root == "/tmp/x" and isinstance(d.root, str)
@@ -206,7 +215,7 @@ def test_name_lists_mirror_the_registries():
 
     assert config_module.SAMPLERS == tuple(SAMPLERS)
     assert config_module.WEIGHTINGS == tuple(SCHEMES)
-    assert config_module.LOSSES == tuple(LOSSES)
+    assert config_module.LOSSES == tuple(LOSSES)  # LOSSES follows LOSS_PARAMS: every declared loss has a class
     assert config_module.HEADS == tuple(HEADS)
     assert config_module.PROFILES == tuple(PROFILES)
     assert config_module.PROTOCOLS == tuple(PROTOCOLS)
@@ -258,8 +267,8 @@ def test_unknown_setting_suggests_the_nearest():
     assert len(e.value.fix) < 300  # not the list of every key
     with pytest.raises(LongtailError) as e:
         apply_overrides(RunConfig(), {"train.gamma": "2"})
-    assert "loss.focal_gamma" in e.value.fix and "loss.cdt_gamma" in e.value.fix
-    assert e.value.fix.index("loss.focal_gamma") < e.value.fix.index("data.darp_gamma_l")
+    assert "did you mean loss.gamma" in e.value.fix
+    assert e.value.fix.index("loss.gamma") < e.value.fix.index("data.darp_gamma_l")
     with pytest.raises(LongtailError) as e:
         apply_overrides(RunConfig(), {"epochs": "3"})
     assert "did you mean train.epochs" in e.value.fix
@@ -275,9 +284,9 @@ def test_unknown_section_is_named():
 
 
 def test_overrides_still_apply_one_field_at_a_time():
-    cfg = apply_overrides(RunConfig(), {"train.epochs": "7", "loss.name": "cdt", "loss.cdt_gamma": "0.2",
+    cfg = apply_overrides(RunConfig(), {"train.epochs": "7", "loss.name": "cdt", "loss.gamma": "0.2",
                                         "train.semi": "fixmatch", "data.protocol": "darp", "seed": "3"})
-    assert (cfg.train.epochs, cfg.loss.name, cfg.loss.cdt_gamma, cfg.seed) == (7, "cdt", 0.2, 3)
+    assert (cfg.train.epochs, cfg.loss.name, cfg.loss.params, cfg.seed) == (7, "cdt", {"gamma": 0.2}, 3)
     with pytest.raises(LongtailError, match="not a valid int") as e:
         apply_overrides(RunConfig(), {"seed": "x"})
     assert e.value.fix
@@ -290,10 +299,11 @@ def test_config_differences():
     lines = config_differences(a, b)
     assert lines == [
         "loss.name: ce (run folder) vs focal (now)",
+        "loss.gamma: (absent) (run folder) vs 1.0 (now)",
         "train.lr: 0.1 (run folder) vs 0.05 (now)",
         "train.milestones: 160.0,180.0 (run folder) vs 100.0,150.0 (now)",
     ]
-    assert config_differences(b, a, labels=("old", "new"))[1] == "train.lr: 0.05 (old) vs 0.1 (new)"
+    assert config_differences(b, a, labels=("old", "new"))[2] == "train.lr: 0.05 (old) vs 0.1 (new)"
     # an old run folder's config.json, as read back (lists, an extra or a missing key)
     d = a.to_dict()
     d["train"]["milestones"] = list(d["train"]["milestones"])
@@ -307,11 +317,13 @@ def test_config_differences():
 
 
 def test_format_config_lists_every_setting_once_by_section():
-    cfg = apply_overrides(RunConfig(recipe="r"), {"train.lr": "0.05", "data.n_max": "50"})
+    cfg = apply_overrides(RunConfig(recipe="r"), {"train.lr": "0.05", "data.n_max": "50", "loss.name": "ldam"})
     text = format_config(cfg)
     lines = [line for line in text.splitlines() if "=" in line]
     keys = [line.partition("=")[0] for line in lines]
-    assert keys == override_keys()
+    assert keys == override_keys(cfg)
+    assert "loss.name=ldam" in lines and "loss.max_margin=0.5" in lines and "loss.scale=30.0" in lines
+    assert not any(k.startswith("loss.") and k not in ("loss.name", "loss.max_margin", "loss.scale") for k in keys)
     assert "train.lr=0.05" in lines and "data.n_max=50" in lines and "train.drw_start=none" in lines
     assert "train.milestones=160.0,180.0" in lines and "train.flip=true" in lines
     headers = [line for line in text.splitlines() if line.startswith("[")]
@@ -322,6 +334,8 @@ def test_format_config_lists_every_setting_once_by_section():
 
 
 def test_nan_is_never_in_range():
-    for key in ("train.lr", "train.momentum", "data.imbalance_ratio", "loss.focal_gamma", "ssl.sam_rho"):
+    for key in ("train.lr", "train.momentum", "data.imbalance_ratio", "ssl.sam_rho"):
         with pytest.raises(LongtailError):
             apply_overrides(RunConfig(), {key: str(math.nan)})
+    with pytest.raises(LongtailError, match="loss.gamma"):
+        apply_overrides(RunConfig(), {"loss.name": "focal", "loss.gamma": str(math.nan)})

@@ -64,7 +64,8 @@ def naive_loss(
     per_sample: Callable[[Row, int], float],
     weight: torch.Tensor | None = None,
 ) -> float:
-    """Average of ``per_sample(row, y)`` over the batch, weighted by ``weight[y]`` if given."""
+    """Average of ``per_sample(row, y)`` over the batch, weighted by ``weight[y]`` if given
+    (``F.cross_entropy(weight=w)``: divided by the sum of the weights)."""
     num = den = 0.0
     for z, y in zip(logits.tolist(), targets.tolist()):
         w = 1.0 if weight is None else float(weight[y])
@@ -73,12 +74,15 @@ def naive_loss(
     return num / den
 
 
-def naive_focal(gamma: float) -> Callable[[Row, int], float]:
-    def f(z: Row, y: int) -> float:
-        p = math.exp(z[y]) / sum(math.exp(v) for v in z)
-        return (1 - p) ** gamma * -math.log(p)
-
-    return f
+def naive_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float,
+                     weight: torch.Tensor | None = None) -> float:
+    """Focal as the LDAM-DRW code weights it (losses.py, ``FocalLoss``): ``c = w_y * CE``,
+    ``(1 - exp(-c))^gamma * c``, plain mean over the batch."""
+    total = 0.0
+    for z, y in zip(logits.tolist(), targets.tolist()):
+        c = (1.0 if weight is None else float(weight[y])) * naive_ce_row(z, y)
+        total += (1 - math.exp(-c)) ** gamma * c
+    return total / len(targets)
 
 
 def naive_ldam(counts: ClassCounts, max_margin: float, scale: float) -> Callable[[Row, int], float]:
@@ -118,6 +122,11 @@ def test_neutral_setting_is_cross_entropy(name, counts, params, weighted):
     logits, targets = batch(dtype=torch.float64)
     weight = class_weight_vector().double() if weighted else None
     loss = make_loss(name, counts, **params)(logits, targets, weight)
+    if name == "focal" and weighted:  # the source's plain mean of w * CE (see losses.focal)
+        expected = F.cross_entropy(logits, targets, weight=weight, reduction="none").mean()
+        torch.testing.assert_close(loss, expected)
+        assert loss.item() == pytest.approx(naive_focal_loss(logits, targets, 0.0, weight), rel=1e-12)
+        return
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets, weight=weight))
     assert loss.item() == pytest.approx(naive_loss(logits, targets, naive_ce_row, weight), rel=1e-12)
 
@@ -125,8 +134,8 @@ def test_neutral_setting_is_cross_entropy(name, counts, params, weighted):
 # each loss in a general setting matches its naive per-sample definition ----------------------
 
 GENERAL = [
-    ("focal", {"gamma": 2.0}, naive_focal(2.0)),
-    ("focal", {"gamma": 0.5}, naive_focal(0.5)),
+    ("focal", {"gamma": 2.0}, None),  # naive_focal_loss
+    ("focal", {"gamma": 0.5}, None),
     ("ldam", {"max_margin": 0.5, "scale": 30.0}, naive_ldam(SKEWED, 0.5, 30.0)),
     ("balanced-softmax", {}, naive_logit_adjust(SKEWED, 1.0)),
     ("logit-adjust", {"tau": 1.5}, naive_logit_adjust(SKEWED, 1.5)),
@@ -142,8 +151,10 @@ def test_matches_naive_loop(name, params, naive, weighted):
         logits = logits.tanh()  # LDAM is meant for cosine logits in [-1, 1]
     weight = class_weight_vector().double() if weighted else None
     loss = make_loss(name, SKEWED, **params)(logits, targets, weight)
+    expected = (naive_focal_loss(logits, targets, params["gamma"], weight) if name == "focal"
+                else naive_loss(logits, targets, naive, weight))
     # rel 1e-6, not 1e-12: the modules keep their per-class tensors as float32 buffers.
-    assert loss.item() == pytest.approx(naive_loss(logits, targets, naive, weight), rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 # analytic values -----------------------------------------------------------------------------

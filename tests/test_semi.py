@@ -409,6 +409,28 @@ def test_pseudo_weight_weights_each_pseudo_labeled_example():
     assert zero.loss(model, batch).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+def test_pseudo_weight_with_the_weighted_focal_loss_keeps_its_plain_mean():
+    """Focal with class weights takes a plain mean of w_y * loss (LDAM-DRW's FocalLoss): with pseudo-labels,
+    each example's term is multiplied by its group weight and the sum divided by the groups' weighted count."""
+    train, is_pseudo = merged_set()
+    counts = train.class_counts()
+    torch.manual_seed(0)
+    model = make_model("tiny", 4, in_channels=3).eval()
+    batch = one_batch(train, n=60)
+    class_w = torch.tensor([0.5, 1.0, 1.5, 1.0])
+    focal = make_loss("focal", counts, gamma=1.0)
+    task = SemiSupervisedTask(train, focal, is_pseudo=is_pseudo, batch_size=60, pseudo_weight=0.3)
+    task.class_weight = class_w
+    logits = model(batch.images)
+    rows = torch.stack([focal(logits[i:i + 1], batch.labels[i:i + 1], weight=class_w) for i in range(60)])
+    g = torch.where(is_pseudo[batch.index], 0.3, 1.0)
+    assert task.loss(model, batch).item() == pytest.approx(((g * rows).sum() / g.sum()).item(), rel=1e-5)
+    same = SemiSupervisedTask(train, focal, is_pseudo=is_pseudo, batch_size=60, pseudo_weight=1.0)
+    same.class_weight = class_w
+    assert same.loss(model, batch).item() == pytest.approx(focal(logits, batch.labels, weight=class_w).item(),
+                                                           rel=1e-5)
+
+
 def test_labeled_fraction_gives_the_right_share_per_batch():
     train, is_pseudo = merged_set()  # 40 labeled, 32 pseudo-labeled
     task = SemiSupervisedTask(train, make_loss("ce", train.class_counts()), is_pseudo=is_pseudo, batch_size=16,

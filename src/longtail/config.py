@@ -1,7 +1,8 @@
 """Run configuration as frozen dataclasses: one source of defaults (the reference recipe).
 
 A ``RunConfig`` is fully serialisable (``to_dict``/``from_dict``) and is saved in every run
-folder and checkpoint. Overrides use dotted names, ``train.epochs=10`` or ``loss.name=focal``.
+folder and checkpoint. Overrides use dotted names, ``train.epochs=10`` or ``loss.name=focal``; a loss's
+own parameters are ``loss.NAME`` (``loss.gamma=2``), declared once in ``LOSS_PARAMS``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ PROFILES = ("exp", "step")  # longtail.counts.PROFILES
 PROTOCOLS = ("lt", "darp")  # longtail.data.semi.PROTOCOLS
 BAD_IMAGE_POLICIES = ("stop", "skip")  # longtail.data.files.BAD_IMAGE_POLICIES
 HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
-LOSSES = ("ce", "focal", "ldam", "balanced-softmax", "logit-adjust", "cdt")  # longtail.losses.LOSSES
 SCHEDULES = ("step", "cosine")  # longtail.schedule.lr_function
-SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt")  # longtail.samplers.SAMPLERS
+SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt", "effective-number")  # longtail.samplers.SAMPLERS
 WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
 AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
 CHANNELS_LAST = ("auto", "on", "off")  # longtail.devices.use_channels_last
@@ -112,6 +112,8 @@ def _check_types(obj: Any, section: str) -> None:
             kind = "a list of numbers"
             if ok and isinstance(value, list):
                 object.__setattr__(obj, name, tuple(value))
+        elif origin is dict:  # LossConfig.params: checked against its loss's declared parameters
+            continue
         elif dataclasses.is_dataclass(base):
             ok, kind = isinstance(value, base), f"a {base.__name__}"  # type: ignore[union-attr]
         else:  # pragma: no cover - every field type is one of the above
@@ -136,6 +138,14 @@ def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool
     return "finite"
 
 
+def _in_range(v: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
+    if not math.isfinite(v):
+        return False
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        return False
+    return not (hi is not None and (v >= hi if hi_open else v > hi))
+
+
 def _number(obj: Any, section: str, name: str, lo: float | None = None, hi: float | None = None, *,
             lo_open: bool = False, hi_open: bool = False, fix: str | None = None) -> None:
     """``obj.name`` is None (where allowed: types are checked first), or finite and in range."""
@@ -145,10 +155,7 @@ def _number(obj: Any, section: str, name: str, lo: float | None = None, hi: floa
     key = f"{section}.{name}" if section else name
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
-        bad = not math.isfinite(v)
-        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
-        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
-        if bad:
+        if not _in_range(v, lo, hi, lo_open, hi_open):
             rng = _range_text(lo, hi, lo_open, hi_open)
             need = "a finite number" + ("" if rng == "finite" else f" {rng}")
             what = "every value of " + key if isinstance(value, tuple) else key
@@ -167,6 +174,93 @@ def _choice(obj: Any, section: str, name: str, choices: tuple[str, ...], fix: st
         key = f"{section}.{name}"
         raise LongtailError(f"unknown {key} {value!r}",
                             fix or f"use one of: {', '.join(choices)} (e.g. {_setting(key, choices[0])})")
+
+
+# Losses and their parameters ----------------------------------------------------------------------
+#
+# The one place a loss's parameters are declared: ``loss.params`` holds exactly those of ``loss.name``
+# (defaults filled in), ``--set loss.NAME=VALUE`` sets one of them, and ``longtail.losses.make_loss``
+# builds the loss with them. A loss is added as a ``longtail.losses.Loss`` subclass with a ``name``
+# plus its entry here (tests/test_loss_config.py checks that the two agree).
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method's numeric parameter: its default (None: it must be given) and the range it must lie in."""
+
+    name: str
+    default: float | None
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    about: str = ""  # what it does, with its source
+    example: float | None = None  # a value to suggest when there is no default
+
+    def check(self, key: str, value: Any) -> float:
+        """``value`` as a float, or a LongtailError naming ``key``, the range and a value to use."""
+        suggest = self.default if self.default is not None else self.example
+        rng = _range_text(self.lo, self.hi, self.lo_open, self.hi_open)
+        e_g = f", e.g. --set {key}={_show(suggest)}" + (" (the default)" if suggest == self.default else "")
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise LongtailError(f"{key} must be a number, got {value!r} ({type(value).__name__})",
+                                f"write a number{e_g}")
+        if not _in_range(float(value), self.lo, self.hi, self.lo_open, self.hi_open):
+            need = "a finite number" + ("" if rng == "finite" else f" {rng}")
+            raise LongtailError(f"{key} must be {need}, got {value!r}",
+                                (f"use a value {rng}" if rng != "finite" else "use a finite number") + e_g)
+        return float(value)
+
+
+#: Every loss (``longtail.losses``) and its parameters, in the order ``--show-config`` lists them.
+LOSS_PARAMS: dict[str, tuple[Param, ...]] = {
+    "ce": (),
+    "focal": (Param("gamma", 1.0, lo=0, about="focusing exponent of (1 - p_t)^gamma, 0 is cross-entropy; "
+                    "Lin et al. 2017, the LDAM-DRW code uses 1"),),
+    "ldam": (Param("max_margin", 0.5, lo=0, about="margin of the rarest class, 0 is no margin (Cao et al. 2019)"),
+             Param("scale", 30.0, lo=0, lo_open=True, about="logit scale s, for the cosine head (Cao et al. 2019)")),
+    "balanced-softmax": (),
+    "logit-adjust": (Param("tau", 1.0, about="weight of the log prior, 0 is cross-entropy (Menon et al. 2021)"),),
+    "cdt": (Param("gamma", None, lo=0, example=0.2, about="temperature exponent a_c = (n_max / n_c)^gamma; "
+                  "Ye et al. tune it on validation data, in [0, 0.4] on CIFAR-10"),),
+}
+LOSSES = tuple(LOSS_PARAMS)
+
+
+def loss_param_names(name: str) -> tuple[str, ...]:
+    """The parameters of the loss ``name`` (``()`` for an unknown name)."""
+    return tuple(p.name for p in LOSS_PARAMS.get(name, ()))
+
+
+def _unknown_loss_param(loss: str, key: str) -> LongtailError:
+    """``key`` (``loss.X``) is not a parameter of ``loss``: name its parameters, or the losses that have X."""
+    param = key.partition(".")[2]
+    own = [f"loss.{p}" for p in loss_param_names(loss)]
+    owners = [n for n in LOSS_PARAMS if param in loss_param_names(n)]
+    close = _suggestions(key, own)
+    mean = f"did you mean {' or '.join(close)}? " if close else ""
+    listing = f"its parameters are {', '.join(own)}" if own else "it has no parameters"
+    elsewhere = (f"; {param} belongs to the {' and '.join(owners)} loss{'es' if len(owners) > 1 else ''}: "
+                 f"choose one with --set loss.name={owners[0]}" if owners else "")
+    return LongtailError(f"the {loss!r} loss has no parameter {param!r} ({key})", f"{mean}{listing}{elsewhere}")
+
+
+def _loss_params(name: str, given: Any) -> dict[str, float]:
+    """``given`` checked against ``LOSS_PARAMS[name]``, with the defaults filled in, in declared order."""
+    if not isinstance(given, dict) or not all(isinstance(k, str) for k in given):
+        raise LongtailError(f"loss.params must be a table of parameter names and numbers, got {given!r}",
+                            "write e.g. {\"gamma\": 1.0} in a JSON config, or --set loss.gamma=1.0")
+    for k in given:
+        if k not in loss_param_names(name):
+            raise _unknown_loss_param(name, f"loss.{k}")
+    out = {}
+    for p in LOSS_PARAMS[name]:
+        value = given.get(p.name, p.default)
+        if value is None:
+            raise LongtailError(f"the {name!r} loss needs loss.{p.name}: {p.about}",
+                                f"give it, e.g. --set loss.{p.name}={_show(p.example)}")
+        out[p.name] = p.check(f"loss.{p.name}", value)
+    return out
 
 
 
@@ -235,21 +329,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The loss and its own parameters: ``params`` holds exactly those ``LOSS_PARAMS[name]`` declares
+    (the defaults filled in), so a config shows only what its loss uses, e.g.
+    ``LossConfig("focal", {"gamma": 2.0})``. ``--set loss.gamma=2`` sets a parameter of the current
+    loss; ``--set loss.name=...`` to another loss starts from that loss's defaults."""
+
     name: str = "ce"  # ce | focal | ldam | balanced-softmax | logit-adjust | cdt
-    focal_gamma: float = 1.0
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 30.0
-    tau: float = 1.0  # logit-adjusted loss
-    cdt_gamma: float = 0.0
+    params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_types(self, "loss")
         _choice(self, "loss", "name", LOSSES)
-        _number(self, "loss", "focal_gamma", 0)
-        _number(self, "loss", "ldam_max_margin", 0)  # as longtail.losses.LDAM: 0 is allowed (no margins)
-        _number(self, "loss", "ldam_scale", 0, lo_open=True)
-        _number(self, "loss", "tau")
-        _number(self, "loss", "cdt_gamma", 0)
+        object.__setattr__(self, "params", _loss_params(self.name, self.params))
 
 
 @dataclass(frozen=True)
@@ -264,7 +355,7 @@ class TrainConfig:
     schedule: str = "step"  # step (reference) | cosine
     warmup_epochs: float = 5.0  # in 200-epoch units for the step schedule
     milestones: tuple[float, ...] = (160.0, 180.0)  # in 200-epoch units
-    sampler: str = "instance"  # instance | class-balanced | sqrt
+    sampler: str = "instance"  # instance | class-balanced (= class-aware) | sqrt | effective-number (beta 0.9999)
     weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced
     drw_start: float | None = None  # DRW: weighting starts at this epoch (200-epoch units), plain before
     cb_beta: float = 0.9999
@@ -420,7 +511,7 @@ class RunConfig:
                 recipe=d.get("recipe", "custom"),
                 data=DataConfig(**d.get("data", {})),
                 model=ModelConfig(**d.get("model", {})),
-                loss=LossConfig(**d.get("loss", {})),
+                loss=LossConfig(**migrate_loss_section(d.get("loss", {}))),
                 train=_fix_tuples(TrainConfig(**d.get("train", {}))),
                 ssl=SSLConfig(**d.get("ssl", {})),
                 seed=int(d.get("seed", 0)),
@@ -430,6 +521,27 @@ class RunConfig:
                                 "re-create the run with this version") from e
 
 
+#: version 0.1 kept every loss's parameters as flat LossConfig fields: field -> (its loss, parameter, 0.1 default)
+_V01_LOSS_FIELDS = {"focal_gamma": ("focal", "gamma", 1.0), "ldam_max_margin": ("ldam", "max_margin", 0.5),
+                    "ldam_scale": ("ldam", "scale", 30.0), "tau": ("logit-adjust", "tau", 1.0),
+                    "cdt_gamma": ("cdt", "gamma", 0.0)}
+
+
+def migrate_loss_section(d: dict[str, Any]) -> dict[str, Any]:
+    """A ``loss`` section as version 0.1 wrote it (``focal_gamma``, ``ldam_max_margin``, ``ldam_scale``,
+    ``tau``, ``cdt_gamma`` side by side) as this version writes it: ``name`` and the ``params`` of that
+    loss only, with 0.1's defaults where a field is missing. A current section comes back unchanged.
+
+    >>> migrate_loss_section({"name": "focal", "focal_gamma": 2.0, "ldam_scale": 30.0, "tau": 1.0})
+    {'name': 'focal', 'params': {'gamma': 2.0}}
+    """
+    if not isinstance(d, dict) or "params" in d or not any(k in d for k in _V01_LOSS_FIELDS):
+        return d
+    name = d.get("name", "ce")
+    params = {param: d.get(old, default) for old, (loss, param, default) in _V01_LOSS_FIELDS.items() if loss == name}
+    return {**{k: v for k, v in d.items() if k not in _V01_LOSS_FIELDS}, "params": params}
+
+
 def _fix_tuples(t: TrainConfig) -> TrainConfig:
     return replace(t, milestones=tuple(t.milestones))
 
@@ -437,11 +549,15 @@ def _fix_tuples(t: TrainConfig) -> TrainConfig:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "ssl": SSLConfig}
 
 
-def override_keys() -> list[str]:
+def override_keys(cfg: RunConfig | None = None) -> list[str]:
+    """The dotted settings of ``cfg`` (its loss's parameters as ``loss.NAME``), or, without ``cfg``,
+    every setting some config can have (the parameters of every loss)."""
     keys = ["seed"]
     for sec, cls in SECTIONS.items():
-        keys += [f"{sec}.{f.name}" for f in fields(cls)]
-    return keys
+        keys += [f"{sec}.{f.name}" for f in fields(cls) if not (sec == "loss" and f.name == "params")]
+    params = cfg.loss.params if cfg is not None else dict.fromkeys(p.name for ps in LOSS_PARAMS.values() for p in ps)
+    at = keys.index("loss.name") + 1
+    return keys[:at] + [f"loss.{p}" for p in params] + keys[at:]
 
 
 def _coerce(value: str, annotation: Any, key: str) -> Any:
@@ -476,8 +592,8 @@ def _coerce(value: str, annotation: Any, key: str) -> Any:
 
 def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
     """Settings ``key`` may have meant, best first: the same last part (``epochs`` ->
-    ``train.epochs``), a last part that ends with it or holds it as a word (``train.gamma`` ->
-    ``loss.focal_gamma``), then close spellings of the whole key or of its last part."""
+    ``train.epochs``, ``train.gamma`` -> ``loss.gamma``), a last part that ends with it or holds it as a
+    word (``train.gamma`` -> ``data.darp_gamma_l``), then close spellings of the whole key or of its last part."""
     key = key.lower()
     last = key.rpartition(".")[2]
     scored = []
@@ -516,13 +632,19 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return ``cfg`` with dotted-name overrides applied; values may be strings (from the CLI).
 
     Each override is checked as it is applied (the sections' ``__post_init__``), so a bad value is
-    refused with its dotted name before anything is written or trained.
+    refused with its dotted name before anything is written or trained. The ``loss.*`` overrides are
+    applied together, the name first: ``loss.name=cdt`` with ``loss.gamma=0.2`` in any order.
     """
+    loss_keys = {k: v for k, v in overrides.items() if k.partition(".")[0] == "loss"}
     for key, value in overrides.items():
         if key == "seed":
             cfg = replace(cfg, seed=_coerce(value, int, key) if isinstance(value, str) else value)
             continue
         sec, _, name = key.partition(".")
+        if sec == "loss":  # the loss's name and parameters together, at the first of them
+            if loss_keys:
+                cfg, loss_keys = replace(cfg, loss=_override_loss(cfg.loss, loss_keys)), {}
+            continue
         cls = SECTIONS.get(sec)
         hints = _hints(cls) if cls else {}
         if cls is None or name not in hints:
@@ -533,9 +655,32 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _override_loss(lc: LossConfig, items: dict[str, Any]) -> LossConfig:
+    """``lc`` with ``loss.name`` and ``loss.PARAM`` overrides applied at once: a new name starts from its
+    loss's defaults (the parameters of another loss mean nothing to it), then the parameters given."""
+    name = items.get("loss.name", lc.name)
+    if name not in LOSS_PARAMS:
+        raise LongtailError(f"unknown loss.name {name!r}",
+                            f"use one of: {', '.join(LOSSES)} (e.g. {_setting('loss.name', LOSSES[0])})")
+    params = dict(lc.params) if name == lc.name else {}
+    for key, value in items.items():
+        if key == "loss.name":
+            continue
+        param = key.partition(".")[2]
+        if param not in loss_param_names(name):
+            raise _unknown_loss_param(name, key)
+        params[param] = _coerce(value, float, key) if isinstance(value, str) else value
+    return LossConfig(name, params)
+
+
 def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """``{"recipe": ..., "seed": ..., "data.dataset": ..., ...}`` of a config (or its ``to_dict``)."""
-    d = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    """``{"recipe": ..., "seed": ..., "data.dataset": ..., "loss.gamma": ...}`` of a config (or its
+    ``to_dict``, as an old run folder's ``config.json`` holds it): the loss's parameters as ``loss.NAME``."""
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    if isinstance(d.get("loss"), dict):
+        loss = migrate_loss_section(d["loss"])
+        params = loss.get("params")
+        d["loss"] = {**{k: v for k, v in loss.items() if k != "params"}, **(params if isinstance(params, dict) else {})}
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -554,7 +699,9 @@ def config_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, A
     fa, fb = _flat(a), _flat(b)
     absent = object()
     lines = []
-    for key in dict.fromkeys([*fa, *fb]):
+    keys = list(dict.fromkeys([*fa, *fb]))
+    sections = list(dict.fromkeys(k.partition(".")[0] for k in keys))
+    for key in sorted(keys, key=lambda k: sections.index(k.partition(".")[0])):  # a section's keys together
         va, vb = fa.get(key, absent), fb.get(key, absent)
         if isinstance(va, list):
             va = tuple(va)
@@ -575,5 +722,7 @@ def format_config(cfg: RunConfig) -> str:
     for sec in SECTIONS:
         lines += ["", f"[{sec}]"]
         section = getattr(cfg, sec)
-        lines += [f"{sec}.{f.name}={_show(getattr(section, f.name))}" for f in fields(section)]
+        lines += [f"{sec}.{f.name}={_show(getattr(section, f.name))}" for f in fields(section) if f.name != "params"]
+        if sec == "loss":  # its own parameters, each a --set loss.NAME=VALUE
+            lines += [f"loss.{p}={_show(v)}" for p, v in cfg.loss.params.items()]
     return "\n".join(lines) + "\n"

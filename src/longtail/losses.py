@@ -6,10 +6,17 @@ that builds that tensor once from a :class:`~longtail.counts.ClassCounts` and ke
 (so ``loss.to(device)`` moves it).
 
 Per-class weights are an argument of every loss, not a loss of their own, so class-balanced or
-deferred re-weighting (:mod:`longtail.weights`) composes with any of them. The reduction is that
-of ``F.cross_entropy``::
+deferred re-weighting (:mod:`longtail.weights`) composes with any of them. Each loss reduces a
+weighted batch as its reference code does (its docstring says which and why). All but focal use
+the convention of ``F.cross_entropy(weight=w)``, which the sources' weighted CE and LDAM use::
 
     loss = sum_i w[y_i] * l_i / sum_i w[y_i]        (the plain mean when weight is None)
+
+while focal, as the LDAM-DRW code that produced the published CB-focal numbers, takes the plain mean
+of the weighted per-example losses (so the weights' scale, sum C, matters there).
+
+A loss is a :class:`Loss` subclass with a ``name``; its parameters (defaults, ranges) are declared
+once, in :data:`longtail.config.LOSS_PARAMS`, which ``make_loss`` and the run configuration check.
 
 Example::
 
@@ -22,13 +29,13 @@ Example::
 
 from __future__ import annotations
 
-import inspect
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LossConfig
+from .config import LOSS_PARAMS, LossConfig
 from .counts import ClassCounts
 from .errors import LongtailError
 
@@ -39,6 +46,7 @@ __all__ = [
     "BalancedSoftmax",
     "CrossEntropy",
     "Focal",
+    "Loss",
     "LogitAdjusted",
     "adjust_logits",
     "balanced_softmax",
@@ -50,6 +58,7 @@ __all__ = [
     "ldam_margins",
     "log_prior",
     "logit_adjusted",
+    "loss_from_config",
     "make_loss",
 ]
 
@@ -64,7 +73,7 @@ def _upcast(logits: Tensor) -> Tensor:
 
 
 def _reduce(per_sample: Tensor, targets: Tensor, weight: Tensor | None) -> Tensor:
-    """``sum_i w[y_i] l_i / sum_i w[y_i]``, the ``F.cross_entropy`` convention; plain mean if no weight."""
+    """``sum_i w[y_i] l_i / sum_i w[y_i]``, the ``F.cross_entropy(weight=w)`` convention; plain mean if no weight."""
     if weight is None:
         return per_sample.mean()
     w = weight.to(device=per_sample.device, dtype=per_sample.dtype)[targets]  # (B,)
@@ -124,24 +133,37 @@ def cdt_temperatures(counts: ClassCounts, *, gamma: float) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, *, weight: Tensor | None = None) -> Tensor:
-    """Softmax cross-entropy ``l_i = -log softmax(z_i)_{y_i}``; ``(B, C), (B,) -> ()``."""
+    """Softmax cross-entropy ``l_i = -log softmax(z_i)_{y_i}``; ``(B, C), (B,) -> ()``.
+
+    Weighted, it is ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, ``F.cross_entropy(weight=w)``: what the
+    LDAM-DRW code (kaidic/LDAM-DRW, cifar_train.py) runs for CE with class-balanced weights and DRW,
+    the source of those published numbers.
+    """
     _check_shapes(logits, targets, weight)
     logits = _upcast(logits)
     return _reduce(-_target_log_prob(logits, targets), targets, weight)
 
 
 def focal(logits: Tensor, targets: Tensor, *, gamma: float = 1.0, weight: Tensor | None = None) -> Tensor:
-    """Focal loss (Lin et al., ICCV 2017): ``l_i = (1 - p_t)^gamma * (-log p_t)``.
+    """Focal loss (Lin et al., ICCV 2017): ``l_i = (1 - p_t)^gamma * (-log p_t)``, averaged over the batch.
 
     ``p_t = softmax(z_i)_{y_i}``; ``gamma = 0`` gives cross-entropy. ``(B, C), (B,) -> ()``.
-    Unlike the LDAM reference code, ``p_t`` is the model's probability even when ``weight`` is
-    given (the reference takes ``exp(-weighted CE)``, which mixes the weight into ``p_t``).
+
+    With per-class ``weight`` (class-balanced focal, Cui et al. 2019) it is the LDAM-DRW code's
+    ``FocalLoss(weight=w)`` (kaidic/LDAM-DRW, losses.py), the source of the published CB-focal numbers:
+    with ``c_i = w_{y_i} * (-log p_t)`` (``F.cross_entropy(reduction='none', weight=w)``),
+    ``l_i = (1 - exp(-c_i))^gamma * c_i`` and the loss is the plain mean of ``l_i`` over the batch. Two
+    things differ from the other losses' weighted reduction, both the source's: the result is not
+    divided by the sum of the weights (so their scale, sum C in :mod:`longtail.weights`, sets the
+    loss and gradient scale, as there), and the weight also enters the modulating factor.
     """
     _check_shapes(logits, targets, weight)
-    logp = _target_log_prob(_upcast(logits), targets)  # (B,)
-    # 1 - exp(logp) loses all precision as p_t -> 1; -expm1 keeps it (and the gradient finite).
-    modulator = (-torch.expm1(logp)).clamp_min(0) ** gamma
-    return _reduce(modulator * -logp, targets, weight)
+    ce = -_target_log_prob(_upcast(logits), targets)  # (B,)
+    if weight is not None:
+        ce = weight.to(device=ce.device, dtype=ce.dtype)[targets] * ce
+    # 1 - exp(-c) loses all precision as c -> 0 (p_t -> 1); -expm1 keeps it (and the gradient finite).
+    modulator = (-torch.expm1(-ce)).clamp_min(0) ** gamma
+    return (modulator * ce).mean()
 
 
 def ldam(
@@ -153,6 +175,9 @@ def ldam(
     class margin before the softmax, so rare classes (large ``m_c``) must win by more. Meant for a
     cosine classifier whose logits lie in ``[-1, 1]``, hence the ``scale``. ``margins`` is ``(C,)``
     (see :func:`ldam_margins`); zero margins and ``scale = 1`` give cross-entropy.
+
+    Weighted (DRW), it divides by the sum of the weights, as ``LDAMLoss`` in the LDAM-DRW code does
+    through ``F.cross_entropy(s * output, target, weight=self.weight)``.
     """
     _check_shapes(logits, targets, margins)
     logits = _upcast(logits)
@@ -167,6 +192,9 @@ def logit_adjusted(
 
     ``log_prior`` is ``(C,)``, ``log(n_c / N)``. ``tau = 0`` or a uniform prior gives cross-entropy
     (a constant shift of all logits leaves the softmax unchanged).
+
+    The source (google-research, logit_adjustment/main.py) has no per-class weights; given some, the
+    reduction is that of :func:`cross_entropy` (divided by their sum), so it composes like CE.
     """
     _check_shapes(logits, targets, log_prior)
     logits = _upcast(logits)
@@ -179,7 +207,9 @@ def balanced_softmax(
     """Balanced softmax (Ren et al., NeurIPS 2020): ``l_i = CE(z_i + log pi, y_i)``.
 
     The softmax is re-weighted by the class prior, ``p_c ∝ n_c exp(z_c)``; identical to
-    :func:`logit_adjusted` with ``tau = 1``.
+    :func:`logit_adjusted` with ``tau = 1``. The source (jiawei-ren/BalancedMetaSoftmax-Classification,
+    loss/BalancedSoftmaxLoss.py) adds ``log n_c`` and calls ``F.cross_entropy``, the same loss (the
+    constant ``log N`` cancels); weights, which the source does not use, reduce as in :func:`cross_entropy`.
     """
     return logit_adjusted(logits, targets, log_prior, tau=1.0, weight=weight)
 
@@ -190,6 +220,10 @@ def cdt(logits: Tensor, targets: Tensor, temperatures: Tensor, *, weight: Tensor
     ``temperatures`` is ``(C,)``, ``a_c = (n_max / n_c)^gamma`` (see :func:`cdt_temperatures`):
     dividing rare-class logits by ``a_c > 1`` during training compensates for their features
     drifting at test time. ``gamma = 0`` (all ``a_c = 1``) gives cross-entropy.
+
+    A released implementation (zhangyongshun/BagofTricks-LT,
+    lib/loss/loss_impl/class_dependent_temperatures_loss.py) is ``F.cross_entropy(z / a, y)`` without
+    weights; given some, the reduction is that of :func:`cross_entropy` (divided by their sum).
     """
     _check_shapes(logits, targets, temperatures)
     logits = _upcast(logits)
@@ -208,9 +242,36 @@ def adjust_logits(logits: Tensor, counts: ClassCounts, tau: float = 1.0) -> Tens
 
 # modules -----------------------------------------------------------------------------------
 
+_CLASSES: dict[str, type[Loss]] = {}
 
-class CrossEntropy(nn.Module):
+
+class Loss(nn.Module):
+    """A registered loss: ``cls(counts, **params)``, called as ``loss(logits, targets, weight=None)``.
+
+    A subclass that sets ``name`` is registered under it; its keyword-only parameters are those
+    :data:`longtail.config.LOSS_PARAMS` declares for ``name`` (the config checks them, fills in their
+    defaults and ``make_loss`` passes them).
+    """
+
+    name: ClassVar[str]
+    #: how a weighted batch is reduced: "weight-sum" (``sum_i w_i l_i / sum_i w_i``, ``F.cross_entropy``'s) or
+    #: "batch" (``sum_i l_i / B`` with the weights inside ``l_i``, focal's); a caller that re-weights groups
+    #: of a batch (``longtail.semi.task.group_weighted_loss``) needs to know which
+    normalisation: ClassVar[str] = "weight-sum"
+
+    def __init__(self, counts: ClassCounts | None = None, **params: float) -> None:
+        super().__init__()  # each loss takes its own keyword-only parameters and builds from counts
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # declared here, not inherited
+            _CLASSES[cls.name] = cls
+
+
+class CrossEntropy(Loss):
     """Softmax cross-entropy; ``counts`` is accepted (and ignored) so every loss is built alike."""
+
+    name = "ce"
 
     def __init__(self, counts: ClassCounts | None = None) -> None:
         super().__init__()
@@ -219,8 +280,14 @@ class CrossEntropy(nn.Module):
         return cross_entropy(logits, targets, weight=weight)
 
 
-class Focal(nn.Module):
-    """Focal loss ``(1 - p_t)^gamma * CE`` (Lin et al. 2017); the reference recipe uses ``gamma = 1``."""
+class Focal(Loss):
+    """Focal loss ``(1 - p_t)^gamma * CE`` (Lin et al. 2017); the reference recipe uses ``gamma = 1``.
+
+    Weighted, it is the LDAM-DRW code's ``FocalLoss(weight=w)``: a plain batch mean, see :func:`focal`.
+    """
+
+    name = "focal"
+    normalisation = "batch"
 
     def __init__(self, counts: ClassCounts | None = None, *, gamma: float = 1.0) -> None:
         super().__init__()
@@ -235,9 +302,10 @@ class Focal(nn.Module):
         return f"gamma={self.gamma}"
 
 
-class LDAM(nn.Module):
+class LDAM(Loss):
     """LDAM loss (Cao et al. 2019): margins ``∝ n_c^(-1/4)``, the largest ``max_margin``, logits x ``scale``."""
 
+    name = "ldam"
     margins: Tensor
 
     def __init__(self, counts: ClassCounts, *, max_margin: float = 0.5, scale: float = 30.0) -> None:
@@ -258,9 +326,10 @@ class LDAM(nn.Module):
         return f"max_margin={self.max_margin}, scale={self.scale}"
 
 
-class LogitAdjusted(nn.Module):
+class LogitAdjusted(Loss):
     """Logit-adjusted loss ``CE(z + tau * log pi)`` (Menon et al. 2021)."""
 
+    name = "logit-adjust"
     log_prior: Tensor
 
     def __init__(self, counts: ClassCounts, *, tau: float = 1.0) -> None:
@@ -275,9 +344,10 @@ class LogitAdjusted(nn.Module):
         return f"tau={self.tau}"
 
 
-class BalancedSoftmax(nn.Module):
+class BalancedSoftmax(Loss):
     """Balanced softmax ``CE(z + log pi)`` (Ren et al. 2020)."""
 
+    name = "balanced-softmax"
     log_prior: Tensor
 
     def __init__(self, counts: ClassCounts) -> None:
@@ -288,13 +358,14 @@ class BalancedSoftmax(nn.Module):
         return balanced_softmax(logits, targets, self.log_prior, weight=weight)
 
 
-class CDT(nn.Module):
+class CDT(Loss):
     """Class-dependent temperatures ``CE(z / a)``, ``a_c = (n_max / n_c)^gamma`` (Ye et al. 2020).
 
     ``gamma`` has no default: the paper tunes it per data set on validation data (CIFAR-10-LT in
     ``[0, 0.4]``).
     """
 
+    name = "cdt"
     temperatures: Tensor
 
     def __init__(self, counts: ClassCounts, *, gamma: float) -> None:
@@ -313,55 +384,21 @@ class CDT(nn.Module):
 
 # registry ----------------------------------------------------------------------------------
 
-#: Loss name (as used in configs and on the command line) -> module class ``cls(counts, **params)``.
-LOSSES: dict[str, type[nn.Module]] = {
-    "ce": CrossEntropy,
-    "focal": Focal,
-    "ldam": LDAM,
-    "balanced-softmax": BalancedSoftmax,
-    "logit-adjust": LogitAdjusted,
-    "cdt": CDT,
-}
+#: Loss name (as used in configs and on the command line) -> class ``cls(counts, **params)``, in the
+#: order of ``longtail.config.LOSS_PARAMS``, which declares each one's parameters.
+LOSSES: dict[str, type[Loss]] = {name: _CLASSES[name] for name in LOSS_PARAMS}
 
 
-def make_loss(name: str, counts: ClassCounts, **params: float) -> nn.Module:
-    """Build the registered loss ``name`` for ``counts`` with its keyword hyperparameters.
+def make_loss(name: str, counts: ClassCounts, **params: float) -> Loss:
+    """Build the registered loss ``name`` for ``counts`` with its parameters (the declared defaults for
+    those not given; an unknown or out-of-range one is refused with the valid ones).
 
     >>> make_loss("focal", ClassCounts((10, 1)), gamma=2.0)
     Focal(gamma=2.0)
     """
-    if name not in LOSSES:
-        raise LongtailError(f"unknown loss {name!r}", f"use one of {', '.join(LOSSES)}")
-    cls = LOSSES[name]
-    # Check the parameters here rather than letting __init__ raise a TypeError, so a typo in a
-    # config or on the command line gets the list of valid names.
-    sig = inspect.signature(cls.__init__)
-    kw = {p.name: p for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    valid = ", ".join(kw) or "none"
-    unknown = sorted(set(params) - set(kw))
-    if unknown:
-        raise LongtailError(
-            f"loss {name!r} has no parameter(s) {', '.join(unknown)}", f"its parameters are: {valid}"
-        )
-    missing = [k for k, p in kw.items() if p.default is inspect.Parameter.empty and k not in params]
-    if missing:
-        hint = ", ".join(f"{k}=..." for k in missing)
-        raise LongtailError(f"loss {name!r} needs the parameter(s) {', '.join(missing)}", f"pass {hint}")
-    return cls(counts, **params)
+    return loss_from_config(LossConfig(name, params), counts)
 
 
-def loss_params(lc: LossConfig) -> dict[str, float]:
-    """The loss's own hyperparameters, from the flat ``LossConfig``."""
-    return {
-        "ce": {},
-        "focal": {"gamma": lc.focal_gamma},
-        "ldam": {"max_margin": lc.ldam_max_margin, "scale": lc.ldam_scale},
-        "balanced-softmax": {},
-        "logit-adjust": {"tau": lc.tau},
-        "cdt": {"gamma": lc.cdt_gamma},
-    }.get(lc.name, {})
-
-
-def loss_from_config(lc: LossConfig, counts: ClassCounts) -> nn.Module:
-    """The loss that ``LossConfig`` describes, with its own hyperparameters."""
-    return make_loss(lc.name, counts, **loss_params(lc))
+def loss_from_config(lc: LossConfig, counts: ClassCounts) -> Loss:
+    """The loss that ``LossConfig`` describes, with its own (already checked) parameters."""
+    return LOSSES[lc.name](counts, **lc.params)

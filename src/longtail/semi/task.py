@@ -52,7 +52,9 @@ def group_weighted_loss(criterion: nn.Module, logits: Tensor, targets: Tensor, i
         if w == 0.0 or not bool(mask.any()):
             continue
         y = targets[mask]
-        mass = class_weight.to(logits.device, logits.dtype)[y].sum() if class_weight is not None else \
+        # what the loss divided its weighted sum by: the rows' weight (CE, LDAM) or their number (focal)
+        by_weight = class_weight is not None and getattr(criterion, "normalisation", "weight-sum") == "weight-sum"
+        mass = class_weight.to(logits.device, logits.dtype)[y].sum() if by_weight else \
             logits.new_tensor(float(y.numel()))
         num = num + w * mass * criterion(logits[mask], y, weight=class_weight)
         den = den + w * mass
