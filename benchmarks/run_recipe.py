@@ -106,12 +106,13 @@ def main() -> int:
     if a.stack:
         return stacked_row(cfg, a.seeds, out, command, Path(a.results))
     for seed in a.seeds:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         r = train_one(apply_overrides(cfg, {"seed": seed}), out / f"seed-{seed}", progress=False,
                       log=lambda m: None)
         wall = time.perf_counter() - t0
         tm = r["timing"]
-        row = (f"| {dt.date.today()} | {machine()} | `{command}` | {seed} | {cfg.train.epochs} | "
+        load = f", load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"  # 1-minute, at the start and the end
+        row = (f"| {dt.date.today()} | {machine()}{load} | `{command}` | {seed} | {cfg.train.epochs} | "
                f"{tm['setup_s']:.1f} | {tm.get('compile_s', 0.0):.1f} | {tm['train_s']:.1f} | {tm['eval_s']:.1f} | "
                f"{tm['train_images_per_s']:.0f} | {fmt(r['top1'])} | {fmt(r['many'])} | {fmt(r['medium'])} | "
                f"{fmt(r['few'])} | {fmt(rarest(r, 3))} |")

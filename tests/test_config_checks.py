@@ -205,6 +205,10 @@ def test_valid_edge_values_are_accepted():
 def test_name_lists_mirror_the_registries():
     from longtail.counts import PROFILES
     from longtail.data.files import BAD_IMAGE_POLICIES
+    from longtail.data.normalization import NORMALIZATIONS
+    from longtail.data.pools import DARP_ORDERS
+    from longtail.models.fastnet import TTA_MODES
+    from longtail.schedule import SCHEDULES
     from longtail.data.semi import PROTOCOLS
     from longtail.graphs import COMPILE_MODES, ENGINES
     from longtail.losses import LOSSES
@@ -223,6 +227,10 @@ def test_name_lists_mirror_the_registries():
     assert config_module.ENGINES == tuple(ENGINES)
     assert config_module.COMPILE_MODES == tuple(COMPILE_MODES)
     assert config_module.ALIGNMENTS == tuple(ALIGNMENTS)
+    assert config_module.NORMALIZATIONS == tuple(NORMALIZATIONS)
+    assert config_module.DARP_ORDERS == tuple(DARP_ORDERS)
+    assert config_module.SCHEDULES == tuple(SCHEDULES)
+    assert config_module.TTA_MODES == tuple(TTA_MODES)
 
 
 def test_config_imports_only_errors_and_the_standard_library():

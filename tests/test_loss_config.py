@@ -163,6 +163,7 @@ BEFORE = {
     "folder-balanced-softmax": ("balanced-softmax", {}),
     "cifar10-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
     "cifar100-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
+    **{f"{ds}-lt-fast-la": ("logit-adjust", {"tau": 1.0}) for ds in ("cifar10", "cifar100", "svhn")},  # newer
     "cifar10-lt-cdt": ("cdt", {"gamma": 0.2}), "cifar100-lt-cdt": ("cdt", {"gamma": 0.2}),
     **{r: ("ldam", {"max_margin": 0.5, "scale": 30.0}) for r in (
         "cifar10-lt-ldam-drw", "cifar100-lt-ldam-drw", "svhn-lt-ldam-drw", "cifar10-lt-ldam-drw-rotation-ssp",

@@ -30,8 +30,12 @@ from .errors import LongtailError
 PROFILES = ("exp", "step")  # longtail.counts.PROFILES
 PROTOCOLS = ("lt", "darp")  # longtail.data.semi.PROTOCOLS
 BAD_IMAGE_POLICIES = ("stop", "skip")  # longtail.data.files.BAD_IMAGE_POLICIES
+DARP_ORDERS = ("file", "shuffled")  # longtail.data.pools.DARP_ORDERS
+NORMALIZATIONS = ("cifar-reference", "cifar10-data", "cifar100-data", "half", "svhn-data", "imagenet",
+                  "inat2018")  # longtail.data.normalization.NORMALIZATIONS
 HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
-SCHEDULES = ("step", "cosine")  # longtail.schedule.lr_function
+SCHEDULES = ("step", "cosine", "onecycle")  # longtail.schedule.lr_function
+TTA_MODES = ("none", "flip")  # longtail.models.fastnet.FlipTTA
 SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt", "effective-number")  # longtail.samplers.SAMPLERS
 WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
 AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
@@ -284,6 +288,8 @@ class DataConfig:
     darp_gamma_l: float = 100.0
     darp_gamma_u: float = 100.0
     darp_reverse: bool = False  # unlabeled profile reversed (head class rarest)
+    darp_order: str = "file"  # file: the first images of each class in file order (DARP, ABC) | shuffled (USB)
+    darp_include_labeled: bool = False  # the unlabeled part also holds the labeled images (DARP's FixMatch, USB)
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
     # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
@@ -295,6 +301,8 @@ class DataConfig:
     image_size: int = 224  # side of the square crops the model sees
     num_workers: int | None = None  # DataLoader workers per process; None: min(8, CPUs / processes on the node)
     on_bad_image: str = "stop"  # unreadable image: stop (error) | skip (leave it out, count it in the report)
+    # None: each data set's recipe source's constants (longtail.data.normalization); or one of NORMALIZATIONS
+    normalization: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
@@ -315,16 +323,21 @@ class DataConfig:
         _number(self, "data", "image_size", 1)
         _number(self, "data", "num_workers", 0, fix="use 0 (load in the main process) or more, or none for the default")
         _choice(self, "data", "on_bad_image", BAD_IMAGE_POLICIES)
+        _choice(self, "data", "darp_order", DARP_ORDERS)
+        if self.normalization is not None:
+            _choice(self, "data", "normalization", NORMALIZATIONS)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet32"
     head: str = "linear"  # linear | cosine
+    tta: str = "none"  # test-time augmentation when evaluating: none | flip (the mean of the image and its mirror)
 
     def __post_init__(self) -> None:
         _check_types(self, "model")  # arch: checked against longtail.models' registry when the model is built
         _choice(self, "model", "head", HEADS)
+        _choice(self, "model", "tta", TTA_MODES)
 
 
 @dataclass(frozen=True)
@@ -351,9 +364,10 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum (the fast recipes; the graph engine falls back to eager steps)
     weight_decay: float = 2e-4
-    schedule: str = "step"  # step (reference) | cosine
-    warmup_epochs: float = 5.0  # in 200-epoch units for the step schedule
+    schedule: str = "step"  # step (reference) | cosine | onecycle (set every step: the fast recipes)
+    warmup_epochs: float = 5.0  # in 200-epoch units for the step and onecycle schedules, real epochs for cosine
     milestones: tuple[float, ...] = (160.0, 180.0)  # in 200-epoch units
     sampler: str = "instance"  # instance | class-balanced (= class-aware) | sqrt | effective-number (beta 0.9999)
     weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced

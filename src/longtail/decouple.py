@@ -408,7 +408,7 @@ class DecoupleStage(Stage):
                                 "train the base run with --val-per-class (e.g. 20), or pass --tau explicitly")
         train, t = splits.train, self.cfg.train
         model = model_from_checkpoint(self.source, train.num_classes, train.image_shape[0], str(self.ckpt)).to(device)
-        self.base = _short(evaluate_model(model, splits.test, counts, device, t.amp))
+        self.base = _short(evaluate_model(model, splits.test, counts, device, t.amp, self.cfg.model.tta))
         self.context = MethodContext(model, self.cfg, splits, counts, device, epochs=self.user_epochs, tau=self.tau)
         if self.m.prepare is not None:
             self.info.update(self.m.prepare(self.context))
@@ -452,14 +452,14 @@ class DecoupleStage(Stage):
                 self.info.update(self.m.finish(self.context))
             model.reset_head(fold_head(model.head))
         seconds = timing["train_s"] + time.perf_counter() - t0
-        splits, counts, device, amp = ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp
-        summary = evaluate_model(model, splits.test, counts, device, amp)
+        splits, counts, device, amp, tta = ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp, self.cfg.model.tta
+        summary = evaluate_model(model, splits.test, counts, device, amp, tta)
         extra: dict[str, Any] = {**self.meta(), "tau": None, **self.info, "source_checkpoint": str(self.ckpt),
                                  "base": self.base, "recipe": self.cfg.recipe, "seed": self.cfg.seed, "split": "test",
                                  "device": str(device), "seconds": seconds, "out": str(self.members[0].run.root),
                                  "config": self.cfg.to_dict(), "timing": timing}
         if splits.val is not None:
-            extra["val"] = _short(evaluate_model(model, splits.val, counts, device, amp))
+            extra["val"] = _short(evaluate_model(model, splits.val, counts, device, amp, tta))
         if ctx.main:
             run = self.members[0].run
             decouple = {**{k: extra.get(k) for k in ("method", "tau", "epochs", "source_checkpoint")},

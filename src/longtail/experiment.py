@@ -44,7 +44,7 @@ from .loop import make_sgd, predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
-from .models import build_model
+from .models import FlipTTA, build_model
 from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
@@ -117,14 +117,18 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     return SupervisedTask(train, criterion, **common)
 
 
-def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str) -> dict[str, Any]:
-    """The test summary of ``model`` on ``data`` (tensors or files); shot groups from ``counts``.
+def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str,
+                   tta: str = "none") -> dict[str, Any]:
+    """The test summary of ``model`` on ``data`` (tensors or files); shot groups from ``counts``; ``tta="flip"``:
+    the mean logits of each image and its mirror (``model.tta``).
 
     Under ``torchrun`` each process predicts rows ``rank::world``; rank 0 gathers the logits in the
     data set's order, summarises, and every process returns that summary. Image files left out as
     unreadable (``data.on_bad_image=skip``) are counted under ``unreadable_images``.
     """
     model = distributed.unwrap(model)
+    if tta == "flip":
+        model = FlipTTA(model)
     shard = distributed.current()
     if shard.world == 1 and not isinstance(data, FileImageSet):
         logits, labels = predict(model, eval_batches(data, 512), device, amp)
@@ -187,7 +191,7 @@ class SupervisedStage(Stage):
         t = self.cfg.train
         if use_channels_last(t.channels_last):
             model = model.to(memory_format=torch.channels_last)
-        optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
         return Built(model, task, optimizer, ctx.splits.train.image_shape)
 
     def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
@@ -195,7 +199,7 @@ class SupervisedStage(Stage):
             load_pretrained_backbone(built.model, self.cfg.train.init_from, log=ctx.log)
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]]:
-        return lambda: val_scores(built.model, ctx.splits, ctx.counts, ctx.device, self.cfg.train.amp)
+        return lambda: val_scores(built.model, ctx.splits, ctx.counts, ctx.device, self.cfg)
 
     def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
                start_epoch: int) -> dict[str, Any]:
@@ -232,7 +236,7 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
     """The last epoch's report of one seed: test summary, timing (``eval_s`` added), the run's context, the
     validation entries and semi-supervised data info; written into ``run`` when ``writes``."""
     t_eval = time.perf_counter()
-    summary = evaluate_model(model, splits.test, counts, device, cfg.train.amp)
+    summary = evaluate_model(model, splits.test, counts, device, cfg.train.amp, cfg.model.tta)
     timing = {**timing, "eval_s": time.perf_counter() - t_eval}
     extra = {"recipe": cfg.recipe, "epoch": cfg.train.epochs, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(device), "timing": timing,
@@ -249,9 +253,9 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
 
 
 def val_scores(model: nn.Module, splits: Splits, counts: ClassCounts, device: torch.device,
-               amp: str) -> dict[str, float]:
+               cfg: RunConfig) -> dict[str, float]:
     """The validation fields of an epoch's row: top-1 and balanced accuracy on the validation split."""
-    val = evaluate_model(model, splits.val, counts, device, amp)
+    val = evaluate_model(model, splits.val, counts, device, cfg.train.amp, cfg.model.tta)
     return {"val_top1": val["top1"], "val_balanced": val["balanced_accuracy"]}
 
 
@@ -261,14 +265,14 @@ def validation_report(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Spl
     scores of the epoch that was best on it (``best_val_epoch``, from ``best-val.pt``)."""
     out: dict[str, Any] = {}
     if splits.val is not None:
-        out["val"] = evaluate_model(model, splits.val, counts, device, cfg.train.amp)
+        out["val"] = evaluate_model(model, splits.val, counts, device, cfg.train.amp, cfg.model.tta)
     if run.best_val.is_file():
         best_state = load_checkpoint(run.best_val)
         best_model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0])
         load_model_state(best_model, best_state["model"], str(run.best_val))
         out["best_val_epoch"] = {"epoch": best_state["next_epoch"],
                                  "test": evaluate_model(best_model.to(device), splits.test, counts, device,
-                                                        cfg.train.amp)}
+                                                        cfg.train.amp, cfg.model.tta)}
     return out
 
 
@@ -289,7 +293,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     counts = splits.train.class_counts()
     model = model_from_checkpoint(state, splits.train.num_classes, splits.train.image_shape[0], str(ckpt))
     model.to(dev)
-    summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp)
+    summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp, cfg.model.tta)
     epoch = state["next_epoch"]
     extra = {**_report_context(root), "recipe": cfg.recipe, "epoch": epoch, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(dev), "train_size": len(splits.train),

@@ -77,8 +77,10 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return g
 
 
-def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
+             nesterov: bool = False) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
 
 
 def fit(
@@ -87,7 +89,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     *,
     epochs: int,
-    lr_at: Callable[[int], float],
+    lr_at: Callable[[float], float],
     seed: int,
     device: torch.device,
     amp: str = "auto",
@@ -121,8 +123,12 @@ def fit(
         gen = epoch_generator(seed, epoch, device)
         total = torch.zeros((), device=device)
         steps = 0
+        per_epoch = getattr(task, "steps_per_epoch", None)
+        every_step = getattr(lr_at, "per_step", False) and per_epoch  # a rate for each step (schedule.per_step)
         for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-                          total=getattr(task, "steps_per_epoch", None)):
+                          total=per_epoch):
+            if every_step and steps:
+                step.start_epoch(lr_at(epoch + steps / per_epoch))
             total += step(batch)  # no host sync inside the epoch
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)

@@ -61,8 +61,8 @@ def onecycle_lr(epoch: float, *, base_lr: float, epochs: float, warmup_epochs: f
     """A triangle (airbench's "one-cycle"): linear from ``start * base_lr`` at epoch 0 up to ``base_lr`` at
     ``warmup_epochs`` (real epochs), then linear down to ``end * base_lr`` at ``epochs``.
 
-    ``epoch`` may be fractional (``epoch + step / steps_per_epoch``) for a rate set every step; the
-    loop sets it once per epoch, at the epoch's start.
+    ``epoch`` may be fractional (``epoch + step / steps_per_epoch``): ``lr_function`` wraps it in
+    :class:`per_step`, so the loop sets a new rate every step.
 
     >>> [round(onecycle_lr(e, base_lr=1.0, epochs=10, warmup_epochs=2), 6) for e in (0, 1, 2, 6, 10, 11)]
     [0.2, 0.6, 1.0, 0.5, 0.0, 0.0]
@@ -81,6 +81,19 @@ def onecycle_lr(epoch: float, *, base_lr: float, epochs: float, warmup_epochs: f
 SCHEDULES = ("step", "cosine", "onecycle")
 
 
+class per_step:  # noqa: N801  (used as a function wrapper)
+    """A schedule that the loop evaluates every step, at ``epoch + step / steps_per_epoch`` (the others once
+    per epoch, at the epoch's start): ``fit`` reads ``per_step``."""
+
+    per_step = True
+
+    def __init__(self, fn: Callable[[float], float]) -> None:
+        self.fn = fn
+
+    def __call__(self, epoch: float) -> float:
+        return self.fn(epoch)
+
+
 def lr_function(cfg: RunConfig) -> Callable[[int], float]:
     """The learning rate of each epoch of a run, from its ``train`` section."""
     t = cfg.train
@@ -89,6 +102,7 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
                                  milestones=t.milestones)
     if t.schedule == "cosine":
         return lambda e: cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
-    if t.schedule == "onecycle":  # warmup_epochs in real epochs, as for cosine
-        return lambda e: onecycle_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs)
+    if t.schedule == "onecycle":  # warmup_epochs in 200-epoch units, as for step; a new rate every step
+        warm = t.warmup_epochs * t.epochs / REFERENCE_EPOCHS  # the peak's share of the run, as for step
+        return per_step(lambda e: onecycle_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=warm))
     raise LongtailError(f"unknown schedule {t.schedule!r}", "use step, cosine or onecycle")

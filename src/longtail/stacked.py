@@ -555,7 +555,7 @@ def _member_optimizers(stacked: StackedClassifier, optimizer: torch.optim.Optimi
     t = cfg.train
     out = []
     for member, state in zip(members, unstack_optimizer_state(stacked, optimizer.state_dict())):
-        opt = make_sgd(member, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        opt = make_sgd(member, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
         opt.load_state_dict(state)
         out.append(opt)
     return out
@@ -615,7 +615,8 @@ class StackedStage(Stage):
         t = self.cfg.train
         if use_channels_last(t.channels_last):
             stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                             nesterov=t.nesterov)
         c0, h, w = ctx.splits.train.image_shape  # the stacked input: member-major channels
         return Built(stacked, StackedTask(tasks, self.seeds), optimizer, (len(self.seeds) * c0, h, w))
 
@@ -654,8 +655,7 @@ class StackedStage(Stage):
             row["stacked_seeds"] = self.seeds  # `seconds` is the time of the stacked epoch (all seeds)
             model = models[s] if models is not None else None
             log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None,
-                            validate=lambda m=model: val_scores(m, ctx.splits, ctx.counts, ctx.device,
-                                                                self.cfg.train.amp))
+                            validate=lambda m=model: val_scores(m, ctx.splits, ctx.counts, ctx.device, self.cfg))
         return sum(losses) / len(losses)  # the seeds' mean loss
 
     def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],

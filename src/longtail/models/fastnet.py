@@ -213,6 +213,9 @@ def fastnet_backbone(name: str):
     return lambda c: FastNet(c, widths)
 
 
+TTA_MODES = ("none", "flip")  # model.tta: no test-time augmentation, or the mean over each image and its mirror
+
+
 class FlipTTA(nn.Module):
     """Test-time augmentation by horizontal flips: ``(model(x) + model(x.flip(3))) / 2``.
 
