@@ -383,6 +383,7 @@ class TrainConfig:
     engine: str = "auto"  # how a step runs (longtail.graphs): auto (graph on one GPU when possible) | eager | graph
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (pip install -e '.[tensorboard]')
     pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)
     labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
     mfw_strength: float = 0.0  # > 0: major feature weakening (Ye et al. 2021), see longtail.mfw
