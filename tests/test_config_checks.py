@@ -18,7 +18,8 @@ from longtail.config import (
     TrainConfig,
     apply_overrides,
     config_differences,
-    format_config,
+    config_from_file,
+    config_to_toml,
     override_keys,
 )
 from longtail.errors import LongtailError
@@ -207,13 +208,13 @@ def test_name_lists_mirror_the_registries():
     from longtail.data.files import BAD_IMAGE_POLICIES
     from longtail.data.normalization import NORMALIZATIONS
     from longtail.data.pools import DARP_ORDERS
-    from longtail.models.fastnet import TTA_MODES
-    from longtail.schedule import SCHEDULES
     from longtail.data.semi import PROTOCOLS
     from longtail.graphs import COMPILE_MODES, ENGINES
     from longtail.losses import LOSSES
+    from longtail.models.fastnet import TTA_MODES
     from longtail.models.heads import HEADS
     from longtail.samplers import SAMPLERS
+    from longtail.schedule import SCHEDULES
     from longtail.semi.fixmatch import ALIGNMENTS
     from longtail.weights import SCHEMES
 
@@ -242,7 +243,8 @@ def test_config_imports_only_errors_and_the_standard_library():
     absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     absolute |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and not n.level and n.module}
-    assert absolute <= {"__future__", "dataclasses", "difflib", "math", "numbers", "os", "re", "typing"}
+    assert absolute <= {"__future__", "dataclasses", "difflib", "json", "math", "numbers", "os", "re", "tomllib",
+                        "typing"}
 
 
 def test_every_recipe_builds_and_round_trips():
@@ -324,21 +326,21 @@ def test_config_differences():
         "data.download: true (run folder) vs false (now)"]
 
 
-def test_format_config_lists_every_setting_once_by_section():
+def test_the_toml_config_lists_every_setting_once_by_section_and_reads_back(tmp_path):
+    import tomllib
+
     cfg = apply_overrides(RunConfig(recipe="r"), {"train.lr": "0.05", "data.n_max": "50", "loss.name": "ldam"})
-    text = format_config(cfg)
-    lines = [line for line in text.splitlines() if "=" in line]
-    keys = [line.partition("=")[0] for line in lines]
-    assert keys == override_keys(cfg)
-    assert "loss.name=ldam" in lines and "loss.max_margin=0.5" in lines and "loss.scale=30.0" in lines
-    assert not any(k.startswith("loss.") and k not in ("loss.name", "loss.max_margin", "loss.scale") for k in keys)
-    assert "train.lr=0.05" in lines and "data.n_max=50" in lines and "train.drw_start=none" in lines
-    assert "train.milestones=160.0,180.0" in lines and "train.flip=true" in lines
-    headers = [line for line in text.splitlines() if line.startswith("[")]
-    assert headers == ["[data]", "[model]", "[loss]", "[train]", "[ssl]"]
-    assert "r" in text.splitlines()[0]
-    # every line can be passed back as --set KEY=VALUE and gives the same config
-    assert apply_overrides(RunConfig(recipe="r"), dict(line.partition("=")[::2] for line in lines)) == cfg
+    text = config_to_toml(cfg, comments=["a comment"])
+    assert text.startswith("# a comment\n")
+    d = tomllib.loads(text)
+    keys = [k for sec, t in d.items() if isinstance(t, dict) for k in (f"{sec}.{name}" for name in t)]
+    assert keys == [k for k in override_keys(cfg) if k != "seed"]
+    assert d["loss"] == {"name": "ldam", "max_margin": 0.5, "scale": 30.0}
+    assert d["train"]["lr"] == 0.05 and d["data"]["n_max"] == 50 and d["train"]["drw_start"] == "none"
+    assert d["train"]["milestones"] == [160.0, 180.0] and d["train"]["flip"] is True
+    assert list(d) == ["recipe", "seed", "data", "model", "loss", "train", "ssl"]
+    (tmp_path / "c.toml").write_text(text)
+    assert config_from_file(tmp_path / "c.toml") == cfg
 
 
 def test_nan_is_never_in_range():

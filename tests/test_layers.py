@@ -19,7 +19,7 @@ SRC = Path(longtail.__file__).resolve().parents[1]
 LAYERS = {  # lowest first; a module is matched by its name or by a package prefix ("data.")
     "foundation": ["errors", "config", "storage", "devices", "counts", "schedule", "distributed"],
     "parts": ["data.", "models.", "losses", "weights", "samplers", "metrics", "report", "checkpoints"],
-    "loop": ["graphs", "tasks", "loop", "mfw", "runs", "compare"],
+    "loop": ["graphs", "tasks", "loop", "mfw", "runs", "compare", "tensorboard"],
     "drivers": ["driver", "experiment", "stacked", "seeds", "decouple", "recipes", "ssl.", "semi."],
     "commands": ["cli", "__main__"],
 }

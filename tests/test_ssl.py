@@ -242,6 +242,194 @@ def test_moco_enqueues_once_per_optimizer_step(use_sam):
 
 
 # ---------------------------------------------------------------------------------------------
+# MoCo: shuffled BatchNorm on one device (MoCo's CIFAR-10 demo: SplitBatchNorm + key shuffle)
+# ---------------------------------------------------------------------------------------------
+def _demo_split_bn(bn, x, splits):
+    """A transcription of the demo's SplitBatchNorm.forward in training mode (moco_cifar10_demo.ipynb):
+    ``splits`` copies of the running statistics, one batch_norm over the (N/s, s*C, H, W) view, the
+    copies averaged back. Returns the output and the new running mean and variance."""
+    n, c = x.shape[:2]
+    mean, var = bn.running_mean.clone().repeat(splits), bn.running_var.clone().repeat(splits)
+    y = F.batch_norm(x.reshape(-1, c * splits, *x.shape[2:]), mean, var, bn.weight.repeat(splits),
+                     bn.bias.repeat(splits), True, bn.momentum, bn.eps).reshape(x.shape)
+    return y, mean.view(splits, c).mean(0), var.view(splits, c).mean(0)
+
+
+def _bn_with_params(cls, c, seed=0):
+    bn = cls(c)
+    g = gen(seed)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=g))
+        bn.running_mean.copy_(torch.randn(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return bn
+
+
+@pytest.mark.parametrize("n", [12, 10])  # 10: sub-batches of 3, 3, 2, 2 rows
+def test_split_batchnorm_normalises_each_sub_batch_with_its_own_rows(n):
+    from longtail.ssl.models import SplitBatchNorm, split_batchnorm
+
+    x = torch.randn(n, 5, 3, 3, generator=gen(1)) * 3 + 1
+    plain = _bn_with_params(torch.nn.BatchNorm2d, 5)
+    split = split_batchnorm(_bn_with_params(torch.nn.BatchNorm2d, 5), 4)
+    assert isinstance(split, SplitBatchNorm) and isinstance(split, torch.nn.BatchNorm2d)
+    assert split.state_dict().keys() == plain.state_dict().keys()
+    split.train()
+    y = split(x)
+    # sub-batch k is the rows k, k + 4, ... (the demo's view): each normalised with its own statistics
+    means, variances = [], []
+    for k in range(4):
+        rows = x[k::4]
+        ref = F.batch_norm(rows, None, None, plain.weight, plain.bias, True, 0.1, plain.eps)
+        torch.testing.assert_close(y[k::4], ref, atol=1e-5, rtol=1e-5)
+        means.append(rows.mean(dim=(0, 2, 3)))
+        variances.append(rows.transpose(0, 1).reshape(5, -1).var(dim=1, unbiased=True))
+    # not the statistics of the whole batch
+    assert not torch.allclose(y, F.batch_norm(x, None, None, plain.weight, plain.bias, True, 0.1, plain.eps),
+                              atol=1e-3)
+    # running statistics: one step towards the mean over the sub-batches of mean and unbiased variance
+    torch.testing.assert_close(split.running_mean, 0.9 * plain.running_mean + 0.1 * torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, 0.9 * plain.running_var + 0.1 * torch.stack(variances).mean(0))
+    assert int(split.num_batches_tracked) == 1
+    if n % 4 == 0:  # the source's own layer on the same input: same output and running statistics
+        y_demo, mean_demo, var_demo = _demo_split_bn(plain, x, 4)
+        torch.testing.assert_close(y, y_demo, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(split.running_mean, mean_demo)
+        torch.testing.assert_close(split.running_var, var_demo)
+    # gradients reach the shared weight and bias
+    y.square().sum().backward()
+    assert split.weight.grad is not None and split.weight.grad.abs().sum() > 0
+    # eval mode: plain BatchNorm with the running statistics
+    split.eval()
+    with torch.no_grad():
+        plain.running_mean.copy_(split.running_mean)
+        plain.running_var.copy_(split.running_var)
+    plain.eval()
+    torch.testing.assert_close(split(x), plain(x))
+
+
+def test_split_batchnorm_covers_bn_classes_and_keeps_frozen_statistics():
+    from longtail.models.fastnet import FrozenScaleBatchNorm
+    from longtail.ssl.models import SplitBatchNorm, split_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6))
+    split_batchnorm(net, 2)
+    assert isinstance(net[1], SplitBatchNorm) and isinstance(net[1], torch.nn.BatchNorm1d)
+    x = torch.randn(8, 4, generator=gen(2))
+    h = net[0](x)
+    y = net(x)
+    for k in range(2):
+        torch.testing.assert_close(y[k::2], F.batch_norm(h[k::2], None, None, net[1].weight, net[1].bias, True))
+    # a BatchNorm subclass gets its own split twin; its frozen scale stays frozen
+    frozen = split_batchnorm(FrozenScaleBatchNorm(3), 2)
+    assert isinstance(frozen, FrozenScaleBatchNorm) and isinstance(frozen, SplitBatchNorm)
+    assert not frozen.weight.requires_grad
+    # momentum 0 (SAM's frozen statistics): the running statistics are left bit for bit
+    bn = split_batchnorm(_bn_with_params(torch.nn.BatchNorm2d, 3), 3)
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    with frozen_bn_statistics(bn):
+        bn(torch.randn(9, 3, 2, 2, generator=gen(3)))
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == 0
+
+
+def _split_moco(bn_splits=4, seed=0):
+    torch.manual_seed(seed)
+    return MoCo(make_model("tiny", 1).backbone, dim=8, hidden=16, queue_size=32, bn_splits=bn_splits)
+
+
+def test_moco_splits_both_encoders_and_the_key_shuffle_is_undone():
+    from longtail.ssl.models import SplitBatchNorm
+
+    model = _split_moco()
+    for encoder in (model.backbone, model.momentum_backbone):
+        bns = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all(isinstance(m, SplitBatchNorm) and m.num_splits == 4 for m in bns)
+    assert model.shuffles_keys and not _split_moco(bn_splits=1).shuffles_keys
+    # same checkpoint keys as an unsplit model
+    assert model.state_dict().keys() == _split_moco(bn_splits=1).state_dict().keys()
+
+    x = torch.randn(16, 3, 8, 8, generator=gen(4))
+    seen = []
+    hook = model.momentum_backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    model.eval()  # running statistics: no row depends on the others, so any order gives the same keys
+    plain = model.key(x)
+    shuffled = model.key(x, gen(5))
+    hook.remove()
+    torch.testing.assert_close(shuffled, plain, atol=1e-6, rtol=1e-5)
+    # the encoder saw a permutation of the rows, not the batch order
+    assert torch.equal(seen[0], x) and not torch.equal(seen[1], x)
+    perm = torch.randperm(16, generator=gen(5))
+    assert torch.equal(seen[1], x[perm])
+
+
+def test_moco_key_shuffle_changes_split_bn_keys_and_is_seeded():
+    import copy
+
+    model = _split_moco()
+    model.train()
+    x = torch.randn(16, 3, 8, 8, generator=gen(6))
+    a, b, c, d = (copy.deepcopy(model) for _ in range(4))
+    unshuffled = a.key(x)
+    first, again, other = b.key(x, gen(7)), c.key(x, gen(7)), d.key(x, gen(8))
+    assert not torch.allclose(first, unshuffled, atol=1e-4)  # other rows share each key's BatchNorm
+    assert torch.equal(first, again)  # a function of the seed
+    assert not torch.allclose(first, other, atol=1e-4)
+    # queries are not shuffled: the same as the keys of the same weights without a shuffle
+    model2 = copy.deepcopy(model)
+    torch.testing.assert_close(model2.query(x).detach(), unshuffled, atol=1e-6, rtol=1e-5)
+    # plain BatchNorm (bn_splits 1): a shuffle changes nothing
+    one = _split_moco(bn_splits=1)
+    one.train()
+    torch.testing.assert_close(copy.deepcopy(one).key(x, gen(7)), copy.deepcopy(one).key(x), atol=1e-5, rtol=1e-5)
+
+
+def _moco_epoch(bn_splits, seed=0):
+    torch.manual_seed(0)
+    data = synthetic_set([12, 12])
+    model = MoCo(make_model("tiny", 1).backbone, dim=4, hidden=8, queue_size=50, momentum=0.5, bn_splits=bn_splits)
+    task = MoCoTask(data, batch_size=8, augment=TwoViewAugment())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    shuffled = []
+    key = model.key
+    model.key = lambda x, generator=None: (shuffled.append(generator is not None), key(x, generator))[1]  # type: ignore[method-assign]
+    task.on_epoch_start(0)
+    losses = []
+    for batch in task.batches(0, gen(seed)):
+        opt.zero_grad()
+        loss = task.loss(model, batch)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    task.end_epoch()
+    return model, losses, shuffled
+
+
+def test_one_process_moco_step_shuffles_keys_and_is_deterministic():
+    a, losses_a, shuffled = _moco_epoch(4)
+    assert shuffled == [True] * 3 and all(math.isfinite(v) for v in losses_a)
+    b, losses_b, _ = _moco_epoch(4)
+    assert losses_a == losses_b
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    c, losses_c, _ = _moco_epoch(4, seed=1)  # another epoch seed: other augmentations and shuffles
+    assert losses_c != losses_a
+    _, _, plain = _moco_epoch(1)  # plain BatchNorm: nothing to shuffle
+    assert plain == [False] * 3
+    # set_bn_groups (used under torchrun) changes every split layer of both encoders
+    from longtail.ssl.models import SplitBatchNorm
+
+    a.set_bn_groups(2)
+    assert {m.num_splits for m in a.modules() if isinstance(m, SplitBatchNorm)} == {2} and a.bn_splits == 4
+
+
+def test_moco_bn_split_defaults():
+    assert default_ssl("moco").moco_bn_splits == 8  # MoCo's CIFAR-10 demo: --bn-splits 8 for batch 512
+    assert default_ssl("moco", "imagenet-lt").moco_bn_splits == 4  # batch 128 in groups of 32
+
+
+# ---------------------------------------------------------------------------------------------
 # SAM and rwSAM
 # ---------------------------------------------------------------------------------------------
 def _regression(seed=0):

@@ -34,7 +34,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="delete an existing run folder instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--show-config", action="store_true",
-                   help="print every setting (with these options applied) and exit; each line works as --set KEY=VALUE")
+                   help="print every setting (with these options applied) as TOML, with the schedule in the run's "
+                   "own epochs, and exit; `longtail train --config FILE` runs from it")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the named recipes")
 
-    t = sub.add_parser("train", help="train a recipe into a run folder")
-    t.add_argument("recipe")
+    t = sub.add_parser("train", help="train a recipe (or a configuration file) into a run folder")
+    t.add_argument("recipe", nargs="?", help="a recipe name (`longtail recipes`); or leave it out and pass --config")
+    t.add_argument("--config", help="a configuration file: TOML as --show-config prints it, a run folder's "
+                   "config.json, or a run folder; the other options apply on top")
     _add_run_options(t)
 
     pt = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone (rotation, MoCo v2, "
@@ -137,17 +140,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
+def _train(recipe: Any, base: Any, args: argparse.Namespace, out: str) -> dict[str, Any]:
+    """Train ``base`` (a ``RunConfig``) with the command line's options on top, into ``out``; ``recipe`` gives
+    the second stage of a two-stage recipe (None: none)."""
     from .config import apply_overrides
-    from .recipes import get_recipe
     from .seeds import console_table, train_seeds
 
-    recipe = get_recipe(recipe_name)
-    cfg = apply_overrides(recipe.config, overrides_from_args(args))
+    cfg = apply_overrides(base, overrides_from_args(args))
+    recipe_name = cfg.recipe
     if getattr(args, "show_config", False):
-        from .config import format_config
-
-        print(format_config(cfg))
+        print(show_config(cfg), end="")
         return {}
     restart = bool(getattr(args, "restart", False))
     if restart:
@@ -157,7 +159,7 @@ def _train(recipe_name: str, args: argparse.Namespace, out: str) -> dict[str, An
     progress = False if args.quiet else None
     stack = {"auto": None, "on": True, "off": False}[getattr(args, "stack_seeds", "auto")]
     result = train_seeds(cfg, seeds, out, progress=progress, command=sys.argv, stack=stack, restart=restart)
-    if recipe.decouple and result:
+    if recipe is not None and recipe.decouple and result:
         result = _decouple_seeds(recipe.decouple, Path(out), seeds, progress, epochs=recipe.decouple_epochs)
         out = str(Path(out) / f"decouple-{recipe.decouple}")
         if _rank() == 0 and "base" in result:  # one seed: the base run beside the result, and the tau chosen
@@ -215,12 +217,38 @@ def _decouple_seeds(method: str, out: Path, seeds: list[int], progress: bool | N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .recipes import get_recipe
+    from .config import config_from_file
+    from .recipes import RECIPES, get_recipe
 
-    if get_recipe(args.recipe).pretrain:
-        raise LongtailError(f"{args.recipe} is a pre-training recipe", f"run `longtail pretrain {args.recipe}`")
-    _train(args.recipe, args, args.out or f"runs/{args.recipe}")
+    if args.config and args.recipe:
+        raise LongtailError(f"both a recipe ({args.recipe}) and --config {args.config} were given",
+                            "pass one: the recipe, or the file (whose `recipe` names its recipe)")
+    if args.config:
+        base = config_from_file(args.config)
+        recipe = RECIPES.get(base.recipe)  # a file saved from a recipe keeps its second stage
+        if recipe is not None and recipe.config.data.dataset != base.data.dataset:
+            recipe = None
+    elif args.recipe:
+        recipe = get_recipe(args.recipe)
+        base = recipe.config
+    else:
+        raise LongtailError("train needs a recipe or a configuration file",
+                            "e.g. `longtail train cifar10-lt-ce`, or `longtail train --config run.toml`; "
+                            "`longtail recipes` lists the recipes")
+    if recipe is not None and recipe.pretrain:
+        raise LongtailError(f"{recipe.name} is a pre-training recipe", f"run `longtail pretrain {recipe.name}`")
+    _train(recipe, base, args, args.out or f"runs/{base.recipe}")
     return 0
+
+
+def show_config(cfg: Any) -> str:
+    """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs."""
+    from .config import config_to_toml
+    from .schedule import describe_schedule
+
+    head = [f"longtail configuration of {cfg.recipe}; run it with `longtail train --config FILE`", "",
+            *describe_schedule(cfg), ""]
+    return config_to_toml(cfg, comments=head)
 
 
 def _single_process(command: str) -> None:
@@ -251,9 +279,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ov["seed"] = args.seeds[0]
     cfg = apply_overrides(cfg, ov)
     if args.show_config:
-        from .config import format_config
-
-        print(format_config(cfg))
+        print(show_config(cfg), end="")
         return 0
     out = args.out or f"runs/{cfg.recipe}"
     if args.restart:
@@ -272,7 +298,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     args.seeds, args.sets = None, []
     print("longtail quickstart: scikit-learn digits made long-tailed (140 images of the first digit down to 1 of "
           "the last), ResNet-8, cross-entropy, CPU")
-    _train("quickstart", args, args.out)
+    from .recipes import get_recipe
+
+    recipe = get_recipe("quickstart")
+    _train(recipe, recipe.config, args, args.out)
     return 0
 
 

@@ -289,7 +289,7 @@ class DataConfig:
     darp_gamma_u: float = 100.0
     darp_reverse: bool = False  # unlabeled profile reversed (head class rarest)
     darp_order: str = "file"  # file: the first images of each class in file order (DARP, ABC) | shuffled (USB)
-    darp_include_labeled: bool = False  # the unlabeled part also holds the labeled images (DARP's FixMatch, USB)
+    darp_include_labeled: bool = False  # the unlabeled part also holds the labeled images (DARP's FixMatch)
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
     # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
@@ -456,7 +456,9 @@ class SSLConfig:
     moco_queue: int = 4096  # K
     moco_momentum: float = 0.99  # m
     moco_temperature: float = 0.2  # T
-    moco_bn_splits: int = 8  # BatchNorm groups that emulate MoCo's shuffled BN on one device (1: plain BN)
+    # BatchNorm groups of the whole batch emulating MoCo's shuffled BN (one process: SplitBatchNorm + key shuffle,
+    # as MoCo's CIFAR demo; torchrun: bn_splits // world per process; 1: plain BN)
+    moco_bn_splits: int = 8
     # SimSiam (Chen & He 2021)
     simsiam_dim: int = 2048
     simsiam_pred_hidden: int = 512
@@ -730,14 +732,84 @@ def config_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, A
     return lines
 
 
-def format_config(cfg: RunConfig) -> str:
-    """Every setting of ``cfg`` as ``KEY=VALUE``, one per line, grouped by section: each line can
-    be passed back as ``--set KEY=VALUE`` (for ``longtail train RECIPE --show-config``)."""
-    lines = [f"# recipe {cfg.recipe}", f"seed={_show(cfg.seed)}"]
+# Configuration files ------------------------------------------------------------------------------------
+#
+# ``--show-config`` prints a run's whole configuration as TOML; ``longtail train --config FILE`` reads it
+# back (TOML, or a run folder's config.json, or the folder itself). Every key of a file goes through
+# ``apply_overrides`` as ``--set`` would, so a typo gets the same did-you-mean.
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal; None (TOML has no null) is the string "none" that ``--set`` also reads as unset."""
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) and math.isfinite(value) else repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_to_toml(cfg: RunConfig, comments: list[str] | None = None) -> str:
+    """``cfg`` as a TOML document that :func:`config_from_file` reads back to the same config; ``comments``
+    lead it (e.g. the schedule in the run's own epochs). The loss's parameters sit in ``[loss]`` beside
+    its name, as ``--set loss.NAME=VALUE`` gives them."""
+    lines = [f"# {c}" if c else "#" for c in (comments or [])]
+    lines += [f"recipe = {_toml_value(cfg.recipe)}", f"seed = {_toml_value(cfg.seed)}"]
     for sec in SECTIONS:
-        lines += ["", f"[{sec}]"]
         section = getattr(cfg, sec)
-        lines += [f"{sec}.{f.name}={_show(getattr(section, f.name))}" for f in fields(section) if f.name != "params"]
-        if sec == "loss":  # its own parameters, each a --set loss.NAME=VALUE
-            lines += [f"loss.{p}={_show(v)}" for p, v in cfg.loss.params.items()]
+        lines += ["", f"[{sec}]"]
+        lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section) if f.name != "params"]
+        if sec == "loss":
+            lines += [f"{p} = {_toml_value(v)}" for p, v in cfg.loss.params.items()]
     return "\n".join(lines) + "\n"
+
+
+def _file_settings(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """The dotted settings of a parsed file: top-level ``recipe``/``seed`` and one level of sections."""
+    if isinstance(d.get("config"), dict) and "command" in d:  # a run folder's config.json
+        d = d["config"]
+    flat = _flat(d)
+    nested = [k for k, v in flat.items() if isinstance(v, dict)]
+    if nested:
+        raise LongtailError(f"{source}: [{nested[0]}] is a table, and settings are one level deep",
+                            "write each setting under its section, as `longtail train RECIPE --show-config` does")
+    return flat
+
+
+def config_from_file(path: str | os.PathLike[str]) -> RunConfig:
+    """The configuration a file gives: TOML (as ``--show-config`` prints it; keys it leaves out keep their
+    defaults), a run folder's ``config.json``, or a run folder. Unknown keys are refused as ``--set`` refuses
+    them (with did-you-mean); values are checked as any setting is."""
+    import json
+    import tomllib
+
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, "config.json")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise LongtailError(f"cannot read the configuration file {p}: {e.strerror or e}",
+                            "pass a TOML file (e.g. saved from `longtail train RECIPE --show-config`) or a run "
+                            "folder's config.json") from None
+    try:
+        d = json.loads(raw) if p.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        kind = "JSON" if p.endswith(".json") else "TOML"
+        raise LongtailError(f"{p} is not valid {kind}: {e}",
+                            "fix the file, or write it afresh with `longtail train RECIPE --show-config > FILE`"
+                            ) from None
+    if not isinstance(d, dict):
+        raise LongtailError(f"{p} holds no table of settings", "see `longtail train RECIPE --show-config`")
+    settings = _file_settings(d, p)
+    recipe = settings.pop("recipe", "custom")
+    if not isinstance(recipe, str):
+        raise LongtailError(f"{p}: recipe = {recipe!r} is not a name", 'write e.g. recipe = "my-run"')
+    try:
+        return apply_overrides(RunConfig(recipe=recipe), settings)
+    except LongtailError as e:
+        raise LongtailError(f"{p}: {e.problem}", e.fix) from None

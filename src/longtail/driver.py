@@ -7,8 +7,8 @@ between them is a :class:`Stage`: which data it trains on, how it builds its mod
 optimizer, what an epoch's row and checkpoint carry, and what its report says. Everything else is
 here, once: the run folder's lock and checks, ``--restart``, resuming (the folder's settings compared
 with the new ones, a damaged checkpoint replaced by the one before it), the config file, the
-per-epoch log lines, validation and checkpoints (:class:`longtail.runs.EpochLog`), timing, and
-``torchrun`` (rank 0 alone writes).
+per-epoch log lines, validation and checkpoints (:class:`longtail.runs.EpochLog`), TensorBoard event files
+(``train.tensorboard``, :mod:`longtail.tensorboard`), timing, and ``torchrun`` (rank 0 alone writes).
 
 A stage writes one run folder, or several (stacked seeds: one per seed, each the folder a single
 seed's run would have written). Its :attr:`Stage.members` name them.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, tensorboard
 from .checkpoints import load_model_state
 from .config import RunConfig
 from .counts import ClassCounts
@@ -171,6 +171,8 @@ def drive(stage: Stage, *, splits: Splits | None = None, command: list[str] | No
 def _drive(stage: Stage, *, splits: Splits | None, command: list[str] | None, progress: bool | None,
            stop_after: int | None, log: Log, restart: bool) -> Any:
     cfg, t = stage.cfg, stage.cfg.train
+    if t.tensorboard:
+        tensorboard.require()  # before any data is loaded or folder touched
     device, main, log, progress = distributed.start_process(t.device, log, progress)
     t_setup = time.perf_counter()
     with distributed.main_first():  # rank 0 downloads, the others read what it left
@@ -207,25 +209,39 @@ def _drive(stage: Stage, *, splits: Splits | None, command: list[str] | None, pr
     logs = [EpochLog(m.run, m.cfg, rows, writes=main, has_val=splits.val is not None, best_by=stage.best_by,
                      epochs=stage.epochs) for m, rows in zip(stage.members, records)]
     lines = EpochLines(stage.epochs, stage.images_per_step, start_epoch, log) if announces(progress, main) else None
+    board = (tensorboard.TensorBoardLog([m.run for m in stage.members], [m.cfg.train.batch_size for m in stage.members],
+                                        start_epoch=start_epoch, resumed_rows=records)
+             if t.tensorboard and main else None)
 
     def on_epoch_end(rec: EpochRecord) -> bool:
         loss = stage.end_epoch(rec, built, logs, ctx)
+        if board is not None:
+            for i, member_log in enumerate(logs):
+                board.epoch(i, member_log.records[-1])
         if lines is not None:
             lines(rec, loss=loss)
         return stop_after is not None and len(records[0]) - start_epoch >= stop_after
 
-    t_train = time.perf_counter()
-    fit(train_model, built.task, built.optimizer, epochs=stage.epochs, lr_at=stage.lr_at(), seed=stage.seed,
-        device=device, amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
-        engine=training_engine(t.engine, t.compile, device))
-    train_s = time.perf_counter() - t_train
-    distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
-    if stop_after is not None and len(records[0]) < stage.epochs:
-        return stage.stopped()
-    done = records[0][start_epoch:]
-    timing = {"setup_s": setup_s, "compile_s": compile_s + captured(done),  # capture: part of train_s
-              "train_s": train_s, "train_images_per_s": images_per_s(done, t.batch_size, train_s)}
-    return stage.report(built, ctx, timing, records, start_epoch)
+    try:
+        t_train = time.perf_counter()
+        fit(train_model, built.task, built.optimizer, epochs=stage.epochs, lr_at=stage.lr_at(), seed=stage.seed,
+            device=device, amp=t.amp, start_epoch=start_epoch, on_epoch_end=on_epoch_end, progress=progress,
+            engine=training_engine(t.engine, t.compile, device))
+        train_s = time.perf_counter() - t_train
+        distributed.barrier()  # rank 0's checkpoints are on disk before anyone reads them
+        if stop_after is not None and len(records[0]) < stage.epochs:
+            return stage.stopped()
+        done = records[0][start_epoch:]
+        timing = {"setup_s": setup_s, "compile_s": compile_s + captured(done),  # capture: part of train_s
+                  "train_s": train_s, "train_images_per_s": images_per_s(done, t.batch_size, train_s)}
+        result = stage.report(built, ctx, timing, records, start_epoch)
+        if board is not None:  # the report's test scores, per-class accuracy and plot (stacked seeds: one each)
+            for i, member_result in enumerate(result if isinstance(result, list) else [result]):
+                board.final(i, member_result, step=stage.epochs)
+        return result
+    finally:
+        if board is not None:
+            board.close()
 
 
 def captured(rows: list[dict[str, Any]]) -> float:

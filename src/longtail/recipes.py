@@ -21,7 +21,7 @@ class Recipe:
     config: RunConfig
     published: str = ""  # the number it reproduces, with its mark from REFERENCE.md
     decouple: str | None = None  # two-stage recipes: the decoupling step run on the trained model
-    decouple_epochs: int | None = None  # its training epochs (None: longtail.decouple.DEFAULT_EPOCHS, 10)
+    decouple_epochs: int | None = None  # its training epochs (None: the source's, longtail.decouple.SECOND_STAGES)
     pretrain: str | None = None  # self-supervised pre-training recipes: the method (`longtail pretrain`)
 
 

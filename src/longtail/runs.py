@@ -8,6 +8,7 @@ A run folder holds everything needed to read and reproduce a run::
     checkpoints/previous.pt  the checkpoint before it: resumed from when last.pt is damaged
     .longtail.lock         while a process writes the folder: its pid and host (one writer at a time)
     report.json / .md      the final evaluation (last epoch), per_class_accuracy.png
+    tensorboard/           TensorBoard event files, when train.tensorboard is on (longtail.tensorboard)
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class RunDir:
         self.best_val = self.root / "checkpoints" / "best-val.pt"  # best balanced accuracy on the validation split
         self.metrics = self.root / "metrics.jsonl"
         self.config_file = self.root / "config.json"
+        self.tensorboard = self.root / "tensorboard"  # event files (train.tensorboard)
+        self.plot = self.root / "per_class_accuracy.png"  # written with the report (longtail.report)
 
     def lock(self, log: Callable[[str], None] = print) -> RunLock:
         """The run folder's lock (``with run.lock(): ...``): one writer at a time."""

@@ -10,8 +10,8 @@ size, so an epoch has the same number of steps whatever the sampler.
 * ``sqrt``: pick class ``c`` with probability ``∝ sqrt(n_c)``, then an example uniformly (Kang et
   al. 2020; Mahajan et al. 2018).
 * ``effective-number``: each example with its class's weight ``(1 - beta) / (1 - beta^n_c)``,
-  beta 0.9999 (Cui et al. 2019's effective number): the "Resample" rule of the LDAM-DRW and
-  imbalanced-semi-self code, the seed's "CE(Balanced)". Class ``c`` is drawn ``∝ n_c (1 - beta) /
+  beta 0.9999 (Cui et al. 2019's effective number): the "Resample" rule of the imbalanced-semi-self
+  code, the seed's "CE(Balanced)". Class ``c`` is drawn ``∝ n_c (1 - beta) /
   (1 - beta^n_c)``, between ``instance`` and ``class-balanced`` (1.27 : 1 head to tail on CIFAR-10-LT).
 
 The generator may live on the CPU while the labels live on a GPU: random numbers are drawn on the
@@ -170,6 +170,9 @@ class EffectiveNumber(ClassWeighted):
 
     This is ``ImbalancedDatasetSampler`` of the LDAM-DRW code (kaidic/LDAM-DRW, utils.py) that the
     seed (YyzHarry/imbalanced-semi-self, utils.py) reuses for ``train.py --train_rule Resample``, its
+    "CE(Balanced)". (LDAM-DRW's own ``cifar_train.py`` builds that sampler inside its epoch loop, after its
+    DataLoader was made with ``sampler=None``, so its "Resample" trains with instance sampling; only the
+    seed wires the sampler in.) Its
     "CE(Balanced)": per-example weights ``w_{y_i}``, beta fixed at 0.9999, ``torch.multinomial`` over the
     examples. So class ``c`` is drawn with probability ``∝ n_c w_c = n_c (1 - beta) / (1 - beta^n_c)``:
     ``beta -> 0`` is instance sampling (with replacement), ``beta -> 1`` class-balanced. At beta 0.9999 it

@@ -106,3 +106,31 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
         warm = t.warmup_epochs * t.epochs / REFERENCE_EPOCHS  # the peak's share of the run, as for step
         return per_step(lambda e: onecycle_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=warm))
     raise LongtailError(f"unknown schedule {t.schedule!r}", "use step, cosine or onecycle")
+
+
+def describe_schedule(cfg: RunConfig) -> list[str]:
+    """The run's learning rate and deferred re-weighting in its own epochs (1-based, as logs count them), e.g.
+    ``["learning rate 0.1: linear warm-up over epochs 1-4, the full rate from epoch 5, x0.01 from epoch 161,
+    x0.0001 from epoch 181 (of 200 epochs)"]``:
+    what ``--show-config`` prints beside the settings, which give milestones in 200-epoch units."""
+    t = cfg.train
+    lr_at = lr_function(cfg)
+    rates = [lr_at(e) for e in range(t.epochs)]
+    if t.schedule == "step":
+        warm = next((e for e, r in enumerate(rates) if r >= t.lr), t.epochs)  # epochs below the base rate
+        parts = [f"linear warm-up over epochs 1-{warm}, the full rate from epoch {warm + 1}"] if warm else []
+        for e in range(warm + 1, t.epochs):
+            if rates[e] != rates[e - 1]:
+                parts.append(f"x{rates[e] / t.lr:.4g} from epoch {e + 1}")
+        text = ", ".join(parts) if parts else "constant"
+    elif t.schedule == "cosine":
+        text = (f"linear warm-up over {t.warmup_epochs:g} epochs, then " if t.warmup_epochs else "") + \
+            "cosine decay to 0"
+    else:
+        peak = t.warmup_epochs * t.epochs / REFERENCE_EPOCHS
+        text = f"one-cycle: from x0.2 up to the peak at epoch {peak:.3g}, then linearly to 0, set every step"
+    lines = [f"learning rate {t.lr:g}: {text} (of {t.epochs} epochs)"]
+    if t.drw_start is not None:
+        lines.append(f"deferred re-weighting ({t.weighting}) from epoch {scaled_epoch(t.drw_start, t.epochs) + 1} "
+                     f"(train.drw_start {t.drw_start:g} in 200-epoch units)")
+    return lines

@@ -291,8 +291,9 @@ def darp_split(source: ImageSet, *, n1: int = 1500, m1: int = 3000, gamma_l: flo
     after a per-class ``np.random.shuffle``; its global numpy stream is not reproduced here).
 
     ``include_labeled``: the unlabeled part also holds the labeled images, ``idx[:n_l + n_u]``,
-    as DARP's FixMatch loader does (``train_split(..., fix=True)``) and USB by default
-    (``include_lb_to_ulb=True``); ABC keeps the parts disjoint. Rows come in class order,
+    as DARP's FixMatch loader does (``train_split(..., fix=True)``) and USB's ``split_ssl_data`` by default
+    (``include_lb_to_ulb=True``, though USB's imbalanced FixMatch config behind its published numbers sets it
+    to False); ABC keeps the parts disjoint. Rows come in class order,
     within a class in the order above.
     """
     if n1 < 1 or m1 < 0:

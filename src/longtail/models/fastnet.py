@@ -220,8 +220,8 @@ class FlipTTA(nn.Module):
     """Test-time augmentation by horizontal flips: ``(model(x) + model(x.flip(3))) / 2``.
 
     A wrapper for evaluation (``longtail.loop.predict(FlipTTA(model), ...)``); it holds no parameters of
-    its own, so the wrapped model's state dict is unchanged. Not for data whose classes are mirror-sensitive
-    (digits: the recipes there train without flips).
+    its own, so the wrapped model's state dict is unchanged. It suits data trained with flips (the seed
+    flips SVHN too, so the SVHN recipes use it); leave it off where mirrored images change the class.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -9,6 +9,12 @@ lr, schedule, weight decay, device) stays in ``RunConfig.train`` and the backbon
 Sizes are scaled to the data set (``default_ssl``): the ImageNet settings of MoCo v2 (K 65536,
 m 0.999, T 0.2, MLP 2048-2048-128, blur) are the large-data ones; CIFAR-size data sets get K 4096,
 m 0.99, T 0.2, no blur, and smaller heads.
+
+MoCo's shuffled BatchNorm (``moco_bn_splits``, the number of BatchNorm groups of the whole batch):
+8 on CIFAR-size data, as MoCo's CIFAR-10 demo (``--bn-splits 8`` for batch 512, 64 rows a group);
+4 on the large data sets (batch 128: 32 rows a group, MoCo's per-GPU batch on ImageNet). One process
+emulates that many GPUs (``longtail.ssl.models.SplitBatchNorm`` and a key shuffle); under ``torchrun``
+each process takes ``moco_bn_splits // world`` of the groups.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ def default_ssl(method: str, dataset: str = "cifar10") -> SSLConfig:
     check_method(method)
     if dataset in LARGE_DATASETS:
         # MoCo v2 on ImageNet (ResNet-50): MLP 2048-2048-128, K 65536, m 0.999, T 0.2, blur;
+        # shuffled BN in 4 groups of 32 rows of the batch of 128 (MoCo's per-GPU BatchNorm batch: 256 on 8 GPUs);
         # SimSiam on ImageNet: 3-layer projector, 2048 -> 512 -> 2048 predictor.
-        return SSLConfig(moco_hidden=2048, moco_queue=65536, moco_momentum=0.999, moco_bn_splits=1,
+        return SSLConfig(moco_hidden=2048, moco_queue=65536, moco_momentum=0.999, moco_bn_splits=4,
                          simsiam_proj_layers=3, rw_weights="kde")
     return SSLConfig()
 

@@ -217,8 +217,19 @@ class MoCoTask(_TwoViewTask):
     of a random ``1/world`` of the batch (MoCo's shuffled BatchNorm: a query and its own key are
     normalised with different processes' statistics), then the keys are gathered and put back in
     batch order. Every process enqueues the whole batch's keys, so the queues stay identical and
-    hold what one process with the whole batch would hold. The shuffle is drawn from a generator
-    seeded by the epoch's, the same on every process.
+    hold what one process with the whole batch would hold. Each process splits its BatchNorm into
+    ``max(1, bn_splits // world)`` sub-batches (``MoCo.set_bn_groups``), so the whole batch is
+    normalised in ``bn_splits`` groups as in one process (when ``world`` divides ``bn_splits``).
+
+    In one process (MoCo's CIFAR-10 demo, facebookresearch/moco ``colab/moco_cifar10_demo.ipynb``):
+    the model's BatchNorm is split into ``bn_splits`` sub-batches and the key batch goes through the
+    momentum encoder in a random order, put back in batch order after (``MoCo.key`` with this task's
+    shuffle generator), so a query and its own key share BatchNorm statistics only by chance, as on
+    ``bn_splits`` GPUs. With ``bn_splits`` = 1 (no split BatchNorm) nothing is shuffled.
+
+    The shuffle is drawn from a generator seeded by the epoch's (``initial_seed() + 0x5F3759DF``), the
+    same on every process: a run's keys are a function of its seed alone, and a resumed run (it
+    resumes at an epoch's start) draws the same.
     """
 
     def __init__(self, *args: Any, shard: Shard | None = None, **kw: Any) -> None:
@@ -248,6 +259,8 @@ class MoCoTask(_TwoViewTask):
         if not isinstance(moco, MoCo):
             raise LongtailError("MoCoTask needs a longtail.ssl.MoCo model")
         if batch is not self._step_batch:  # a new optimiser step, not SAM's second evaluation
+            if self.shard.world > 1:
+                moco.set_bn_groups(max(1, moco.bn_splits // self.shard.world))
             self._enqueue_pending()
             moco.momentum_update()
             self._keys = self._batch_keys(moco, batch.view2)
@@ -270,11 +283,16 @@ class MoCoTask(_TwoViewTask):
 
     @torch.no_grad()
     def _batch_keys(self, moco: MoCo, view2: torch.Tensor) -> torch.Tensor:
-        """The keys of the whole batch, in batch order; shuffled across processes under ``torchrun``."""
+        """The keys of the whole batch, in batch order; shuffled across the BatchNorm sub-batches in one
+        process (when there are several), across processes under ``torchrun``."""
         world = self.shard.world
-        if world == 1:
+        if world == 1 and not moco.shuffles_keys:
             return moco.key(view2)
-        assert self._shuffle is not None
+        if self._shuffle is None:
+            raise LongtailError("MoCoTask shuffles its keys with a generator that batches() seeds",
+                                "take the batches from task.batches(epoch, generator)")
+        if world == 1:
+            return moco.key(view2, self._shuffle)
         b = view2.shape[0]
         perm = torch.randperm(b, generator=self._shuffle, device=self._shuffle.device).to(view2.device)
         parts = all_gather(moco.key(view2[perm[self.shard.rank::world]]))

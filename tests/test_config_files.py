@@ -1,0 +1,80 @@
+"""Configurations as files (issue 16): --show-config prints TOML with the schedule in the run's own epochs,
+`longtail train --config FILE` runs from it (or from a run folder's config.json), unknown keys get did-you-mean."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from longtail.cli import main
+from longtail.config import apply_overrides, config_from_file, config_to_toml
+from longtail.errors import LongtailError
+from longtail.recipes import RECIPES, get_recipe
+from longtail.schedule import describe_schedule
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_reads_back_from_its_toml(name, tmp_path):
+    cfg = RECIPES[name].config
+    (tmp_path / "c.toml").write_text(config_to_toml(cfg))
+    assert config_from_file(tmp_path / "c.toml") == cfg
+
+
+def test_show_config_gives_the_schedule_in_the_runs_own_epochs(capsys):
+    assert main(["train", "cifar10-lt-ldam-drw", "--epochs", "30", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    comments = [line for line in out.splitlines() if line.startswith("#")]
+    assert any("x0.01 from epoch 25" in c and "x0.0001 from epoch 28" in c and "of 30 epochs" in c for c in comments)
+    assert any("deferred re-weighting (class-balanced) from epoch 25" in c for c in comments)
+    d = tomllib.loads(out)  # the comments leave it valid TOML
+    assert d["train"]["epochs"] == 30 and d["train"]["milestones"] == [160.0, 180.0]
+    lines = describe_schedule(get_recipe("cifar10-lt-ldam-drw").config)
+    assert "linear warm-up over epochs 1-4, the full rate from epoch 5, x0.01 from epoch 161" in lines[0]
+
+
+def test_train_from_a_file_and_from_a_run_folder(tmp_path, capsys):
+    assert main(["train", "quickstart", "--epochs", "2", "--show-config"]) == 0
+    (tmp_path / "q.toml").write_text(capsys.readouterr().out)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "q.toml"), "--out", str(out), "--quiet"]) == 0
+    first = json.loads((out / "report.json").read_text())
+    assert first["recipe"] == "quickstart" and first["epoch"] == 2
+    # the run folder's saved config is itself a valid --config (and the folder too), with options on top
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "config.json"), "--out", str(again), "--quiet"]) == 0
+    assert json.loads((again / "report.json").read_text())["top1"] == first["top1"]  # same seed, same result
+    assert config_from_file(out) == config_from_file(out / "config.json")
+    capsys.readouterr()  # the runs' tables
+    assert main(["train", "--config", str(out), "--epochs", "3", "--show-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["train"]["epochs"] == 3
+
+
+def test_bad_files_say_what_and_how(tmp_path, capsys):
+    (tmp_path / "typo.toml").write_text('recipe = "x"\n[train]\nepohcs = 3\n')
+    with pytest.raises(LongtailError, match="unknown setting 'train.epohcs'") as e:
+        config_from_file(tmp_path / "typo.toml")
+    assert "did you mean train.epochs" in e.value.fix and "typo.toml" in e.value.problem
+    (tmp_path / "bad.toml").write_text("[train\nepochs = 3\n")
+    with pytest.raises(LongtailError, match="is not valid TOML"):
+        config_from_file(tmp_path / "bad.toml")
+    (tmp_path / "deep.toml").write_text("[train.more]\nx = 1\n")
+    with pytest.raises(LongtailError, match="one level deep"):
+        config_from_file(tmp_path / "deep.toml")
+    (tmp_path / "range.toml").write_text("[train]\nlr = -1\n")
+    with pytest.raises(LongtailError, match="train.lr"):
+        config_from_file(tmp_path / "range.toml")
+    with pytest.raises(LongtailError, match="cannot read the configuration file"):
+        config_from_file(tmp_path / "absent.toml")
+    assert main(["train", "quickstart", "--config", str(tmp_path / "typo.toml")]) == 2
+    assert "both a recipe" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "needs a recipe or a configuration file" in capsys.readouterr().err
+
+
+def test_a_file_keeps_what_it_does_not_name_at_the_defaults(tmp_path):
+    (tmp_path / "short.toml").write_text('recipe = "mine"\nseed = 3\n[loss]\nname = "focal"\ngamma = 2.0\n')
+    cfg = config_from_file(tmp_path / "short.toml")
+    assert cfg.recipe == "mine" and cfg.seed == 3 and cfg.loss.params == {"gamma": 2.0}
+    assert cfg.train == apply_overrides(cfg, {}).train and cfg.train.epochs == 200
