@@ -84,7 +84,7 @@ def _show(value: Any) -> str:
 
 def _default(obj: Any, name: str) -> Any:
     f = obj.__dataclass_fields__[name]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _check_types(obj: Any, section: str) -> None:
@@ -118,8 +118,8 @@ def _check_types(obj: Any, section: str) -> None:
                 object.__setattr__(obj, name, tuple(value))
         elif origin is dict:  # LossConfig.params: checked against its loss's declared parameters
             continue
-        elif dataclasses.is_dataclass(base):
-            ok, kind = isinstance(value, base), f"a {base.__name__}"  # type: ignore[union-attr]
+        elif isinstance(base, type) and dataclasses.is_dataclass(base):
+            ok, kind = isinstance(value, base), f"a {base.__name__}"
         else:  # pragma: no cover - every field type is one of the above
             continue
         if not ok:
@@ -128,7 +128,7 @@ def _check_types(obj: Any, section: str) -> None:
             raise LongtailError(
                 f"{key} must be {kind}, got {value!r} ({type(value).__name__})",
                 f"write {kind}, e.g. {_setting(key, example)}" if not dataclasses.is_dataclass(base)
-                else f"pass a {base.__name__}, or build the whole config with RunConfig.from_dict",  # type: ignore[union-attr]
+                else f"pass a {typing.cast(type, base).__name__}, or build the whole config with RunConfig.from_dict",
             )
 
 

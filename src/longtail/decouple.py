@@ -45,7 +45,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -239,7 +239,8 @@ def _lws(ctx: MethodContext) -> dict[str, Any]:
 
 
 def _lws_scales(ctx: MethodContext) -> dict[str, Any]:
-    return {"lws_scales": ctx.model.head.scale.detach().cpu().tolist()}
+    head = cast(ScaledHead, ctx.model.head)  # _lws put it there
+    return {"lws_scales": head.scale.detach().cpu().tolist()}
 
 
 def _tau_from_val(ctx: MethodContext, logits_at: Callable[[float], torch.Tensor]) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def _tau_norm(ctx: MethodContext) -> dict[str, Any]:
     if ctx.tau is not None:
         info: dict[str, Any] = {"tau": ctx.tau, "tau_source": "explicit"}
     else:
-        feats = extract_features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp, fn=model.features)  # type: ignore[arg-type]
+        feats = extract_features(model, ctx.splits.val, ctx.device, ctx.cfg.train.amp, fn=model.features)
         with torch.no_grad():
             info = _tau_from_val(ctx, lambda tau: tau_normalize(head, tau)(feats).float().cpu())
     model.reset_head(tau_normalize(head, info["tau"]))

@@ -207,7 +207,8 @@ def wrap(model: nn.Module, device: torch.device, *, broadcast_buffers: bool = Tr
     # newer PyTorch renamed the per-forward buffer broadcast (and warns about the old name)
     name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else "broadcast_buffers")
-    return DistributedDataParallel(model, device_ids=ids, **{name: broadcast_buffers})
+    sync: dict[str, Any] = {name: broadcast_buffers}  # a keyword chosen at run time
+    return DistributedDataParallel(model, device_ids=ids, **sync)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -90,7 +90,7 @@ class Stage:
     def epochs(self) -> int:
         return self.cfg.train.epochs
 
-    def lr_at(self) -> Callable[[float], float]:
+    def lr_at(self) -> Callable[[int], float]:
         return lr_function(self.cfg)
 
     @property

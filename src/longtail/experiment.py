@@ -44,7 +44,7 @@ from .loop import make_sgd, predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
-from .models import FlipTTA, build_model
+from .models import Classifier, FlipTTA, build_model
 from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
@@ -82,23 +82,24 @@ def adapt_task(task: Task) -> Task:
     return task
 
 
-def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> SupervisedTask:
+def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> Task:
     t = cfg.train
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
-    common = dict(
-        batch_size=t.batch_size,
-        augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
-        sampler=make_sampler(t.sampler, train.labels, train.num_classes),
-        weighting=make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta),
-    )
+    # what every task below takes
+    batch_size = t.batch_size
+    augment = Augment(crop_padding=t.crop_padding, flip=t.flip)
+    sampler = make_sampler(t.sampler, train.labels, train.num_classes)
+    weighting = make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta)
     criterion = loss_from_config(cfg.loss, counts)
     is_pseudo = getattr(splits, "is_pseudo", None)
     if t.semi == "fixmatch":
-        if getattr(splits, "unlabeled", None) is None:
+        unlabeled = getattr(splits, "unlabeled", None)
+        if unlabeled is None:
             raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
-        return FixMatchTask(train, splits.unlabeled, criterion, mu=t.fixmatch_mu,  # type: ignore[union-attr]
+        return FixMatchTask(train, unlabeled, criterion, mu=t.fixmatch_mu,
                             threshold=t.fixmatch_threshold, lambda_u=t.fixmatch_lambda_u,
-                            alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, **common)
+                            alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, batch_size=batch_size,
+                            augment=augment, sampler=sampler, weighting=weighting)
     if t.semi != "none":
         raise LongtailError(f"unknown train.semi {t.semi!r}", "use none or fixmatch")
     if is_pseudo is not None:
@@ -107,14 +108,16 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
                                 "set train.mfw_strength=0 for semi-supervised runs")
 
         return SemiSupervisedTask(train, criterion, is_pseudo=is_pseudo, pseudo_weight=t.pseudo_weight,
-                                  labeled_fraction=t.labeled_fraction, **common)
+                                  labeled_fraction=t.labeled_fraction, batch_size=batch_size, augment=augment,
+                                  sampler=sampler, weighting=weighting)
     if t.pseudo_weight != 1.0 or t.labeled_fraction is not None:
         raise LongtailError("train.pseudo_weight and train.labeled_fraction need pseudo-labels",
                             "set data.pseudo_labels=DIR (written by `longtail pseudo-label`)")
     if t.mfw_strength > 0:
         return MFWTask(train, criterion, counts=counts, strength=t.mfw_strength, lam_min=t.mfw_lam_min,
-                       seed=cfg.seed, **common)
-    return SupervisedTask(train, criterion, **common)
+                       seed=cfg.seed, batch_size=batch_size, augment=augment, sampler=sampler, weighting=weighting)
+    return SupervisedTask(train, criterion, batch_size=batch_size, augment=augment, sampler=sampler,
+                          weighting=weighting)
 
 
 def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str,
@@ -217,7 +220,7 @@ class SupervisedStage(Stage):
                           extra, writes=ctx.main)
 
 
-def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[nn.Module, Task]:
+def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[Classifier, Task]:
     """The model (initialised from ``cfg.seed``) and the task of one seed's run, on ``device``: the same for a
     single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
     torch.manual_seed(cfg.seed)  # model initialisation
@@ -242,11 +245,13 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
              "config": cfg.to_dict(), "device": str(device), "timing": timing,
              "train_size": len(splits.train), "test_size": len(splits.test), **extra}
     extra.update(validation_report(cfg, run, model, splits, counts, device))
-    if getattr(splits, "info", None):
-        extra["semi"] = splits.info  # the pool and the pseudo-labels' quality
-    if getattr(splits, "val_info", None):  # where the validation images came from (report.md shows the note)
-        extra["validation_split"] = splits.val_info  # type: ignore[attr-defined]
-        extra["validation_note"] = splits.val_info.get("note")  # type: ignore[attr-defined]
+    semi_info = getattr(splits, "info", None)  # SemiSplits: the pool and the pseudo-labels' quality
+    if semi_info:
+        extra["semi"] = semi_info
+    val_info = getattr(splits, "val_info", None)
+    if val_info:  # where the validation images came from (report.md shows the note)
+        extra["validation_split"] = val_info
+        extra["validation_note"] = val_info.get("note")
     if writes:
         write_report(run.root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, last epoch, test set)", extra=extra)
     return {**summary, **extra}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -68,7 +68,12 @@ class EagerStep:
             loss.backward()
             return loss
 
-        return self.optimizer.step(closure).detach()
+        # torch's stubs say a closure returns a float; every optimizer returns the closure's loss tensor
+        return cast(_ClosureStep, self.optimizer).step(closure).detach()
+
+
+class _ClosureStep(Protocol):
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor: ...
 
 
 def weight_holders(task: Any) -> list[Any]:
@@ -98,8 +103,8 @@ def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str
     return None
 
 
-def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
-               lr: torch.Tensor, momentum: float, weight_decay: float) -> None:
+def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor] | tuple[torch.Tensor, ...],
+               bufs: list[torch.Tensor], lr: torch.Tensor, momentum: float, weight_decay: float) -> None:
     """``torch.optim.SGD``'s update (dampening 0, no Nesterov) with ``lr`` a device tensor, in place.
 
     ``d = g + wd * p``; ``buf = momentum * buf + d``; ``p -= lr * buf``. A zero buffer gives the
@@ -255,7 +260,8 @@ def compile_model(model: nn.Module, mode: str, example: torch.Tensor, *, device:
     if mode == "off":
         return model, 0.0
     t0 = time.perf_counter()
-    compiled = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    # compiling a module gives a module (an OptimizedModule); torch's stubs say only "a callable"
+    compiled = cast(nn.Module, torch.compile(model, mode=None if mode == "default" else mode, dynamic=False))
     saved = {k: b.clone() for k, b in model.named_buffers()}
     was_training = model.training
     model.train()

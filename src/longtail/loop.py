@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -89,7 +89,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     *,
     epochs: int,
-    lr_at: Callable[[float], float],
+    lr_at: Callable[[int], float],
     seed: int,
     device: torch.device,
     amp: str = "auto",
@@ -124,11 +124,13 @@ def fit(
         total = torch.zeros((), device=device)
         steps = 0
         per_epoch = getattr(task, "steps_per_epoch", None)
-        every_step = getattr(lr_at, "per_step", False) and per_epoch  # a rate for each step (schedule.per_step)
+        # a rate for each step (schedule.per_step): the epoch's number of steps, else None
+        every_step = per_epoch if getattr(lr_at, "per_step", False) else None
         for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                           total=per_epoch):
             if every_step and steps:
-                step.start_epoch(lr_at(epoch + steps / per_epoch))
+                # a per_step schedule (schedule.per_step) takes fractional epochs
+                step.start_epoch(cast(Callable[[float], float], lr_at)(epoch + steps / every_step))
             total += step(batch)  # no host sync inside the epoch
             steps += 1
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)

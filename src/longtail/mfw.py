@@ -35,7 +35,7 @@ No code was published, so this module is our reading, with its choices named as 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -136,6 +136,14 @@ class MajorFeatureWeakening(nn.Module):
 _STREAM = 0x4D4657  # "MFW"
 
 
+class _FeatureSeam(Protocol):
+    """The ``features()`` / ``forward_head()`` seam of :class:`longtail.models.Classifier`."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
 class MFWTask(SupervisedTask):
     """Supervised classification with Major Feature Weakening on the penultimate features.
 
@@ -188,11 +196,12 @@ class MFWTask(SupervisedTask):
         if not (hasattr(model, "features") and hasattr(model, "forward_head")):
             raise LongtailError(f"MFW needs a model with features() and forward_head(), got {type(model).__name__}",
                                 "use a longtail Classifier (longtail.models.make_model)")
-        feats = model.features(batch.images)  # (B, D)
+        net = cast(_FeatureSeam, model)
+        feats = net.features(batch.images)  # (B, D)
         # Follow the model's mode: the loop calls model.train(); eval-mode losses see no weakening.
         self.mfw.train(model.training)
         feats, _ = self.mfw(feats, batch.labels, self.generator)
-        logits = model.forward_head(feats)
+        logits = net.forward_head(feats)
         return self.criterion(logits.float(), batch.labels, weight=self.class_weight)
 
 

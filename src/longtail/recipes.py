@@ -202,7 +202,6 @@ def _semi_recipes() -> list[Recipe]:
     # head class uses all its images); n_max=750 is the largest that fits a rho_U=100 pool of 5x.
     seed_style = DataConfig(dataset="cifar10", imbalance_ratio=50.0, n_max=750)
     darp = DataConfig(dataset="cifar10", protocol="darp")
-    fixmatch = {"semi": "fixmatch"}
     rows = [
         ("cifar10-semi-base", "labeled CIFAR-10-LT rho=50 (n_max 750, 2,096 images), CE: the base model that "
          "pseudo-labels the pool", RunConfig(data=seed_style), "CE rho=50 error 29.6 [R] (n_max 5000)"),
@@ -215,11 +214,11 @@ def _semi_recipes() -> list[Recipe]:
          "(--set data.pseudo_labels=DIR from `pseudo-label RUN --pool darp`), CE, batch 256",
          RunConfig(data=darp, train=TrainConfig(batch_size=256)), ""),
         ("cifar10-semi-darp-fixmatch", "DARP protocol, FixMatch (threshold 0.95, mu 7)",
-         RunConfig(data=darp, train=TrainConfig(**fixmatch)), "76.69 [R] (USB, WRN-28-2)"),
+         RunConfig(data=darp, train=TrainConfig(semi="fixmatch")), "76.69 [R] (USB, WRN-28-2)"),
         ("cifar10-semi-darp-fixmatch-da", "DARP protocol, FixMatch with distribution alignment",
-         RunConfig(data=darp, train=TrainConfig(**fixmatch, fixmatch_alignment="da")), ""),
+         RunConfig(data=darp, train=TrainConfig(semi="fixmatch", fixmatch_alignment="da")), ""),
         ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels",
-         RunConfig(data=darp, train=TrainConfig(**fixmatch, fixmatch_alignment="la")), ""),
+         RunConfig(data=darp, train=TrainConfig(semi="fixmatch", fixmatch_alignment="la")), ""),
     ]
     return [Recipe(name, f"{desc}; ResNet-32, 200 epochs", cfg, pub) for name, desc, cfg, pub in rows]
 

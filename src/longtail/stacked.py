@@ -44,9 +44,10 @@ resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. N
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -65,7 +66,7 @@ from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
 from .runs import EpochLog, RunDir
-from .tasks import SupervisedTask
+from .tasks import SupervisedTask, Task
 
 __all__ = [
     "StackedBatch",
@@ -126,9 +127,8 @@ class StackedLinearHead(nn.Module):
     def __init__(self, members: int, in_features: int, num_classes: int, *, bias: bool = True,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.zeros(members, num_classes, in_features, **kw))
-        self.bias = nn.Parameter(torch.zeros(members, num_classes, **kw)) if bias else None
+        self.weight = nn.Parameter(torch.zeros(members, num_classes, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(members, num_classes, device=device, dtype=dtype)) if bias else None
         self.members, self.in_features, self.out_features = members, in_features, num_classes
 
     def forward(self, features: Tensor) -> Tensor:
@@ -219,9 +219,11 @@ def _stack_tree(module: nn.Module, members: int, layouts: dict[str, str], prefix
         new: nn.Module
         if kind is nn.Conv2d and isinstance(child, nn.Conv2d):
             c = child
-            new = nn.Conv2d(members * c.in_channels, members * c.out_channels, c.kernel_size, c.stride,
-                            c.padding, c.dilation, members * c.groups, c.bias is not None,  # type: ignore[arg-type]
-                            c.padding_mode, device=c.weight.device, dtype=c.weight.dtype)
+            # torch types a Conv2d's own sizes as tuple[int, ...], its constructor's as int | tuple[int, int]
+            new = nn.Conv2d(members * c.in_channels, members * c.out_channels,
+                            c.kernel_size, c.stride, c.padding, c.dilation,  # type: ignore[arg-type]
+                            members * c.groups, c.bias is not None, c.padding_mode,
+                            device=c.weight.device, dtype=c.weight.dtype)
             layouts[f"{key}.weight"] = _CAT
             if child.bias is not None:
                 layouts[f"{key}.bias"] = _CAT
@@ -416,7 +418,7 @@ class StackedBatch(NamedTuple):
 
     images: Tensor
     labels: Tensor
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a field named like tuple.index, which it hides
 
 
 class StackedTask:
@@ -432,8 +434,9 @@ class StackedTask:
     multi_process = False  # several seeds in one process, never under torchrun
     image_files = False  # tensors only
 
-    def __init__(self, members: Sequence[SupervisedTask], seeds: Sequence[int]) -> None:
-        self.members, self.seeds = list(members), [int(s) for s in seeds]
+    def __init__(self, members: Sequence[Task], seeds: Sequence[int]) -> None:
+        # each is checked below to be a plain SupervisedTask
+        self.members, self.seeds = cast(list[SupervisedTask], list(members)), [int(s) for s in seeds]
         if not self.members or len(self.members) != len(self.seeds):
             raise LongtailError(f"StackedTask needs one task per seed, got {len(self.members)} tasks "
                                 f"and {len(self.seeds)} seeds")
@@ -544,8 +547,9 @@ def _resume_problem(out: str | Path, seeds: Sequence[int], epochs: list[int | No
     if len(have) < len(seeds):
         return (f"only some seed folders under {out} hold a checkpoint (seeds {have} of {list(seeds)}), "
                 "so the seeds cannot be resumed together")
-    if len(set(epochs)) != 1:
-        return (f"the seed folders under {out} were checkpointed at different epochs {sorted(set(epochs))}, "
+    if len(set(epochs)) != 1:  # every seed has a checkpoint here
+        at = sorted({e for e in epochs if e is not None})
+        return (f"the seed folders under {out} were checkpointed at different epochs {at}, "
                 "so the seeds cannot be resumed together")
     return None
 
@@ -553,7 +557,7 @@ def _resume_problem(out: str | Path, seeds: Sequence[int], epochs: list[int | No
 def _member_optimizers(stacked: StackedClassifier, optimizer: torch.optim.Optimizer, members: list[Classifier],
                        cfg: RunConfig) -> list[torch.optim.Optimizer]:
     t = cfg.train
-    out = []
+    out: list[torch.optim.Optimizer] = []
     for member, state in zip(members, unstack_optimizer_state(stacked, optimizer.state_dict())):
         opt = make_sgd(member, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
         opt.load_state_dict(state)
@@ -614,7 +618,7 @@ class StackedStage(Stage):
         stacked = stack(members)
         t = self.cfg.train
         if use_channels_last(t.channels_last):
-            stacked = stacked.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            stacked = stacked.to(memory_format=torch.channels_last)
         optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                              nesterov=t.nesterov)
         c0, h, w = ctx.splits.train.image_shape  # the stacked input: member-major channels
@@ -654,8 +658,10 @@ class StackedStage(Stage):
             row["train_loss"] = losses[s]  # this seed's own loss (rec.train_loss is the sum over seeds)
             row["stacked_seeds"] = self.seeds  # `seconds` is the time of the stacked epoch (all seeds)
             model = models[s] if models is not None else None
-            log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None,
-                            validate=lambda m=model: val_scores(m, ctx.splits, ctx.counts, ctx.device, self.cfg))
+            # no model: this epoch neither validates nor checkpoints (wants_model), so no validate is called
+            validate = (None if model is None
+                        else functools.partial(val_scores, model, ctx.splits, ctx.counts, ctx.device, self.cfg))
+            log_s.end_epoch(row, model, optimizers[s] if optimizers is not None else None, validate=validate)
         return sum(losses) / len(losses)  # the seeds' mean loss
 
     def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],

@@ -7,7 +7,7 @@ self-supervised pre-training and semi-supervised training differ only in their t
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol, TypeVar, cast
 
 import torch
 import torch.nn as nn
@@ -17,8 +17,16 @@ from .data.imageset import ImageSet
 from .samplers import Sampler
 from .weights import Weighting
 
+if TYPE_CHECKING:
+    from .data.files import FileImageSet
 
-class Task(Protocol):
+
+#: a task's batch: ``Batch`` for the supervised tasks, others for FixMatch (``FixMatchBatch``) or
+#: self-supervised pre-training (two views); a bare ``Task`` takes any
+B = TypeVar("B")
+
+
+class Task(Protocol[B]):
     """What the loop needs of a task, and what a task declares it supports (class attributes):
 
     - ``multi_process``: it can run under ``torchrun`` (each process takes its rows of every batch);
@@ -27,17 +35,23 @@ class Task(Protocol):
       a step can be captured as a CUDA graph (``longtail.graphs`` keeps the weights where the graph reads them).
     """
 
-    multi_process: bool
-    image_files: bool
-    graphable: bool
+    # read-only: a class attribute or a property (a wrapper reads its inner task's)
+    @property
+    def multi_process(self) -> bool: ...
+
+    @property
+    def image_files(self) -> bool: ...
+
+    @property
+    def graphable(self) -> bool: ...
 
     def on_epoch_start(self, epoch: int) -> None: ...
 
-    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]: ...
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[B]: ...
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, batch: B) -> torch.Tensor: ...
 
-    def to(self, device: torch.device | str) -> "Task": ...
+    def to(self, device: torch.device | str) -> "Task[B]": ...
 
 
 class _Permutation:
@@ -62,7 +76,7 @@ class SupervisedTask:
 
     def __init__(
         self,
-        train: ImageSet,
+        train: ImageSet | FileImageSet,
         criterion: nn.Module,
         *,
         batch_size: int,
@@ -83,7 +97,7 @@ class SupervisedTask:
         self.criterion = self.criterion.to(device)
         # Samplers built from the labels hold them: rebuild on the device lazily via attribute.
         if hasattr(self.sampler, "to"):
-            self.sampler = self.sampler.to(device)  # type: ignore[union-attr]
+            self.sampler = self.sampler.to(device)
         return self
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -92,7 +106,9 @@ class SupervisedTask:
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
         order = self.sampler.epoch_indices(generator)
-        return iterate_batches(self.train, order, self.batch_size, augment=self.augment, generator=generator)
+        # image files are batched by LoaderTask (longtail.experiment.adapt_task), never here
+        train = cast(ImageSet, self.train)
+        return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(batch.images)

@@ -87,7 +87,7 @@ class Batch(NamedTuple):
 
     images: torch.Tensor
     labels: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # a field named like tuple.index, which it hides
 
 
 def iterate_batches(

@@ -32,7 +32,7 @@ import csv
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -341,7 +341,7 @@ class FileOptions:
     on_bad_image: str = "stop"
 
 
-def file_options(cfg: object) -> FileOptions:
+def file_options(cfg: Any) -> FileOptions:
     """The file-data settings of a ``DataConfig``; fields it lacks take their defaults."""
 
     dataset = cfg.dataset
@@ -370,8 +370,7 @@ def load_file_sets(opt: FileOptions) -> tuple[FileImageSet, FileImageSet | None,
         raise LongtailError(f"data root {opt.root} does not exist",
                             f"pass --data-root=the folder of the {opt.dataset} data")
     mean, std = FILE_NORMALIZATION.get(opt.dataset, IMAGENET)
-    common = dict(image_size=opt.image_size, num_workers=opt.num_workers, on_bad_image=opt.on_bad_image,
-                  mean=mean, std=std, color_jitter=FILE_COLOR_JITTER.get(opt.dataset, DEFAULT_COLOR_JITTER))
+    jitter = FILE_COLOR_JITTER.get(opt.dataset, DEFAULT_COLOR_JITTER)
     splits = {"train": opt.train_split, "val": opt.val_split, "test": opt.test_split}
     out: dict[str, FileImageSet | None] = {"val": None}
     class_names: list[str] | None = None
@@ -399,8 +398,10 @@ def load_file_sets(opt: FileOptions) -> tuple[FileImageSet, FileImageSet | None,
         else:
             raise LongtailError(f"unknown image-file data set {opt.dataset!r}",
                                 f"use one of: {', '.join(FILE_DATASETS)}")
+        # lists: __post_init__ makes tuples of files and class_names (set by the first split)
         data = FileImageSet(root, files, torch.tensor(labels, dtype=torch.long), class_names,  # type: ignore[arg-type]
-                            name=f"{opt.dataset}-{split}", **common)  # type: ignore[arg-type]
+                            image_size=opt.image_size, num_workers=opt.num_workers, on_bad_image=opt.on_bad_image,
+                            mean=mean, std=std, color_jitter=jitter, name=f"{opt.dataset}-{split}")
         _check_first_image(data, src)
         out[split] = data
     return out["train"], out["val"], out["test"]  # type: ignore[return-value]

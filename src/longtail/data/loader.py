@@ -170,9 +170,9 @@ class DecodedImages(Dataset):
         row, seed = item
         try:
             with Image.open(self.paths[row].decode()) as im:
-                im = im.convert("RGB")
+                rgb = im.convert("RGB")
             with _seeded(seed):
-                x = self.transform(im)
+                x = self.transform(rgb)
             return x, int(self.labels[row]), row, ""
         # missing, not an image, truncated
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

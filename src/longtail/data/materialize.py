@@ -53,9 +53,10 @@ def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int 
     if r.numel() == 0:
         raise LongtailError(f"{data.name}: no readable image", "check data.root and the split files")
     r_cpu = r.cpu()
+    # source_index: None only before FileImageSet.__post_init__ fills it
     return ImageSet(x.contiguous(), data.labels.cpu()[r_cpu].to(device), data.class_names, mean=data.mean,
                     std=data.std, name=data.name,
-                    source_index=data.source_index.cpu()[r_cpu].to(device))  # type: ignore[index]
+                    source_index=data.source_index.cpu()[r_cpu].to(device))  # type: ignore[union-attr]
 
 
 def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

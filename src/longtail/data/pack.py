@@ -44,11 +44,12 @@ def load_pack(path: str | Path) -> tuple[dict[str, ImageSet], ImageSet]:
     x = np.frombuffer(raw, np.uint8, count=(nt + ne) * k).reshape(nt + ne, 3, 32, 32)
     y = np.frombuffer(raw, np.uint8, offset=(nt + ne) * k).astype(np.int64)
     names = tuple(meta["classes"])
-    common = dict(class_names=names, mean=CIFAR10_MEAN, std=CIFAR10_STD)
     groups = {}
     for g, span in meta["groups"].items():
         s, n = span["start"], span["count"]
         groups[g] = ImageSet(torch.from_numpy(x[s:s + n].copy()), torch.from_numpy(y[s:s + n].copy()),
-                             name=f"pack-{g}", source_index=torch.tensor(span["train_index"]), **common)
-    test = ImageSet(torch.from_numpy(x[nt:].copy()), torch.from_numpy(y[nt:].copy()), name="cifar10-test", **common)
+                             class_names=names, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                             name=f"pack-{g}", source_index=torch.tensor(span["train_index"]))
+    test = ImageSet(torch.from_numpy(x[nt:].copy()), torch.from_numpy(y[nt:].copy()), class_names=names,
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD, name="cifar10-test")
     return groups, test

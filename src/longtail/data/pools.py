@@ -110,7 +110,8 @@ class UnlabeledSet:
             self, images=self.images[index], name=name or self.name, files=files,
             hidden_labels=(None if self.hidden_labels is None
                            else self.hidden_labels[index.to(self.hidden_labels.device)]),
-            source_index=self.source_index[index.to(self.source_index.device)],  # type: ignore[index]
+            # source_index: None only before __post_init__ fills it
+            source_index=self.source_index[index.to(self.source_index.device)],  # type: ignore[index, union-attr]
         )
 
     def to(self, device: torch.device | str) -> "UnlabeledSet":
@@ -364,8 +365,8 @@ def load_image_folder(path: str | Path, *, size: int | tuple[int, int], channels
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = ImageOps.fit(im.convert(mode), (w, h), method=Image.Resampling.BICUBIC)
-                arr = np.asarray(im, dtype=np.uint8)
+                fitted = ImageOps.fit(im.convert(mode), (w, h), method=Image.Resampling.BICUBIC)
+                arr = np.asarray(fitted, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise LongtailError(f"cannot read image {f}: {e}",
                                 "remove or replace the file; the folder must hold only readable PNG/JPEG images") from e

@@ -86,7 +86,7 @@ def pseudo_label_report(pl: PseudoLabels, pool: UnlabeledSet | None = None, num_
     C = num_classes if num_classes is not None else len(class_names)
     kept = pl.kept  # (N,) bool
     pred = pl.labels
-    kept_counts = torch.bincount(pred[kept], minlength=C).tolist()  # type: ignore[index]
+    kept_counts = torch.bincount(pred[kept], minlength=C).tolist()
     report: dict[str, Any] = {
         "pool_size": len(pl), "kept": int(kept.sum()), "threshold": pl.threshold,  # type: ignore[union-attr]
         "coverage": _ratio(int(kept.sum()), len(pl)), "kept_counts": kept_counts,  # type: ignore[union-attr]

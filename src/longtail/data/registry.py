@@ -132,7 +132,9 @@ def load_file_splits(cfg: DataConfig) -> Splits:
     if getattr(cfg, "protocol", "lt") != "lt":
         raise LongtailError(f"data.protocol={cfg.protocol} is not supported with image files", "use data.protocol=lt")
     stats = normalization_override(cfg)
-    train, val, test = (with_normalization(x, stats) for x in load_file_sets(file_options(cfg)))
+    raw_train, raw_val, raw_test = load_file_sets(file_options(cfg))
+    train, val, test = (with_normalization(raw_train, stats), with_normalization(raw_val, stats),
+                        with_normalization(raw_test, stats))
     val_info = None
     if val is None and cfg.val_per_class > 0:
         whole = train

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor
@@ -189,7 +189,8 @@ def build_semi_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) ->
     if len(pseudo) == 0:
         log(f"warning: threshold {pl.threshold:g} keeps none of the {len(pl)} pseudo-labels; "
             "training on labeled data only")
-    train = concat([base.train, pseudo], name=f"{base.train.name}+pseudo")
+    labeled = cast(ImageSet, base.train)  # in memory: image-file data refuse pseudo-labels (load_file_splits)
+    train = concat([labeled, pseudo], name=f"{base.train.name}+pseudo")
     is_pseudo = torch.cat([torch.zeros(len(base.train), dtype=torch.bool), torch.ones(len(pseudo), dtype=torch.bool)])
     report = pseudo_label_report(pl, pool)
     info.update(pseudo_labels=str(cfg.pseudo_labels), pool={k: v for k, v in saved.pool_spec.items() if k != "data"},

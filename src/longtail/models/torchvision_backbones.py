@@ -43,7 +43,7 @@ def torchvision_resnet(name: str, in_channels: int = 3) -> nn.Module:
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    net.out_features = net.fc.in_features  # type: ignore[assignment]
+    net.out_features = net.fc.in_features
     net.fc = nn.Identity()  # forward now ends at the pooled, flattened features
     return net
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,7 @@ class LogitAdjustedHead(nn.Module):
     """
 
     kind = "logit-adjusted"
+    offset: torch.Tensor  # a buffer (register_buffer below)
 
     def __init__(self, inner: nn.Module, offset: torch.Tensor) -> None:
         super().__init__()
@@ -98,17 +99,21 @@ def _linear_with(like: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> n
     return head.requires_grad_(True)
 
 
+class _Foldable(Protocol):
+    def fold(self) -> nn.Module: ...
+
+
 def fold_head(head: nn.Module) -> nn.Module:
     """The head as a plain head where exactly possible (see the wrappers' ``fold``), else as it is."""
-    return head.fold() if hasattr(head, "fold") else head
+    return cast(_Foldable, head).fold() if hasattr(head, "fold") else head
 
 
 def head_wrappers(head: nn.Module) -> list[str]:
     """Wrapper names from the innermost to the outermost, e.g. ``["scaled"]``; ``[]`` for a plain head."""
     names: list[str] = []
     while hasattr(head, "inner") and getattr(head, "kind", None) in HEAD_WRAPPERS:
-        names.insert(0, head.kind)
-        head = head.inner
+        names.insert(0, cast(str, head.kind))  # a key of HEAD_WRAPPERS
+        head = cast(nn.Module, head.inner)
     return names
 
 
@@ -128,6 +133,7 @@ def tau_normalize(head: nn.Module, tau: float) -> nn.Module:
     with torch.no_grad():
         w = head.weight.detach()
         new.weight.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau))
-        if getattr(new, "bias", None) is not None:
-            new.bias.zero_()
+        bias = getattr(new, "bias", None)
+        if bias is not None:
+            bias.zero_()
     return new

@@ -131,7 +131,7 @@ class FixMatchBatch(NamedTuple):
 
     images: Tensor
     labels: Tensor
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a field named like tuple.index, which it hides
     u_weak: Tensor
     u_strong: Tensor
 
@@ -201,7 +201,7 @@ class FixMatchTask:
         self.train, self.unlabeled = self.train.to(device), self.unlabeled.to(device)
         self.criterion = self.criterion.to(device)
         if hasattr(self.sampler, "to"):
-            self.sampler = self.sampler.to(device)  # type: ignore[union-attr]
+            self.sampler = self.sampler.to(device)
         self.da_target, self.running_mean = self.da_target.to(device), self.running_mean.to(device)
         self.logit_shift = self.logit_shift.to(device)
         return self

@@ -21,7 +21,7 @@ The reference (Yang & Xu 2020) merges both into one data set and trains as usual
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, cast
 
 import torch
 import torch.nn as nn
@@ -53,9 +53,10 @@ def group_weighted_loss(criterion: nn.Module, logits: Tensor, targets: Tensor, i
             continue
         y = targets[mask]
         # what the loss divided its weighted sum by: the rows' weight (CE, LDAM) or their number (focal)
-        by_weight = class_weight is not None and getattr(criterion, "normalisation", "weight-sum") == "weight-sum"
-        mass = class_weight.to(logits.device, logits.dtype)[y].sum() if by_weight else \
-            logits.new_tensor(float(y.numel()))
+        if class_weight is not None and getattr(criterion, "normalisation", "weight-sum") == "weight-sum":
+            mass = class_weight.to(logits.device, logits.dtype)[y].sum()
+        else:
+            mass = logits.new_tensor(float(y.numel()))
         num = num + w * mass * criterion(logits[mask], y, weight=class_weight)
         den = den + w * mass
     # den == 0 only when the batch holds nothing with weight: a zero loss that still has a graph
@@ -125,7 +126,8 @@ class SemiSupervisedTask(SupervisedTask):
         lab = cycled_draw(self.labeled_rows, steps * n_l, generator).view(steps, n_l)
         pse = cycled_draw(self.pseudo_rows, steps * n_p, generator).view(steps, n_p)
         order = torch.cat([lab, pse], dim=1).reshape(-1)  # (steps * B,): each chunk of B is one batch
-        return iterate_batches(self.train, order, self.batch_size, augment=self.augment, generator=generator)
+        train = cast(ImageSet, self.train)  # image_files = False: never image files
+        return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         if self.pseudo_weight == 1.0:

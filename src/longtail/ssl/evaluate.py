@@ -17,7 +17,7 @@ counts). Features come from ``backbone`` in eval mode on un-augmented images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -68,7 +68,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     y = train_labels.to(dev).long()
     weight = None
     if balanced:
-        weight = class_weights("inverse", ClassCounts.from_labels(y, num_classes)).to(dev)
+        inverse = cast(torch.Tensor, class_weights("inverse", ClassCounts.from_labels(y, num_classes)))  # not "none"
+        weight = inverse.to(dev)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -249,8 +249,8 @@ class MoCo(nn.Module):
                 m.num_splits = max(1, int(groups))
 
     def _pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        q = list(self.backbone.parameters()) + list(self.projector.parameters())
-        k = list(self.momentum_backbone.parameters()) + list(self.momentum_projector.parameters())
+        q: list[torch.Tensor] = [*self.backbone.parameters(), *self.projector.parameters()]
+        k: list[torch.Tensor] = [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
         return q, k
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ import torch.nn as nn
 from .. import distributed
 from ..config import RunConfig
 from ..data.augment import Augment
+from ..data.files import FileImageSet
 from ..data.imageset import ImageSet
 from ..data.materialize import materialize
 from ..data.registry import Splits
@@ -49,7 +50,7 @@ from .evaluate import (
 from .models import MoCo, SimSiam, rotation_model
 from .reweight import ClassFrequencyWeights, KDEWeights
 from .sam import SAM
-from .tasks import MoCoTask, RotationTask, SimSiamTask
+from .tasks import ExampleWeights, MoCoTask, RotationTask, SimSiamTask
 
 
 def resolve_ssl(method: str, cfg: RunConfig, ssl: SSLConfig | None) -> SSLConfig:
@@ -100,7 +101,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
     if use_channels_last(t.channels_last):
         model = model.to(memory_format=torch.channels_last)
 
-    weights = None
+    weights: ExampleWeights | None = None
     if rwsam and ssl.rw_weights == "kde":
         weights = KDEWeights(backbone, train, device, amp=t.amp, every=ssl.rw_every, bandwidth=ssl.kde_bandwidth,
                              power=ssl.rw_power, max_weight=ssl.rw_max_weight)
@@ -159,6 +160,11 @@ def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig
                  restart=restart)
 
 
+def _backbone(built: Built) -> nn.Module:
+    """The backbone of the pre-training model (the model of every method has one)."""
+    return cast(nn.Module, built.model.backbone)
+
+
 class PretrainStage(Stage):
     """Self-supervised pre-training of a backbone (rotation, MoCo v2, SimSiam; re-weighted SAM)."""
 
@@ -170,18 +176,21 @@ class PretrainStage(Stage):
 
     def data(self, splits: Splits, device: torch.device, log: Callable[[str], None]) -> Splits:
         if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
+            # on files, every split is image files
+            train, test = cast(FileImageSet, splits.train), cast(FileImageSet, splits.test)
+            val = cast("FileImageSet | None", splits.val)
             world = distributed.current().world
-            log(f"decoding {len(splits.train)} training and {len(splits.test)} test images once "
-                f"({splits.train.image_size} px) for pre-training"  # type: ignore[attr-defined]
+            log(f"decoding {len(train)} training and {len(test)} test images once "
+                f"({train.image_size} px) for pre-training"
                 + (f", 1/{world} in each process" if world > 1 else ""))
-            splits = Splits(materialize(splits.train, device=device), materialize(splits.test, device=device),
-                            materialize(splits.val, device=device) if splits.val is not None else None,
+            splits = Splits(materialize(train, device=device), materialize(test, device=device),
+                            materialize(val, device=device) if val is not None else None,
                             val_info=splits.val_info)
         return splits.to(device)
 
     def build(self, ctx: Context) -> Built:
-        model, task, optimizer = build_pretraining(self.method, self.cfg, self.ssl, ctx.splits.train, ctx.device,
-                                                   log=ctx.log)
+        train = cast(ImageSet, ctx.splits.train)  # tensors: data() decoded any image files
+        model, task, optimizer = build_pretraining(self.method, self.cfg, self.ssl, train, ctx.device, log=ctx.log)
         # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
         return Built(model, task, optimizer, ctx.splits.train.image_shape,
                      broadcast_buffers=not isinstance(model, MoCo))
@@ -206,7 +215,7 @@ class PretrainStage(Stage):
         member.run.create(member.cfg, command, extra={"pretrain": _meta(self.method, self.ssl)})
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, float]]:
-        backbone, train, val, t = built.model.backbone, ctx.splits.train, ctx.splits.val, self.cfg.train
+        backbone, train, val, t = _backbone(built), ctx.splits.train, ctx.splits.val, self.cfg.train
 
         def val_knn() -> dict[str, float]:
             probs = knn_probabilities(extract_features(backbone, train, ctx.device, t.amp), train.labels,
@@ -229,7 +238,9 @@ class PretrainStage(Stage):
         if not ctx.main:  # the representation report is rank 0's (the model is the same on every process)
             return {}
         method, ssl, t, run = self.method, self.ssl, self.cfg.train, self.members[0].run
-        backbone, train, test, device = built.model.backbone, ctx.splits.train, ctx.splits.test, ctx.device
+        # tensors: data() decoded any image files
+        train, test = cast(ImageSet, ctx.splits.train), cast(ImageSet, ctx.splits.test)
+        backbone, device = _backbone(built), ctx.device
         t_eval = time.perf_counter()
         evaluations = representation_report(backbone, train, test, device, amp=t.amp, knn_k=ssl.knn_k,
                                              knn_temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs,

@@ -19,7 +19,7 @@ the first evaluation, ``"descent"`` before the second and ``"plain"`` after the 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,7 @@ class SAM(torch.optim.Optimizer):
 
     # The groups are looked up on the base optimiser every time: its load_state_dict replaces its
     # list of groups, and a reference taken at construction would then miss the loop's lr updates.
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict]:
         base = self.__dict__.get("base_optimizer")
         return base.param_groups if base is not None else self.__dict__["_init_groups"]
@@ -79,7 +79,7 @@ class SAM(torch.optim.Optimizer):
         params = self._params()
         if not params:
             return []
-        grads = [p.grad for p in params]
+        grads = [cast(torch.Tensor, p.grad) for p in params]  # _params keeps only those with a gradient
         scaled = [p.abs() * g for p, g in zip(params, grads)] if self.adaptive else grads
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s.float()) for s in scaled]))
         scale = self.rho / (norm + self.eps)
@@ -109,10 +109,10 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.step()
         return loss
 
-    def state_dict(self) -> dict:  # type: ignore[override]
+    def state_dict(self) -> dict:
         return self.base_optimizer.state_dict()
 
-    def load_state_dict(self, state_dict: dict) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict) -> None:
         self.base_optimizer.load_state_dict(state_dict)
 
 

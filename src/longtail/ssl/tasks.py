@@ -45,7 +45,7 @@ class ViewPair(NamedTuple):
     view1: torch.Tensor
     view2: torch.Tensor
     labels: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # a field named like tuple.index, which it hides
 
 
 class ExampleWeights(Protocol):
