@@ -632,7 +632,12 @@ def test_pretrain_run_writes_a_run_folder_and_initialises_a_classifier(tmp_path,
     for key in ("knn", "linear_probe"):
         assert len(report[key]["per_class"]) == 4 and "few" in report[key]
     assert result["top1"] == report["top1"]
-    assert "k-NN" in (out / "report.md").read_text()
+    page = (out / "report.md").read_text()
+    assert "k-NN" in page
+    # issue 16: the class-balanced probe's detail does not list the plain probe's or the k-NN's top-1 as its own
+    detail = page.split("in detail", 1)[1]
+    assert "linear_probe_top1" not in detail and "knn_top1" not in detail
+    assert report["linear_probe_top1"] == report["linear_probe"]["top1"]  # still in report.json
     assert json.loads((out / "config.json").read_text())["pretrain"]["method"] == "simsiam-rwsam"
 
     clf = make_model("tiny", 4)

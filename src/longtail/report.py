@@ -206,11 +206,12 @@ def plot_per_class(path: Path, summary: dict[str, Any], *, title: str = "") -> N
 
 
 def write_report(run_dir: Path | str, summary: dict[str, Any], *, title: str,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, hide: tuple[str, ...] = ()) -> None:
     """Write ``report.json``, ``report.md`` and ``per_class_accuracy.png`` into ``run_dir``.
 
     ``summary``: from :func:`longtail.metrics.summarize`; ``extra``: context stored next to it
-    (config, recipe, epoch, split, ...), which must not reuse a summary key.
+    (config, recipe, epoch, split, ...), which must not reuse a summary key; ``hide``: keys of ``extra``
+    kept in report.json but not listed on the page (they belong to another summary than this page's).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,8 @@ def write_report(run_dir: Path | str, summary: dict[str, Any], *, title: str,
         raise LongtailError(f"report extra keys {clash} would overwrite summary values",
                             "rename those entries of `extra`")
     _write_json(run_dir / "report.json", {"title": title, **summary, **extra})
-    _write_text(run_dir / "report.md", _report_markdown(summary, title, extra))
+    _write_text(run_dir / "report.md", _report_markdown(summary, title, {k: v for k, v in extra.items()
+                                                                         if k not in hide}))
     plot_per_class(run_dir / "per_class_accuracy.png", summary, title=title)
 
 

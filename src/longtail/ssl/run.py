@@ -265,7 +265,8 @@ class PretrainStage(Stage):
         extra["timing"]["eval_s"] = time.perf_counter() - t_eval
         title = (f"{self.cfg.recipe}: {method} pre-training (seed {self.cfg.seed}, last epoch, frozen features, "
                  "test set)")
-        write_report(run.root, main, title=title, extra=extra)
+        # the k-NN and plain-probe scores are in the table above the detail of the class-balanced probe
+        write_report(run.root, main, title=title, extra=extra, hide=("knn_top1", "linear_probe_top1"))
         # Put the comparison of the three evaluations in front of write_report's page for the main one.
         page = (run.root / "report.md").read_text()
         body = page.split("\n", 1)[1] if page.startswith("# ") else page
