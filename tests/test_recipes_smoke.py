@@ -22,10 +22,12 @@ from longtail.config import RunConfig
 from longtail.data.pools import UnlabeledSet
 from longtail.data.registry import Splits
 from longtail.data.semi import SemiSplits
-from longtail.experiment import build_seed
+from longtail.driver import Context
+from longtail.experiment import SupervisedStage
 from longtail.graphs import EagerStep
-from longtail.loop import epoch_generator, make_sgd
+from longtail.loop import epoch_generator
 from longtail.recipes import RECIPES, Recipe
+from longtail.runs import RunDir
 from longtail.ssl.run import build_pretraining, resolve_ssl
 
 from conftest import synthetic_set
@@ -138,10 +140,14 @@ def test_recipe_builds_and_takes_one_step(name, tmp_path):
         pretrain_step(recipe, cfg, splits)
         return
     counts = splits.train.class_counts()
-    model, task = build_seed(cfg, splits, counts, CPU)
+    # the model, task and optimizer as the run driver builds them (a frozen backbone included)
+    built = SupervisedStage(cfg, RunDir(tmp_path / "run")).build(Context(splits, counts, CPU, True, print, False))
+    model = built.model
     if cfg.train.init_from:  # fine-tuning from the pre-training recipe: its backbone must fit this model
         loaded, total = load_pretrained_backbone(model, fine_tune_init(cfg, tmp_path, splits), log=None)
         assert loaded == total
-    t = cfg.train
-    loss = one_step(model, task, make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay), cfg)
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()} if cfg.train.freeze_backbone else None
+    loss = one_step(built.trains or model, built.task, built.optimizer, cfg)
     assert torch.isfinite(torch.tensor(loss)) and loss > 0, name
+    if frozen is not None:  # the head trained, the backbone (BatchNorm statistics included) did not move
+        assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in frozen.items()), name

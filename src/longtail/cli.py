@@ -151,6 +151,11 @@ def _train(recipe: Any, base: Any, args: argparse.Namespace, out: str) -> dict[s
     if getattr(args, "show_config", False):
         print(show_config(cfg), end="")
         return {}
+    if recipe is not None and recipe.needs_pretrained and not cfg.model.pretrained and not cfg.train.init_from:
+        raise LongtailError(f"{recipe_name} starts from pre-trained weights, and none were given",
+                            "pass --set model.pretrained=FILE, a local weights file (e.g. torchvision's "
+                            "resnet50 ImageNet weights, saved with torch.save(model.state_dict(), FILE)); "
+                            "longtail downloads nothing")
     restart = bool(getattr(args, "restart", False))
     if restart:
         _check_restart(out)

@@ -333,11 +333,16 @@ class ModelConfig:
     arch: str = "resnet32"
     head: str = "linear"  # linear | cosine
     tta: str = "none"  # test-time augmentation when evaluating: none | flip (the mean of the image and its mirror)
+    # a local weights file (torchvision/timm state dict, or a longtail checkpoint) for the backbone: loaded with
+    # weights_only=True, every backbone tensor matched or a clear error; nothing is downloaded
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "model")  # arch: checked against longtail.models' registry when the model is built
         _choice(self, "model", "head", HEADS)
         _choice(self, "model", "tta", TTA_MODES)
+        if self.pretrained is not None and not str(self.pretrained).strip():
+            raise LongtailError("model.pretrained is empty", "give a weights file, or none")
 
 
 @dataclass(frozen=True)
@@ -389,6 +394,7 @@ class TrainConfig:
     mfw_strength: float = 0.0  # > 0: major feature weakening (Ye et al. 2021), see longtail.mfw
     mfw_lam_min: float = 0.5
     init_from: str | None = None  # a pre-training run folder or checkpoint whose backbone initialises the model
+    freeze_backbone: bool = False  # train the head only; the backbone (BatchNorm included) stays as it was
     semi: str = "none"  # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch)
     fixmatch_threshold: float = 0.95
     fixmatch_lambda_u: float = 1.0

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 import torch
-import torch.nn as nn
 
 from .checkpoints import (
     load_checkpoint,
@@ -69,6 +68,8 @@ from .losses import adjust_logits, make_loss
 from .metrics import summarize
 from .models import Classifier, CosineHead, make_head
 from .models.wrappers import (
+    BN_MODES,
+    FrozenBackbone,
     LogitAdjustedHead,
     ScaledHead,
     fold_head,
@@ -87,11 +88,6 @@ __all__ = ["METHODS", "SECOND_STAGES", "TAU_GRID", "BN_MODES", "FrozenBackbone",
 
 #: tau values searched on the validation split: 0.0, 0.1, ..., 2.0 (Kang et al. 2020; Menon et al. 2021)
 TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))
-#: the frozen backbone's BatchNorm while cRT / LWS train: ``train`` (the references: its running statistics
-#: follow the class-balanced batches) or ``frozen`` (eval mode: the backbone's tensors stay bit-identical)
-BN_MODES = ("train", "frozen")
-
-
 @dataclass(frozen=True)
 class SecondStage:
     """How cRT and LWS train, as their source gives it for a kind of data set.
@@ -144,36 +140,6 @@ def second_stage_for(dataset: str) -> SecondStage:
 # --------------------------------------------------------------------------------------------
 # frozen backbone, features, tau selection
 # --------------------------------------------------------------------------------------------
-class FrozenBackbone(nn.Module):
-    """The view of a ``Classifier`` that ``fit`` trains when only the head may change.
-
-    The backbone's parameters have ``requires_grad=False`` and its features are computed without
-    autograd. ``bn="train"`` (the references: Kang et al.'s ``run_networks.py`` and BagofTricks-LT put every
-    network, the fixed feature model included, in training mode): BatchNorm normalises each batch by its
-    own statistics and its running statistics follow the class-balanced batches. ``bn="frozen"``: the
-    backbone stays in eval mode, so its tensors, running statistics included, stay bit-identical.
-    """
-
-    def __init__(self, model: Classifier, bn: str = "train") -> None:
-        super().__init__()
-        if bn not in BN_MODES:
-            raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage",
-                                f"use one of: {', '.join(BN_MODES)}")
-        self.model, self.bn = model, bn
-        model.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "FrozenBackbone":
-        super().train(mode)
-        if self.bn == "frozen":
-            self.model.backbone.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = self.model.features(x)
-        return self.model.forward_head(features)
-
-
 def choose_tau(logits_at: Callable[[float], torch.Tensor], labels: torch.Tensor, counts: ClassCounts,
                grid: tuple[float, ...] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
     """The tau of ``grid`` with the best balanced accuracy of ``logits_at(tau)`` against ``labels``.

@@ -45,6 +45,7 @@ from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
 from .models import Classifier, FlipTTA, build_model
+from .models.wrappers import FrozenBackbone
 from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
@@ -194,12 +195,18 @@ class SupervisedStage(Stage):
         t = self.cfg.train
         if use_channels_last(t.channels_last):
             model = model.to(memory_format=torch.channels_last)
+        # a frozen backbone gets no gradients (requires_grad off), so the optimizer never moves it
+        trains = FrozenBackbone(model, bn="frozen") if t.freeze_backbone else None
         optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
-        return Built(model, task, optimizer, ctx.splits.train.image_shape)
+        return Built(model, task, optimizer, ctx.splits.train.image_shape, trains=trains)
 
     def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
-        if self.cfg.train.init_from and not resuming:  # a resumed run has its own weights
-            load_pretrained_backbone(built.model, self.cfg.train.init_from, log=ctx.log)
+        weights = self.cfg.model.pretrained or self.cfg.train.init_from
+        if self.cfg.model.pretrained and self.cfg.train.init_from:
+            raise LongtailError("both model.pretrained and train.init_from name weights for the backbone",
+                                "keep one of them (--set train.init_from=none or --set model.pretrained=none)")
+        if weights and not resuming:  # a resumed run has its own weights
+            load_pretrained_backbone(built.model, weights, log=ctx.log)
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]]:
         return lambda: val_scores(built.model, ctx.splits, ctx.counts, ctx.device, self.cfg)

@@ -23,6 +23,7 @@ class Recipe:
     decouple: str | None = None  # two-stage recipes: the decoupling step run on the trained model
     decouple_epochs: int | None = None  # its training epochs (None: the source's, longtail.decouple.SECOND_STAGES)
     pretrain: str | None = None  # self-supervised pre-training recipes: the method (`longtail pretrain`)
+    needs_pretrained: bool = False  # starts from a weights file the user gives (--set model.pretrained=FILE)
 
 
 def _with(cfg: RunConfig, *, loss: dict | None = None, train: dict | None = None, model: dict | None = None,
@@ -150,6 +151,17 @@ def _large_image_recipes() -> list[Recipe]:
                       "ResNet-18 from scratch, 224 px, 30 epochs, cosine, CE (any --set loss.name=... applies)", own))
     out.append(Recipe("folder-balanced-softmax", "your images as folder-ce, with the balanced-softmax loss",
                       _with(own, loss={"name": "balanced-softmax"})))
+    # From pre-trained weights (LIFT, Shi et al. ICML 2024: a pre-trained backbone tuned lightly with the logit-
+    # adjusted loss beats long-tailed training from scratch). Our own settings, not a reproduction of LIFT.
+    tuned = _with(own, model={"arch": "resnet50"}, loss={"name": "logit-adjust"},
+                  train={"epochs": 10, "warmup_epochs": 0, "lr": 0.1, "weight_decay": 5e-4})
+    need = "; --set model.pretrained=FILE: torchvision's ResNet-50 ImageNet weights, downloaded by you"
+    out.append(Recipe("folder-finetune-linear", "your images, 224 px: a pre-trained ResNet-50 frozen (BatchNorm "
+                      "included), a linear head trained 10 epochs with the logit-adjusted loss" + need,
+                      _with(tuned, train={"freeze_backbone": True}), needs_pretrained=True))
+    out.append(Recipe("folder-finetune-full", "your images, 224 px: a pre-trained ResNet-50 fine-tuned whole for "
+                      "10 epochs (lr 0.01, cosine) with the logit-adjusted loss" + need,
+                      _with(tuned, train={"lr": 0.01}), needs_pretrained=True))
     return out
 
 

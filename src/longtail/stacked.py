@@ -507,8 +507,10 @@ def stack_unsupported_reason(cfg: RunConfig) -> str | None:
         return "major feature weakening (train.mfw_strength > 0) mixes features within each batch"
     if getattr(cfg.train, "semi", "none") != "none" or getattr(cfg.data, "pseudo_labels", None):
         return "semi-supervised tasks (train.semi, data.pseudo_labels) are not stackable"
-    if cfg.train.init_from:
-        return "pre-trained initialisation (train.init_from) is loaded per run, not into a stacked network"
+    if cfg.train.init_from or cfg.model.pretrained:
+        return "pre-trained weights (train.init_from, model.pretrained) are loaded per run, not into a stacked network"
+    if cfg.train.freeze_backbone:
+        return "a frozen backbone (train.freeze_backbone) is not stackable"
 
     try:
         with torch.device("meta"):

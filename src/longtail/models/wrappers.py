@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..counts import ClassCounts
 from ..errors import LongtailError
+from .classifier import Classifier
 from .heads import CosineHead
 
 
@@ -137,3 +138,38 @@ def tau_normalize(head: nn.Module, tau: float) -> nn.Module:
         if bias is not None:
             bias.zero_()
     return new
+
+
+#: the frozen backbone's BatchNorm while cRT / LWS train: ``train`` (the references: its running statistics
+#: follow the class-balanced batches) or ``frozen`` (eval mode: the backbone's tensors stay bit-identical)
+BN_MODES = ("train", "frozen")
+
+
+class FrozenBackbone(nn.Module):
+    """The view of a ``Classifier`` that ``fit`` trains when only the head may change.
+
+    The backbone's parameters have ``requires_grad=False`` and its features are computed without
+    autograd. ``bn="train"`` (the references: Kang et al.'s ``run_networks.py`` and BagofTricks-LT put every
+    network, the fixed feature model included, in training mode): BatchNorm normalises each batch by its
+    own statistics and its running statistics follow the class-balanced batches. ``bn="frozen"``: the
+    backbone stays in eval mode, so its tensors, running statistics included, stay bit-identical.
+    """
+
+    def __init__(self, model: Classifier, bn: str = "train") -> None:
+        super().__init__()
+        if bn not in BN_MODES:
+            raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage",
+                                f"use one of: {', '.join(BN_MODES)}")
+        self.model, self.bn = model, bn
+        model.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        super().train(mode)
+        if self.bn == "frozen":
+            self.model.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.model.features(x)
+        return self.model.forward_head(features)
