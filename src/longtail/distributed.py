@@ -34,7 +34,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Self
 
 import torch
 import torch.distributed as dist
@@ -215,23 +215,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-class ShardedTask:
-    """A task on tensor data (``ImageSet``) under DDP: rows ``rank::world`` of each of the inner task's batches.
+class TaskWrapper:
+    """A task that runs an ``inner`` task differently (``ShardedTask``; ``longtail.data.loader.LoaderTask``).
 
-    Every process runs the inner task's whole epoch draw (order and augmentation, cheap batched
-    tensor operations) and keeps its rows of each global batch, so the processes together see
-    exactly the batches of a 1-process run; the loss is scaled as :meth:`Shard.batch_rows` says.
-    """
+    What the loop and the drivers read of a task is the inner task's unless a wrapper says otherwise; the
+    inner task's own hooks (a pre-training task's end_epoch, state_dict, ...) are called on it directly
+    (:func:`unwrap_task`)."""
 
     def __init__(self, inner: Any, shard: Shard | None = None) -> None:
         self.inner = inner
         self.shard = shard if shard is not None else current()
-        self.scale = 1.0
-        self._rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
-        self._index: torch.Tensor | None = None
+        self.scale = 1.0  # this batch's loss factor, read by the wrapper's loss()
 
-    # What the loop and the drivers read of a task is the inner task's; its own hooks (a pre-training task's
-    # end_epoch, state_dict, ...) are called on the inner task itself (``unwrap_task``).
     @property
     def train(self) -> Any:
         return self.inner.train
@@ -252,12 +247,26 @@ class ShardedTask:
     def steps_per_epoch(self) -> int:
         return self.inner.steps_per_epoch
 
-    def to(self, device: torch.device | str) -> "ShardedTask":
+    def to(self, device: torch.device | str) -> Self:
         self.inner = self.inner.to(device)
         return self
 
     def on_epoch_start(self, epoch: int) -> None:
         self.inner.on_epoch_start(epoch)
+
+
+class ShardedTask(TaskWrapper):
+    """A task on tensor data (``ImageSet``) under DDP: rows ``rank::world`` of each of the inner task's batches.
+
+    Every process runs the inner task's whole epoch draw (order and augmentation, cheap batched
+    tensor operations) and keeps its rows of each global batch, so the processes together see
+    exactly the batches of a 1-process run; the loss is scaled as :meth:`Shard.batch_rows` says.
+    """
+
+    def __init__(self, inner: Any, shard: Shard | None = None) -> None:
+        super().__init__(inner, shard)
+        self._rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
+        self._index: torch.Tensor | None = None
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
         for batch in self.inner.batches(epoch, generator):
@@ -294,8 +303,9 @@ def default_workers() -> int:
     return max(0, min(8, cpus // max(per_node, 1)))
 
 
-__all__ = ["Shard", "ShardedTask", "all_gather", "all_mean", "barrier", "broadcast", "current", "default_workers",
-           "unwrap_task", "env_world_size", "gather_to_main", "is_main", "main_first", "setup", "unwrap", "wrap"]
+__all__ = ["Shard", "ShardedTask", "TaskWrapper", "all_gather", "all_mean", "barrier", "broadcast", "current",
+           "default_workers", "unwrap_task", "env_world_size", "gather_to_main", "is_main", "main_first", "setup",
+           "unwrap", "wrap"]
 
 
 def start_process(device_name: str, log: Callable[[str], None], progress: bool | None

@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..devices import autocast_for
-from ..distributed import Shard, current
+from ..distributed import Shard, TaskWrapper
 from ..errors import LongtailError
 from .augment import Batch, eval_batches, normalize
 from .files import FileImageSet
@@ -250,7 +250,7 @@ def to_device(x: torch.Tensor, data: FileImageSet, device: torch.device) -> torc
 # ------------------------------------------------------------------------------------------------
 # the task and evaluation
 # ------------------------------------------------------------------------------------------------
-class LoaderTask:
+class LoaderTask(TaskWrapper):
     """A task over a :class:`FileImageSet` whose batches are decoded by a :class:`FileLoader`.
 
     ``inner``: the task built for the same set (its ``sampler``, ``batch_size``, ``loss`` and
@@ -263,23 +263,11 @@ class LoaderTask:
     def __init__(self, inner: Any, *, shard: Shard | None = None) -> None:
         if not isinstance(inner.train, FileImageSet):
             raise LongtailError(f"LoaderTask needs image files, got {type(inner.train).__name__}")
-        self.inner = inner
-        self.shard = shard if shard is not None else current()
+        super().__init__(inner, shard)
         self.device = inner.train.device
-        self.scale = 1.0
         self._loader: FileLoader | None = None
 
-    @property
-    def train(self) -> FileImageSet:
-        return self.inner.train
-
-    @property
-    def multi_process(self) -> bool:
-        return self.inner.multi_process
-
-    @property
-    def image_files(self) -> bool:
-        return True
+    image_files = True
 
     graphable = False  # batches decoded by worker processes, of changing composition
 
