@@ -46,6 +46,8 @@ SEMI_METHODS = ("none", "fixmatch")  # longtail.experiment.build_task
 ALIGNMENTS = ("none", "da", "la")  # longtail.semi.fixmatch.ALIGNMENTS
 ROTATIONS = ("balanced", "all")
 RW_WEIGHTS = ("kde", "class", "none")
+MIXES = ("none", "mixup", "cutmix")  # longtail.data.mix
+OPTIMIZERS = ("sgd", "sam", "asam")  # longtail.optim
 
 #: settings that have a command-line option of their own (the rest: ``--set KEY=VALUE``)
 _FLAGS = {
@@ -441,6 +443,49 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations beyond the base random crop and flip (``train.crop_padding``, ``train.flip``), drawn in
+    batches on the data's device like them; every one is off by default (the reference recipes use none)."""
+
+    randaugment: int = 0  # RandAugment: ops applied to each image (0: off; FixMatch/USB and the 2023 recipes: 2)
+    randaugment_magnitude: int | None = None  # M of 10 (Cubuk et al. 2020); None: a magnitude drawn per op (FixMatch)
+    cutout: float = 0.0  # side of a square cut out of each image, as a share of the side (0: off; FixMatch 0.5)
+    mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
+    mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
+    mix_prob: float = 1.0  # share of batches that are mixed
+
+    def __post_init__(self) -> None:
+        _check_types(self, "augment")
+        _number(self, "augment", "randaugment", 0, fix="use a number of ops >= 0, e.g. --set augment.randaugment=2")
+        _number(self, "augment", "randaugment_magnitude", 0, 10,
+                fix="use a magnitude from 0 to 10, or none to draw one per op")
+        _number(self, "augment", "cutout", 0, 1)
+        _choice(self, "augment", "mix", MIXES)
+        _number(self, "augment", "mix_alpha", 0, lo_open=True)
+        _number(self, "augment", "mix_prob", 0, 1)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How a step updates the weights beyond SGD's own settings (``train.lr``, ``momentum``, ``nesterov``,
+    ``weight_decay``): sharpness-aware steps, MaxNorm, an averaged copy of the weights. Every one is off by default."""
+
+    name: str = "sgd"  # sgd | sam (sharpness-aware, Foret et al. 2021) | asam (adaptive SAM, Kwon et al. 2021)
+    sam_rho: float | None = None  # neighbourhood radius; None: 0.05 for sam, 2.0 for asam (their papers' defaults)
+    # MaxNorm (Alshammari et al. 2022): after every step the classifier's per-class weight norms are projected
+    # down to min + t * (max - min) of their norms when training starts; t here (their demo: 0.1), none: off
+    maxnorm: float | None = None
+    ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights with this decay (USB: 0.999)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "optim")
+        _choice(self, "optim", "name", OPTIMIZERS)
+        _number(self, "optim", "sam_rho", 0, lo_open=True, fix="use a radius > 0, e.g. 0.05 (sam) or 2 (asam)")
+        _number(self, "optim", "maxnorm", 0, 1, fix="use a share from 0 to 1, e.g. 0.1, or none for no MaxNorm")
+        _number(self, "optim", "ema", 0, 1, hi_open=True, fix="use a decay in [0, 1), e.g. 0.999; 0 is off")
+
+
+@dataclass(frozen=True)
 class SSLConfig:
     """Hyperparameters of the pretext tasks, heads, rwSAM and the representation evaluation."""
 
@@ -518,6 +563,8 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)  # self-supervised pre-training (longtail.ssl)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -537,6 +584,8 @@ class RunConfig:
                 loss=LossConfig(**migrate_loss_section(d.get("loss", {}))),
                 train=_fix_tuples(TrainConfig(**d.get("train", {}))),
                 ssl=SSLConfig(**d.get("ssl", {})),
+                augment=AugmentConfig(**d.get("augment", {})),
+                optim=OptimConfig(**d.get("optim", {})),
                 seed=int(d.get("seed", 0)),
             )
         except TypeError as e:
@@ -569,7 +618,8 @@ def _fix_tuples(t: TrainConfig) -> TrainConfig:
     return replace(t, milestones=tuple(t.milestones))
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "ssl": SSLConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "ssl": SSLConfig,
+            "augment": AugmentConfig, "optim": OptimConfig}
 
 
 def override_keys(cfg: RunConfig | None = None) -> list[str]:
