@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import inspect
 import os
 from dataclasses import dataclass
@@ -131,9 +132,23 @@ def setup(device: torch.device) -> torch.device:
 
 
 def _teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+    """Leave the process group at exit, in step with the other processes.
+
+    Without the barrier, a process that finishes first tears its connections down while a peer is still
+    leaving (or still finishing a collective), and the peer's Gloo threads can abort the process at exit
+    ("terminate called without an active exception", SIGABRT; seen about once in eight two-process test
+    runs). With it, every process has finished every collective before any of them destroys the group.
+    Gloo's monitored barrier gives up after a minute if a peer died, so a crashed peer cannot hang the exit.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(Exception):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,0 +1,214 @@
+"""The method table on the fast CPU protocol (issue 15): every supervised remedy, 3 seeds, mean +- std.
+
+    python benchmarks/method_table.py --data-root ../shared/data --out runs/table [--seeds 0 1 2]
+                                      [--methods ce focal ...] [--dataset cifar10] [--device cpu]
+
+The protocol is the fast recipe (``cifar10-lt-fast-ce``: FastNet-M, 16 epochs, one-cycle, flip TTA; see
+docs/PROTOCOLS.md) with each remedy's own settings taken from its reference recipe, so no method is tuned
+here: a row's settings are ``cifar10-lt-fast-ce`` plus exactly what ``cifar10-lt-METHOD`` changes against
+``cifar10-lt-ce`` (the loss and its parameters, the head, the weighting and when it starts in 200-epoch units,
+MFW's strength). The second stages (cRT, tau-norm, LWS, post-hoc LA) re-balance one CE run per seed that holds
+out 20 validation images per class, as their recipes do, with the second-stage settings of their sources.
+
+Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``; a finished run
+is not trained again (its folder is resumed and re-evaluated), so a stopped table continues where it stopped.
+After every run a row is appended to RESULTS.md (with the load average at its start and end: accuracy does
+not depend on the load, the seconds do) and the table of means is rewritten in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from run_recipe import append_row, machine, rarest  # noqa: E402
+
+from longtail.config import RunConfig, _flat, apply_overrides  # noqa: E402
+from longtail.decouple import decouple_run  # noqa: E402
+from longtail.experiment import train_one  # noqa: E402
+from longtail.recipes import get_recipe  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    source: str | None = None  # the 200-epoch recipe (suffix after "DATASET-lt-") whose settings it takes
+    second_stage: str | None = None  # a `longtail decouple` method applied to the CE run with a validation split
+
+
+METHODS = [
+    Method("ce", "CE", "ce"),
+    Method("focal", "focal (gamma 1)", "focal"),
+    Method("cb-focal", "CB-focal (beta 0.9999)", "cb-focal"),
+    Method("ce-drw", "CE-DRW", "ce-drw"),
+    Method("ldam-drw", "LDAM-DRW", "ldam-drw"),
+    Method("balanced-softmax", "balanced softmax", "balanced-softmax"),
+    Method("logit-adjust", "logit adjustment (tau 1)", "logit-adjust"),
+    Method("cdt", "CDT (gamma 0.2)", "cdt"),
+    Method("mfw", "CE + MFW (0.5)", "mfw"),
+    Method("ce-val", "CE, 20 per class held out (base of the second stages)", "crt"),
+    Method("crt", "cRT", None, "crt"),
+    Method("tau-norm", "tau-norm", None, "tau-norm"),
+    Method("lws", "LWS", None, "lws"),
+    Method("posthoc-la", "post-hoc LA", None, "logit-adjust"),
+]
+BY_KEY = {m.key: m for m in METHODS}
+TABLE_SECTION = "## Method table: the fast CPU protocol (benchmarks/method_table.py)"
+RUN_SECTION = "## Method table runs (benchmarks/method_table.py), one row per run"
+RUN_HEADER = ("| date | machine | method | seed | epochs | train s | top-1 | many | medium | few | rarest 3 | command |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def method_overrides(dataset: str, source: str) -> dict[str, Any]:
+    """What ``DATASET-lt-SOURCE`` sets differently from ``DATASET-lt-ce``, as dotted overrides (loss name first)."""
+    base = _flat(get_recipe(f"{dataset}-lt-ce").config)
+    mine = _flat(get_recipe(f"{dataset}-lt-{source}").config)
+    out = {k: v for k, v in mine.items() if k != "recipe" and base.get(k) != v}
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != "loss.name"))
+
+
+def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
+    cfg = get_recipe(f"{dataset}-lt-fast-ce").config
+    assert m.source is not None
+    cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in method_overrides(dataset, m.source).items()})
+    return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
+
+
+def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
+    out = Path(a.out) / m.key / f"seed-{seed}"
+    quiet = {"progress": False, "log": lambda s: None}
+    if m.second_stage is None:
+        cfg = apply_overrides(method_config(a.dataset, m, common), {"seed": seed})
+        return train_one(cfg, out, **quiet)  # type: ignore[arg-type]
+    base = Path(a.out) / "ce-val" / f"seed-{seed}"
+    if not (base / "report.json").exists():
+        run_one(BY_KEY["ce-val"], seed, a, common)
+    r = decouple_run(base, m.second_stage, out=out, device=a.device, data_root=a.data_root, **quiet)  # type: ignore[arg-type]
+    return r
+
+
+def report_of(out: Path, key: str, seed: int) -> dict[str, Any] | None:
+    p = out / key / f"seed-{seed}" / "report.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _ms(vals: list[float]) -> str:
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
+    """The table of means over the seeds whose runs are finished, one line per method that has any."""
+    counts = None
+    lines = ["| method | seeds | top-1 mean ± std | rarest 3 mean ± std | many | medium | train s per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for m in METHODS:
+        reps = [r for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r]
+        if not reps:
+            continue
+        counts = counts or reps[0].get("train_counts")
+        rar = [x for r in reps if (x := rarest({**r, "train_counts": r.get("train_counts", counts)}, 3)) is not None]
+        train_s = [r.get("timing", {}).get("train_s") for r in reps]
+        secs = "/".join(f"{t:.0f}" for t in train_s if t is not None) or "n/a"
+        lines.append(f"| {m.label} | {len(reps)} | {_ms([r['top1'] for r in reps])} | {_ms(rar)} | "
+                     f"{_ms([r['many'] for r in reps if r.get('many') is not None])} | "
+                     f"{_ms([r['medium'] for r in reps if r.get('medium') is not None])} | {secs} |")
+    return lines
+
+
+def write_table(results: Path, lines: list[str], header: str) -> None:
+    """Replace the table under TABLE_SECTION (created before the runs' section if absent)."""
+    text = results.read_text().splitlines() if results.exists() else ["# Benchmark results"]
+    block = [TABLE_SECTION, "", header, "", *lines, ""]
+    if TABLE_SECTION in text:
+        i = text.index(TABLE_SECTION)
+        j = i + 1
+        while j < len(text) and not text[j].startswith("## "):
+            j += 1
+        text[i:j] = block
+    elif RUN_SECTION in text:  # the table above the rows it is made of
+        i = text.index(RUN_SECTION)
+        text[i:i] = block
+    else:
+        text += ["", *block]
+    results.write_text("\n".join(text).rstrip("\n") + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "svhn"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=[m.key for m in METHODS if m.key != "ce-val"],
+                   choices=[m.key for m in METHODS])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run (e.g. train.epochs=1 for a smoke test; the table says so)")
+    p.add_argument("--table-only", action="store_true", help="rewrite the table from the finished runs; train nothing")
+    a = p.parse_args()
+    results, out = Path(a.results), Path(a.out)
+    common: dict[str, Any] = {"data.root": a.data_root, "train.device": a.device}
+    common.update(dict(s.partition("=")[::2] for s in a.sets))
+    command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
+    header = (f"{a.dataset.upper().replace('CIFAR', 'CIFAR-')}-LT rho 100, `{a.dataset}-lt-fast-ce` plus each "
+              f"remedy's own settings, last epoch, balanced test set; written by `{command}`. "
+              "Rows with fewer than 3 seeds are not finished. Seconds are wall-clock training time on the machine "
+              "of each run's row below (load average there).")
+    if not a.table_only:
+        for seed in a.seeds:
+            for key in a.methods:
+                m = BY_KEY[key]
+                if report_of(out, key, seed) is not None:
+                    continue
+                load0, t0 = os.getloadavg()[0], time.perf_counter()
+                r = run_one(m, seed, a, common)
+                wall = time.perf_counter() - t0
+                rep = report_of(out, key, seed) or r
+                tm = rep.get("timing", {})
+                cfg_file = out / key / f"seed-{seed}" / "config.json"
+                epochs = (json.loads(cfg_file.read_text()).get("config", {}).get("train", {}).get("epochs")
+                          if m.second_stage is None and cfg_file.exists() else rep.get("epochs")) or "-"
+
+                def f2(k: str) -> str:
+                    return "n/a" if rep.get(k) is None else f"{rep[k]:.2f}"
+                row = (f"| {dt.date.today()} | {machine()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} | "
+                       f"{m.label} | {seed} | {epochs} | {tm.get('train_s', wall):.1f} | "
+                       f"{rep['top1']:.2f} | {f2('many')} | {f2('medium')} | {f2('few')} | "
+                       f"{rarest(rep, 3) if 'train_counts' in rep else float('nan'):.2f} | `{command}` |")
+                if RUN_SECTION in (results.read_text() if results.exists() else ""):
+                    append_row(results, row, section=RUN_SECTION)
+                else:
+                    _new_run_section(results, row)
+                write_table(results, table(out, a.seeds, a.dataset), header)
+                print(row, f"(wall {wall:.0f} s)", flush=True)
+    write_table(results, table(out, a.seeds, a.dataset), header)
+    print("\n".join(table(out, a.seeds, a.dataset)))
+    return 0
+
+
+def _new_run_section(results: Path, row: str) -> None:
+    text = results.read_text().rstrip("\n") if results.exists() else "# Benchmark results"
+    results.write_text(text + "\n\n" + RUN_SECTION + "\n\n" + RUN_HEADER + "\n" + row + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
