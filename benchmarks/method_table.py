@@ -34,12 +34,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from run_recipe import append_row, machine, rarest  # noqa: E402
-
 from longtail.config import RunConfig, _flat, apply_overrides  # noqa: E402
 from longtail.decouple import decouple_run  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
+from run_recipe import append_row, machine, rarest  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,8 @@ METHODS = [
 BY_KEY = {m.key: m for m in METHODS}
 TABLE_SECTION = "## Method table: the fast CPU protocol (benchmarks/method_table.py)"
 RUN_SECTION = "## Method table runs (benchmarks/method_table.py), one row per run"
-RUN_HEADER = ("| date | machine | method | seed | epochs | train s | top-1 | many | medium | few | rarest 3 | command |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+RUN_HEADER = ("| date | machine | method | seed | epochs | train s | top-1 | many | medium | few | rarest 3 "
+              "| command |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def method_overrides(dataset: str, source: str) -> dict[str, Any]:
@@ -84,7 +83,8 @@ def method_overrides(dataset: str, source: str) -> dict[str, Any]:
 def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
     cfg = get_recipe(f"{dataset}-lt-fast-ce").config
     assert m.source is not None
-    cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in method_overrides(dataset, m.source).items()})
+    changes = method_overrides(dataset, m.source)
+    cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in changes.items()})
     return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
 
 
@@ -188,7 +188,7 @@ def main() -> int:
                 epochs = (json.loads(cfg_file.read_text()).get("config", {}).get("train", {}).get("epochs")
                           if m.second_stage is None and cfg_file.exists() else rep.get("epochs")) or "-"
 
-                def f2(k: str) -> str:
+                def f2(k: str, rep: dict[str, Any] = rep) -> str:
                     return "n/a" if rep.get(k) is None else f"{rep[k]:.2f}"
                 row = (f"| {dt.date.today()} | {machine()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} | "
                        f"{m.label} | {seed} | {epochs} | {tm.get('train_s', wall):.1f} | "

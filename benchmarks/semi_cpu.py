@@ -38,10 +38,10 @@ def main() -> int:
     common = ["--data-root", a.data_root, "--epochs", str(a.epochs), "--device", a.device, "--quiet",
               "--set", f"model.arch={a.arch}", "--set", "train.checkpoint_every=1000", "--set", f"loss.name={a.loss}"]
     steps = [
-        ["train", "cifar10-semi-darp-supervised", "--out", str(out / "supervised"), *common],
+        ["train", "cifar10-semi-darp-supervised-short", "--out", str(out / "supervised"), *common],
         ["pseudo-label", str(out / "supervised"), "--pool", "darp", "--out", str(out / "pseudo-labels"),
          "--data-root", a.data_root, "--device", a.device],
-        ["train", "cifar10-semi-darp-pseudo", "--out", str(out / "pseudo"), *common,
+        ["train", "cifar10-semi-darp-pseudo-short", "--out", str(out / "pseudo"), *common,
          "--set", f"data.pseudo_labels={out / 'pseudo-labels'}"],
     ]
     for argv in steps:

@@ -135,3 +135,17 @@ def test_init_from_a_mismatched_run_fails_clearly(tmp_path, capsys):
                  "--init-from", str(run), "--set", "model.arch=resnet20"])
     assert code == 2
     assert "fix:" in capsys.readouterr().err
+
+
+def test_the_command_line_answers_help_without_loading_pytorch():
+    """README: `longtail --help` answers without loading PyTorch (the package's top level imports it lazily)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, longtail.cli\n"
+            "assert 'torch' not in sys.modules, 'importing the command line loaded torch'\n"
+            "from longtail import ClassCounts\n"
+            "assert 'torch' in sys.modules and ClassCounts.__module__ == 'longtail.counts'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "longtail", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage" in out.stdout.lower()

@@ -18,12 +18,14 @@ SRC = Path(longtail.__file__).resolve().parents[1]
 
 LAYERS = {  # lowest first; a module is matched by its name or by a package prefix ("data.")
     "foundation": ["errors", "config", "storage", "devices", "counts", "schedule", "distributed"],
-    "parts": ["data.", "models.", "losses", "weights", "samplers", "metrics", "report", "checkpoints"],
-    "loop": ["graphs", "tasks", "loop", "mfw", "runs", "compare", "tensorboard"],
+    "parts": ["data.", "models.", "losses", "weights", "samplers", "metrics", "report", "checkpoints",
+              "maxnorm", "weight_balancing"],
+    "loop": ["graphs", "tasks", "loop", "optim", "mfw", "glmc", "runs", "compare", "tensorboard"],
     "drivers": ["driver", "experiment", "stacked", "seeds", "decouple", "recipes", "ssl.", "semi."],
     "commands": ["cli", "__main__"],
 }
-TRAINING = ["models.", "losses", "weights", "metrics", "checkpoints", "graphs", "tasks", "loop", "mfw", "runs",
+TRAINING = ["models.", "losses", "weights", "metrics", "checkpoints", "maxnorm", "weight_balancing", "graphs", "tasks",
+            "loop", "optim", "mfw", "glmc", "runs",
             "driver", "experiment", "stacked", "seeds", "decouple", "ssl.", "semi."]
 
 

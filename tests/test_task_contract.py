@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 
+from longtail.glmc import GLMCTask
 from longtail.mfw import MFWTask
 from longtail.semi.fixmatch import FixMatchTask
 from longtail.semi.task import SemiSupervisedTask
@@ -12,7 +13,8 @@ from longtail.ssl.tasks import MoCoTask, RotationTask, SimSiamTask
 from longtail.stacked import StackedTask
 from longtail.tasks import SupervisedTask
 
-TASKS = [SupervisedTask, MFWTask, SemiSupervisedTask, FixMatchTask, StackedTask, RotationTask, MoCoTask, SimSiamTask]
+TASKS = [SupervisedTask, MFWTask, SemiSupervisedTask, FixMatchTask, StackedTask, RotationTask, MoCoTask, SimSiamTask,
+         GLMCTask]
 CAPABILITIES = ("multi_process", "image_files", "graphable")
 
 
@@ -32,3 +34,4 @@ def test_what_the_tasks_declare():
     assert not MFWTask.multi_process and MFWTask.image_files and not MFWTask.graphable
     assert not FixMatchTask.multi_process and not FixMatchTask.image_files
     assert not SemiSupervisedTask.graphable and SemiSupervisedTask.multi_process
+    assert not GLMCTask.multi_process and not GLMCTask.image_files and not GLMCTask.graphable

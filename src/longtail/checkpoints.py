@@ -3,7 +3,8 @@
 - :func:`save_checkpoint` / :func:`load_checkpoint`: one file per checkpoint, written atomically with a
   SHA-256 checksum of its payload and the checkpoint before it kept as ``previous.pt``; read with
   ``weights_only=True`` (``longtail.storage.load_file``) and verified.
-- :func:`model_from_checkpoint`: the classifier of a checkpoint, plain or decoupled.
+- :func:`model_from_checkpoint`: the classifier of a checkpoint, plain or decoupled, with the weights the run
+  is evaluated with (:func:`evaluated_weights`: the EMA of the weights when ``optim.ema`` kept one).
 - :func:`load_pretrained_backbone`: a pre-training run's backbone into a classifier, loudly.
 
 Initialise a classifier's backbone from a pre-training run, loudly.
@@ -156,8 +157,16 @@ def model_from_checkpoint(state: dict[str, Any], num_classes: int, in_channels: 
             raise LongtailError(f"{source} has a head wrapper {kind!r} this longtail does not know",
                                 "upgrade longtail to read it")
         model.reset_head(HEAD_WRAPPERS[kind](model.head, num_classes))
-    load_model_state(model, state["model"], source)
+    load_model_state(model, evaluated_weights(state), source)
     return model
+
+
+def evaluated_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's run is evaluated with: the EMA of its weights when it keeps one
+    (``optim.ema``: the optimizer state's ``ema``, :mod:`longtail.optim`), else ``state["model"]``.
+    Resuming reads ``state["model"]``, the trained weights, instead."""
+    ema = (state.get("optimizer") or {}).get("ema")
+    return ema["weights"] if isinstance(ema, dict) and isinstance(ema.get("weights"), dict) else state["model"]
 
 
 # pre-trained backbones --------------------------------------------------------------------------------
@@ -175,7 +184,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
                          fix="pass a run folder written by `longtail pretrain` or a .pt state dict")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         arch = (obj.get("config") or {}).get("model", {}).get("arch")
-        obj = obj["model"]
+        obj = evaluated_weights(obj)  # a run trained with an EMA (optim.ema) passes on its EMA weights
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):

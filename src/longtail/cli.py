@@ -77,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder or checkpoint file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--data-root", help="where the data is now, if it moved")
-    d = sub.add_parser("decouple", help="re-balance a trained run's classifier: cRT, tau-norm, LWS or post-hoc "
-                       "logit adjustment")
+    d = sub.add_parser("decouple", help="re-balance a trained run's classifier: cRT, tau-norm, LWS, post-hoc "
+                       "logit adjustment or weight balancing's second stage (wb)")
     d.add_argument("run", help="run folder (for several seeds, one seed-N folder) or checkpoint file")
-    d.add_argument("--method", required=True, choices=["crt", "tau-norm", "lws", "logit-adjust"])
-    d.add_argument("--epochs", type=int, help="crt/lws training epochs (default 10)")
+    d.add_argument("--method", required=True, choices=["crt", "tau-norm", "lws", "logit-adjust", "wb"])
+    d.add_argument("--epochs", type=int, help="crt/lws/wb training epochs (default: the source's for the data set)")
     d.add_argument("--tau", type=float, help="tau-norm/logit-adjust strength (default: chosen on the validation "
                    "split; logit-adjust without one: 1)")
     d.add_argument("--out", help="output folder (default RUN/decouple-METHOD)")
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.add_argument("--restart", action="store_true", help="start the output folder over instead of resuming it")
     d.add_argument("--bn", default="train", choices=["train", "frozen"],
-                   help="crt/lws: the frozen backbone's BatchNorm while the head trains: train (the references: "
-                   "running statistics follow the class-balanced batches) or frozen (bit-identical backbone)")
+                   help="crt/lws/wb: the frozen backbone's BatchNorm while the head trains: train (the references: "
+                   "running statistics follow the training batches) or frozen (bit-identical backbone)")
 
     pl = sub.add_parser("pseudo-label", help="label an unlabeled pool with a trained run (then train on it with "
                         "--set data.pseudo_labels=DIR)")

@@ -34,7 +34,7 @@ DARP_ORDERS = ("file", "shuffled")  # longtail.data.pools.DARP_ORDERS
 NORMALIZATIONS = ("cifar-reference", "cifar10-data", "cifar100-data", "half", "svhn-data", "imagenet",
                   "inat2018")  # longtail.data.normalization.NORMALIZATIONS
 HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
-SCHEDULES = ("step", "cosine", "onecycle")  # longtail.schedule.lr_function
+SCHEDULES = ("step", "cosine", "onecycle", "fixmatch-cosine")  # longtail.schedule.lr_function
 TTA_MODES = ("none", "flip")  # longtail.models.fastnet.FlipTTA
 SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt", "effective-number")  # longtail.samplers.SAMPLERS
 WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
@@ -43,10 +43,12 @@ CHANNELS_LAST = ("auto", "on", "off")  # longtail.devices.use_channels_last
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # graphs
 ENGINES = ("auto", "eager", "graph")  # longtail.graphs.ENGINES
 SEMI_METHODS = ("none", "fixmatch")  # longtail.experiment.build_task
+TASKS = ("supervised", "glmc")  # longtail.experiment.build_task (glmc: longtail.glmc)
 ALIGNMENTS = ("none", "da", "la")  # longtail.semi.fixmatch.ALIGNMENTS
 ROTATIONS = ("balanced", "all")
 RW_WEIGHTS = ("kde", "class", "none")
-MIXES = ("none", "mixup", "cutmix")  # longtail.data.mix
+MIXES = ("none", "mixup", "cutmix")  # longtail.data.mix.MIXES
+AUGMENT_POLICIES = ("fixmatch", "usb")  # longtail.data.randaugment.POLICIES
 OPTIMIZERS = ("sgd", "sam", "asam")  # longtail.optim
 
 #: settings that have a command-line option of their own (the rest: ``--set KEY=VALUE``)
@@ -403,6 +405,15 @@ class TrainConfig:
     fixmatch_mu: int = 7  # unlabeled images per labeled image in a batch
     fixmatch_alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment)
     fixmatch_la_tau: float = 1.0  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
+    # what a step trains: supervised (the loss, sampler and weighting above) | glmc (GLMC, Du et al. CVPR 2023,
+    # longtail.glmc: a second, re-balanced head, global mixup and local CutMix views, their consistency); GLMC's
+    # own parameters, the defaults from its README's CIFAR-100-LT rho=100 command:
+    task: str = "supervised"
+    glmc_resample_weighting: float = 0.0  # q: mixing partners drawn with weight n_c^-q per image (0: uniformly)
+    glmc_label_weighting: float = 1.2  # the re-balanced head's soft labels weighted by n_c^-this (mean 1 per class)
+    glmc_contrast_weight: float = 4.0  # weight of the consistency (SimSiam) loss between the two mixed views
+    glmc_mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); their GLMC_mixed uses 1 (their --beta is never read)
+    glmc_proj_dim: int = 128  # width of the projector and predictor (their hidden_dim on CIFAR)
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -440,6 +451,12 @@ class TrainConfig:
         _number(self, "train", "fixmatch_mu", 1)
         _choice(self, "train", "fixmatch_alignment", ALIGNMENTS)
         _number(self, "train", "fixmatch_la_tau")
+        _choice(self, "train", "task", TASKS)
+        _number(self, "train", "glmc_resample_weighting")
+        _number(self, "train", "glmc_label_weighting")
+        _number(self, "train", "glmc_contrast_weight", 0)
+        _number(self, "train", "glmc_mix_alpha", 0, lo_open=True)
+        _number(self, "train", "glmc_proj_dim", 1)
 
 
 @dataclass(frozen=True)
@@ -450,6 +467,10 @@ class AugmentConfig:
     randaugment: int = 0  # RandAugment: ops applied to each image (0: off; FixMatch/USB and the 2023 recipes: 2)
     randaugment_magnitude: int | None = None  # M of 10 (Cubuk et al. 2020); None: a magnitude drawn per op (FixMatch)
     cutout: float = 0.0  # side of a square cut out of each image, as a share of the side (0: off; FixMatch 0.5)
+    # whose RandAugment and Cutout: fixmatch (kekmodel/FixMatch-pytorch RandAugmentMC: ops with probability 1/2,
+    # magnitudes 1..9, a grey 127 square) | usb (microsoft/Semi-supervised-learning: every op, its parameter drawn
+    # from its range, no magnitude; a square of U(0, cutout) of the side); longtail.data.randaugment
+    policy: str = "fixmatch"
     mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
     mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
     mix_prob: float = 1.0  # share of batches that are mixed
@@ -460,6 +481,7 @@ class AugmentConfig:
         _number(self, "augment", "randaugment_magnitude", 0, 10,
                 fix="use a magnitude from 0 to 10, or none to draw one per op")
         _number(self, "augment", "cutout", 0, 1)
+        _choice(self, "augment", "policy", AUGMENT_POLICIES)
         _choice(self, "augment", "mix", MIXES)
         _number(self, "augment", "mix_alpha", 0, lo_open=True)
         _number(self, "augment", "mix_prob", 0, 1)
@@ -476,6 +498,9 @@ class OptimConfig:
     # down to min + t * (max - min) of their norms when training starts; t here (their demo: 0.1), none: off
     maxnorm: float | None = None
     ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights with this decay (USB: 0.999)
+    # weight decay on biases and BatchNorm's scales and shifts too (the CIFAR-LT references); false: on the
+    # weights of convolutions and linear layers only (USB's bn_wd_skip)
+    decay_bn_bias: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "optim")
@@ -503,7 +528,7 @@ class SSLConfig:
     blur_prob: float | None = None  # None: 0.5 for images of 64 px or more (MoCo v2 on ImageNet), else 0
     # MoCo v2 (He et al. 2020; Chen et al. 2020)
     moco_dim: int = 128
-    moco_hidden: int = 512  # MLP head d -> hidden -> dim; 2048 with ResNet-50
+    moco_hidden: int = 512  # MLP head d -> hidden -> dim; 2048 with ResNet-50; 0: a linear head d -> dim (MoCo v1)
     moco_queue: int = 4096  # K
     moco_momentum: float = 0.99  # m
     moco_temperature: float = 0.2  # T
@@ -518,6 +543,9 @@ class SSLConfig:
     # SAM / rwSAM (Foret et al. 2021; Kwon et al. 2021; Liu et al. 2022)
     sam_rho: float = 0.5  # Liu et al.'s default with adaptive SAM
     sam_adaptive: bool = True
+    # which SAM pass updates BatchNorm's running statistics: first (the ascent pass only: Foret et al.'s code,
+    # davda54/sam) | both (Liu et al.'s rwSAM code, main_sam_weight.py, calls the model in train mode twice)
+    sam_bn_stats: str = "first"
     rw_weights: str = "kde"  # ascent-pass weights: kde (label-free) | class (uses labels) | none
     rw_power: float = 1.0  # weight ∝ density^-power (kde) or n_class^-power (class)
     rw_max_weight: float = 10.0  # weights are clipped to this multiple of their median
@@ -529,9 +557,16 @@ class SSLConfig:
     probe_epochs: int = 100
     probe_lr: float = 0.1
     probe_batch_size: int = 256
+    # longtailed: probes and k-NN learn from the long-tailed training features | balanced: from n_max images of
+    # every class of the same source (CIFAR-10: the full 50,000), as Liu et al.'s main_lincls.py
+    probe_data: str = "longtailed"
+    probe_schedule: str = "cosine"  # cosine, per step | step: x0.1 at 60 % and 80 % of the epochs (main_lincls.py)
+    probe_standardize: bool = True  # standardise features with the probe set's mean / std (Liu et al.: no)
 
     def __post_init__(self) -> None:
         _check_types(self, "ssl")
+        _choice(self, "ssl", "probe_data", ("longtailed", "balanced"))
+        _choice(self, "ssl", "probe_schedule", ("cosine", "step"))
         _choice(self, "ssl", "rotations", ROTATIONS, fix="use balanced or all")
         _number(self, "ssl", "crop_min_scale", 0, 1, lo_open=True)
         for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
@@ -539,7 +574,8 @@ class SSLConfig:
         for name in ("brightness", "contrast", "saturation"):
             _number(self, "ssl", name, 0)
         _number(self, "ssl", "hue", 0, 0.5)
-        for name in ("moco_dim", "moco_hidden", "moco_queue", "moco_bn_splits", "simsiam_dim",
+        _number(self, "ssl", "moco_hidden", 0, fix="use a width >= 1 for an MLP head, or 0 for a linear head")
+        for name in ("moco_dim", "moco_queue", "moco_bn_splits", "simsiam_dim",
                      "simsiam_pred_hidden", "simsiam_proj_layers", "rw_every", "knn_k", "probe_epochs",
                      "probe_batch_size"):
             _number(self, "ssl", name, 1)
@@ -547,6 +583,7 @@ class SSLConfig:
         _number(self, "ssl", "moco_temperature", 0, lo_open=True)
         _number(self, "ssl", "sam_rho", 0)
         _choice(self, "ssl", "rw_weights", RW_WEIGHTS, fix="use kde (label-free), class or none")
+        _choice(self, "ssl", "sam_bn_stats", ("first", "both"))
         _number(self, "ssl", "rw_power")
         _number(self, "ssl", "rw_max_weight", 0, lo_open=True)
         _number(self, "ssl", "kde_bandwidth", 0, lo_open=True,

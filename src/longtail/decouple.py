@@ -15,15 +15,24 @@ statistics follow the class-balanced batches); ``bn="frozen"`` keeps it bit-iden
 * ``logit-adjust`` (post-hoc logit adjustment; Menon et al., "Long-tail learning via logit
   adjustment", ICLR 2021): ``z_c <- z_c - tau * log pi_c`` with ``pi`` the training prior.
   No training; ``tau`` from the validation split when there is one, else Menon's ``tau = 1``.
+* ``wb`` (weight balancing's second stage; Alshammari et al., "Long-tailed recognition via weight balancing",
+  CVPR 2022, :mod:`longtail.weight_balancing`): the run's own linear head (weights and bias) trained on with
+  their class-balanced loss, instance-balanced batches, weight decay 0.1 and MaxNorm (:mod:`longtail.maxnorm`:
+  per-class norms capped at ``min + 0.1 (max - min)`` of their norms at the start, projected after every epoch).
 
-cRT and LWS train with the settings of their source for the data set (:data:`SECOND_STAGES`): Kang et al.'s
+Each method is one entry of :data:`METHODS`: what it does to the head, its knobs, and how it trains (settings
+per kind of data set, sampler, loss, MaxNorm). cRT and LWS train with the settings of their source for the data
+set (:data:`SECOND_STAGES`): Kang et al.'s
 configs on ImageNet-LT and iNaturalist 2018 (batch 512, lr 0.2, cosine; cRT 10 / 30 epochs, LWS 5),
 BagofTricks-LT's on CIFAR-LT (30 epochs, batch 128, lr 0.1 with a 5-epoch warm-up and x0.1 at 10 and 20,
 Nesterov, wd 5e-4). Where we differ from them: the class-balanced sampler picks a class uniformly and then
 one of its images (Kang's ``ClassAwareSampler`` takes 4 images of a class in a row); the cosine rate of
 epoch ``e`` is ``lr (1 + cos(pi e / T)) / 2`` (Kang's scheduler steps before each epoch, which under
 PyTorch >= 1.1 shifts it by one epoch, so that his last epoch trains at lr 0); every epoch is kept, the
-result is the last epoch's (Kang keeps the epoch best on the validation split).
+result is the last epoch's (Kang keeps the epoch best on the validation split). WB trains with the settings
+of its authors' CIFAR-100-LT demo on every data set (:data:`WB_STAGES`; their code releases no other); it differs
+from them in the same two ways (their cosine also steps before each epoch; they keep the epoch best on the
+*test* set).
 
 ``decouple_run`` loads a run's checkpoint, applies a method, evaluates on the test set (shot groups
 from the *training* counts) and writes a report and a checkpoint into ``RUN/decouple-METHOD/``.
@@ -40,14 +49,16 @@ rebuilds such models (and plain ones).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import torch
+import torch.nn as nn
 
 from .checkpoints import (
     load_checkpoint,
@@ -56,15 +67,16 @@ from .checkpoints import (
     run_root,
     save_checkpoint,
 )
-from .config import RunConfig
+from .config import OptimConfig, RunConfig
 from .counts import ClassCounts
 from .data.augment import Augment
 from .data.registry import Splits
 from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
 from .experiment import adapt_task, evaluate_model
-from .loop import extract_features
+from .loop import EpochRecord, extract_features
 from .losses import adjust_logits, make_loss
+from .maxnorm import MaxNorm, row_norms
 from .metrics import summarize
 from .models import Classifier, CosineHead, make_head
 from .models.wrappers import (
@@ -77,20 +89,23 @@ from .models.wrappers import (
     tau_normalize,
 )
 from .report import write_report
-from .runs import RunDir
+from .runs import EpochLog, RunDir
 from .samplers import make_sampler
 from .schedule import cosine_lr
 from .storage import check_writable_dir, digest
 from .tasks import SupervisedTask
+from .weight_balancing import SoftmaxBCE
+from .weights import ConstantWeighting, Weighting
 
-__all__ = ["METHODS", "SECOND_STAGES", "TAU_GRID", "BN_MODES", "FrozenBackbone", "SecondStage", "choose_tau",
-           "decouple_run", "second_stage_for"]
+__all__ = ["METHODS", "SECOND_STAGES", "TAU_GRID", "WB_STAGES", "BN_MODES", "FrozenBackbone", "Method", "SecondStage",
+           "choose_tau", "decouple_run", "method_named", "second_stage_for"]
 
 #: tau values searched on the validation split: 0.0, 0.1, ..., 2.0 (Kang et al. 2020; Menon et al. 2021)
 TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(21))
 @dataclass(frozen=True)
 class SecondStage:
-    """How cRT and LWS train, as their source gives it for a kind of data set.
+    """How a second stage trains, as its source gives it for a kind of data set (one table may serve several
+    methods: ``epochs`` is per method).
 
     ``schedule``: ``cosine`` (to 0 over the epochs, Kang et al.'s ``coslr``) or ``warmup-step`` (linear warm-up
     from lr/3 over 5 epochs, then x0.1 at epochs 10 and 20: BagofTricks-LT's ``WarmupMultiStepLR``).
@@ -127,14 +142,26 @@ SECOND_STAGES: dict[str, SecondStage] = {
 }
 
 
-def second_stage_for(dataset: str) -> SecondStage:
-    """The second stage's settings for ``dataset``: Kang et al.'s for ImageNet-LT and iNaturalist 2018 (and their
-    ImageNet-LT settings for a user's image folder or CSV), BagofTricks-LT's for small-image sets."""
+# Alshammari et al. 2022, ShadeAlsha/LTR-weight-balancing (e89f292) demo2_second-stage-training: total_epoch_num 10,
+# base_lr 0.01, SGD momentum 0.9, weight_decay 0.1, CosineAnnealingLR(eta_min=0), the demo's batch 64 loader
+_WB_DEMO = SecondStage("Alshammari et al. 2022, ShadeAlsha/LTR-weight-balancing demo2_second-stage-training "
+                       "(CIFAR-100-LT, their only released settings)", {"wb": 10}, batch_size=64, lr=0.01,
+                       momentum=0.9, weight_decay=0.1, nesterov=False, schedule="cosine")
+#: weight balancing's second stage per kind of data set: their demo's settings for every kind
+WB_STAGES: dict[str, SecondStage] = dict.fromkeys(SECOND_STAGES, _WB_DEMO)
+
+
+def second_stage_for(dataset: str, method: str = "crt") -> SecondStage:
+    """How ``method`` (a key of :data:`METHODS` that trains) trains on ``dataset``: for cRT and LWS Kang et al.'s
+    settings for ImageNet-LT and iNaturalist 2018 (and their ImageNet-LT settings for a user's image folder or CSV),
+    BagofTricks-LT's for small-image sets; for WB its authors' demo (:data:`WB_STAGES`)."""
+    stages = method_named(method).stages
+    if stages is None:
+        raise LongtailError(f"{method} trains nothing, so it has no training settings",
+                            f"the methods that train: {', '.join(k for k, v in METHODS.items() if v.trains)}")
     if dataset in ("imagenet-lt", "inat2018"):
-        return SECOND_STAGES[dataset]
-    if dataset in ("folder", "csv"):
-        return SECOND_STAGES["imagenet-lt"]
-    return SECOND_STAGES["small"]
+        return stages[dataset]
+    return stages["imagenet-lt" if dataset in ("folder", "csv") else "small"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,20 +199,37 @@ class MethodContext:
     tau: float | None = None
 
 
+def _plain_ce(counts: ClassCounts) -> tuple[nn.Module, Weighting | None]:
+    return make_loss("ce", counts), None
+
+
+def _class_balanced_bce(counts: ClassCounts) -> tuple[nn.Module, Weighting | None]:
+    """WB's ``CB_loss(..., "softmax", beta=0.9999)``: :func:`longtail.weight_balancing.softmax_bce`, CB weights."""
+    return SoftmaxBCE(), ConstantWeighting(counts, "class-balanced", beta=0.9999)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A second stage. ``prepare`` changes the head before training (the methods that train: the
-    driver then trains the head's trainable tensors, see :class:`DecoupleStage`); ``finish`` changes
-    it after. Each returns report entries."""
+    """A second stage: one entry of :data:`METHODS`. ``prepare`` changes the head before training (the methods
+    that train: the driver then trains the head's trainable tensors, see :class:`DecoupleStage`); ``finish``
+    changes it after. Each returns report entries. A method that trains has ``stages``, its settings per kind of
+    data set (:func:`second_stage_for`), and draws its batches with ``sampler`` (:mod:`longtail.samplers`),
+    takes its loss and per-class weighting from ``loss(counts)`` and, with ``maxnorm`` set, caps the head's
+    per-class weight norms (:class:`longtail.maxnorm.MaxNorm` of that threshold, projected after every epoch)."""
 
+    about: str  # what it is, with its source, in a few words
     prepare: Callable[[MethodContext], dict[str, Any]] | None
     finish: Callable[[MethodContext], dict[str, Any]] | None
-    takes_tau: bool  # takes --tau
-    needs_val: bool  # needs a validation split unless --tau is given
+    takes_tau: bool = False  # takes --tau
+    needs_val: bool = False  # needs a validation split unless --tau is given
+    stages: dict[str, SecondStage] | None = None  # kind of data set -> how it trains; None: it trains nothing
+    sampler: str = "class-balanced"
+    loss: Callable[[ClassCounts], tuple[nn.Module, Weighting | None]] = _plain_ce
+    maxnorm: float | None = None
 
     @property
     def trains(self) -> bool:  # takes --epochs
-        return self.prepare is not None
+        return self.stages is not None
 
 
 def _crt(ctx: MethodContext) -> dict[str, Any]:
@@ -245,22 +289,50 @@ def _logit_adjust(ctx: MethodContext) -> dict[str, Any]:
     return info
 
 
-#: method name -> how it changes the head
+def _wb(ctx: MethodContext) -> dict[str, Any]:
+    """WB: the run's own linear head trained on, weights and bias (their demo makes ``fc.weight`` and ``fc.bias``
+    the only trainable tensors of a copy of the stage-1 model)."""
+    head = ctx.model.head
+    if not isinstance(head, nn.Linear):
+        raise LongtailError(f"wb trains the run's linear classifier and caps its per-class weight norms; this "
+                            f"run's head is a {type(head).__name__}",
+                            "decouple a run trained with model.head=linear (a cosine head normalises its "
+                            "weights, so their norms do not matter), or use --method crt")
+    return {"epochs": ctx.cfg.train.epochs, "sampler": "instance",
+            "loss": "class-balanced softmax binary cross-entropy (beta 0.9999), their CB_loss 'softmax'"}
+
+
+def _head_norms(ctx: MethodContext) -> dict[str, Any]:
+    return {"head_norms": row_norms(cast(nn.Linear, ctx.model.head).weight).cpu().tolist()}
+
+
+#: method name -> what it does to the head and how it trains (:class:`Method`)
 METHODS: dict[str, Method] = {
-    "crt": Method(_crt, None, takes_tau=False, needs_val=False),
-    "tau-norm": Method(None, _tau_norm, takes_tau=True, needs_val=True),
-    "lws": Method(_lws, _lws_scales, takes_tau=False, needs_val=False),
-    "logit-adjust": Method(None, _logit_adjust, takes_tau=True, needs_val=False),
+    "crt": Method("classifier re-training, Kang et al. 2020", _crt, None, stages=SECOND_STAGES),
+    "tau-norm": Method("tau-normalised classifier, Kang et al. 2020", None, _tau_norm, takes_tau=True,
+                       needs_val=True),
+    "lws": Method("learnable weight scaling, Kang et al. 2020", _lws, _lws_scales, stages=SECOND_STAGES),
+    "logit-adjust": Method("post-hoc logit adjustment, Menon et al. 2021", None, _logit_adjust, takes_tau=True),
+    "wb": Method("weight balancing's second stage, Alshammari et al. 2022", _wb, _head_norms, stages=WB_STAGES,
+                 sampler="instance", loss=_class_balanced_bce, maxnorm=0.1),
 }
+
+
+def method_named(method: str) -> Method:
+    """The entry of :data:`METHODS` named ``method``; an unknown name is refused with the known ones."""
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise LongtailError(f"unknown decoupling method {method!r}",
+                            hint + "use one of: " + "; ".join(f"{k} ({v.about})" for k, v in METHODS.items()))
+    return METHODS[method]
 
 
 # --------------------------------------------------------------------------------------------
 # loading, checking, the whole step
 # --------------------------------------------------------------------------------------------
 def _check_method(method: str, epochs: int | None, tau: float | None) -> Method:
-    if method not in METHODS:
-        raise LongtailError(f"unknown decoupling method {method!r}", f"use one of: {', '.join(METHODS)}")
-    m = METHODS[method]
+    m = method_named(method)
     trainers = " and ".join(k for k, v in METHODS.items() if v.trains)
     tuners = " and ".join(k for k, v in METHODS.items() if v.takes_tau)
     if epochs is not None and not m.trains:
@@ -320,12 +392,14 @@ def decouple_run(
     check_writable_dir(out)  # before the work, not after it
     if bn not in BN_MODES:
         raise LongtailError(f"unknown BatchNorm mode {bn!r} for the second stage", f"use one of: {', '.join(BN_MODES)}")
-    settings = second_stage_for(cfg.data.dataset)
+    settings = second_stage_for(cfg.data.dataset, method) if m.trains else None
     train = replace(cfg.train, device=device)
-    if m.trains:  # the second stage's own optimisation, as its source gives it for this data set
+    if settings is not None:  # the second stage's own optimisation, as its source gives it for this data set
         train = replace(train, epochs=epochs or settings.epochs[method], batch_size=settings.batch_size,
                         lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    cfg = replace(cfg, train=train)
+    # the second stage trains with its source's SGD: the base run's optim.* (SAM, MaxNorm, EMA) made the weights
+    # it starts from, and is not carried into a stage that does not use it
+    cfg = replace(cfg, train=train, optim=OptimConfig())
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     stage = DecoupleStage(cfg, RunDir(out), method, m, state, ckpt, epochs=epochs, tau=tau, settings=settings, bn=bn)
@@ -336,23 +410,26 @@ def decouple_run(
 class DecoupleStage(Stage):
     """A second stage on a trained run's checkpoint, through the one driver.
 
-    The methods that train (cRT, LWS) train the head's trainable tensors on the frozen backbone
-    (:class:`FrozenBackbone`) with cross-entropy, class-balanced sampling and the run's augmentation, with the
-    batch size, learning rate and schedule, momentum, Nesterov and weight decay of their source for the data
-    set (:data:`SECOND_STAGES`); checkpointed and resumable as any run. The others (tau-norm, post-hoc logit
-    adjustment) train nothing. The result's head is folded into a plain head where exactly possible.
+    The methods that train (cRT, LWS, WB) train the head's trainable tensors on the frozen backbone
+    (:class:`FrozenBackbone`) with their loss and sampler (cRT, LWS: cross-entropy, class-balanced sampling) and
+    the run's augmentation, with the batch size, learning rate and schedule, momentum, Nesterov and weight decay
+    of their source for the data set (:attr:`Method.stages`); checkpointed and resumable as any run. A method
+    with MaxNorm (WB) projects the head after every epoch, before the epoch's checkpoint, which carries the cap
+    (``extra["maxnorm"]``). The others (tau-norm, post-hoc logit adjustment) train nothing. The result's head is
+    folded into a plain head where exactly possible.
     """
 
     best_by = None
 
     def __init__(self, cfg: RunConfig, run: RunDir, method: str, m: Method, source: dict[str, Any], ckpt: Path, *,
-                 epochs: int | None, tau: float | None, settings: SecondStage, bn: str) -> None:
+                 epochs: int | None, tau: float | None, settings: SecondStage | None, bn: str) -> None:
         self.settings, self.bn = settings, bn
         self.cfg, self.members = cfg, [Member(cfg, run)]
         self.method, self.m, self.source, self.ckpt = method, m, source, ckpt
         self.user_epochs, self.tau = epochs, tau
         self.source_weights = digest(source["model"])[:16]  # a retrained base is another source
         self.info: dict[str, Any] = {}
+        self.maxnorm: MaxNorm | None = None  # the head's norm cap (methods with MaxNorm), made in build
         self.finished = False  # the folder holds the finished result (a rerun re-evaluates it)
 
     @property
@@ -360,11 +437,14 @@ class DecoupleStage(Stage):
         return self.cfg.train.epochs if self.m.trains else 0
 
     def lr_at(self) -> Callable[[float], float]:
-        return self.settings.lr_at(self.epochs)
+        return self.settings.lr_at(self.epochs) if self.settings is not None else lambda e: 0.0
 
     def meta(self) -> dict[str, Any]:
-        second = ({"settings_from": self.settings.source, "nesterov": self.settings.nesterov,
-                   "schedule": self.settings.schedule, "bn": self.bn} if self.m.trains else {})
+        s = self.settings
+        second = {"settings_from": s.source, "nesterov": s.nesterov, "schedule": s.schedule, "bn": self.bn} \
+            if s is not None else {}
+        if self.m.maxnorm is not None:
+            second["maxnorm"] = self.m.maxnorm
         return {"method": self.method, "epochs": self.user_epochs, "tau": self.tau,
                 "source_checkpoint": str(self.ckpt.resolve()), "source_weights": self.source_weights, **second}
 
@@ -379,13 +459,17 @@ class DecoupleStage(Stage):
         self.context = MethodContext(model, self.cfg, splits, counts, device, epochs=self.user_epochs, tau=self.tau)
         if self.m.prepare is not None:
             self.info.update(self.m.prepare(self.context))
-        task = adapt_task(SupervisedTask(train, make_loss("ce", counts), batch_size=t.batch_size,
+        if self.m.maxnorm is not None:  # the cap from the head's norms as the stage starts (a resumed run: restore)
+            self.maxnorm = MaxNorm(cast(nn.Linear, model.head).weight, thresh=self.m.maxnorm)
+            self.info["maxnorm"] = {**self.maxnorm.state_dict(), "projected": "after every epoch"}
+        criterion, weighting = self.m.loss(counts)
+        task = adapt_task(SupervisedTask(train, criterion, batch_size=t.batch_size, weighting=weighting,
                                          augment=Augment(crop_padding=t.crop_padding, flip=t.flip),
-                                         sampler=make_sampler("class-balanced", train.labels, train.num_classes)))
+                                         sampler=make_sampler(self.m.sampler, train.labels, train.num_classes)))
         params = [p for p in model.head.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params or [torch.zeros(1, requires_grad=True)], lr=t.lr, momentum=t.momentum,
                                     weight_decay=t.weight_decay,  # nothing to train: an optimizer never stepped
-                                    nesterov=self.settings.nesterov and t.momentum > 0)
+                                    nesterov=self.settings is not None and self.settings.nesterov and t.momentum > 0)
         return Built(model, task, optimizer, train.image_shape, trains=FrozenBackbone(model, self.bn))
 
     def same(self, member: Member) -> Callable[[], bool]:
@@ -405,7 +489,23 @@ class DecoupleStage(Stage):
             self.info = dict(state["extra"]["decouple"].get("info", {}))
             self.finished = True
             return self.epochs
-        return super().restore(built, states, ctx)
+        start = super().restore(built, states, ctx)
+        saved = (state.get("extra") or {}).get("maxnorm")
+        if self.maxnorm is not None and saved is not None:  # the cap of the stage's start, as saved
+            self.maxnorm.load_state_dict(saved)
+            self.info["maxnorm"].update(self.maxnorm.state_dict())
+        return start
+
+    def end_epoch(self, rec: EpochRecord, built: Built, logs: list[EpochLog], ctx: Context) -> float | None:
+        """MaxNorm's projection once the epoch's steps are done (WB's ``train_model`` calls ``pgdFunc.PGD(model)``
+        after each training phase), so the checkpoint holds the projected head, and the cap with it."""
+        if self.maxnorm is None:
+            return super().end_epoch(rec, built, logs, ctx)
+        self.maxnorm.project()
+        maxnorm = self.maxnorm
+        logs[0].end_epoch(asdict(rec), built.model, built.optimizer, validate=self.validator(built, ctx),
+                          extra=lambda: {"maxnorm": maxnorm.state_dict()})
+        return None
 
     def write_config(self, member: Member, command: list[str] | None) -> None:
         member.run.create(member.cfg, command, extra={"decouple": self.meta()})

@@ -33,6 +33,7 @@ from .data.semi import load_splits
 from .devices import use_channels_last
 from .graphs import compile_model, resolve_engine, training_engine
 from .loop import EpochLines, EpochRecord, announces, fit
+from .optim import evaluated_model
 from .runs import EpochLog, RunDir, clear_run_folder, require_run_folder, resume_or_start
 from .schedule import lr_function
 from .tasks import Task
@@ -71,6 +72,11 @@ class Built:
     input_shape: tuple[int, ...]
     broadcast_buffers: bool = True  # DDP's per-forward buffer broadcast under torchrun
     trains: nn.Module | None = None  # the module the loop trains, when not ``model`` (e.g. a frozen backbone's view)
+
+    def evaluated(self) -> nn.Module:
+        """The network that validation, best-val.pt and the report evaluate: the EMA of ``model``'s weights
+        when the optimizer keeps one (``optim.ema``, :func:`longtail.optim.evaluated_model`), else ``model``."""
+        return evaluated_model(self.model, self.optimizer)
 
 
 class Stage:
@@ -132,7 +138,8 @@ class Stage:
     def end_epoch(self, rec: EpochRecord, built: Built, logs: list[EpochLog], ctx: Context) -> float | None:
         """Record epoch ``rec`` in ``logs`` (rows, validation, checkpoints); returns the loss its log line
         shows (None: ``rec.train_loss``)."""
-        logs[0].end_epoch(asdict(rec), built.model, built.optimizer, validate=self.validator(built, ctx))
+        logs[0].end_epoch(asdict(rec), built.model, built.optimizer, validate=self.validator(built, ctx),
+                          evaluated=built.evaluated())
         return None
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]] | None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from . import distributed
 from .checkpoints import (
+    evaluated_weights,
     load_checkpoint,
     load_model_state,
     load_pretrained_backbone,
@@ -35,17 +36,20 @@ from .data.augment import Augment, eval_batches, iterate_batches
 from .data.files import FileImageSet
 from .data.imageset import ImageSet
 from .data.loader import LoaderTask, predict_files
+from .data.mix import Mix
 from .data.registry import Splits
 from .data.semi import load_splits
 from .devices import resolve_device, use_channels_last
 from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
-from .loop import make_sgd, predict
+from .glmc import glmc_task
+from .loop import predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
 from .models import Classifier, FlipTTA, build_model
 from .models.wrappers import FrozenBackbone
+from .optim import make_optimizer
 from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
@@ -88,22 +92,30 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
     # what every task below takes
     batch_size = t.batch_size
-    augment = Augment(crop_padding=t.crop_padding, flip=t.flip)
+    weak = Augment(crop_padding=t.crop_padding, flip=t.flip)
+    augment, mix = augment_from_config(cfg, train)  # crop + flip + RandAugment + Cutout; mixup / CutMix
     sampler = make_sampler(t.sampler, train.labels, train.num_classes)
     weighting = make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta)
     criterion = loss_from_config(cfg.loss, counts)
     is_pseudo = getattr(splits, "is_pseudo", None)
+    if t.task == "glmc":  # GLMC (longtail.glmc): two heads, mixed views of re-sampled partners, its own loss
+        return glmc_task(cfg, train, counts, splits, augment=augment, sampler=sampler)
     if t.semi == "fixmatch":
         unlabeled = getattr(splits, "unlabeled", None)
         if unlabeled is None:
             raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
+        # FixMatch's labeled batch and weak view are crop + flip; augment.* set the strong view's policy
+        strong = augment if cfg.augment.randaugment else None
         return FixMatchTask(train, unlabeled, criterion, mu=t.fixmatch_mu,
                             threshold=t.fixmatch_threshold, lambda_u=t.fixmatch_lambda_u,
                             alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, batch_size=batch_size,
-                            augment=augment, sampler=sampler, weighting=weighting)
+                            augment=weak, strong=strong, sampler=sampler, weighting=weighting)
     if t.semi != "none":
         raise LongtailError(f"unknown train.semi {t.semi!r}", "use none or fixmatch")
     if is_pseudo is not None:
+        if mix is not None:
+            raise LongtailError(f"augment.mix={cfg.augment.mix} with pseudo-labels is not supported",
+                                "set --set augment.mix=none, or train without data.pseudo_labels")
         if t.mfw_strength > 0:
             raise LongtailError("major feature weakening with pseudo-labels is not supported",
                                 "set train.mfw_strength=0 for semi-supervised runs")
@@ -115,10 +127,42 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
         raise LongtailError("train.pseudo_weight and train.labeled_fraction need pseudo-labels",
                             "set data.pseudo_labels=DIR (written by `longtail pseudo-label`)")
     if t.mfw_strength > 0:
+        if mix is not None:
+            raise LongtailError(f"augment.mix={cfg.augment.mix} with major feature weakening is not supported "
+                                "(both mix within the batch)",
+                                "set --set augment.mix=none, or train.mfw_strength=0")
         return MFWTask(train, criterion, counts=counts, strength=t.mfw_strength, lam_min=t.mfw_lam_min,
                        seed=cfg.seed, batch_size=batch_size, augment=augment, sampler=sampler, weighting=weighting)
     return SupervisedTask(train, criterion, batch_size=batch_size, augment=augment, sampler=sampler,
-                          weighting=weighting)
+                          weighting=weighting, mix=mix)
+
+
+def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
+    """The training augmentation of ``cfg`` (crop and flip, then ``augment.randaugment`` / ``augment.cutout``
+    of ``augment.policy``) and its mixing (``augment.mix``, None when off), refusing what the run cannot do.
+
+    On a FixMatch run (``train.semi=fixmatch``) ``augment.*`` describe the strong view (FixMatch's
+    RandAugment + Cutout); without ``augment.randaugment`` the strong view stays the simplified one
+    (:func:`longtail.semi.fixmatch.strong_augment`), so ``augment.cutout`` alone is refused there.
+    """
+    t, a = cfg.train, cfg.augment
+    augment = Augment(crop_padding=t.crop_padding, flip=t.flip, randaugment=a.randaugment,
+                      randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy)
+    mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
+    if isinstance(train, FileImageSet) and (a.randaugment or a.cutout):
+        raise LongtailError("augment.randaugment and augment.cutout are batched tensor operations on images held in "
+                            f"memory; the image files of data.dataset={cfg.data.dataset} are augmented as they "
+                            "are decoded, by DataLoader workers", "set --set augment.randaugment=0 --set "
+                            "augment.cutout=0 (augment.mix works on image files)")
+    if t.semi == "fixmatch":
+        if mix is not None:
+            raise LongtailError(f"augment.mix={a.mix} on a FixMatch run is not supported: its labeled batch, weak and "
+                                "strong views are FixMatch's", "set --set augment.mix=none")
+        if a.cutout and not a.randaugment:
+            raise LongtailError(f"augment.cutout={a.cutout} on a FixMatch run sets the Cutout of a RandAugment strong "
+                                "view, and augment.randaugment is 0 (the default strong view has its own cutout)",
+                                "add --set augment.randaugment=2 (FixMatch), or set --set augment.cutout=0")
+    return augment, mix
 
 
 def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str,
@@ -197,7 +241,7 @@ class SupervisedStage(Stage):
             model = model.to(memory_format=torch.channels_last)
         # a frozen backbone gets no gradients (requires_grad off), so the optimizer never moves it
         trains = FrozenBackbone(model, bn="frozen") if t.freeze_backbone else None
-        optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+        optimizer = make_optimizer(model, self.cfg)  # SGD; SAM / ASAM, MaxNorm, EMA from cfg.optim
         return Built(model, task, optimizer, ctx.splits.train.image_shape, trains=trains)
 
     def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
@@ -209,7 +253,7 @@ class SupervisedStage(Stage):
             load_pretrained_backbone(built.model, weights, log=ctx.log)
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]]:
-        return lambda: val_scores(built.model, ctx.splits, ctx.counts, ctx.device, self.cfg)
+        return lambda: val_scores(built.evaluated(), ctx.splits, ctx.counts, ctx.device, self.cfg)
 
     def report(self, built: Built, ctx: Context, timing: dict[str, float], records: list[list[dict[str, Any]]],
                start_epoch: int) -> dict[str, Any]:
@@ -223,8 +267,8 @@ class SupervisedStage(Stage):
             merged = {k: v for part in skipped for k, v in part.items()}
             extra["train_unreadable_images"] = _unreadable(ctx.splits.train, merged)  # type: ignore[arg-type]
             ctx.log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
-        return finish_run(self.cfg, self.members[0].run, built.model, ctx.splits, ctx.counts, ctx.device, timing,
-                          extra, writes=ctx.main)
+        return finish_run(self.cfg, self.members[0].run, built.evaluated(), ctx.splits, ctx.counts, ctx.device,
+                          timing, extra, writes=ctx.main)
 
 
 def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[Classifier, Task]:
@@ -251,6 +295,8 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
     extra = {"recipe": cfg.recipe, "epoch": cfg.train.epochs, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(device), "timing": timing,
              "train_size": len(splits.train), "test_size": len(splits.test), **extra}
+    if cfg.optim.ema > 0:  # model is the EMA of the trained weights (longtail.optim)
+        extra["evaluated_weights"] = f"EMA of the weights, decay {cfg.optim.ema}"
     extra.update(validation_report(cfg, run, model, splits, counts, device))
     semi_info = getattr(splits, "info", None)  # SemiSplits: the pool and the pseudo-labels' quality
     if semi_info:
@@ -310,6 +356,8 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     extra = {**_report_context(root), "recipe": cfg.recipe, "epoch": epoch, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(dev), "train_size": len(splits.train),
              "test_size": len(splits.test), "checkpoint": str(ckpt)}
+    if evaluated_weights(state) is not state["model"]:  # model_from_checkpoint took the EMA (optim.ema)
+        extra["evaluated_weights"] = f"EMA of the weights, decay {cfg.optim.ema}"
     if write and distributed.is_main():
         which = "last epoch" if epoch == cfg.train.epochs else f"epoch {epoch}"
         write_report(root, summary, title=f"{cfg.recipe} (seed {cfg.seed}, {which}, test set)", extra=extra)

@@ -92,6 +92,9 @@ def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str
     """Why ``GraphStep`` cannot run this task and optimizer, or ``None``."""
     if not getattr(task, "graphable", False):
         return f"the task ({type(task).__name__}) is not graphable (its loss may read changing state)"
+    wrapped = getattr(optimizer, "graph_unsupported", None)  # SAM, MaxNorm, EMA (longtail.optim)
+    if wrapped is not None:
+        return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD, and {wrapped}"
     if type(optimizer) is not torch.optim.SGD:
         return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD"
     for g in optimizer.param_groups:

@@ -78,8 +78,16 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-             nesterov: bool = False) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+             nesterov: bool = False, decay_bn_bias: bool = True) -> torch.optim.SGD:
+    """SGD over every parameter of ``model``. ``decay_bn_bias=False`` puts the one-dimensional parameters (biases,
+    BatchNorm's scales and shifts) in a second group without weight decay, as USB's ``bn_wd_skip`` does."""
+    if decay_bn_bias:
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov and momentum > 0)
+    params = list(model.parameters())
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if p.dim() > 1]},
+              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov and momentum > 0)
 
 

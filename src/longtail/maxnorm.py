@@ -1,10 +1,13 @@
-"""MaxNorm: a cap on the classifier's per-class weight norms, kept by projection after every step.
+"""MaxNorm: a cap on the classifier's per-class weight norms, kept by projection.
 
 Alshammari et al. (CVPR 2022, "Long-tailed recognition via weight balancing") train the classifier of
 their second stage with projected gradient descent: before the first step the norms ``||w_c||`` of the
 per-class weight rows are read once, the cap is ``min + t * (max - min)`` of them (their demo: t = 0.1),
-and after every step each row whose norm exceeds the cap is scaled back onto it. Rows below the cap
-and the bias are left alone (their ``MaxNorm_via_PGD`` skips one-dimensional parameters).
+and each row whose norm exceeds the cap is scaled back onto it. Rows below the cap and the bias are left
+alone (their ``MaxNorm_via_PGD`` gives one-dimensional parameters an infinite cap). Their released code
+projects once after every epoch's training (``utils/trainval.py``, ``pgdFunc.PGD(model)`` after the training
+phase), as ``longtail decouple --method wb`` does; ``optim.maxnorm`` (:mod:`longtail.optim`) projects after
+every step.
 
 Checked against their ``MaxNorm_via_PGD`` (``setPerLayerThresh`` then ``PGD`` with ``LpNorm=2, tau=1``) on fixed
 inputs in tests/test_maxnorm.py.
@@ -46,7 +49,10 @@ class MaxNorm:
     def project(self) -> None:
         """Scale every row whose norm exceeds the cap back onto it, in place."""
         norms = row_norms(self.weight)
-        scale = torch.where(norms > self.cap, self.cap / norms.clamp_min(1e-12), torch.ones_like(norms))
+        # cap as a tensor: ``float / tensor`` is computed as ``float * tensor.reciprocal()``, one ulp off the true
+        # quotient that their ``threshold / norm`` (two tensors) takes (tests/test_maxnorm.py checks bit-equality)
+        cap = torch.tensor(self.cap, dtype=norms.dtype, device=norms.device)
+        scale = torch.where(norms > cap, cap / norms.clamp_min(1e-12), torch.ones_like(norms))
         self.weight.mul_(scale.reshape(-1, *([1] * (self.weight.dim() - 1))).to(self.weight.dtype))
 
     def state_dict(self) -> dict[str, float]:

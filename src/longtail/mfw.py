@@ -41,12 +41,12 @@ import torch
 import torch.nn as nn
 
 from .counts import ClassCounts
-from .data.augment import Augment, Batch
+from .data.augment import Augment
 from .data.imageset import ImageSet
 from .errors import LongtailError
 from .loop import epoch_seed
 from .samplers import Sampler
-from .tasks import SupervisedTask
+from .tasks import SupervisedTask, TrainBatch
 from .weights import Weighting
 
 
@@ -192,7 +192,7 @@ class MFWTask(SupervisedTask):
         super().on_epoch_start(epoch)
         self._seed_generator(epoch)
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:  # never mixed (build_task)
         if not (hasattr(model, "features") and hasattr(model, "forward_head")):
             raise LongtailError(f"MFW needs a model with features() and forward_head(), got {type(model).__name__}",
                                 "use a longtail Classifier (longtail.models.make_model)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 
-from .config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from .config import AugmentConfig, DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from .errors import LongtailError
 from .ssl.config import default_config
 
@@ -92,6 +92,8 @@ def _recipes() -> list[Recipe]:
                 f"rho=100: {published}" if published else "",
                 decouple,
             ))
+    out += _wb_recipes()
+    out += _glmc_recipes()
     # flips as the seed's train.py does for every data set (digits are not mirror-symmetric: an ablation's
     # `--set train.flip=false` is one setting away)
     svhn = RunConfig(data=DataConfig(dataset="svhn", imbalance_ratio=100.0))
@@ -128,6 +130,48 @@ def _fast_recipes() -> list[Recipe]:
         base = f"{label} rho=100, FastNet-M (0.50M), {FAST_EPOCHS} epochs, minutes on a CPU"
         out.append(Recipe(f"{ds}-lt-fast-la", f"{base}: logit-adjusted loss, tau 1", cfg))
         out.append(Recipe(f"{ds}-lt-fast-ce", f"{base}: cross-entropy", _with(cfg, loss={"name": "ce"})))
+    return out
+
+
+def _wb_recipes() -> list[Recipe]:
+    """Weight balancing (Alshammari et al., CVPR 2022; longtail.weight_balancing): stage 1 as their CIFAR-100-LT demo
+    (ShadeAlsha/LTR-weight-balancing demo1_first-stage-training: CE, SGD momentum 0.9, lr 0.01, cosine to 0 over
+    320 epochs, batch 64, the grid-searched weight decay 5e-3) on our ResNet-32 (theirs: a ResNet-34), then
+    ``longtail decouple --method wb`` (their demo 2: the classifier, class-balanced loss, wd 0.1, MaxNorm 0.1)."""
+    train = TrainConfig(epochs=320, batch_size=64, lr=0.01, weight_decay=5e-3, schedule="cosine", warmup_epochs=0)
+    out = []
+    for ds, label, published in (("cifar10", "CIFAR-10-LT", ""),
+                                 ("cifar100", "CIFAR-100-LT", "rho=100: 53.35 [P] with their ResNet-34 and the "
+                                  "epoch best on the test set (46.08 after stage 1); none for ResNet-32")):
+        cfg = RunConfig(data=DataConfig(dataset=ds, imbalance_ratio=100.0), train=train)
+        out.append(Recipe(f"{ds}-lt-wb", f"{label} rho=100, ResNet-32, 320 epochs: CE with weight decay 5e-3 (lr "
+                          "0.01 cosine, batch 64), then weight balancing's second stage: the classifier trained "
+                          "10 epochs with the class-balanced loss, wd 0.1 and MaxNorm (Alshammari et al. 2022)",
+                          cfg, published, decouple="wb"))
+    return out
+
+
+def _glmc_recipes() -> list[Recipe]:
+    """GLMC (Du et al., CVPR 2023; longtail.glmc) with their README's CIFAR commands for rho=100 (ynu-yangpeng/GLMC
+    2c0261c, written after their sampling fix): SGD momentum 0.9, lr 0.01 cosine to 0 over 200 epochs (stepped
+    per epoch), batch 64, weight decay 5e-3, --resample_weighting 0.0, --label_weighting 1.2, --contrast_weight 1
+    (CIFAR-10) / 4 (CIFAR-100), their normalisation constants; on the standard ResNet-32 (0.46M), where theirs
+    has base width 64 (7.4M: --set model.arch=resnet32-w4). Their numbers are the best epoch on the test set."""
+    train = TrainConfig(epochs=200, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-3, schedule="cosine",
+                        warmup_epochs=0, task="glmc", glmc_resample_weighting=0.0, glmc_label_weighting=1.2)
+    wide = "their ResNet-32 of base width 64 (7.4M parameters; resnet32-w4), best epoch on the test set"
+    out = []
+    for ds, label, contrast, normalization, before, fixed, maxnorm in (
+            ("cifar10", "CIFAR-10-LT", 1.0, "cifar10-data", "87.75", "88.50", "89.58"),
+            ("cifar100", "CIFAR-100-LT", 4.0, None, "55.88", "57.97", "58.41")):
+        cfg = RunConfig(data=DataConfig(dataset=ds, imbalance_ratio=100.0, normalization=normalization),
+                        train=replace(train, glmc_contrast_weight=contrast))
+        out.append(Recipe(f"{ds}-lt-glmc", f"{label} rho=100, ResNet-32, 200 epochs: GLMC, global mixup and local "
+                          "CutMix with re-sampled partners, their consistency, a re-balanced second head weighted in "
+                          f"cumulatively (consistency weight {contrast:g}; batch 64, lr 0.01 cosine, wd 5e-3; "
+                          "Du et al. 2023)", cfg,
+                          f"rho=100: {before} [R] as published (before their sampling fix), {fixed} [R] after it, "
+                          f"{maxnorm} [R] after it with MaxNorm; {wide}"))
     return out
 
 
@@ -175,12 +219,32 @@ def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
         out.append(Recipe(f"{ds}-lt-rotation-ssp", f"{label} rho=100: rotation-prediction pre-training "
                           "of ResNet-32 with the reference 200-epoch recipe (`longtail pretrain`)",
                           default_config("rotation", ds), pretrain="rotation"))
-    out.append(Recipe("cifar10-lt-simsiam", "CIFAR-10-LT rho=100: SimSiam pre-training, ResNet-32, 800 epochs, "
-                      "batch 512, cosine (`longtail pretrain`)", default_config("simsiam", "cifar10"),
-                      pretrain="simsiam"))
-    out.append(Recipe("cifar10-lt-simsiam-rwsam", "CIFAR-10-LT rho=100: SimSiam with re-weighted SAM (adaptive, "
-                      "rho 0.5, label-free KDE weights; Liu et al. 2022)", default_config("simsiam-rwsam", "cifar10"),
-                      "linear-probe error 14.4 [P] (ResNet-18, balanced probe data)", pretrain="simsiam-rwsam"))
+    # Liu et al. (ICLR 2022; Liuhong99/Imbalanced-SSL, README commands for cifar/main.py and main_sam_weight.py):
+    # --arch resnet18 (their CIFAR ResNet18: resnet18-cifar), --epochs 1600, --batch_size 512, --learning_rate 0.06
+    # (cosine), --weight_decay 5e-4, --momentum 0.9; rwSAM: adaptive, rho 0.5 (main_sam_weight.py defaults). Their
+    # evaluation, main_lincls.py: a linear probe on the full balanced CIFAR-10 training set, 100 epochs, batch 256,
+    # lr 30, momentum 0.9, wd 0, x0.1 at epochs 60 and 80, raw features.
+    liu_text = ("ResNet-18 (Liu et al.'s CIFAR ResNet18), 1,600 epochs, batch 512, lr 0.06 cosine; report: k-NN and "
+                "linear probe (lr 30, 100 epochs, steps at 60 / 80) trained on the full balanced CIFAR-10 training set")
+    for method, what, published in (
+            ("simsiam", "SimSiam pre-training", ""),
+            ("simsiam-rwsam", "SimSiam with re-weighted SAM (adaptive, rho 0.5, label-free KDE weights)",
+             "linear-probe error 14.4 [P] (ResNet-18, balanced probe data)")):
+        r32 = default_config(method, "cifar10")
+        liu = replace(r32, model=replace(r32.model, arch="resnet18-cifar"), train=replace(r32.train, epochs=1600),
+                      ssl=replace(r32.ssl, probe_data="balanced", probe_epochs=100, probe_batch_size=256, probe_lr=30.0,
+                                  probe_schedule="step", probe_standardize=False,
+                                  # main_sam_weight.py runs both SAM passes in train mode: both update BatchNorm
+                                  sam_bn_stats="both"))
+        out.append(Recipe(f"cifar10-lt-{method}", f"CIFAR-10-LT rho=100: {what}, Liu et al. 2022's protocol: "
+                          f"{liu_text} (`longtail pretrain`)", liu, published, pretrain=method))
+        out.append(Recipe(f"cifar10-lt-{method}-r32", f"CIFAR-10-LT rho=100: {what} of ResNet-32 (the reference "
+                          "recipes' backbone, for --init-from), 800 epochs, batch 512, cosine; probes on the "
+                          "long-tailed features (`longtail pretrain`)", r32, pretrain=method))
+    out.append(Recipe("cifar10-lt-moco", "CIFAR-10-LT rho=100: MoCo pre-training with MoCo's CIFAR-10 demo settings "
+                      "(its ResNet-18, 200 epochs, batch 512, lr 0.06 cosine, wd 5e-4, K 4096, m 0.99, T 0.1, linear "
+                      "128-d head, crop scale 0.08..1, 8 BatchNorm splits; `longtail pretrain`)",
+                      default_config("moco", "cifar10"), pretrain="moco"))
     out.append(Recipe("imagenet-lt-moco", "ImageNet-LT: MoCo v2 pre-training, ResNet-50, 200 epochs, lr 0.015, "
                       "K 65536, m 0.999, T 0.2, blur; images decoded once to 224 px (about 17 GB of memory "
                       "per process); torchrun shuffles keys across GPUs", default_config("moco", "imagenet-lt"),
@@ -209,31 +273,73 @@ def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
     return out
 
 
+#: USB's imbalanced CIFAR-10 runs (microsoft/Semi-supervised-learning, config/classic_cv_imb/fixmatch/
+#: fixmatch_cifar10_lb1500_100_ulb3000_100_0.yaml and .../supervised/supervised_cifar10_lb1500_100_ulb3000_100_0.yaml)
+#: train 2^18 = 262,144 iterations of 64 labeled images. Our epoch is one pass over the 3,720 labeled images of the
+#: DARP protocol in ceil(3720 / 64) = 59 batches (FixMatchTask.steps_per_epoch), so 2^18 iterations are
+#: 262,144 / 59 = 4,443.1 epochs: 4,443 (262,137 steps).
+USB_ITERATIONS = 2 ** 18
+USB_EPOCHS = 4443
+
+
 def _semi_recipes() -> list[Recipe]:
     """Unlabeled data (Yang & Xu 2020; the DARP/ABC/USB protocol). Pipelines: scripts/semi_pseudo.sh."""
     # CIFAR-10 alone cannot hold the reference's 5x pool next to a rho=50 subset with n_max=5000 (the
     # head class uses all its images); n_max=750 is the largest that fits a rho_U=100 pool of 5x.
     seed_style = DataConfig(dataset="cifar10", imbalance_ratio=50.0, n_max=750)
     darp = DataConfig(dataset="cifar10", protocol="darp")
+    # USB's protocol: its split shuffles each class before cutting (data.darp_order=shuffled), keeps labeled and
+    # unlabeled apart (include_lb_to_ulb: False) and normalises CIFAR-10 with ImageNet's statistics (semilearn/
+    # datasets/cv_datasets/cifar.py); WRN-28-2; SGD lr 0.03, momentum 0.9, Nesterov, wd 5e-4; FixMatch's cosine
+    # lr cos(7 pi k / 16 K) set every step; batch 64 (+ uratio 2 x 64 unlabeled); an EMA of the weights (0.999)
+    # is what is evaluated; the strong view is RandAugment(3 ops, a magnitude drawn per op) + Cutout (<= half).
+    usb_train = TrainConfig(epochs=USB_EPOCHS, batch_size=64, lr=0.03, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                            schedule="fixmatch-cosine", warmup_epochs=0.0, checkpoint_every=50)
+    usb = RunConfig(data=replace(darp, darp_order="shuffled", normalization="imagenet"),
+                    model=ModelConfig(arch="wrn-28-2"), train=usb_train,
+                    optim=OptimConfig(ema=0.999, decay_bn_bias=False))
+    usb_fixmatch = replace(usb, train=replace(usb_train, semi="fixmatch", fixmatch_mu=2, fixmatch_threshold=0.95,
+                                              fixmatch_lambda_u=1.0),
+                           augment=AugmentConfig(randaugment=3, randaugment_magnitude=None, cutout=0.5, policy="usb"))
+    usb_text = (f"; USB's protocol: WRN-28-2, 2^18 steps ({USB_EPOCHS} epochs of 59 batches of 64), lr 0.03 "
+                "Nesterov, wd 5e-4, cosine 7/16, EMA 0.999, USB's shuffled split and ImageNet normalisation")
+    fixmatch_text = ", mu 2, threshold 0.95, strong view RandAugment(3) + Cutout" + usb_text
+    short = "; the short variant: ResNet-32, 200 epochs of batch 128 (about 6,000 steps), the step schedule"
+    short_fm = TrainConfig(semi="fixmatch")
     rows = [
         ("cifar10-semi-base", "labeled CIFAR-10-LT rho=50 (n_max 750, 2,096 images), CE: the base model that "
-         "pseudo-labels the pool", RunConfig(data=seed_style), "CE rho=50 error 29.6 [R] (n_max 5000)"),
+         "pseudo-labels the pool; ResNet-32, 200 epochs", RunConfig(data=seed_style),
+         "CE rho=50 error 29.6 [R] (n_max 5000)"),
         ("cifar10-semi-pseudo", "the base's labeled set + its pseudo-labeled pool (--set data.pseudo_labels=DIR), "
-         "CE, batch 256", RunConfig(data=seed_style, train=TrainConfig(batch_size=256)),
+         "CE, batch 256; ResNet-32, 200 epochs", RunConfig(data=seed_style, train=TrainConfig(batch_size=256)),
          "error 16.79..19.94 by rho_U [R] (TinyImages pool)"),
-        ("cifar10-semi-darp-supervised", "DARP protocol (N1=1500, gamma_l=100), labeled data only, CE",
-         RunConfig(data=darp), "63.83 [R] (USB, WRN-28-2)"),
+        ("cifar10-semi-darp-supervised", "DARP protocol (N1=1500, gamma_l=100), labeled data only, CE" + usb_text,
+         usb, "63.83 [R] (USB, WRN-28-2)"),
+        ("cifar10-semi-darp-supervised-short", "DARP protocol, labeled data only, CE" + short, RunConfig(data=darp),
+         ""),
+        # a pseudo-label run must cut the split as the labeling run did: USB's for the USB supervised run
         ("cifar10-semi-darp-pseudo", "DARP protocol labeled + pseudo-labels of its unlabeled part "
-         "(--set data.pseudo_labels=DIR from `pseudo-label RUN --pool darp`), CE, batch 256",
+         "(--set data.pseudo_labels=DIR from `pseudo-label RUN --pool darp` of cifar10-semi-darp-supervised), CE, "
+         "batch 256; ResNet-32, 200 epochs; USB's shuffled split and ImageNet normalisation",
+         RunConfig(data=usb.data, train=TrainConfig(batch_size=256)), ""),
+        ("cifar10-semi-darp-pseudo-short", "DARP protocol labeled + pseudo-labels of its unlabeled part "
+         "(--set data.pseudo_labels=DIR from `pseudo-label RUN --pool darp` of cifar10-semi-darp-supervised-short), "
+         "CE, batch 256; ResNet-32, 200 epochs; DARP's file-order split",
          RunConfig(data=darp, train=TrainConfig(batch_size=256)), ""),
-        ("cifar10-semi-darp-fixmatch", "DARP protocol, FixMatch (threshold 0.95, mu 7)",
-         RunConfig(data=darp, train=TrainConfig(semi="fixmatch")), "76.69 [R] (USB, WRN-28-2)"),
-        ("cifar10-semi-darp-fixmatch-da", "DARP protocol, FixMatch with distribution alignment",
-         RunConfig(data=darp, train=TrainConfig(semi="fixmatch", fixmatch_alignment="da")), ""),
-        ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels",
-         RunConfig(data=darp, train=TrainConfig(semi="fixmatch", fixmatch_alignment="la")), ""),
+        ("cifar10-semi-darp-fixmatch", "DARP protocol, FixMatch" + fixmatch_text, usb_fixmatch,
+         "76.69 [R] (USB, WRN-28-2)"),
+        ("cifar10-semi-darp-fixmatch-da", "DARP protocol, FixMatch with distribution alignment" + fixmatch_text,
+         replace(usb_fixmatch, train=replace(usb_fixmatch.train, fixmatch_alignment="da")), ""),
+        ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels" + fixmatch_text,
+         replace(usb_fixmatch, train=replace(usb_fixmatch.train, fixmatch_alignment="la")), ""),
+        ("cifar10-semi-darp-fixmatch-short", "DARP protocol, FixMatch (threshold 0.95, mu 7, batch 128, no EMA, "
+         "a simplified strong view)" + short, RunConfig(data=darp, train=short_fm), ""),
+        ("cifar10-semi-darp-fixmatch-da-short", "DARP protocol, FixMatch with distribution alignment" + short,
+         RunConfig(data=darp, train=replace(short_fm, fixmatch_alignment="da")), ""),
+        ("cifar10-semi-darp-fixmatch-la-short", "DARP protocol, FixMatch with logit-adjusted pseudo-labels" + short,
+         RunConfig(data=darp, train=replace(short_fm, fixmatch_alignment="la")), ""),
     ]
-    return [Recipe(name, f"{desc}; ResNet-32, 200 epochs", cfg, pub) for name, desc, cfg, pub in rows]
+    return [Recipe(name, desc, cfg, pub) for name, desc, cfg, pub in rows]
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _recipes()}

@@ -4,7 +4,8 @@ A run folder holds everything needed to read and reproduce a run::
 
     config.json            the full RunConfig, the command line and the package version
     metrics.jsonl          one JSON line per epoch
-    checkpoints/last.pt    model, optimizer and loop state (written atomically, with a checksum)
+    checkpoints/last.pt    model, optimizer and loop state (written atomically, with a checksum); the optimizer's
+                           holds MaxNorm's cap and the EMA of the weights when on (longtail.optim)
     checkpoints/previous.pt  the checkpoint before it: resumed from when last.pt is damaged
     .longtail.lock         while a process writes the folder: its pid and host (one writer at a time)
     report.json / .md      the final evaluation (last epoch), per_class_accuracy.png
@@ -185,9 +186,11 @@ class EpochLog:
 
     def end_epoch(self, row: dict[str, Any], model: torch.nn.Module | None, optimizer: Any,
                   validate: Callable[[], dict[str, Any]] | None = None,
-                  extra: Callable[[], dict[str, Any]] | None = None) -> None:
+                  extra: Callable[[], dict[str, Any]] | None = None,
+                  evaluated: torch.nn.Module | None = None) -> None:
         """Record epoch ``row["epoch"]``: ``validate()`` gives the row's validation fields, ``extra()`` what
-        the checkpoint carries besides model and optimizer."""
+        the checkpoint carries besides model and optimizer. ``evaluated``: the network ``validate`` scores when
+        not ``model`` (an EMA of its weights, ``optim.ema``): ``best-val.pt`` holds it."""
         done = int(row["epoch"]) + 1
         if validate is not None and self.validates(done):
             scores = validate()
@@ -195,7 +198,8 @@ class EpochLog:
             if self.best_by is not None and self.best_by in scores:
                 best = max((r[self.best_by] for r in self.records if self.best_by in r), default=None)
                 if self.writes and (best is None or scores[self.best_by] > best):
-                    save_checkpoint(self.run.best_val, config=self.cfg, model=model, optimizer=None,  # type: ignore[arg-type]
+                    save_checkpoint(self.run.best_val, config=self.cfg, optimizer=None,
+                                    model=evaluated if evaluated is not None else model,  # type: ignore[arg-type]
                                     next_epoch=done, records=[])
         self.records.append(row)
         if self.writes:

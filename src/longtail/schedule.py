@@ -78,7 +78,29 @@ def onecycle_lr(epoch: float, *, base_lr: float, epochs: float, warmup_epochs: f
     return base_lr * (1.0 + (end - 1.0) * (e - warm) / (epochs - warm))
 
 
-SCHEDULES = ("step", "cosine", "onecycle")
+def fixmatch_cosine_lr(epoch: float, *, base_lr: float, epochs: float, warmup_epochs: float = 0,
+                       cycles: float = 7 / 16) -> float:
+    """FixMatch's cosine (Sohn et al. 2020; USB's ``get_cosine_schedule_with_warmup``): at step ``k`` of ``K``,
+    ``lr = base_lr * cos(cycles * pi * k / K)``, with ``cycles`` 7/16 (the rate ends at cos(7 pi / 16) = 0.195 of
+    ``base_lr``, not 0), after an optional linear warm-up ``base_lr * k / warm`` (USB's default: none).
+
+    ``epoch`` is fractional (``epoch + step / steps_per_epoch``, :class:`per_step`), so ``k / K`` is
+    ``epoch / epochs``; ``warmup_epochs`` is in real epochs.
+
+    >>> [round(fixmatch_cosine_lr(e, base_lr=0.03, epochs=16), 6) for e in (0, 8, 16)]
+    [0.03, 0.02319, 0.005853]
+    """
+    if epochs <= 0:
+        raise LongtailError(f"a schedule needs epochs > 0, got {epochs}")
+    e = min(max(float(epoch), 0.0), float(epochs))
+    warm = min(max(float(warmup_epochs), 0.0), float(epochs))
+    if e < warm:
+        return base_lr * e / warm
+    t = (e - warm) / max(float(epochs) - warm, 1e-12)
+    return base_lr * max(0.0, math.cos(math.pi * cycles * t))
+
+
+SCHEDULES = ("step", "cosine", "onecycle", "fixmatch-cosine")
 
 
 class per_step:  # noqa: N801  (used as a function wrapper)
@@ -105,7 +127,9 @@ def lr_function(cfg: RunConfig) -> Callable[[int], float]:
     if t.schedule == "onecycle":  # warmup_epochs in 200-epoch units, as for step; a new rate every step
         warm = t.warmup_epochs * t.epochs / REFERENCE_EPOCHS  # the peak's share of the run, as for step
         return per_step(lambda e: onecycle_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=warm))
-    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step, cosine or onecycle")
+    if t.schedule == "fixmatch-cosine":  # warmup_epochs in real epochs, as for cosine; a new rate every step
+        return per_step(lambda e: fixmatch_cosine_lr(e, base_lr=t.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs))
+    raise LongtailError(f"unknown schedule {t.schedule!r}", "use step, cosine, onecycle or fixmatch-cosine")
 
 
 def describe_schedule(cfg: RunConfig) -> list[str]:
@@ -126,6 +150,9 @@ def describe_schedule(cfg: RunConfig) -> list[str]:
     elif t.schedule == "cosine":
         text = (f"linear warm-up over {t.warmup_epochs:g} epochs, then " if t.warmup_epochs else "") + \
             "cosine decay to 0"
+    elif t.schedule == "fixmatch-cosine":
+        text = (f"linear warm-up over {t.warmup_epochs:g} epochs, then " if t.warmup_epochs else "") + \
+            "lr x cos(7 pi k / 16 K) at step k of K (FixMatch, USB), set every step, ending at x0.195"
     else:
         peak = t.warmup_epochs * t.epochs / REFERENCE_EPOCHS
         text = f"one-cycle: from x0.2 up to the peak at epoch {peak:.3g}, then linearly to 0, set every step"

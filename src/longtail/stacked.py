@@ -37,7 +37,8 @@ mode and finished in the other.
 Supported: backbones built from ``Conv2d``, ``BatchNorm2d``, ``ZeroPadShortcut``, ReLU, pooling and
 ``Flatten`` inside ``ResNetCifar``/``BasicBlock``/``TinyNet``/``Sequential`` (resnet32, resnet20,
 resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. Not supported (a
-:class:`~longtail.errors.LongtailError` says so): major feature weakening and any other task than
+:class:`~longtail.errors.LongtailError` says so): major feature weakening, mixup / CutMix (``augment.mix``;
+RandAugment and Cutout stack, each member drawing its own) and any other task than
 :class:`~longtail.tasks.SupervisedTask`, and other layer types; train those seeds sequentially.
 """
 
@@ -65,6 +66,7 @@ from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
+from .optim import optim_settings
 from .runs import EpochLog, RunDir
 from .tasks import SupervisedTask, Task
 
@@ -444,6 +446,8 @@ class StackedTask:
             if type(t) is not SupervisedTask:
                 raise _unsupported(f"the task is a {type(t).__name__}; only a plain SupervisedTask "
                                    "(no major feature weakening) is stackable")
+            if t.mix is not None:
+                raise _unsupported(f"mixing (augment.mix={t.mix.mode}) is not stackable")
         self._loss_sum: Tensor | None = None  # (S,) on the device, summed in place (a CUDA graph replays the sum)
         self._calls = 0  # counted by batches(): a replayed step runs no Python
 
@@ -505,12 +509,19 @@ def stack_unsupported_reason(cfg: RunConfig) -> str | None:
     """Why ``cfg`` cannot be trained stacked, or ``None`` when it can (cheap: builds no weights)."""
     if cfg.train.mfw_strength > 0:
         return "major feature weakening (train.mfw_strength > 0) mixes features within each batch"
+    if getattr(cfg.train, "task", "supervised") != "supervised":
+        return f"train.task={cfg.train.task} has its own model (two heads and a projector) and batches"
     if getattr(cfg.train, "semi", "none") != "none" or getattr(cfg.data, "pseudo_labels", None):
         return "semi-supervised tasks (train.semi, data.pseudo_labels) are not stackable"
     if cfg.train.init_from or cfg.model.pretrained:
         return "pre-trained weights (train.init_from, model.pretrained) are loaded per run, not into a stacked network"
     if cfg.train.freeze_backbone:
         return "a frozen backbone (train.freeze_backbone) is not stackable"
+    if cfg.augment.mix != "none":  # RandAugment and Cutout are per member's batches, and stack
+        return f"mixing (augment.mix={cfg.augment.mix}) gives each seed a second label per image and a share"
+    on = optim_settings(cfg)
+    if on:  # SAM's radius is over all the weights (it would mix the seeds); MaxNorm's cap and the EMA are per run
+        return f"{', '.join(on)} are per run, and the stacked optimizer is one plain SGD over every seed"
 
     try:
         with torch.device("meta"):

@@ -14,12 +14,16 @@ import torch.nn as nn
 
 from .data.augment import Augment, Batch, iterate_batches
 from .data.imageset import ImageSet
+from .data.mix import Mix, MixedBatch, mixed_loss
 from .samplers import Sampler
 from .weights import Weighting
 
 if TYPE_CHECKING:
     from .data.files import FileImageSet
 
+
+#: a supervised task's batch: mixed (``augment.mix``) or not
+TrainBatch = Batch | MixedBatch
 
 #: a task's batch: ``Batch`` for the supervised tasks, others for FixMatch (``FixMatchBatch``) or
 #: self-supervised pre-training (two views); a bare ``Task`` takes any
@@ -68,10 +72,16 @@ class SupervisedTask:
     ``criterion(logits, targets, weight=None)`` is a loss from ``longtail.losses``; the
     weighting's ``weight_at(epoch)`` gives the per-class weights of an epoch (None: unweighted),
     which is how deferred re-weighting (DRW) switches at its epoch without a branch in the loop.
+    ``mix`` (mixup or CutMix, :mod:`longtail.data.mix`): every batch is a ``MixedBatch`` and the loss is
+    ``lam * L(logits, y_a) + (1 - lam) * L(logits, y_b)`` with the same loss and per-class weights.
     """
 
     multi_process = True
     image_files = True
+    # Mixing keeps the task graphable: the permutation's labels (labels_b) and the share (lam) are tensors of
+    # the batch, drawn in batches() outside the step, so the loss still reads only the batch and class_weight;
+    # a CUDA graph copies them in with the images, and a batch left unmixed (mix_prob < 1) has lam = 1 and the
+    # same shapes, so it replays the same graph.
     graphable = True
 
     def __init__(
@@ -83,11 +93,13 @@ class SupervisedTask:
         augment: Augment | None = None,
         sampler: Sampler | None = None,
         weighting: Weighting | None = None,
+        mix: Mix | None = None,
     ) -> None:
         self.train = train
         self.criterion = criterion
         self.batch_size = batch_size
         self.augment = augment
+        self.mix = mix
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
         self.weighting = weighting
         self.class_weight: torch.Tensor | None = None
@@ -104,14 +116,18 @@ class SupervisedTask:
         w = self.weighting.weight_at(epoch) if self.weighting is not None else None
         self.class_weight = None if w is None else w.to(self.train.device)
 
-    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[TrainBatch]:
         order = self.sampler.epoch_indices(generator)
         # image files are batched by LoaderTask (longtail.experiment.adapt_task), never here
         train = cast(ImageSet, self.train)
-        return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
+        batches = iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
+        return batches if self.mix is None else self.mix.batches(batches, generator)
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:
         logits = model(batch.images)
+        if isinstance(batch, MixedBatch):
+            return mixed_loss(self.criterion, logits.float(), batch.labels, batch.labels_b, batch.lam,
+                              weight=self.class_weight)
         return self.criterion(logits.float(), batch.labels, weight=self.class_weight)
 
     @property

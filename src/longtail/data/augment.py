@@ -14,21 +14,43 @@ import torch
 import torch.nn.functional as F
 
 from .imageset import ImageSet
+from .randaugment import Cutout, RandAugment
 
 
 @dataclass(frozen=True)
 class Augment:
-    """The reference CIFAR augmentation: random crop with zero padding, horizontal flip."""
+    """The reference CIFAR augmentation: random crop with zero padding, horizontal flip; then, when asked
+    (``augment.*`` of the config), RandAugment with ``randaugment`` ops and Cutout of a square of ``cutout``
+    times the side, both of ``policy`` (:mod:`longtail.data.randaugment`: fixmatch | usb)."""
 
     crop_padding: int = 4
     flip: bool = True
+    randaugment: int = 0
+    randaugment_magnitude: int | None = None
+    cutout: float = 0.0
+    policy: str = "fixmatch"
+
+    def __post_init__(self) -> None:  # bad settings fail when the run is built, not at its first batch
+        if self.randaugment:
+            RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)
+        if self.cutout:
+            Cutout(self.cutout, self.policy)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator)
         if self.flip:
             images = random_flip(images, generator)
+        if self.randaugment:
+            images = RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)(images, generator)
+        if self.cutout:
+            images = Cutout(self.cutout, self.policy)(images, generator)
         return images
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything (and so needs a generator)."""
+        return bool(self.crop_padding or self.flip or self.randaugment or self.cutout)
 
 
 
@@ -107,7 +129,7 @@ def iterate_batches(
     """
     order = order.to(data.device)
     images = data.images[order]
-    if augment is not None and (augment.crop_padding or augment.flip):
+    if augment is not None and augment.active:
         if generator is None:
             raise ValueError("augmentation needs an explicit torch.Generator")
         images = augment(images, generator)

@@ -297,9 +297,11 @@ class LoaderTask(TaskWrapper):
             rows = rows + start
             plan.append(list(zip(order[rows].tolist(), seeds[rows].tolist())))
             scales.append(scale)
+        mix = getattr(self.inner, "mix", None)  # augment.mix: each process mixes its own rows of the batch
         for (x, y, rows, usable), scale in zip(self._loader.run(plan), scales):
             self.scale = scale if usable else 0.0  # read by loss() for this batch
-            yield Batch(to_device(x, self.train, self.device), y.to(self.device), rows.to(self.device))
+            batch = Batch(to_device(x, self.train, self.device), y.to(self.device), rows.to(self.device))
+            yield batch if mix is None else mix(batch, generator)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         loss = self.inner.loss(model, batch)

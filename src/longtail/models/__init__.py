@@ -6,20 +6,34 @@ from typing import TYPE_CHECKING
 
 from .classifier import MODELS, Classifier, make_backbone, make_model
 from .fastnet import FASTNET_WIDTHS, FastNet, FlipTTA, fastnet_backbone, init_whitening
+from .glmc import GLMCClassifier
 from .heads import HEADS, CosineHead, LinearHead, make_head
+from .resnet18_cifar import CIFAR_RESNET18
 from .resnet_cifar import ResNetCifar, resnet32
+from .wideresnet import WRN_CONFIGS, WideResNet, wide_resnet_backbone
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["Classifier", "CosineHead", "FastNet", "FlipTTA", "LinearHead", "HEADS", "MODELS", "ResNetCifar",
-           "build_model", "init_whitening", "make_backbone", "make_head", "make_model", "resnet32"]
+__all__ = ["Classifier", "CosineHead", "FastNet", "FlipTTA", "GLMCClassifier", "LinearHead", "HEADS", "MODELS",
+           "ResNetCifar", "WideResNet", "build_model", "init_whitening", "make_backbone", "make_head", "make_model",
+           "resnet32"]
 
 # FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
 # fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
 MODELS.update({name: fastnet_backbone(name) for name in FASTNET_WIDTHS})
+# Wide ResNets as FixMatch/USB define them: wrn-28-2 (1.47M), wrn-28-8 (longtail.models.wideresnet)
+MODELS.update({name: wide_resnet_backbone(name) for name in WRN_CONFIGS})
+# CIFAR ResNet-18 (3x3 stem, no max-pool): resnet18-cifar (Liu et al. 2022), resnet18-cifar-tv (MoCo's CIFAR demo)
+MODELS.update(CIFAR_RESNET18)
+# GLMC's CIFAR "ResNet-32" (ynu-yangpeng/GLMC ResNet_modify, nf=64): widths 64/128/256, 7.4M parameters
+MODELS["resnet32-w4"] = lambda c: ResNetCifar(5, in_channels=c, widths=(64, 128, 256))
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:
-    """The model a run's ``model`` section describes, for ``num_classes`` classes."""
-    return make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
+    """The model a run's ``model`` section describes, for ``num_classes`` classes (with GLMC's second head and
+    projector when ``train.task=glmc``, :mod:`longtail.models.glmc`)."""
+    model = make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
+    if getattr(cfg.train, "task", "supervised") == "glmc":
+        return GLMCClassifier.from_classifier(model, num_classes, head=cfg.model.head, proj_dim=cfg.train.glmc_proj_dim)
+    return model

@@ -97,4 +97,8 @@ def make_backbone(arch: str, in_channels: int = 3) -> nn.Module:
 
 def make_model(arch: str, num_classes: int, *, head: str = "linear", in_channels: int = 3) -> Classifier:
     backbone = make_backbone(arch, in_channels)
-    return Classifier(backbone, make_head(head, backbone.out_features, num_classes))  # type: ignore[arg-type]
+    classifier = make_head(head, backbone.out_features, num_classes)  # type: ignore[arg-type]
+    init_head = getattr(backbone, "init_head", None)  # a backbone whose source initialises its head its own way
+    if init_head is not None:
+        init_head(classifier)
+    return Classifier(backbone, classifier)

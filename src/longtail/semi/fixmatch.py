@@ -22,8 +22,15 @@ On imbalanced data the confident pseudo-labels lean to the head classes; two doc
   prior's bias from the pseudo-labels.
 
 Augmentation runs on the device as batched tensor ops from the loop's generator: weak = the
-run's crop + flip; strong = weak + per-image brightness, contrast and saturation jitter,
-solarisation with probability 0.2, and one cutout square (FixMatch's Cutout).
+run's crop + flip. Strong, by default (``strong=None``), the simplified :func:`strong_augment`: weak +
+per-image brightness, contrast and saturation jitter, solarisation with probability 0.2, and one
+cutout square. With ``strong`` an :class:`~longtail.data.augment.Augment` carrying RandAugment (the config's
+``augment.randaugment``, ``augment.randaugment_magnitude``, ``augment.cutout``, ``augment.policy``), the
+strong view is FixMatch's own: crop + flip, RandAugment (FixMatch: 2 ops at magnitudes drawn from 1..9,
+kekmodel/FixMatch-pytorch ``RandAugmentMC``; USB: 3 ops, ``augment.policy=usb``) and Cutout
+(:mod:`longtail.data.randaugment`). The simplified view stays the default so that the recipes written
+before RandAugment existed keep their numbers; a FixMatch recipe that follows the papers sets
+``augment.randaugment``.
 
 Limits: the DA running mean is not saved in checkpoints (a resumed run starts it afresh), and a
 two-pass optimizer (SAM) updates it twice per step.
@@ -163,6 +170,7 @@ class FixMatchTask:
         da_momentum: float = 0.999,
         la_tau: float = 1.0,
         augment: Augment | None = None,
+        strong: Augment | None = None,
         jitter: float = 0.5,
         cutout: float = 0.5,
         sampler: Sampler | None = None,
@@ -185,6 +193,7 @@ class FixMatchTask:
         self.batch_size, self.mu, self.threshold, self.lambda_u = batch_size, int(mu), float(threshold), float(lambda_u)
         self.alignment, self.da_momentum, self.la_tau = alignment, float(da_momentum), float(la_tau)
         self.weak = augment if augment is not None else Augment()
+        self.strong = strong  # None: the simplified strong_augment (jitter, cutout)
         self.jitter, self.cutout = jitter, cutout
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
         self.weighting = weighting
@@ -226,9 +235,13 @@ class FixMatchTask:
             x = self.weak(tr.images[idx], generator)
             u = un.images[u_idx]
             u_weak = self.weak(u, generator)
-            u_strong = strong_augment(u, generator, weak=self.weak, jitter=self.jitter, cutout=self.cutout)
+            if self.strong is not None:  # crop + flip + RandAugment + Cutout, uint8
+                u_strong = normalize(self.strong(u, generator), un.mean, un.std)
+            else:
+                u_strong = _normalize_float(strong_augment(u, generator, weak=self.weak, jitter=self.jitter,
+                                                           cutout=self.cutout), un.mean, un.std)
             yield FixMatchBatch(normalize(x, tr.mean, tr.std), tr.labels[idx], idx,
-                                normalize(u_weak, un.mean, un.std), _normalize_float(u_strong, un.mean, un.std))
+                                normalize(u_weak, un.mean, un.std), u_strong)
 
     def loss(self, model: nn.Module, batch: FixMatchBatch) -> Tensor:
         b, bu = batch.images.shape[0], batch.u_weak.shape[0]

@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..data.augment import Augment, Batch, iterate_batches
+from ..data.augment import Augment, iterate_batches
 from ..data.imageset import ImageSet
 from ..errors import LongtailError
 from ..samplers import InstanceBalanced
-from ..tasks import Sampler, SupervisedTask, Weighting, _Permutation
+from ..tasks import Sampler, SupervisedTask, TrainBatch, Weighting, _Permutation
 
 
 def cycled_draw(rows: Tensor, n: int, generator: torch.Generator) -> Tensor:
@@ -118,7 +118,7 @@ class SemiSupervisedTask(SupervisedTask):
         self.labeled_rows, self.pseudo_rows = self.labeled_rows.to(device), self.pseudo_rows.to(device)
         return self
 
-    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[TrainBatch]:
         if self.labeled_fraction is None:
             return super().batches(epoch, generator)
         steps, n_l = self.steps_per_epoch, self.labeled_per_batch
@@ -129,7 +129,7 @@ class SemiSupervisedTask(SupervisedTask):
         train = cast(ImageSet, self.train)  # image_files = False: never image files
         return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
 
-    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+    def loss(self, model: nn.Module, batch: TrainBatch) -> Tensor:  # never mixed (build_task)
         if self.pseudo_weight == 1.0:
             return super().loss(model, batch)  # the merged set, exactly the reference
         logits = model(batch.images).float()

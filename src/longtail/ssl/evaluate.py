@@ -6,10 +6,16 @@
       score_c(x) = sum_{j in topk(x)} exp(cos(f(x), f_j) / T) [y_j = c]
 
   The normalised scores are class probabilities; their log is passed to ``summarize`` as logits.
-* linear probe: one linear layer trained with cross-entropy on the frozen, precomputed and
-  standardised features of the training set (mini-batch SGD with momentum, cosine rate), evaluated
-  on the balanced test set. ``balanced=True`` weights the loss by inverse class frequency, the
-  stand-in for Liu et al.'s probe trained on balanced data.
+* linear probe: one linear layer trained with cross-entropy on the frozen, precomputed (and by
+  default standardised) features of the training set (mini-batch SGD with momentum, cosine rate),
+  evaluated on the balanced test set. ``balanced=True`` weights the loss by inverse class frequency,
+  the stand-in for a probe trained on balanced data when only the long-tailed set is used.
+
+The probes and the k-NN learn from the long-tailed training set, or from another labelled set
+(``probe_set``): Liu et al. (ICLR 2022, ``Liuhong99/Imbalanced-SSL`` ``cifar/main_lincls.py``) train
+their probe on the full balanced CIFAR-10 training set, 100 epochs, batch 256, lr 30, momentum 0.9,
+no weight decay, x0.1 at epochs 60 and 80, on raw (not standardised) features
+(``schedule="step"``, ``standardize=False``).
 
 Both report ``longtail.metrics.summarize`` (top-1, per class, many/medium/few from the training
 counts). Features come from ``backbone`` in eval mode on un-augmented images.
@@ -56,14 +62,21 @@ def _as_logits(probs: torch.Tensor) -> torch.Tensor:
 
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  num_classes: int, *, balanced: bool = False, epochs: int = 100, lr: float = 0.1,
-                 batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0) -> torch.Tensor:
+                 batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0, schedule: str = "cosine",
+                 standardize: bool = True) -> torch.Tensor:
     """Train a linear classifier on frozen features; returns the test logits (M, C), float32.
 
-    Features are standardised with the training mean and std. ``balanced`` weights the
-    cross-entropy by ``1 / n_c`` (normalised to mean 1 over classes).
+    ``standardize``: features are standardised with the training mean and std (else used as they
+    are). ``balanced`` weights the cross-entropy by ``1 / n_c`` (normalised to mean 1 over classes).
+    ``schedule``: ``cosine`` (set every step) or ``step`` (x0.1 from 60 % and 80 % of the epochs, set
+    every epoch: ``main_lincls.py``'s ``--schedule 60 80`` of 100 epochs).
     """
+    if schedule not in ("cosine", "step"):
+        raise ValueError(f"schedule must be cosine or step, got {schedule!r}")
     dev = train_features.device
     mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    if not standardize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
     x = (train_features - mean) / std
     y = train_labels.to(dev).long()
     weight = None
@@ -77,8 +90,12 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = -(-x.shape[0] // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    milestones = (round(0.6 * epochs), round(0.8 * epochs))  # 60 and 80 of 100 epochs
     with torch.enable_grad():
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if schedule == "step":
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
             order = torch.randperm(x.shape[0], generator=g).to(dev)
             for start in range(0, x.shape[0], batch_size):
                 idx = order[start:start + batch_size]
@@ -86,29 +103,35 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sched.step()
+                if schedule == "cosine":
+                    sched.step()
     with torch.no_grad():
         return layer((test_features.to(dev) - mean) / std).float()
 
 
 def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, device: torch.device, *,
                           amp: str = "auto", knn_k: int = 200, knn_temperature: float = 0.1, probe_epochs: int = 100,
-                          probe_lr: float = 0.1, probe_batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+                          probe_lr: float = 0.1, probe_batch_size: int = 256, seed: int = 0,
+                          probe_set: ImageSet | None = None, probe_schedule: str = "cosine",
+                          probe_standardize: bool = True) -> dict[str, Any]:
     """k-NN, linear probe and class-balanced linear probe on ``test``, each a ``summarize`` dict.
 
-    Shot groups come from the training counts of ``train`` (the long-tailed set the features were
-    learned on and the probes are trained on).
+    The k-NN and the probes learn from ``probe_set`` (e.g. the balanced training set of the same
+    source), by default from ``train``. Shot groups always come from the training counts of ``train``
+    (the long-tailed set the features were learned on).
     """
     counts = train.class_counts()
-    f_train = extract_features(backbone, train, device, amp)
+    fit_set = train if probe_set is None else probe_set
+    f_train = extract_features(backbone, fit_set, device, amp)
     f_test = extract_features(backbone, test, device, amp)
     c = train.num_classes
     labels = test.labels.cpu()
-    knn = knn_probabilities(f_train, train.labels, f_test, c, k=knn_k, temperature=knn_temperature)
+    knn = knn_probabilities(f_train, fit_set.labels, f_test, c, k=knn_k, temperature=knn_temperature)
     out: dict[str, Any] = {"knn": summarize(_as_logits(knn).cpu(), labels, counts, class_names=test.class_names)}
     for name, balanced in (("linear_probe", False), ("linear_probe_balanced", True)):
-        logits = linear_probe(f_train, train.labels, f_test, c, balanced=balanced, epochs=probe_epochs, lr=probe_lr,
-                              batch_size=probe_batch_size, seed=seed)
+        logits = linear_probe(f_train, fit_set.labels, f_test, c, balanced=balanced, epochs=probe_epochs, lr=probe_lr,
+                              batch_size=probe_batch_size, seed=seed, schedule=probe_schedule,
+                              standardize=probe_standardize)
         out[name] = summarize(logits.cpu(), labels, counts, class_names=test.class_names)
     return out
 

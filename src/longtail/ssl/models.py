@@ -5,8 +5,8 @@ Every model keeps the backbone under the attribute ``backbone``, so its tensors 
 :func:`longtail.ssl.load_pretrained_backbone` ignores (``HEAD_MODULES``).
 
 * rotation: ``Classifier(backbone, LinearHead(d, 4))``, the head named ``head``.
-* MoCo v2: ``projector`` (MLP d -> hidden -> dim), a momentum copy of backbone and projector
-  (``momentum_backbone``, ``momentum_projector``) and the ``queue`` (K, dim) of negatives.
+* MoCo v2: ``projector`` (MLP d -> hidden -> dim, or linear d -> dim with hidden 0), a momentum copy of
+  backbone and projector (``momentum_backbone``, ``momentum_projector``) and the ``queue`` (K, dim) of negatives.
 * SimSiam: ``projector`` (MLP with BatchNorm, last BN without affine) and ``predictor``
   (bottleneck MLP dim -> hidden -> dim).
 """
@@ -187,7 +187,9 @@ class MoCo(nn.Module):
         if self.bn_splits < 1:
             raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
         self.backbone = split_batchnorm(backbone, self.bn_splits) if self.bn_splits > 1 else backbone
-        self.projector = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        # hidden 0: one linear layer d -> dim (MoCo v1; MoCo's CIFAR demo, whose head is resnet18's fc)
+        self.projector = (nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+                          if hidden > 0 else nn.Sequential(nn.Linear(width, dim)))
         self.momentum_backbone = copy.deepcopy(self.backbone)  # BatchNorm split as the query's
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in list(self.momentum_backbone.parameters()) + list(self.momentum_projector.parameters()):

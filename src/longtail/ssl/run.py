@@ -3,7 +3,10 @@
 The run folder is that of ``longtail train`` (config.json, metrics.jsonl, checkpoints/last.pt,
 report.json/.md), resumable the same way. The report evaluates the *representation* on the
 test set: the main summary is the class-balanced linear probe on frozen features, with the k-NN
-and plain linear probe beside it (and, for rotation, the pretext accuracy, labelled as such).
+and plain linear probe beside it (and, for rotation, the pretext accuracy, labelled as such). The
+probes and the k-NN learn from the long-tailed training set (``ssl.probe_data=longtailed``) or from
+the balanced set of the same source (``balanced``: n_max images of every class, the full CIFAR-10
+training set for CIFAR-10, as Liu et al. 2022 evaluate); the report says which, and how many images.
 
 Under ``torchrun`` every process trains its share of each batch (DDP; MoCo shuffles its keys across
 the processes and keeps one queue of the whole batch's keys), image files are decoded 1/N per
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, cast
 
@@ -26,17 +29,18 @@ import torch
 import torch.nn as nn
 
 from .. import distributed
-from ..config import RunConfig
+from ..config import DataConfig, RunConfig
 from ..data.augment import Augment
 from ..data.files import FileImageSet
 from ..data.imageset import ImageSet
 from ..data.materialize import materialize
-from ..data.registry import Splits
+from ..data.registry import DATASETS, Splits, load_labeled_splits
 from ..devices import use_channels_last
 from ..driver import Built, Context, Member, Stage, drive
 from ..errors import LongtailError
 from ..loop import EpochRecord, extract_features
 from ..models import make_model
+from ..optim import optim_settings
 from ..report import summary_table, write_report
 from ..runs import EpochLog, RunDir
 from ..storage import atomic_write_text
@@ -79,6 +83,14 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
     if t.compile != "off":
         raise LongtailError(f"train.compile={t.compile} is for supervised training; pre-training runs eagerly",
                             "leave train.compile=off for `longtail pretrain`")
+    if optim_settings(cfg):
+        raise LongtailError(f"{', '.join(optim_settings(cfg))} are for supervised training; pre-training's SAM is "
+                            "rwSAM (method *-rwsam, ssl.sam_rho, ssl.sam_adaptive)",
+                            "leave the optim section at its defaults for `longtail pretrain`")
+    if cfg.augment != type(cfg.augment)():  # the pretext tasks have their own views (ssl.*)
+        raise LongtailError("the augment section (RandAugment, Cutout, mixup / CutMix) is for supervised and FixMatch "
+                            "training; pre-training's views are set by the ssl section (ssl.crop_min_scale, ...)",
+                            "leave the augment section at its defaults for `longtail pretrain`")
     torch.manual_seed(cfg.seed)  # model initialisation
     backbone = make_model(cfg.model.arch, 1, in_channels=train.image_shape[0]).backbone
     base, rwsam = method.split("-")[0], method.endswith("-rwsam")
@@ -118,6 +130,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
             task = MoCoTask(train, batch_size=t.batch_size, augment=aug, example_weights=weights, shard=shard)
         else:
             task = SimSiamTask(train, batch_size=t.batch_size, augment=aug, example_weights=weights)
+    task.freeze_bn_in_descent = ssl.sam_bn_stats == "first"
     if shard.world > 1 and base != "moco":  # MoCo takes the global batch itself (shuffled keys)
         task = distributed.ShardedTask(task, shard)
 
@@ -128,6 +141,17 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
         optimizer = SAM(optimizer, rho=ssl.sam_rho, adaptive=ssl.sam_adaptive)
         optimizer.add_phase_hook(distributed.unwrap_task(task).set_phase)
     return model, task, optimizer
+
+
+def balanced_probe_set(data: DataConfig) -> ImageSet:
+    """The balanced labelled set of ``data``'s source for ``ssl.probe_data=balanced``: ``n_max`` images of every
+    class (the data set's reference n_max unless ``data.n_max`` is set; CIFAR-10: all 50,000 training images,
+    CIFAR-100: all 50,000), normalised as the run's training set. Small-image data sets only."""
+    if data.dataset not in DATASETS:
+        raise LongtailError(f"ssl.probe_data=balanced needs a balanced source, and {data.dataset!r} has none here",
+                            f"use it with {', '.join(DATASETS)}, or ssl.probe_data=longtailed")
+    split = load_labeled_splits(replace(data, imbalance_ratio=1.0, val_per_class=0, pack=None))
+    return cast(ImageSet, split.train)
 
 
 def _meta(method: str, ssl: SSLConfig) -> dict[str, Any]:
@@ -146,16 +170,17 @@ def _report_markdown(title: str, method: str, evaluations: dict[str, dict[str, A
 def pretrain_run(method: str, cfg: RunConfig, out: str | Path, *, ssl: SSLConfig | None = None,
                  splits: Splits | None = None, command: list[str] | None = None, progress: bool | None = None,
                  stop_after: int | None = None, log: Callable[[str], None] = print,
-                 restart: bool = False) -> dict[str, Any]:
+                 restart: bool = False, probe_set: ImageSet | None = None) -> dict[str, Any]:
     """Pre-train a backbone with ``method`` (``METHODS``) into the run folder ``out``; resumes an existing one
     (``restart``: clears it once the settings and data have been checked). The folder is locked meanwhile.
+    ``probe_set``: the labelled set of ``ssl.probe_data=balanced`` (default: :func:`balanced_probe_set`).
 
     Returns the representation report (``linear_probe_balanced`` summary at the top level, plus
     ``knn``, ``linear_probe``, ``method``, ``ssl`` and, for rotation, ``rotation_test_accuracy``),
     or ``{}`` when ``stop_after`` ended the run early.
     """
     check_method(method)
-    stage = PretrainStage(method, cfg, resolve_ssl(method, cfg, ssl), RunDir(out))
+    stage = PretrainStage(method, cfg, resolve_ssl(method, cfg, ssl), RunDir(out), probe_set=probe_set)
     return drive(stage, splits=splits, command=command, progress=progress, stop_after=stop_after, log=log,
                  restart=restart)
 
@@ -170,9 +195,19 @@ class PretrainStage(Stage):
 
     best_by = None  # the k-NN score is logged, no best checkpoint is kept
 
-    def __init__(self, method: str, cfg: RunConfig, ssl: SSLConfig, run: RunDir) -> None:
+    def __init__(self, method: str, cfg: RunConfig, ssl: SSLConfig, run: RunDir, *,
+                 probe_set: ImageSet | None = None) -> None:
         self.method, self.cfg, self.ssl = method, cfg, ssl
         self.members = [Member(cfg, run)]
+        self.probe_set = probe_set
+        if ssl.probe_data == "balanced" and probe_set is None and cfg.data.dataset not in DATASETS:
+            balanced_probe_set(cfg.data)  # stops with the reason before training, not after
+
+    def _probe_set(self, device: torch.device) -> ImageSet | None:
+        """What the probes and the k-NN learn from: None (the long-tailed training set) or the balanced set."""
+        if self.ssl.probe_data != "balanced":
+            return None
+        return (self.probe_set if self.probe_set is not None else balanced_probe_set(self.cfg.data)).to(device)
 
     def data(self, splits: Splits, device: torch.device, log: Callable[[str], None]) -> Splits:
         if splits.on_files:  # ImageNet-LT, iNaturalist, folders: decode once, then augment on the device
@@ -201,6 +236,8 @@ class PretrainStage(Stage):
         def same() -> bool:
             previous = run.existing_config()
             meta = json.loads(run.config_file.read_text()).get("pretrain") if run.config_file.is_file() else None
+            if isinstance(meta, dict) and isinstance(meta.get("ssl"), dict):  # a folder from before a setting existed
+                meta = {**meta, "ssl": {**json.loads(json.dumps(asdict(SSLConfig()))), **meta["ssl"]}}
             return not ((previous is not None and previous != self.cfg)
                         or (meta is not None and meta != json.loads(json.dumps(_meta(self.method, self.ssl)))))
         return same
@@ -242,25 +279,33 @@ class PretrainStage(Stage):
         train, test = cast(ImageSet, ctx.splits.train), cast(ImageSet, ctx.splits.test)
         backbone, device = _backbone(built), ctx.device
         t_eval = time.perf_counter()
+        probe = self._probe_set(device)
         evaluations = representation_report(backbone, train, test, device, amp=t.amp, knn_k=ssl.knn_k,
                                              knn_temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs,
                                              probe_lr=ssl.probe_lr, probe_batch_size=ssl.probe_batch_size,
-                                             seed=self.cfg.seed)
+                                             seed=self.cfg.seed, probe_set=probe, probe_schedule=ssl.probe_schedule,
+                                             probe_standardize=ssl.probe_standardize)
+        probe_size = len(train if probe is None else probe)
+        probe_text = (f"the long-tailed training set ({probe_size:,} images)" if probe is None else
+                      f"the balanced training set of the same source ({probe_size:,} images, "
+                      f"{len(probe) // max(1, probe.num_classes):,} a class), not the long-tailed one")
         evaluations = {k: evaluations[k] for k in ("linear_probe_balanced", "linear_probe", "knn")}
         main = evaluations["linear_probe_balanced"]
         extra: dict[str, Any] = {
             "recipe": self.cfg.recipe, "method": method, "epoch": t.epochs, "split": "test", "seed": self.cfg.seed,
-            "evaluation": "linear probe (class-balanced cross-entropy) on frozen backbone features",
+            "evaluation": f"linear probe (class-balanced cross-entropy) on frozen backbone features of {probe_text}",
+            "probe_data": ssl.probe_data, "probe_train_size": probe_size,
             "knn_top1": evaluations["knn"]["top1"], "linear_probe_top1": evaluations["linear_probe"]["top1"],
             "knn": evaluations["knn"], "linear_probe": evaluations["linear_probe"],
             "ssl": asdict(ssl), "config": self.cfg.to_dict(), "device": str(device), "train_size": len(train),
             "test_size": len(test), "timing": dict(timing),
         }
-        extra_lines = []
+        extra_lines = [f"Probe data: the k-NN and the linear probes learn from {probe_text} "
+                       f"(`ssl.probe_data={ssl.probe_data}`); the test set is the balanced test set.", ""]
         if method == "rotation":
             acc = rotation_accuracy(built.model, test, device, t.amp)
             extra["rotation_test_accuracy"] = acc
-            extra_lines = [f"Rotation prediction accuracy (the 4-way pretext task, not classification), test images "
+            extra_lines += [f"Rotation prediction accuracy (the 4-way pretext task, not classification), test images "
                            f"in all four rotations: {acc:.2f} %", ""]
         extra["timing"]["eval_s"] = time.perf_counter() - t_eval
         title = (f"{self.cfg.recipe}: {method} pre-training (seed {self.cfg.seed}, last epoch, frozen features, "

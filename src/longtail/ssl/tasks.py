@@ -122,9 +122,14 @@ class _SSLTask:
             return self._weights[index.to(self._weights.device)]
         return None
 
+    #: SAM's descent pass leaves BatchNorm's running statistics as the ascent pass left them (``ssl.sam_bn_stats``
+    #: ``first``); False: both passes update them (``both``, Liu et al.'s rwSAM code)
+    freeze_bn_in_descent = True
+
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         weight = self.current_weights(batch.index)
-        freeze = frozen_bn_statistics(model) if self.phase == "descent" else contextlib.nullcontext()
+        freeze = (frozen_bn_statistics(model) if self.phase == "descent" and self.freeze_bn_in_descent
+                  else contextlib.nullcontext())
         with freeze:
             return self._loss(model, batch, weight)
 

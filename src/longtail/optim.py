@@ -1,0 +1,372 @@
+"""The optimizer of a run: SGD, or SAM / ASAM around it; then MaxNorm and an average of the weights.
+
+:func:`make_optimizer` builds it from ``cfg.train`` (lr, momentum, Nesterov, weight decay) and ``cfg.optim``:
+
+* ``optim.name=sam`` (Foret et al., ICLR 2021) minimises ``max_{||e|| <= rho} L(w + e)``. One step, given a
+  closure that zeroes the gradients, computes the loss and calls ``backward``::
+
+      loss = closure()                      # "ascent" pass: g = grad L(w)
+      e = rho * g / ||g||                   # sam;  asam: e = rho * w^2 g / ||w g||   (T_w = |w|)
+      w <- w + e;  closure()                # "descent" pass: grad L(w + e)
+      w <- w (restored exactly);  SGD step with that second gradient
+
+  ``optim.name=asam`` is adaptive SAM (Kwon et al., ICML 2021) with ``T_w = |w|`` over every parameter and no
+  ``eta``, as davda54/sam's ``adaptive=True`` (Kwon's code uses ``|w| + 0.01`` on weights only). ``optim.sam_rho``
+  defaults to the papers' 0.05 (sam) and 2.0 (asam). ``longtail.loop.fit`` calls ``optimizer.step(closure)``,
+  so SAM needs no branch there. BatchNorm running statistics are updated by the first pass only (Foret et
+  al.'s code keeps the unperturbed pass's statistics; davda54/sam's ``disable_running_stats``).
+* ``optim.maxnorm=t`` (Alshammari et al., CVPR 2022): after every step the rows of the classifier head's
+  weight (one per class) are projected onto norms at most ``cap = min + t (max - min)`` of their norms when
+  training starts (:class:`longtail.maxnorm.MaxNorm`); the cap is saved with the optimizer state, so a
+  resumed run keeps the cap of its start.
+* ``optim.ema=d`` (USB's EMA, ``semilearn/core/utils/misc.py`` ``EMA`` + ``hooks/ema.py``): after every
+  step (and after MaxNorm's projection) ``ema = d * ema + (1 - d) * w`` for the trained parameters, and the
+  buffers (BatchNorm running statistics) and frozen parameters copied; it starts from the weights when
+  training starts (USB: no warm-up, no bias correction). Validation, the test metrics and the report
+  evaluate it (:func:`evaluated_model`).
+
+Checkpoints: ``optimizer.state_dict()`` is SGD's (``state``, ``param_groups``) with, when on, ``maxnorm``
+(``{"cap", "thresh"}``) and ``ema`` (``{"decay", "weights": the averaged model's state dict}``) beside them;
+``longtail.checkpoints.evaluated_weights`` reads the weights a checkpoint's run is evaluated with.
+
+The CUDA-graph engine (``train.engine=graph``) captures plain SGD steps only: ``auto`` steps eagerly for
+these settings, ``graph`` refuses them (``longtail.graphs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, Iterator, cast
+
+import torch
+import torch.nn as nn
+
+from .checkpoints import RESTART_FIX
+from .config import OptimConfig, RunConfig
+from .errors import LongtailError
+from .loop import make_sgd
+from .maxnorm import MaxNorm
+
+PHASES = ("plain", "ascent", "descent")
+SAM_RHO = {"sam": 0.05, "asam": 2.0}  # Foret et al. 2021; Kwon et al. 2021 (davda54/sam: rho=2 with adaptive)
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """An optimizer around ``base_optimizer`` whose ``param_groups`` *are* the base's, so the learning rate
+    that the loop sets reaches it."""
+
+    def __init__(self, base_optimizer: torch.optim.Optimizer, defaults: dict[str, Any]) -> None:
+        params = [p for group in base_optimizer.param_groups for p in group["params"]]
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer  # from here on, param_groups are the base optimiser's
+
+    # The groups are looked up on the base optimiser every time: its load_state_dict replaces its
+    # list of groups, and a reference taken at construction would then miss the loop's lr updates.
+    @property
+    def param_groups(self) -> list[dict]:
+        base = self.__dict__.get("base_optimizer")
+        return base.param_groups if base is not None else self.__dict__["_init_groups"]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        base = self.__dict__.get("base_optimizer")
+        if base is not None:
+            base.param_groups = groups
+        else:  # Optimizer.__init__ building its (discarded) groups
+            self.__dict__["_init_groups"] = groups
+
+
+class SAM(WrappedOptimizer):
+    """SAM / ASAM around an existing optimiser (usually SGD with momentum).
+
+    ``state_dict`` is the base optimiser's, so a checkpoint reads the same with or without SAM.
+    ``rho = 0`` makes every step exactly a step of the base optimiser.
+
+    Phases: the loop's closure takes no arguments, so a task that treats the two passes differently
+    (rwSAM re-weights the ascent loss; BatchNorm statistics should be updated once per step) learns
+    the pass from a hook: ``sam.add_phase_hook(task.set_phase)`` is called with ``"ascent"`` before
+    the first evaluation, ``"descent"`` before the second and ``"plain"`` after the step.
+    """
+
+    #: why ``longtail.graphs.GraphStep`` cannot capture its steps
+    graph_unsupported = "SAM / ASAM (optim.name) take two forward-backward passes per step"
+
+    def __init__(self, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05, adaptive: bool = False,
+                 eps: float = 1e-12) -> None:
+        if rho < 0:
+            raise LongtailError(f"SAM rho must be >= 0, got {rho}")
+        super().__init__(base_optimizer, {"rho": rho, "adaptive": adaptive})
+        self.rho, self.adaptive, self.eps = float(rho), bool(adaptive), float(eps)
+        self._phase_hooks: list[Callable[[str], None]] = []
+
+    def add_phase_hook(self, hook: Callable[[str], None]) -> None:
+        """``hook(phase)`` is called with ``"ascent"``, ``"descent"`` and ``"plain"`` during each step."""
+        self._phase_hooks.append(hook)
+
+    def _phase(self, phase: str) -> None:
+        for hook in self._phase_hooks:
+            hook(phase)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def perturbation(self) -> list[torch.Tensor]:
+        """``e`` for the current gradients, one tensor per parameter with a gradient."""
+        params = self._params()
+        if not params:
+            return []
+        grads = [cast(torch.Tensor, p.grad) for p in params]  # _params keeps only those with a gradient
+        scaled = [p.abs() * g for p, g in zip(params, grads)] if self.adaptive else grads
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s.float()) for s in scaled]))
+        scale = self.rho / (norm + self.eps)
+        if self.adaptive:
+            return [p * p * g * scale for p, g in zip(params, grads)]
+        return [g * scale for g in grads]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise LongtailError("SAM needs a closure: optimizer.step(closure)",
+                                "train through longtail.loop.fit, which passes one")
+        closure = torch.enable_grad()(closure)
+        try:
+            self._phase("ascent")
+            loss = closure()
+            params = self._params()
+            saved = [p.detach().clone() for p in params]
+            for p, e in zip(params, self.perturbation()):
+                p.add_(e)
+            self._phase("descent")
+            closure()
+            for p, w in zip(params, saved):
+                p.copy_(w)  # exactly w again, not w + e - e
+        finally:
+            self._phase("plain")
+        self.base_optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with batch statistics as usual but leave their running statistics alone.
+
+    For SAM's second pass: the running mean and variance would otherwise be updated twice per
+    step, once at the perturbed weights.
+    """
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)  # type: ignore[union-attr]
+
+
+class FirstPassStatistics:
+    """A SAM phase hook: BatchNorm running statistics frozen during the descent pass (updated once per step)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._frozen: contextlib.ExitStack | None = None
+
+    def __call__(self, phase: str) -> None:
+        if phase == "descent" and self._frozen is None:
+            self._frozen = contextlib.ExitStack()
+            self._frozen.enter_context(frozen_bn_statistics(self.model))
+        elif phase != "descent" and self._frozen is not None:
+            self._frozen.close()
+            self._frozen = None
+
+
+class WeightAverage:
+    """An exponential moving average of ``model``'s weights, as USB's ``EMA``: ``ema = d * ema + (1 - d) * w``
+    for every trained parameter after each step; buffers and frozen parameters are copied.
+
+    ``averaged`` is a copy of ``model`` (eval mode, no gradients) that holds the average; it starts from the
+    weights of ``model`` when :meth:`start` is called (at the first step).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise LongtailError(f"the EMA decay must lie in [0, 1), got {decay}", "use e.g. 0.999")
+        self.model, self.decay = model, float(decay)
+        self.averaged = copy.deepcopy(model).eval().requires_grad_(False)
+        self.started = False
+        pairs = list(zip(self.averaged.parameters(), model.parameters()))
+        self._mean = [(a, w) for a, w in pairs if w.requires_grad]
+        self._copy = [(a, w) for a, w in pairs if not w.requires_grad] + list(zip(self.averaged.buffers(),
+                                                                                 model.buffers()))
+
+    @torch.no_grad()
+    def start(self) -> None:
+        """The average is the model's weights now."""
+        self.averaged.load_state_dict(self.model.state_dict())
+        self.started = True
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if not self.started:
+            self.start()
+        if self._mean:
+            avg: list[torch.Tensor] = [a for a, _ in self._mean]
+            now = [w.detach() for _, w in self._mean]
+            torch._foreach_mul_(avg, self.decay)
+            torch._foreach_add_(avg, now, alpha=1.0 - self.decay)
+        for a, w in self._copy:
+            a.copy_(w)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "weights": self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.averaged.load_state_dict(state["weights"])
+        self.started = True
+
+
+class RunOptimizer(WrappedOptimizer):
+    """``base_optimizer.step`` (SGD or :class:`SAM`), then MaxNorm's projection of ``head_weight``'s rows, then
+    the EMA's update. MaxNorm's cap and the EMA's start are taken at the first step, after any pre-trained
+    weights were loaded, unless :meth:`load_state_dict` restored them from a checkpoint."""
+
+    graph_unsupported = "MaxNorm and the EMA (optim.maxnorm, optim.ema) update the weights after each step"
+
+    def __init__(self, base_optimizer: torch.optim.Optimizer, model: nn.Module, *, maxnorm: float | None = None,
+                 head_weight: torch.Tensor | None = None, ema: float = 0.0) -> None:
+        super().__init__(base_optimizer, {})
+        if maxnorm is not None and head_weight is None:
+            raise LongtailError("MaxNorm (optim.maxnorm) needs the classifier head's weight", "pass head_weight")
+        self.thresh, self.head_weight = maxnorm, head_weight
+        self.maxnorm: MaxNorm | None = None
+        self.ema = WeightAverage(model, ema) if ema > 0 else None
+        self.started = False
+
+    def _start(self) -> None:
+        if self.thresh is not None and self.maxnorm is None:
+            self.maxnorm = MaxNorm(cast(torch.Tensor, self.head_weight), self.thresh)
+        if self.ema is not None and not self.ema.started:
+            self.ema.start()
+        self.started = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
+        if not self.started:
+            self._start()
+        loss = cast(Any, self.base_optimizer).step(closure)  # SGD or SAM: the closure's loss
+        if self.maxnorm is not None:
+            self.maxnorm.project()
+        if self.ema is not None:
+            self.ema.update()
+        return loss
+
+    def state_dict(self) -> dict:
+        state = dict(self.base_optimizer.state_dict())
+        if self.maxnorm is not None:
+            state["maxnorm"] = self.maxnorm.state_dict()
+        if self.ema is not None and self.ema.started:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        maxnorm, ema = state.pop("maxnorm", None), state.pop("ema", None)
+        for name, on, saved in (("MaxNorm cap", self.thresh is not None, maxnorm), ("EMA", self.ema, ema)):
+            if on and saved is None:
+                raise LongtailError(f"the checkpoint holds no {name} to resume this run with", RESTART_FIX)
+        self.base_optimizer.load_state_dict(state)
+        if self.thresh is not None:
+            self.maxnorm = MaxNorm(cast(torch.Tensor, self.head_weight), self.thresh)
+            self.maxnorm.load_state_dict(maxnorm)
+        if self.ema is not None:
+            self.ema.load_state_dict(ema)
+        self.started = True
+
+
+def sam_rho(optim: OptimConfig) -> float:
+    """``optim.sam_rho``, or the default radius of ``optim.name`` (0.05 for sam, 2.0 for asam)."""
+    return float(optim.sam_rho) if optim.sam_rho is not None else SAM_RHO[optim.name]
+
+
+def optim_settings(cfg: RunConfig) -> list[str]:
+    """The ``optim`` settings of ``cfg`` that are on, as ``key=value`` (empty: plain SGD)."""
+    o, on = cfg.optim, []
+    if o.name != "sgd":
+        on.append(f"optim.name={o.name}")
+    if o.sam_rho is not None:
+        on.append(f"optim.sam_rho={o.sam_rho}")
+    if o.maxnorm is not None:
+        on.append(f"optim.maxnorm={o.maxnorm}")
+    if o.ema > 0:
+        on.append(f"optim.ema={o.ema}")
+    if not o.decay_bn_bias:
+        on.append("optim.decay_bn_bias=false")
+    return on
+
+
+def check_optim(cfg: RunConfig) -> None:
+    """Refuse ``optim`` settings that cannot apply to this run, naming the fix (cheap: builds nothing)."""
+    o, t = cfg.optim, cfg.train
+    on = optim_settings(cfg)
+    if o.sam_rho is not None and o.name == "sgd":
+        raise LongtailError("optim.sam_rho is SAM's radius, and optim.name=sgd takes no SAM step",
+                            "set optim.name=sam or asam, or leave optim.sam_rho unset")
+    if on and t.engine == "graph":
+        raise LongtailError(f"train.engine=graph captures plain SGD steps, not {', '.join(on)}",
+                            "use train.engine=auto (it steps eagerly for these settings) or eager")
+    if o.maxnorm is not None and cfg.model.head == "cosine":
+        raise LongtailError("MaxNorm (optim.maxnorm) caps the norms of the head's weight rows, which a cosine head "
+                            "normalises away", "use model.head=linear, or leave optim.maxnorm unset")
+    if o.name != "sgd" and t.semi == "fixmatch" and t.fixmatch_alignment == "da":
+        raise LongtailError("SAM's two passes per step would update FixMatch's distribution alignment twice",
+                            "use train.fixmatch_alignment=none or la with SAM, or optim.name=sgd")
+
+
+def head_weight(model: nn.Module) -> torch.Tensor:
+    """The classifier head's weight (one row per class) of a ``longtail.models.Classifier``."""
+    weight = getattr(getattr(model, "head", None), "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        raise LongtailError(f"MaxNorm (optim.maxnorm) needs a classifier head with a weight of one row per class; "
+                            f"{type(model).__name__} has none", "use a longtail Classifier with a linear head")
+    return weight
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The optimizer of a supervised run of ``cfg``: SGD (``cfg.train``), wrapped in :class:`SAM` for
+    ``optim.name=sam|asam``, and in :class:`RunOptimizer` for ``optim.maxnorm`` / ``optim.ema``. With every
+    ``optim`` setting off it is exactly ``torch.optim.SGD`` (``longtail.loop.make_sgd``)."""
+    check_optim(cfg)
+    t, o = cfg.train, cfg.optim
+    optimizer: torch.optim.Optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                                nesterov=t.nesterov, decay_bn_bias=o.decay_bn_bias)
+    if o.name in SAM_RHO:
+        sam = SAM(optimizer, rho=sam_rho(o), adaptive=o.name == "asam")
+        sam.add_phase_hook(FirstPassStatistics(model))
+        optimizer = sam
+    if o.maxnorm is not None or o.ema > 0:
+        optimizer = RunOptimizer(optimizer, model, maxnorm=o.maxnorm, ema=o.ema,
+                                 head_weight=head_weight(model) if o.maxnorm is not None else None)
+    return optimizer
+
+
+def evaluated_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+    """What a run evaluates (validation, test metrics, report): the EMA of ``model``'s weights when
+    ``optimizer`` keeps one and has started it, else ``model``."""
+    ema = getattr(optimizer, "ema", None)
+    return ema.averaged if isinstance(ema, WeightAverage) and ema.started else model
+
+
+__all__ = ["PHASES", "SAM", "SAM_RHO", "FirstPassStatistics", "RunOptimizer", "WeightAverage", "WrappedOptimizer",
+           "check_optim", "evaluated_model", "frozen_bn_statistics", "head_weight", "make_optimizer",
+           "optim_settings", "sam_rho"]
