@@ -26,10 +26,13 @@ def test_one_line_per_epoch_when_no_terminal_shows_a_bar(tmp_path):
 def test_quickstart_resumes_and_keeps_what_the_folder_holds(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    trained = json.loads((out / "report.json").read_text())["timing"]
     (out / "decouple-tau-norm").mkdir()
     (out / "decouple-tau-norm" / "report.md").write_text("an earlier second stage")
     assert main(["quickstart", "--epochs", "1", "--out", str(out), "--quiet"]) == 0  # finished: resumed, re-reported
     assert (out / "decouple-tau-norm" / "report.md").read_text() == "an earlier second stage"
+    again = json.loads((out / "report.json").read_text())["timing"]  # the re-report keeps how it trained
+    assert again["train_s"] == trained["train_s"] > 0 and again["train_images_per_s"] == trained["train_images_per_s"]
     assert main(["quickstart", "--epochs", "2", "--out", str(out), "--quiet"]) == 2  # other settings: refused
     assert "train.epochs: 1 (run folder) vs 2 (now)" in capsys.readouterr().err
     assert main(["quickstart", "--epochs", "2", "--out", str(out), "--quiet", "--restart"]) == 0

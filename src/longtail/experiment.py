@@ -267,6 +267,8 @@ class SupervisedStage(Stage):
             merged = {k: v for part in skipped for k, v in part.items()}
             extra["train_unreadable_images"] = _unreadable(ctx.splits.train, merged)  # type: ignore[arg-type]
             ctx.log(f"{len(merged)} unreadable training images were skipped (data.on_bad_image=skip)")
+        if start_epoch >= self.cfg.train.epochs:  # a finished run re-reported: it trained as its report said
+            timing = {**timing, **_report_context(self.members[0].run.root).get("timing", {})}
         return finish_run(self.cfg, self.members[0].run, built.evaluated(), ctx.splits, ctx.counts, ctx.device,
                           timing, extra, writes=ctx.main)
 
