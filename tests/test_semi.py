@@ -517,3 +517,20 @@ def test_fixmatch_task_loss_is_finite_and_trains(alignment):
     assert strict.loss(model, b).item() == pytest.approx(sup.item(), rel=1e-5) and float(strict.last_mask_rate) == 0
     with pytest.raises(LongtailError, match="alignment"):
         FixMatchTask(lab, unl, make_loss("ce", lab.class_counts()), batch_size=8, alignment="magic")
+
+
+def test_fixmatch_full_batches_tops_up_the_last_labeled_batch():
+    """USB draws full labeled batches only: with full_batches the epoch's last batch is topped up from a second
+    draw of the sampler (30 images at batch 8: 4 batches of 8, not 3 of 8 and one of 6); without it, as before."""
+    lab = synthetic_set([16, 8, 4, 2])
+    unl = hide_labels(synthetic_set([12, 6, 3, 3], seed=2), name="unlabeled")
+    crit = make_loss("ce", lab.class_counts())
+    sizes = {}
+    for full in (False, True):
+        task = FixMatchTask(lab, unl, crit, batch_size=8, mu=2, full_batches=full)
+        batches = list(task.batches(0, torch.Generator().manual_seed(0)))
+        sizes[full] = [b.images.shape[0] for b in batches]
+        assert all(b.u_weak.shape[0] == 2 * b.images.shape[0] for b in batches)
+        first = torch.cat([b.index for b in batches])[:30]
+        assert sorted(first.tolist()) == list(range(30))  # the first 30 rows are one whole pass over the images
+    assert sizes[False] == [8, 8, 8, 6] and sizes[True] == [8, 8, 8, 8]

@@ -403,6 +403,7 @@ class TrainConfig:
     fixmatch_threshold: float = 0.95
     fixmatch_lambda_u: float = 1.0
     fixmatch_mu: int = 7  # unlabeled images per labeled image in a batch
+    fixmatch_full_batches: bool = False  # every labeled batch full (USB), not a partial last batch per epoch
     fixmatch_alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment)
     fixmatch_la_tau: float = 1.0  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
     # what a step trains: supervised (the loss, sampler and weighting above) | glmc (GLMC, Du et al. CVPR 2023,

@@ -106,7 +106,7 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
             raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
         # FixMatch's labeled batch and weak view are crop + flip; augment.* set the strong view's policy
         strong = augment if cfg.augment.randaugment else None
-        return FixMatchTask(train, unlabeled, criterion, mu=t.fixmatch_mu,
+        return FixMatchTask(train, unlabeled, criterion, mu=t.fixmatch_mu, full_batches=t.fixmatch_full_batches,
                             threshold=t.fixmatch_threshold, lambda_u=t.fixmatch_lambda_u,
                             alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, batch_size=batch_size,
                             augment=weak, strong=strong, sampler=sampler, weighting=weighting)

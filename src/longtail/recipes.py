@@ -298,7 +298,8 @@ def _semi_recipes() -> list[Recipe]:
     usb = RunConfig(data=replace(darp, darp_order="shuffled", normalization="imagenet"),
                     model=ModelConfig(arch="wrn-28-2"), train=usb_train,
                     optim=OptimConfig(ema=0.999, decay_bn_bias=False))
-    usb_fixmatch = replace(usb, train=replace(usb_train, semi="fixmatch", fixmatch_mu=2, fixmatch_threshold=0.95,
+    usb_fixmatch = replace(usb, train=replace(usb_train, semi="fixmatch", fixmatch_mu=2, fixmatch_full_batches=True,
+                                              fixmatch_threshold=0.95,
                                               fixmatch_lambda_u=1.0),
                            augment=AugmentConfig(randaugment=3, randaugment_magnitude=None, cutout=0.5, policy="usb"))
     usb_text = (f"; USB's protocol: WRN-28-2, 2^18 steps ({USB_EPOCHS} epochs of 59 batches of 64), lr 0.03 "

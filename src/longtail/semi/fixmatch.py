@@ -175,6 +175,7 @@ class FixMatchTask:
         cutout: float = 0.5,
         sampler: Sampler | None = None,
         weighting: Weighting | None = None,
+        full_batches: bool = False,
     ) -> None:
         if alignment not in ALIGNMENTS:
             raise LongtailError(f"unknown FixMatch alignment {alignment!r}",
@@ -197,6 +198,9 @@ class FixMatchTask:
         self.jitter, self.cutout = jitter, cutout
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
         self.weighting = weighting
+        # every labeled batch full: the epoch's last batch is topped up from the head of a second draw of the
+        # sampler (USB's labeled sampler draws an endless stream of full batches); False: the last batch is partial
+        self.full_batches = bool(full_batches)
         self.class_weight: Tensor | None = None
         prior = train.class_counts().prior()  # (C,) labeled prior
         C = train.num_classes
@@ -226,6 +230,9 @@ class FixMatchTask:
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[FixMatchBatch]:
         order = self.sampler.epoch_indices(generator).to(self.train.device)
         n_steps = -(-order.numel() // self.batch_size)
+        while self.full_batches and order.numel() < n_steps * self.batch_size:
+            more = self.sampler.epoch_indices(generator).to(self.train.device)
+            order = torch.cat([order, more[:n_steps * self.batch_size - order.numel()]])
         u_rows = torch.arange(len(self.unlabeled), device=self.unlabeled.device)
         u_order = cycled_draw(u_rows, order.numel() * self.mu, generator)
         tr, un = self.train, self.unlabeled
