@@ -447,3 +447,31 @@ def test_iterate_batches_applies_the_policy_to_the_epoch():
     (batch,) = list(iterate_batches(train, torch.arange(16), 16, augment=aug, generator=gen(0)))
     assert isinstance(batch, Batch) and torch.equal(batch.images, normalize(aug(train.images, gen(0)), train.mean,
                                                                              train.std))
+
+
+def test_reflect_padded_crop_equals_torchvision_reflect_padding_at_the_same_offsets():
+    """augment.crop_padding_mode=reflect (USB's RandomCrop(padding_mode="reflect")): the same offsets as the
+    zero-padded crop, read from the image padded by reflection (numpy/torchvision "reflect", no edge repeat)."""
+    import torch.nn.functional as F
+
+    from longtail.data.augment import random_crop
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 9, 7), generator=g, dtype=torch.uint8)
+    zeros = random_crop(images, 4, torch.Generator().manual_seed(1))
+    reflect = random_crop(images, 4, torch.Generator().manual_seed(1), "reflect")
+    padded_z = F.pad(images, (4, 4, 4, 4))
+    padded_r = F.pad(images.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8)
+    for i in range(6):  # find each image's offset from the zero-padded crop, check the reflect crop there
+        offsets = [(dy, dx) for dy in range(9) for dx in range(9)
+                   if torch.equal(padded_z[i, :, dy:dy + 9, dx:dx + 7], zeros[i])]
+        assert any(torch.equal(padded_r[i, :, dy:dy + 9, dx:dx + 7], reflect[i]) for dy, dx in offsets)
+    assert reflect.dtype == torch.uint8 and reflect.shape == images.shape
+    assert not torch.equal(zeros, reflect)
+    with pytest.raises(ValueError, match="reflect padding"):
+        random_crop(images, 9, torch.Generator().manual_seed(1), "reflect")
+    from longtail.recipes import get_recipe
+
+    for name in ("cifar10-semi-darp-fixmatch", "cifar10-semi-darp-supervised"):
+        assert get_recipe(name).config.augment.crop_padding_mode == "reflect"
+    assert get_recipe("cifar10-semi-darp-fixmatch-short").config.augment.crop_padding_mode == "zeros"

@@ -472,6 +472,7 @@ class AugmentConfig:
     # magnitudes 1..9, a grey 127 square) | usb (microsoft/Semi-supervised-learning: every op, its parameter drawn
     # from its range, no magnitude; a square of U(0, cutout) of the side); longtail.data.randaugment
     policy: str = "fixmatch"
+    crop_padding_mode: str = "zeros"  # the crop's border (train.crop_padding): zeros (references) | reflect (USB)
     mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
     mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
     mix_prob: float = 1.0  # share of batches that are mixed
@@ -483,6 +484,7 @@ class AugmentConfig:
                 fix="use a magnitude from 0 to 10, or none to draw one per op")
         _number(self, "augment", "cutout", 0, 1)
         _choice(self, "augment", "policy", AUGMENT_POLICIES)
+        _choice(self, "augment", "crop_padding_mode", ("zeros", "reflect"))
         _choice(self, "augment", "mix", MIXES)
         _number(self, "augment", "mix_alpha", 0, lo_open=True)
         _number(self, "augment", "mix_prob", 0, 1)

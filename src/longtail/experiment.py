@@ -92,7 +92,7 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
     # what every task below takes
     batch_size = t.batch_size
-    weak = Augment(crop_padding=t.crop_padding, flip=t.flip)
+    weak = Augment(crop_padding=t.crop_padding, flip=t.flip, padding_mode=cfg.augment.crop_padding_mode)
     augment, mix = augment_from_config(cfg, train)  # crop + flip + RandAugment + Cutout; mixup / CutMix
     sampler = make_sampler(t.sampler, train.labels, train.num_classes)
     weighting = make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta)
@@ -147,7 +147,8 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
     """
     t, a = cfg.train, cfg.augment
     augment = Augment(crop_padding=t.crop_padding, flip=t.flip, randaugment=a.randaugment,
-                      randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy)
+                      randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy,
+                      padding_mode=a.crop_padding_mode)
     mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
     if isinstance(train, FileImageSet) and (a.randaugment or a.cutout):
         raise LongtailError("augment.randaugment and augment.cutout are batched tensor operations on images held in "

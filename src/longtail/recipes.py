@@ -297,11 +297,13 @@ def _semi_recipes() -> list[Recipe]:
                             schedule="fixmatch-cosine", warmup_epochs=0.0, checkpoint_every=50)
     usb = RunConfig(data=replace(darp, darp_order="shuffled", normalization="imagenet"),
                     model=ModelConfig(arch="wrn-28-2"), train=usb_train,
-                    optim=OptimConfig(ema=0.999, decay_bn_bias=False))
+                    optim=OptimConfig(ema=0.999, decay_bn_bias=False),
+                    augment=AugmentConfig(crop_padding_mode="reflect"))  # RandomCrop(padding_mode="reflect")
     usb_fixmatch = replace(usb, train=replace(usb_train, semi="fixmatch", fixmatch_mu=2, fixmatch_full_batches=True,
                                               fixmatch_threshold=0.95,
                                               fixmatch_lambda_u=1.0),
-                           augment=AugmentConfig(randaugment=3, randaugment_magnitude=None, cutout=0.5, policy="usb"))
+                           augment=AugmentConfig(randaugment=3, randaugment_magnitude=None, cutout=0.5, policy="usb",
+                                                 crop_padding_mode="reflect"))
     usb_text = (f"; USB's protocol: WRN-28-2, 2^18 steps ({USB_EPOCHS} epochs of 59 batches of 64), lr 0.03 "
                 "Nesterov, wd 5e-4, cosine 7/16, EMA 0.999, USB's shuffled split and ImageNet normalisation")
     fixmatch_text = ", mu 2, threshold 0.95, strong view RandAugment(3) + Cutout" + usb_text

@@ -29,8 +29,11 @@ class Augment:
     randaugment_magnitude: int | None = None
     cutout: float = 0.0
     policy: str = "fixmatch"
+    padding_mode: str = "zeros"  # the crop's border: zeros (the CIFAR-LT references) | reflect (USB)
 
     def __post_init__(self) -> None:  # bad settings fail when the run is built, not at its first batch
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"unknown crop padding mode {self.padding_mode!r}: use one of {PADDING_MODES}")
         if self.randaugment:
             RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)
         if self.cutout:
@@ -38,7 +41,7 @@ class Augment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop_padding:
-            images = random_crop(images, self.crop_padding, generator)
+            images = random_crop(images, self.crop_padding, generator, self.padding_mode)
         if self.flip:
             images = random_flip(images, generator)
         if self.randaugment:
@@ -64,18 +67,36 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, devi
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad each side by ``padding`` and crop back to (H, W) at a random offset per image.
+PADDING_MODES = ("zeros", "reflect")
 
-    Same distribution as torchvision's ``RandomCrop(size, padding)``: each offset is uniform
-    in ``0..2*padding`` independently per axis and per image. (B, C, H, W) -> (B, C, H, W).
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions ``-p..size-1+p`` of a reflect-padded axis as positions of the axis itself (no edge repeat,
+    as ``numpy.pad(mode="reflect")`` and torchvision's ``padding_mode="reflect"``; needs p < size)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator,
+                padding_mode: str = "zeros") -> torch.Tensor:
+    """Pad each side by ``padding`` (zeros, or the image reflected) and crop back to (H, W) at a random offset
+    per image.
+
+    Same distribution as torchvision's ``RandomCrop(size, padding, padding_mode=...)``: each offset is uniform
+    in ``0..2*padding`` independently per axis and per image; both modes draw the same offsets.
+    (B, C, H, W) -> (B, C, H, W).
     """
     b, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
     dy = _randint(2 * padding + 1, (b,), generator, images.device)
     dx = _randint(2 * padding + 1, (b,), generator, images.device)
     rows = dy[:, None] + torch.arange(h, device=images.device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=images.device)  # (B, W)
+    if padding_mode == "reflect":
+        if padding >= min(h, w):
+            raise ValueError(f"reflect padding of {padding} needs images larger than that, got {h}x{w}")
+        padded, rows, cols = images, _reflect(rows - padding, h), _reflect(cols - padding, w)
+    else:
+        padded = F.pad(images, (padding, padding, padding, padding))
     batch = torch.arange(b, device=images.device)[:, None, None]
     # Advanced indexing over (batch, rows, cols) with the channel slice in between puts the
     # advanced dimensions first: (B, H, W, C); move channels back.
