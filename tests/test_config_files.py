@@ -78,3 +78,33 @@ def test_a_file_keeps_what_it_does_not_name_at_the_defaults(tmp_path):
     cfg = config_from_file(tmp_path / "short.toml")
     assert cfg.recipe == "mine" and cfg.seed == 3 and cfg.loss.params == {"gamma": 2.0}
     assert cfg.train == apply_overrides(cfg, {}).train and cfg.train.epochs == 200
+
+
+def test_show_config_leaves_out_the_settings_of_methods_the_run_does_not_use_and_reads_back(tmp_path):
+    """Issue 12: a recipe shows only what it uses. The left-out settings keep their defaults, so the printed
+    file reads back to the same configuration; a setting a user changed is never left out."""
+    import tomllib
+
+    from longtail.cli import show_config
+    from longtail.config import unused_settings
+    from longtail.recipes import get_recipe
+
+    for name, hidden, shown in (
+            ("cifar10-lt-ce", ["ssl.moco_queue", "train.fixmatch_mu", "train.glmc_mix_alpha", "data.darp_n1",
+                               "augment.mix_alpha", "optim.sam_rho", "train.cb_beta"], ["train.lr", "augment.mix"]),
+            ("cifar10-semi-darp-fixmatch", ["ssl.moco_queue", "train.glmc_mix_alpha"],
+             ["train.fixmatch_mu", "data.darp_n1", "augment.policy", "augment.randaugment_magnitude"]),
+            ("cifar10-lt-cb-focal", ["train.fixmatch_mu"], ["train.cb_beta"])):
+        cfg = get_recipe(name).config
+        text = show_config(cfg)
+        d = tomllib.loads(text)
+        keys = {f"{sec}.{k}" for sec, t in d.items() if isinstance(t, dict) for k in t}
+        assert not keys & set(hidden) and set(shown) <= keys, name
+        assert set(unused_settings(cfg)) & keys == set()
+        (tmp_path / "c.toml").write_text(text)
+        assert config_from_file(tmp_path / "c.toml") == cfg, name
+    changed = apply_overrides(get_recipe("cifar10-lt-ce").config, {"train.fixmatch_mu": "3", "ssl.moco_queue": "64"})
+    d = tomllib.loads(show_config(changed))
+    assert d["train"]["fixmatch_mu"] == 3 and d["ssl"] == {"moco_queue": 64}
+    pre = get_recipe("cifar10-lt-rotation-ssp").config
+    assert "ssl" in tomllib.loads(show_config(pre, pretrain=True))

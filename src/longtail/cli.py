@@ -246,14 +246,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_config(cfg: Any) -> str:
-    """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs."""
-    from .config import config_to_toml
+def show_config(cfg: Any, *, pretrain: bool = False) -> str:
+    """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs;
+    the settings of methods the run does not use are left out while they keep their defaults."""
+    from .config import config_to_toml, unused_settings
     from .schedule import describe_schedule
 
-    head = [f"longtail configuration of {cfg.recipe}; run it with `longtail train --config FILE`", "",
-            *describe_schedule(cfg), ""]
-    return config_to_toml(cfg, comments=head)
+    unused = unused_settings(cfg, pretrain=pretrain)
+    run_it = "; change it with --set" if pretrain else "; run it with `longtail train --config FILE`"
+    head = [f"longtail configuration of {cfg.recipe}{run_it}", "", *describe_schedule(cfg), "",
+            f"{len(unused)} settings of methods this run does not use are left out at their defaults (the ssl "
+            "section outside pre-training, FixMatch's, GLMC's, ...); a file without them reads back the same", ""]
+    return config_to_toml(cfg, comments=head, leave_out=unused)
 
 
 def _single_process(command: str) -> None:
@@ -284,7 +288,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ov["seed"] = args.seeds[0]
     cfg = apply_overrides(cfg, ov)
     if args.show_config:
-        print(show_config(cfg), end="")
+        print(show_config(cfg, pretrain=True), end="")
         return 0
     out = args.out or f"runs/{cfg.recipe}"
     if args.restart:

@@ -15,7 +15,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import LongtailError
 
@@ -848,16 +848,55 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_to_toml(cfg: RunConfig, comments: list[str] | None = None) -> str:
+#: settings that belong to one method, and the test of whether a config uses that method: a setting in a
+#: group whose method is off is left out of ``--show-config`` while it keeps its default (see :func:`unused_settings`)
+_METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("train.fixmatch_",), lambda c: c.train.semi == "fixmatch"),
+    (("train.glmc_",), lambda c: c.train.task == "glmc"),
+    (("train.mfw_lam_min",), lambda c: c.train.mfw_strength > 0),
+    (("train.pseudo_weight", "train.labeled_fraction", "data.pseudo_threshold"),
+     lambda c: c.data.pseudo_labels is not None),
+    (("train.cb_beta",), lambda c: c.train.weighting == "class-balanced"),
+    (("data.darp_",), lambda c: c.data.protocol == "darp"),
+    (("augment.randaugment_magnitude",), lambda c: c.augment.randaugment > 0),
+    (("augment.policy",), lambda c: c.augment.randaugment > 0 or c.augment.cutout > 0),
+    (("augment.mix_alpha", "augment.mix_prob"), lambda c: c.augment.mix != "none"),
+    (("optim.sam_rho",), lambda c: c.optim.name != "sgd"),
+)
+
+
+def unused_settings(cfg: RunConfig, *, pretrain: bool = False) -> list[str]:
+    """The dotted settings ``cfg`` does not use and leaves at their defaults: those of a method it does not run
+    (FixMatch's with ``train.semi=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
+    mixing's, SAM's) and, unless ``pretrain``, the whole ``ssl`` section. Leaving them out of a file changes
+    nothing: :func:`config_from_file` fills in the defaults."""
+    flat, default = _flat(cfg), _flat(RunConfig(recipe=cfg.recipe, loss=cfg.loss))
+    out = []
+    for key, value in flat.items():
+        if value != default.get(key):
+            continue
+        if key.startswith("ssl.") and not pretrain:
+            out.append(key)
+        elif any(key.startswith(p) for prefixes, used in _METHOD_SETTINGS for p in prefixes if not used(cfg)):
+            out.append(key)
+    return out
+
+
+def config_to_toml(cfg: RunConfig, comments: list[str] | None = None, *, leave_out: Iterable[str] = ()) -> str:
     """``cfg`` as a TOML document that :func:`config_from_file` reads back to the same config; ``comments``
     lead it (e.g. the schedule in the run's own epochs). The loss's parameters sit in ``[loss]`` beside
-    its name, as ``--set loss.NAME=VALUE`` gives them."""
+    its name, as ``--set loss.NAME=VALUE`` gives them. ``leave_out``: dotted settings not written (e.g.
+    :func:`unused_settings`, which keep their defaults when the file is read); a section left empty is left out."""
+    skip = set(leave_out)
     lines = [f"# {c}" if c else "#" for c in (comments or [])]
     lines += [f"recipe = {_toml_value(cfg.recipe)}", f"seed = {_toml_value(cfg.seed)}"]
     for sec in SECTIONS:
         section = getattr(cfg, sec)
-        lines += ["", f"[{sec}]"]
-        lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section) if f.name != "params"]
+        body = [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)
+                if f.name != "params" and f"{sec}.{f.name}" not in skip]
+        if not body and sec != "loss":
+            continue
+        lines += ["", f"[{sec}]", *body]
         if sec == "loss":
             lines += [f"{p} = {_toml_value(v)}" for p, v in cfg.loss.params.items()]
     return "\n".join(lines) + "\n"
