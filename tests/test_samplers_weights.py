@@ -241,3 +241,23 @@ def test_make_weighting():
     drw = make_weighting("class-balanced", CIFAR10_LT, start_epoch=3, beta=0.999)
     assert isinstance(drw, DeferredReweighting) and drw.weight_at(2) is None
     torch.testing.assert_close(drw.weight_at(3), class_weights("class-balanced", CIFAR10_LT, beta=0.999))
+
+
+def test_the_effective_number_sampler_takes_train_cb_beta():
+    """SAMPLER_PARAMS declares the effective-number sampler's beta; the run passes train.cb_beta to it (default
+    0.9999, the source's fixed value) and to no other sampler."""
+    from longtail.config import RunConfig, TrainConfig
+    from longtail.experiment import build_task
+    from longtail.samplers import SAMPLER_PARAMS, make_sampler
+
+    from conftest import synthetic_set
+
+    labels = torch.cat([torch.zeros(500, dtype=torch.long), torch.ones(5, dtype=torch.long)])
+    assert SAMPLER_PARAMS == {"effective-number": ("beta",)}
+    assert make_sampler("effective-number", labels, 2).beta == 0.9999
+    assert make_sampler("effective-number", labels, 2, beta=0.99).beta == 0.99
+    assert not hasattr(make_sampler("class-balanced", labels, 2, beta=0.5), "beta")
+    train = synthetic_set([40, 20, 10, 5])
+    cfg = RunConfig(train=TrainConfig(sampler="effective-number", cb_beta=0.999, device="cpu"))
+    task = build_task(cfg, train, train.class_counts())
+    assert task.sampler.beta == 0.999

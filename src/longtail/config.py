@@ -381,7 +381,7 @@ class TrainConfig:
     sampler: str = "instance"  # instance | class-balanced (= class-aware) | sqrt | effective-number (beta 0.9999)
     weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced
     drw_start: float | None = None  # DRW: weighting starts at this epoch (200-epoch units), plain before
-    cb_beta: float = 0.9999
+    cb_beta: float = 0.9999  # beta of the class-balanced weighting and of the effective-number sampler
     crop_padding: int = 4
     flip: bool = True
     device: str = "auto"  # auto | cpu | cuda
@@ -856,7 +856,7 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("train.mfw_lam_min",), lambda c: c.train.mfw_strength > 0),
     (("train.pseudo_weight", "train.labeled_fraction", "data.pseudo_threshold"),
      lambda c: c.data.pseudo_labels is not None),
-    (("train.cb_beta",), lambda c: c.train.weighting == "class-balanced"),
+    (("train.cb_beta",), lambda c: c.train.weighting == "class-balanced" or c.train.sampler == "effective-number"),
     (("data.darp_",), lambda c: c.data.protocol == "darp"),
     (("augment.randaugment_magnitude",), lambda c: c.augment.randaugment > 0),
     (("augment.policy",), lambda c: c.augment.randaugment > 0 or c.augment.cutout > 0),

@@ -94,7 +94,7 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     batch_size = t.batch_size
     weak = Augment(crop_padding=t.crop_padding, flip=t.flip, padding_mode=cfg.augment.crop_padding_mode)
     augment, mix = augment_from_config(cfg, train)  # crop + flip + RandAugment + Cutout; mixup / CutMix
-    sampler = make_sampler(t.sampler, train.labels, train.num_classes)
+    sampler = make_sampler(t.sampler, train.labels, train.num_classes, beta=t.cb_beta)
     weighting = make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta)
     criterion = loss_from_config(cfg.loss, counts)
     is_pseudo = getattr(splits, "is_pseudo", None)

@@ -33,6 +33,7 @@ from .errors import LongtailError
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_PARAMS",
     "ClassBalanced",
     "ClassWeighted",
     "EffectiveNumber",
@@ -204,8 +205,15 @@ SAMPLERS: dict[str, Callable[..., InstanceBalanced | ClassWeighted]] = {
 }
 
 
-def make_sampler(name: str, labels: Tensor, num_classes: int, num_samples: int | None = None) -> Sampler:
-    """Build the registered sampler ``name`` over ``labels`` ``(N,)`` with ``num_classes`` classes."""
+#: the parameters a sampler takes beyond the labels (``train.cb_beta`` is the effective-number sampler's beta)
+SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {"effective-number": ("beta",)}
+
+
+def make_sampler(name: str, labels: Tensor, num_classes: int, num_samples: int | None = None, *,
+                 beta: float = 0.9999) -> Sampler:
+    """Build the registered sampler ``name`` over ``labels`` ``(N,)`` with ``num_classes`` classes; ``beta``
+    reaches the samplers that declare it in :data:`SAMPLER_PARAMS` (the effective-number sampler)."""
     if name not in SAMPLERS:
         raise LongtailError(f"unknown sampler {name!r}", f"use one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](labels, num_classes, num_samples=num_samples)
+    params = {"beta": beta} if "beta" in SAMPLER_PARAMS.get(name, ()) else {}
+    return SAMPLERS[name](labels, num_classes, num_samples=num_samples, **params)
