@@ -33,3 +33,14 @@ def require_real_cifar10():
     if not (REAL_CIFAR10 / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 not found at {REAL_CIFAR10}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored after: tiny models gain nothing from threads, and on the shared
+    2-core machine OpenMP threads that wait for each other made whole files several times slower (test_recipes_smoke:
+    158 s against 29 s). A file opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

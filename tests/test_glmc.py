@@ -258,15 +258,6 @@ def recipe_splits(num_classes: int) -> Splits:
                   synthetic_set([1] * num_classes, size=8, seed=1, name="test"))
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as tests/test_recipes_smoke.py: 2 shared cores run a ResNet-32 step faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name,classes,contrast", [("cifar10-lt-glmc", 10, 1.0), ("cifar100-lt-glmc", 100, 4.0)])
 def test_the_recipes_build_and_take_a_step(name, classes, contrast, tmp_path, one_thread):

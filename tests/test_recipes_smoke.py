@@ -120,14 +120,7 @@ def fine_tune_init(cfg: RunConfig, tmp_path: Path, splits: Splits) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy machine, OpenMP threads that wait for each other made this file
-    5x slower (158 s against 29 s, 53 recipes on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

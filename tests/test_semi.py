@@ -50,14 +50,7 @@ from longtail.tasks import SupervisedTask
 
 from conftest import synthetic_set
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast and leaves the shared 2-core machine alone (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def balanced_source(per_class: int, num_classes: int = 10, size: int = 2) -> ImageSet:

@@ -20,13 +20,7 @@ from longtail.ssl.run import PretrainStage, balanced_probe_set
 
 from conftest import synthetic_set
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(module: torch.nn.Module) -> int:

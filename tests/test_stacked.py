@@ -39,13 +39,7 @@ from conftest import synthetic_set
 ARCH = "resnet-tiny-test"  # ResNetCifar with one block per stage: both zero-pad shortcuts, 4 -> 8 -> 16 channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and a shared 2-core machine stays usable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from longtail import LongtailError
 from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -29,13 +28,7 @@ def tiny_config(epochs=2, **train) -> RunConfig:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and the machine is shared: use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

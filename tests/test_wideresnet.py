@@ -26,14 +26,7 @@ from longtail.semi.fixmatch import FixMatchTask
 
 from conftest import synthetic_set
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: OpenMP threads that wait for each other make these convolutions slow on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RefBlock(nn.Module):
