@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from longtail import LongtailError
 from longtail import config as config_module
-from longtail.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.config import AugmentConfig, DataConfig, MFWConfig, ModelConfig, RunConfig, SemiConfig, TrainConfig
 from longtail.data import randaugment as ra
 from longtail.data.augment import Augment, Batch, iterate_batches, normalize
 from longtail.data.mix import MIXES, Mix, MixedBatch, cutmix, mixed_loss, mixup, sample_beta
@@ -372,7 +372,8 @@ def test_fixmatch_strong_view_with_randaugment():
 def test_fixmatch_from_the_config_keeps_the_simplified_view_by_default():
     lab, unl = fixmatch_parts()
     splits = SemiSplits(lab, lab, unlabeled=unl)
-    base = RunConfig(model=ModelConfig(arch="tiny"), train=TrainConfig(batch_size=8, semi="fixmatch", device="cpu"))
+    base = RunConfig(model=ModelConfig(arch="tiny"), train=TrainConfig(batch_size=8, device="cpu"),
+                     semi=SemiConfig(method="fixmatch"))
     plain = build_task(base, lab, lab.class_counts(), splits)
     assert isinstance(plain, FixMatchTask) and plain.strong is None and plain.weak == Augment(4, True)
     # the default strong view is today's strong_augment, drawn after the weak views
@@ -404,7 +405,7 @@ def test_bad_settings_give_clear_errors():
         AugmentConfig(mix="manifold")
     with pytest.raises(LongtailError, match="mix_alpha"):
         AugmentConfig(mix_alpha=0.0)
-    mfw = RunConfig(train=TrainConfig(mfw_strength=0.5), augment=AugmentConfig(mix="cutmix"))
+    mfw = RunConfig(mfw=MFWConfig(strength=0.5), augment=AugmentConfig(mix="cutmix"))
     with pytest.raises(LongtailError, match="major feature weakening"):
         build_task(mfw, train, train.class_counts())
     mixing = RunConfig(augment=AugmentConfig(mix="mixup"))

@@ -44,15 +44,15 @@ BAD_SETTINGS = [
     ("train.crop_padding", "-1"),
     ("train.checkpoint_every", "0"),
     ("train.eval_every", "-1"),
-    ("train.pseudo_weight", "nan"),
-    ("train.labeled_fraction", "0"),
-    ("train.labeled_fraction", "1.5"),
-    ("train.mfw_strength", "-0.5"),
-    ("train.mfw_lam_min", "1.1"),
-    ("train.fixmatch_threshold", "1.01"),
-    ("train.fixmatch_mu", "0"),
-    ("train.fixmatch_lambda_u", "-1"),
-    ("train.fixmatch_la_tau", "nan"),
+    ("semi.pseudo_weight", "nan"),
+    ("semi.labeled_fraction", "0"),
+    ("semi.labeled_fraction", "1.5"),
+    ("mfw.strength", "-0.5"),
+    ("mfw.lam_min", "1.1"),
+    ("semi.threshold", "1.01"),
+    ("semi.mu", "0"),
+    ("semi.lambda_u", "-1"),
+    ("semi.la_tau", "nan"),
     ("train.schedule", "linear"),
     ("train.sampler", "balanced"),
     ("train.weighting", "effective-number"),
@@ -62,8 +62,8 @@ BAD_SETTINGS = [
     ("train.channels_last", "yes"),
     ("train.compile", "fast"),
     ("train.engine", "graphs"),
-    ("train.semi", "mixmatch"),
-    ("train.fixmatch_alignment", "dal"),
+    ("semi.method", "mixmatch"),
+    ("semi.alignment", "dal"),
     ("data.imbalance_ratio", "nan"),
     ("data.imbalance_ratio", "0.5"),
     ("data.imbalance_ratio", "inf"),
@@ -189,7 +189,7 @@ def test_sections_must_be_sections():
 def test_valid_edge_values_are_accepted():
     cfg = apply_overrides(RunConfig(), {
         "train.epochs": "1", "train.momentum": "0", "train.cb_beta": "0", "train.warmup_epochs": "0",
-        "train.labeled_fraction": "1", "train.fixmatch_threshold": "0", "train.mfw_lam_min": "1",
+        "semi.labeled_fraction": "1", "semi.threshold": "0", "mfw.lam_min": "1",
         "train.device": "cuda:1", "train.drw_start": "none", "train.milestones": "", "train.eval_every": "0",
         "data.imbalance_ratio": "1", "data.n_max": "1", "data.num_workers": "0", "data.pseudo_threshold": "1",
         "ssl.blur_prob": "0", "ssl.hue": "0.5", "seed": "0",
@@ -298,7 +298,7 @@ def test_unknown_section_is_named():
 
 def test_overrides_still_apply_one_field_at_a_time():
     cfg = apply_overrides(RunConfig(), {"train.epochs": "7", "loss.name": "cdt", "loss.gamma": "0.2",
-                                        "train.semi": "fixmatch", "data.protocol": "darp", "seed": "3"})
+                                        "semi.method": "fixmatch", "data.protocol": "darp", "seed": "3"})
     assert (cfg.train.epochs, cfg.loss.name, cfg.loss.params, cfg.seed) == (7, "cdt", {"gamma": 0.2}, 3)
     with pytest.raises(LongtailError, match="not a valid int") as e:
         apply_overrides(RunConfig(), {"seed": "x"})
@@ -341,7 +341,8 @@ def test_the_toml_config_lists_every_setting_once_by_section_and_reads_back(tmp_
     assert d["loss"] == {"name": "ldam", "max_margin": 0.5, "scale": 30.0}
     assert d["train"]["lr"] == 0.05 and d["data"]["n_max"] == 50 and d["train"]["drw_start"] == "none"
     assert d["train"]["milestones"] == [160.0, 180.0] and d["train"]["flip"] is True
-    assert list(d) == ["recipe", "seed", "data", "model", "loss", "train", "ssl", "augment", "optim"]
+    assert list(d) == ["recipe", "seed", "data", "model", "loss", "train", "ssl", "augment", "optim", "semi", "glmc",
+                       "mfw"]
     (tmp_path / "c.toml").write_text(text)
     assert config_from_file(tmp_path / "c.toml") == cfg
 

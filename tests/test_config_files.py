@@ -9,9 +9,19 @@ import tomllib
 import pytest
 
 from longtail.cli import main
-from longtail.config import apply_overrides, config_from_file, config_to_toml
+from longtail.config import (
+    MOVED_SETTINGS,
+    RunConfig,
+    apply_overrides,
+    config_differences,
+    config_from_file,
+    config_to_toml,
+    migrate_sections,
+    override_keys,
+)
 from longtail.errors import LongtailError
 from longtail.recipes import RECIPES, get_recipe
+from longtail.runs import RunDir
 from longtail.schedule import describe_schedule
 
 
@@ -90,11 +100,11 @@ def test_show_config_leaves_out_the_settings_of_methods_the_run_does_not_use_and
     from longtail.recipes import get_recipe
 
     for name, hidden, shown in (
-            ("cifar10-lt-ce", ["ssl.moco_queue", "train.fixmatch_mu", "train.glmc_mix_alpha", "data.darp_n1",
+            ("cifar10-lt-ce", ["ssl.moco_queue", "semi.mu", "glmc.mix_alpha", "data.darp_n1",
                                "augment.mix_alpha", "optim.sam_rho", "train.cb_beta"], ["train.lr", "augment.mix"]),
-            ("cifar10-semi-darp-fixmatch", ["ssl.moco_queue", "train.glmc_mix_alpha"],
-             ["train.fixmatch_mu", "data.darp_n1", "augment.policy", "augment.randaugment_magnitude"]),
-            ("cifar10-lt-cb-focal", ["train.fixmatch_mu"], ["train.cb_beta"])):
+            ("cifar10-semi-darp-fixmatch", ["ssl.moco_queue", "glmc.mix_alpha"],
+             ["semi.mu", "data.darp_n1", "augment.policy", "augment.randaugment_magnitude"]),
+            ("cifar10-lt-cb-focal", ["semi.mu"], ["train.cb_beta"])):
         cfg = get_recipe(name).config
         text = show_config(cfg)
         d = tomllib.loads(text)
@@ -103,8 +113,38 @@ def test_show_config_leaves_out_the_settings_of_methods_the_run_does_not_use_and
         assert set(unused_settings(cfg)) & keys == set()
         (tmp_path / "c.toml").write_text(text)
         assert config_from_file(tmp_path / "c.toml") == cfg, name
-    changed = apply_overrides(get_recipe("cifar10-lt-ce").config, {"train.fixmatch_mu": "3", "ssl.moco_queue": "64"})
+    changed = apply_overrides(get_recipe("cifar10-lt-ce").config, {"semi.mu": "3", "ssl.moco_queue": "64"})
     d = tomllib.loads(show_config(changed))
-    assert d["train"]["fixmatch_mu"] == 3 and d["ssl"] == {"moco_queue": 64}
+    assert d["semi"]["mu"] == 3 and d["ssl"] == {"moco_queue": 64}
     pre = get_recipe("cifar10-lt-rotation-ssp").config
     assert "ssl" in tomllib.loads(show_config(pre, pretrain=True))
+
+
+def test_settings_that_moved_to_their_methods_sections_still_load_from_older_runs(tmp_path):
+    """Up to 0.2, FixMatch's, GLMC's, MFW's and the pseudo-label knobs sat flat in ``train``: an older run folder's
+    config.json (or a TOML saved then) gives the same config now, resuming it finds no difference, and ``--set``
+    with an old name says where the setting lives now."""
+    old = {"recipe": "old-run", "seed": 1,
+           "train": {"epochs": 7, "semi": "fixmatch", "fixmatch_mu": 2, "fixmatch_alignment": "la",
+                     "fixmatch_full_batches": True, "pseudo_weight": 0.5, "labeled_fraction": 0.25,
+                     "mfw_strength": 0.3, "mfw_lam_min": 0.6, "glmc_contrast_weight": 1.0, "glmc_proj_dim": 64}}
+    cfg = RunConfig.from_dict(old)
+    assert cfg.train.epochs == 7 and cfg.seed == 1
+    assert (cfg.semi.method, cfg.semi.mu, cfg.semi.alignment, cfg.semi.full_batches) == ("fixmatch", 2, "la", True)
+    assert (cfg.semi.pseudo_weight, cfg.semi.labeled_fraction) == (0.5, 0.25)
+    assert (cfg.mfw.strength, cfg.mfw.lam_min, cfg.glmc.contrast_weight, cfg.glmc.proj_dim) == (0.3, 0.6, 1.0, 64)
+    (tmp_path / "config.json").write_text(json.dumps({"command": "train", "config": old}))
+    assert config_from_file(tmp_path) == cfg
+    assert RunDir(tmp_path).existing_config() == cfg  # what resuming compares: no difference, no refusal
+    full_old = cfg.to_dict()  # the whole config as 0.2 wrote it: the moved settings flat in train
+    for key, new in MOVED_SETTINGS.items():
+        sec, _, name = new.partition(".")
+        full_old["train"][key.partition(".")[2]] = full_old[sec].pop(name)
+    for sec in ("semi", "glmc", "mfw"):
+        assert full_old.pop(sec) == {}
+    assert config_differences(full_old, cfg) == []
+    assert migrate_sections(cfg.to_dict()) == cfg.to_dict()  # a current config is left alone
+    for key, new in MOVED_SETTINGS.items():
+        with pytest.raises(LongtailError, match=f"{key} has moved: it is now {new}"):
+            apply_overrides(RunConfig(), {key: "1"})
+        assert new in {k for k in override_keys()}

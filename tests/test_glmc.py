@@ -265,7 +265,8 @@ def test_the_recipes_build_and_take_a_step(name, classes, contrast, tmp_path, on
     t = recipe.config.train
     assert (t.task, t.batch_size, t.lr, t.weight_decay, t.schedule, t.warmup_epochs, t.epochs) == \
         ("glmc", 64, 0.01, 5e-3, "cosine", 0, 200)
-    assert (t.glmc_resample_weighting, t.glmc_label_weighting, t.glmc_contrast_weight) == (0.0, 1.2, contrast)
+    g = recipe.config.glmc
+    assert (g.resample_weighting, g.label_weighting, g.contrast_weight) == (0.0, 1.2, contrast)
     assert recipe.config.model.arch == "resnet32" and "[R]" in recipe.published
     cfg = replace(recipe.config, train=replace(t, device="cpu"))
     splits = recipe_splits(classes)
@@ -289,8 +290,8 @@ def test_the_recipes_build_and_take_a_step(name, classes, contrast, tmp_path, on
     ({"train.drw_start": 160}, "re-weights its second head itself"),
     ({"loss.name": "focal"}, "soft-label cross-entropy"),
     ({"augment.mix": "mixup"}, "mixes every batch itself"),
-    ({"train.semi": "fixmatch"}, "train.semi=fixmatch"),
-    ({"train.mfw_strength": 0.5}, "major feature weakening"),
+    ({"semi.method": "fixmatch"}, "semi.method=fixmatch"),
+    ({"mfw.strength": 0.5}, "major feature weakening"),
     ({"train.freeze_backbone": True}, "freeze_backbone"),
     ({"data.pseudo_labels": "somewhere"}, "pseudo-labels"),
 ])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from longtail import LongtailError
 from longtail.checkpoints import evaluated_weights, load_checkpoint, load_pretrained_backbone
-from longtail.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from longtail.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SemiConfig, TrainConfig
 from longtail.data.registry import Splits
 from longtail.experiment import evaluate_checkpoint, evaluate_model, train_one
 from longtail.graphs import GraphStep, graph_unsupported_reason
@@ -206,7 +206,8 @@ def test_settings_that_cannot_apply_are_refused(tmp_path):
     with pytest.raises(LongtailError, match="cosine head"):
         make_optimizer(model, cosine)
     with pytest.raises(LongtailError, match="distribution alignment twice"):
-        make_optimizer(model, tiny_config(optim=OptimConfig(name="asam"), semi="fixmatch", fixmatch_alignment="da"))
+        make_optimizer(model, replace(tiny_config(optim=OptimConfig(name="asam")),
+                                      semi=SemiConfig(method="fixmatch", alignment="da")))
     with pytest.raises(LongtailError, match="classifier head with a weight"):
         make_optimizer(nn.Sequential(nn.Linear(3, 2)), tiny_config(optim=OptimConfig(maxnorm=0.1)))
     plain = make_optimizer(model, tiny_config()).state_dict()  # a checkpoint of a run without the EMA

@@ -65,7 +65,7 @@ def semi_splits(recipe: Recipe, base: Splits) -> Splits:
     """The extra rows a semi-supervised recipe trains on: an unlabeled pool (FixMatch), or pseudo-labeled
     rows (the ``*-pseudo`` recipes, which take them from ``--set data.pseudo_labels=DIR``)."""
     k, train = base.train.num_classes, base.train
-    if recipe.config.train.semi == "fixmatch":
+    if recipe.config.semi.method == "fixmatch":
         pool = synthetic_set([3] * k, size=SIDE, seed=2, name="pool")
         unlabeled = UnlabeledSet(pool.images, pool.class_names, pool.mean, pool.std)
         return SemiSplits(train, base.test, unlabeled=unlabeled)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from longtail import LongtailError
 from longtail.checkpoints import load_checkpoint
-from longtail.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.config import DataConfig, LossConfig, MFWConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.data.augment import Augment
 from longtail.data.registry import Splits
 from longtail.experiment import train_one
@@ -284,7 +284,7 @@ def test_what_cannot_be_stacked(tmp_path, splits, monkeypatch):
     assert stack_unsupported_reason(RunConfig()) is None  # resnet32, linear head
     assert stack_unsupported_reason(replace(RunConfig(), model=ModelConfig("resnet20", "cosine"))) is None
     with pytest.raises(LongtailError, match="feature weakening") as e:
-        check_stackable(tiny_config(mfw_strength=0.5))
+        check_stackable(replace(tiny_config(), mfw=MFWConfig(strength=0.5)))
     assert "one after another" in str(e.value)
     def odd(c):
         net = nn.Sequential(nn.Conv2d(c, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longtail.config import DataConfig, RunConfig, TrainConfig
+from longtail.config import DataConfig, RunConfig, SemiConfig, TrainConfig
 from longtail.data.pools import darp_counts, hide_labels
 from longtail.data.semi import SemiSplits
 from longtail.driver import Context
@@ -178,7 +178,7 @@ def test_the_darp_recipes_follow_usb_and_the_short_ones_keep_the_old_settings():
     for name in ("cifar10-semi-darp-fixmatch", "cifar10-semi-darp-fixmatch-da", "cifar10-semi-darp-fixmatch-la",
                  "cifar10-semi-darp-supervised"):
         cfg = RECIPES[name].config
-        t = cfg.train
+        t, s = cfg.train, cfg.semi
         assert cfg.model.arch == "wrn-28-2" and cfg.optim.ema == 0.999
         assert (t.epochs, t.batch_size, t.lr, t.momentum, t.nesterov, t.weight_decay, t.schedule, t.warmup_epochs) == \
             (USB_EPOCHS, 64, 0.03, 0.9, True, 5e-4, "fixmatch-cosine", 0.0)
@@ -186,24 +186,26 @@ def test_the_darp_recipes_follow_usb_and_the_short_ones_keep_the_old_settings():
         assert (d.protocol, d.darp_n1, d.darp_m1, d.darp_gamma_l, d.darp_gamma_u, d.darp_order, d.darp_include_labeled,
                 d.normalization) == ("darp", 1500, 3000, 100, 100, "shuffled", False, "imagenet")
         if name.endswith("supervised"):
-            assert t.semi == "none" and cfg.augment.randaugment == 0  # USB's supervised run: weak views only
+            assert s.method == "none" and cfg.augment.randaugment == 0  # USB's supervised run: weak views only
         else:
-            assert (t.semi, t.fixmatch_mu, t.fixmatch_threshold, t.fixmatch_lambda_u) == ("fixmatch", 2, 0.95, 1.0)
+            assert (s.method, s.mu, s.threshold, s.lambda_u) == ("fixmatch", 2, 0.95, 1.0)
             a = cfg.augment
             assert (a.randaugment, a.randaugment_magnitude, a.cutout, a.policy) == (3, None, 0.5, "usb")
-    assert RECIPES["cifar10-semi-darp-fixmatch-da"].config.train.fixmatch_alignment == "da"
-    assert RECIPES["cifar10-semi-darp-fixmatch-la"].config.train.fixmatch_alignment == "la"
+    assert RECIPES["cifar10-semi-darp-fixmatch-da"].config.semi.alignment == "da"
+    assert RECIPES["cifar10-semi-darp-fixmatch-la"].config.semi.alignment == "la"
     darp = DataConfig(dataset="cifar10", protocol="darp")
     for suffix in ("", "-short"):  # a pseudo-label run cuts the split as the run that labeled its pool
         assert RECIPES[f"cifar10-semi-darp-pseudo{suffix}"].config.data == \
             RECIPES[f"cifar10-semi-darp-supervised{suffix}"].config.data
     assert RECIPES["cifar10-semi-darp-pseudo"].config.model.arch == "resnet32"
-    for name, train in (("cifar10-semi-darp-supervised-short", TrainConfig()),
-                        ("cifar10-semi-darp-pseudo-short", TrainConfig(batch_size=256)),
-                        ("cifar10-semi-darp-fixmatch-short", TrainConfig(semi="fixmatch")),
-                        ("cifar10-semi-darp-fixmatch-da-short", TrainConfig(semi="fixmatch", fixmatch_alignment="da")),
-                        ("cifar10-semi-darp-fixmatch-la-short", TrainConfig(semi="fixmatch", fixmatch_alignment="la"))):
-        assert RECIPES[name].config == RunConfig(recipe=name, data=darp, train=train)
+    for name, train, semi in (("cifar10-semi-darp-supervised-short", TrainConfig(), SemiConfig()),
+                              ("cifar10-semi-darp-pseudo-short", TrainConfig(batch_size=256), SemiConfig()),
+                              ("cifar10-semi-darp-fixmatch-short", TrainConfig(), SemiConfig(method="fixmatch")),
+                              ("cifar10-semi-darp-fixmatch-da-short", TrainConfig(),
+                               SemiConfig(method="fixmatch", alignment="da")),
+                              ("cifar10-semi-darp-fixmatch-la-short", TrainConfig(),
+                               SemiConfig(method="fixmatch", alignment="la"))):
+        assert RECIPES[name].config == RunConfig(recipe=name, data=darp, train=train, semi=semi)
 
 
 @pytest.mark.slow

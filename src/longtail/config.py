@@ -393,28 +393,12 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
     tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (pip install -e '.[tensorboard]')
-    pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (semi-supervised)
-    labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
-    mfw_strength: float = 0.0  # > 0: major feature weakening (Ye et al. 2021), see longtail.mfw
-    mfw_lam_min: float = 0.5
     init_from: str | None = None  # a pre-training run folder or checkpoint whose backbone initialises the model
     freeze_backbone: bool = False  # train the head only; the backbone (BatchNorm included) stays as it was
-    semi: str = "none"  # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch)
-    fixmatch_threshold: float = 0.95
-    fixmatch_lambda_u: float = 1.0
-    fixmatch_mu: int = 7  # unlabeled images per labeled image in a batch
-    fixmatch_full_batches: bool = False  # every labeled batch full (USB), not a partial last batch per epoch
-    fixmatch_alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment)
-    fixmatch_la_tau: float = 1.0  # weakened features keep a share lam ~ U(mfw_lam_min, 1) of themselves
     # what a step trains: supervised (the loss, sampler and weighting above) | glmc (GLMC, Du et al. CVPR 2023,
-    # longtail.glmc: a second, re-balanced head, global mixup and local CutMix views, their consistency); GLMC's
-    # own parameters, the defaults from its README's CIFAR-100-LT rho=100 command:
+    # longtail.glmc: a second, re-balanced head, global mixup and local CutMix views, their consistency; its
+    # own settings are the glmc section)
     task: str = "supervised"
-    glmc_resample_weighting: float = 0.0  # q: mixing partners drawn with weight n_c^-q per image (0: uniformly)
-    glmc_label_weighting: float = 1.2  # the re-balanced head's soft labels weighted by n_c^-this (mean 1 per class)
-    glmc_contrast_weight: float = 4.0  # weight of the consistency (SimSiam) loss between the two mixed views
-    glmc_mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); their GLMC_mixed uses 1 (their --beta is never read)
-    glmc_proj_dim: int = 128  # width of the projector and predictor (their hidden_dim on CIFAR)
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -441,23 +425,68 @@ class TrainConfig:
         _choice(self, "train", "engine", ENGINES)
         _number(self, "train", "checkpoint_every", 1)
         _number(self, "train", "eval_every", 0)
-        _number(self, "train", "pseudo_weight", 0)
-        _number(self, "train", "labeled_fraction", 0, 1, lo_open=True,
-                fix="use a share in (0, 1], e.g. --set train.labeled_fraction=0.5, or none to merge (the reference)")
-        _number(self, "train", "mfw_strength", 0)
-        _number(self, "train", "mfw_lam_min", 0, 1)
-        _choice(self, "train", "semi", SEMI_METHODS)
-        _number(self, "train", "fixmatch_threshold", 0, 1)
-        _number(self, "train", "fixmatch_lambda_u", 0)
-        _number(self, "train", "fixmatch_mu", 1)
-        _choice(self, "train", "fixmatch_alignment", ALIGNMENTS)
-        _number(self, "train", "fixmatch_la_tau")
         _choice(self, "train", "task", TASKS)
-        _number(self, "train", "glmc_resample_weighting")
-        _number(self, "train", "glmc_label_weighting")
-        _number(self, "train", "glmc_contrast_weight", 0)
-        _number(self, "train", "glmc_mix_alpha", 0, lo_open=True)
-        _number(self, "train", "glmc_proj_dim", 1)
+
+
+@dataclass(frozen=True)
+class SemiConfig:
+    """Semi-supervised training: consistency training on an unlabeled pool (``method``), and how a run on
+    pseudo-labels (``data.pseudo_labels``) weighs and mixes them. Off by default."""
+
+    method: str = "none"  # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch)
+    threshold: float = 0.95  # FixMatch: keep a pseudo-label when its confidence is at least this
+    lambda_u: float = 1.0  # FixMatch: weight of the unlabeled loss
+    mu: int = 7  # FixMatch: unlabeled images per labeled image in a batch
+    full_batches: bool = False  # every labeled batch full (USB), not a partial last batch per epoch
+    alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment of the pseudo-labels)
+    la_tau: float = 1.0  # strength of the pseudo-labels' logit adjustment (alignment=la)
+    pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (data.pseudo_labels)
+    labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "semi")
+        _choice(self, "semi", "method", SEMI_METHODS)
+        _number(self, "semi", "threshold", 0, 1)
+        _number(self, "semi", "lambda_u", 0)
+        _number(self, "semi", "mu", 1)
+        _choice(self, "semi", "alignment", ALIGNMENTS)
+        _number(self, "semi", "la_tau")
+        _number(self, "semi", "pseudo_weight", 0)
+        _number(self, "semi", "labeled_fraction", 0, 1, lo_open=True,
+                fix="use a share in (0, 1], e.g. --set semi.labeled_fraction=0.5, or none to merge (the reference)")
+
+
+@dataclass(frozen=True)
+class GLMCConfig:
+    """GLMC's own settings (``train.task=glmc``, :mod:`longtail.glmc`); the defaults from its README's
+    CIFAR-100-LT rho=100 command."""
+
+    resample_weighting: float = 0.0  # q: mixing partners drawn with weight n_c^-q per image (0: uniformly)
+    label_weighting: float = 1.2  # the re-balanced head's soft labels weighted by n_c^-this (mean 1 per class)
+    contrast_weight: float = 4.0  # weight of the consistency (SimSiam) loss between the two mixed views
+    mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); their GLMC_mixed uses 1 (their --beta is never read)
+    proj_dim: int = 128  # width of the projector and predictor (their hidden_dim on CIFAR)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "glmc")
+        _number(self, "glmc", "resample_weighting")
+        _number(self, "glmc", "label_weighting")
+        _number(self, "glmc", "contrast_weight", 0)
+        _number(self, "glmc", "mix_alpha", 0, lo_open=True)
+        _number(self, "glmc", "proj_dim", 1)
+
+
+@dataclass(frozen=True)
+class MFWConfig:
+    """Major feature weakening (Ye et al. 2021, :mod:`longtail.mfw`); off while ``strength`` is 0."""
+
+    strength: float = 0.0  # > 0: the head class's examples are weakened with this probability (the rarest: never)
+    lam_min: float = 0.5  # weakened features keep a share lam ~ U(lam_min, 1) of themselves
+
+    def __post_init__(self) -> None:
+        _check_types(self, "mfw")
+        _number(self, "mfw", "strength", 0)
+        _number(self, "mfw", "lam_min", 0, 1)
 
 
 @dataclass(frozen=True)
@@ -605,6 +634,9 @@ class RunConfig:
     ssl: SSLConfig = field(default_factory=SSLConfig)  # self-supervised pre-training (longtail.ssl)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)  # semi-supervised training (longtail.semi)
+    glmc: GLMCConfig = field(default_factory=GLMCConfig)  # GLMC's settings (train.task=glmc)
+    mfw: MFWConfig = field(default_factory=MFWConfig)  # major feature weakening
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -616,6 +648,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = migrate_sections(d)
         try:
             return cls(
                 recipe=d.get("recipe", "custom"),
@@ -626,6 +659,9 @@ class RunConfig:
                 ssl=SSLConfig(**d.get("ssl", {})),
                 augment=AugmentConfig(**d.get("augment", {})),
                 optim=OptimConfig(**d.get("optim", {})),
+                semi=SemiConfig(**d.get("semi", {})),
+                glmc=GLMCConfig(**d.get("glmc", {})),
+                mfw=MFWConfig(**d.get("mfw", {})),
                 seed=int(d.get("seed", 0)),
             )
         except TypeError as e:
@@ -654,12 +690,49 @@ def migrate_loss_section(d: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in d.items() if k not in _V01_LOSS_FIELDS}, "params": params}
 
 
+#: settings that versions up to 0.2 kept flat in ``train``, and where they live now
+MOVED_SETTINGS = {
+    "train.semi": "semi.method", "train.fixmatch_threshold": "semi.threshold",
+    "train.fixmatch_lambda_u": "semi.lambda_u", "train.fixmatch_mu": "semi.mu",
+    "train.fixmatch_full_batches": "semi.full_batches", "train.fixmatch_alignment": "semi.alignment",
+    "train.fixmatch_la_tau": "semi.la_tau", "train.pseudo_weight": "semi.pseudo_weight",
+    "train.labeled_fraction": "semi.labeled_fraction", "train.mfw_strength": "mfw.strength",
+    "train.mfw_lam_min": "mfw.lam_min",
+    **{f"train.glmc_{k}": f"glmc.{k}"
+       for k in ("resample_weighting", "label_weighting", "contrast_weight", "mix_alpha", "proj_dim")},
+}
+
+
+def migrate_sections(d: dict[str, Any]) -> dict[str, Any]:
+    """A whole configuration dict as an earlier version wrote it (FixMatch's, GLMC's and MFW's settings flat in
+    ``train``, see :data:`MOVED_SETTINGS`) as this version writes it: each moved setting in its own section.
+    A current dict comes back unchanged (the same object).
+
+    >>> migrate_sections({"train": {"epochs": 5, "fixmatch_mu": 2}})
+    {'train': {'epochs': 5}, 'semi': {'mu': 2}}
+    """
+    train = d.get("train") if isinstance(d, dict) else None
+    if not isinstance(train, dict) or not any(f"train.{k}" in MOVED_SETTINGS for k in train):
+        return d
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for name, value in train.items():
+        new = MOVED_SETTINGS.get(f"train.{name}")
+        if new is None:
+            continue
+        del out["train"][name]
+        sec, _, key = new.partition(".")
+        section = out.setdefault(sec, {})
+        if isinstance(section, dict):
+            section.setdefault(key, value)
+    return out
+
+
 def _fix_tuples(t: TrainConfig) -> TrainConfig:
     return replace(t, milestones=tuple(t.milestones))
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "ssl": SSLConfig,
-            "augment": AugmentConfig, "optim": OptimConfig}
+            "augment": AugmentConfig, "optim": OptimConfig, "semi": SemiConfig, "glmc": GLMCConfig, "mfw": MFWConfig}
 
 
 def override_keys(cfg: RunConfig | None = None) -> list[str]:
@@ -729,6 +802,9 @@ def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
 
 
 def _unknown_setting(key: str) -> LongtailError:
+    if key in MOVED_SETTINGS:
+        return LongtailError(f"{key} has moved: it is now {MOVED_SETTINGS[key]}",
+                             f"write {MOVED_SETTINGS[key]} instead (e.g. --set {MOVED_SETTINGS[key]}=VALUE)")
     keys = override_keys()
     sec, dot, _ = key.partition(".")
     close = _suggestions(key, keys)
@@ -789,7 +865,7 @@ def _override_loss(lc: LossConfig, items: dict[str, Any]) -> LossConfig:
 def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
     """``{"recipe": ..., "seed": ..., "data.dataset": ..., "loss.gamma": ...}`` of a config (or its
     ``to_dict``, as an old run folder's ``config.json`` holds it): the loss's parameters as ``loss.NAME``."""
-    d = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(migrate_sections(cfg))
     if isinstance(d.get("loss"), dict):
         loss = migrate_loss_section(d["loss"])
         params = loss.get("params")
@@ -851,10 +927,11 @@ def _toml_value(value: Any) -> str:
 #: settings that belong to one method, and the test of whether a config uses that method: a setting in a
 #: group whose method is off is left out of ``--show-config`` while it keeps its default (see :func:`unused_settings`)
 _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
-    (("train.fixmatch_",), lambda c: c.train.semi == "fixmatch"),
-    (("train.glmc_",), lambda c: c.train.task == "glmc"),
-    (("train.mfw_lam_min",), lambda c: c.train.mfw_strength > 0),
-    (("train.pseudo_weight", "train.labeled_fraction", "data.pseudo_threshold"),
+    (("semi.threshold", "semi.lambda_u", "semi.mu", "semi.full_batches", "semi.alignment", "semi.la_tau"),
+     lambda c: c.semi.method != "none"),
+    (("glmc.",), lambda c: c.train.task == "glmc"),
+    (("mfw.lam_min",), lambda c: c.mfw.strength > 0),
+    (("semi.pseudo_weight", "semi.labeled_fraction", "data.pseudo_threshold"),
      lambda c: c.data.pseudo_labels is not None),
     (("train.cb_beta",), lambda c: c.train.weighting == "class-balanced" or c.train.sampler == "effective-number"),
     (("data.darp_",), lambda c: c.data.protocol == "darp"),
@@ -867,7 +944,7 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
 
 def unused_settings(cfg: RunConfig, *, pretrain: bool = False) -> list[str]:
     """The dotted settings ``cfg`` does not use and leaves at their defaults: those of a method it does not run
-    (FixMatch's with ``train.semi=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
+    (FixMatch's with ``semi.method=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
     mixing's, SAM's) and, unless ``pretrain``, the whole ``ssl`` section. Leaving them out of a file changes
     nothing: :func:`config_from_file` fills in the defaults."""
     flat, default = _flat(cfg), _flat(RunConfig(recipe=cfg.recipe, loss=cfg.loss))

@@ -100,38 +100,39 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     is_pseudo = getattr(splits, "is_pseudo", None)
     if t.task == "glmc":  # GLMC (longtail.glmc): two heads, mixed views of re-sampled partners, its own loss
         return glmc_task(cfg, train, counts, splits, augment=augment, sampler=sampler)
-    if t.semi == "fixmatch":
+    sm = cfg.semi
+    if sm.method == "fixmatch":
         unlabeled = getattr(splits, "unlabeled", None)
         if unlabeled is None:
             raise LongtailError("FixMatch needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
         # FixMatch's labeled batch and weak view are crop + flip; augment.* set the strong view's policy
         strong = augment if cfg.augment.randaugment else None
-        return FixMatchTask(train, unlabeled, criterion, mu=t.fixmatch_mu, full_batches=t.fixmatch_full_batches,
-                            threshold=t.fixmatch_threshold, lambda_u=t.fixmatch_lambda_u,
-                            alignment=t.fixmatch_alignment, la_tau=t.fixmatch_la_tau, batch_size=batch_size,
+        return FixMatchTask(train, unlabeled, criterion, mu=sm.mu, full_batches=sm.full_batches,
+                            threshold=sm.threshold, lambda_u=sm.lambda_u,
+                            alignment=sm.alignment, la_tau=sm.la_tau, batch_size=batch_size,
                             augment=weak, strong=strong, sampler=sampler, weighting=weighting)
-    if t.semi != "none":
-        raise LongtailError(f"unknown train.semi {t.semi!r}", "use none or fixmatch")
+    if sm.method != "none":
+        raise LongtailError(f"unknown semi.method {sm.method!r}", "use none or fixmatch")
     if is_pseudo is not None:
         if mix is not None:
             raise LongtailError(f"augment.mix={cfg.augment.mix} with pseudo-labels is not supported",
                                 "set --set augment.mix=none, or train without data.pseudo_labels")
-        if t.mfw_strength > 0:
+        if cfg.mfw.strength > 0:
             raise LongtailError("major feature weakening with pseudo-labels is not supported",
-                                "set train.mfw_strength=0 for semi-supervised runs")
+                                "set mfw.strength=0 for semi-supervised runs")
 
-        return SemiSupervisedTask(train, criterion, is_pseudo=is_pseudo, pseudo_weight=t.pseudo_weight,
-                                  labeled_fraction=t.labeled_fraction, batch_size=batch_size, augment=augment,
+        return SemiSupervisedTask(train, criterion, is_pseudo=is_pseudo, pseudo_weight=sm.pseudo_weight,
+                                  labeled_fraction=sm.labeled_fraction, batch_size=batch_size, augment=augment,
                                   sampler=sampler, weighting=weighting)
-    if t.pseudo_weight != 1.0 or t.labeled_fraction is not None:
-        raise LongtailError("train.pseudo_weight and train.labeled_fraction need pseudo-labels",
+    if sm.pseudo_weight != 1.0 or sm.labeled_fraction is not None:
+        raise LongtailError("semi.pseudo_weight and semi.labeled_fraction need pseudo-labels",
                             "set data.pseudo_labels=DIR (written by `longtail pseudo-label`)")
-    if t.mfw_strength > 0:
+    if cfg.mfw.strength > 0:
         if mix is not None:
             raise LongtailError(f"augment.mix={cfg.augment.mix} with major feature weakening is not supported "
                                 "(both mix within the batch)",
-                                "set --set augment.mix=none, or train.mfw_strength=0")
-        return MFWTask(train, criterion, counts=counts, strength=t.mfw_strength, lam_min=t.mfw_lam_min,
+                                "set --set augment.mix=none, or mfw.strength=0")
+        return MFWTask(train, criterion, counts=counts, strength=cfg.mfw.strength, lam_min=cfg.mfw.lam_min,
                        seed=cfg.seed, batch_size=batch_size, augment=augment, sampler=sampler, weighting=weighting)
     return SupervisedTask(train, criterion, batch_size=batch_size, augment=augment, sampler=sampler,
                           weighting=weighting, mix=mix)
@@ -141,7 +142,7 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
     """The training augmentation of ``cfg`` (crop and flip, then ``augment.randaugment`` / ``augment.cutout``
     of ``augment.policy``) and its mixing (``augment.mix``, None when off), refusing what the run cannot do.
 
-    On a FixMatch run (``train.semi=fixmatch``) ``augment.*`` describe the strong view (FixMatch's
+    On a FixMatch run (``semi.method=fixmatch``) ``augment.*`` describe the strong view (FixMatch's
     RandAugment + Cutout); without ``augment.randaugment`` the strong view stays the simplified one
     (:func:`longtail.semi.fixmatch.strong_augment`), so ``augment.cutout`` alone is refused there.
     """
@@ -155,7 +156,7 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
                             f"memory; the image files of data.dataset={cfg.data.dataset} are augmented as they "
                             "are decoded, by DataLoader workers", "set --set augment.randaugment=0 --set "
                             "augment.cutout=0 (augment.mix works on image files)")
-    if t.semi == "fixmatch":
+    if cfg.semi.method == "fixmatch":
         if mix is not None:
             raise LongtailError(f"augment.mix={a.mix} on a FixMatch run is not supported: its labeled batch, weak and "
                                 "strong views are FixMatch's", "set --set augment.mix=none")

@@ -8,9 +8,9 @@ README's CIFAR commands. One step, with ``n_c`` the training count of class ``c`
 
 * a batch ``x`` (B images, labels ``y``) of the run's sampler (theirs: a shuffled pass) and a batch ``x'`` of
   *partners* (labels ``y'``) drawn with replacement, each image with weight ``n_c^-q``, ``q`` =
-  ``train.glmc_resample_weighting`` (their ``--resample_weighting``; 0 draws every image alike); each batch is
+  ``glmc.resample_weighting`` (their ``--resample_weighting``; 0 draws every image alike); each batch is
   augmented twice (two views: ``x1, x2``, ``x'1, x'2``; crop + flip, the run's ``Augment``);
-* one share ``lam ~ Beta(a, a)`` per step (``a`` = ``train.glmc_mix_alpha``) and two mixed views:
+* one share ``lam ~ Beta(a, a)`` per step (``a`` = ``glmc.mix_alpha``) and two mixed views:
   the *global* one, mixup ``g = lam x1 + (1 - lam) x'1``, and the *local* one, CutMix ``l`` = ``x2`` with a box
   of ``x'2`` (the box of :func:`longtail.data.mix.cutmix_box` for ``lam``). Both take the soft label
   ``t = lam e_y + (1 - lam) e_y'`` with the *same* ``lam`` (theirs does not correct it to the box's area);
@@ -22,8 +22,8 @@ README's CIFAR commands. One step, with ``n_c`` the training count of class ``c`
 
   with ``CE(z, t) = -mean_i sum_c t_ic log softmax(z_i)_c`` (a plain batch mean), ``t_w`` the soft label with
   each one-hot scaled by the class weight ``w_c = n_c^-k / sum_j n_j^-k * C`` (``k`` =
-  ``train.glmc_label_weighting``, their ``--label_weighting``), ``sg`` stop-gradient, ``cos`` averaged over the
-  batch (their ``SimSiamLoss``, "simplified"), ``contrast_weight`` = ``train.glmc_contrast_weight``;
+  ``glmc.label_weighting``, their ``--label_weighting``), ``sg`` stop-gradient, ``cos`` averaged over the
+  batch (their ``SimSiamLoss``, "simplified"), ``contrast_weight`` = ``glmc.contrast_weight``;
 * the cumulative weight: ``alpha = 1 - (epoch / epochs)^2`` with ``epoch`` 0-based (:func:`cumulative_alpha`),
   so the re-balanced head's share ``(epoch / epochs)^2`` grows from 0 to ``((E - 1) / E)^2`` (in epoch 0 the
   re-balanced head gets no gradient at all, as theirs);
@@ -37,7 +37,7 @@ restarts the partner loader if it runs out, which equal lengths never do); the b
 :func:`longtail.data.mix.cutmix_box` draws it, ``floor(H sqrt(1 - lam))`` high where theirs takes the ceiling
 (a box at most one pixel smaller per side), and is pasted from the partners' second view as theirs; their
 ``--beta`` (0.5 in every command) is drawn in ``Trainer.train`` and never used (``GLMC_mixed`` keeps its default
-``alpha=1``), so ``glmc_mix_alpha`` defaults to 1; the report is the last epoch's, theirs is the best epoch on
+``alpha=1``), so ``glmc.mix_alpha`` defaults to 1; the report is the last epoch's, theirs is the best epoch on
 the test set. Their fix (commit a2c7d5e, 2023-05-23; README "Update 2023/5/23") drew each class's images of
 the long-tailed subset without replacement (``np.random.choice(..., replace=False)``; before it, duplicates,
 and the test set too was drawn with replacement): longtail's subsets never repeat an image, so their numbers
@@ -156,7 +156,7 @@ class GLMCTask:
                  label_weighting: float = 1.2, contrast_weight: float = 4.0, mix_alpha: float = 1.0) -> None:
         if not mix_alpha > 0:
             raise LongtailError(f"GLMC draws lam from Beta(alpha, alpha), which needs alpha > 0, got {mix_alpha}",
-                                "e.g. --set train.glmc_mix_alpha=1")
+                                "e.g. --set glmc.mix_alpha=1")
         self.train, self.counts, self.epochs, self.batch_size = train, counts, epochs, batch_size
         self.augment = augment
         self.sampler = sampler if sampler is not None else _Permutation(len(train))
@@ -219,17 +219,18 @@ def check_glmc(cfg: RunConfig, train: Any = None, splits: Any = None) -> None:
         (t.weighting != "none" or t.drw_start is not None,
          f"GLMC re-weights its second head itself; train.weighting={t.weighting}, train.drw_start={t.drw_start} "
          "would weight it twice", "set --set train.weighting=none --set train.drw_start=none (GLMC's weights: "
-         "train.glmc_label_weighting)"),
+         "glmc.label_weighting)"),
         (cfg.loss.name != "ce", f"GLMC's loss is its own soft-label cross-entropy on two heads, not loss.name="
          f"{cfg.loss.name}", f"set --set loss.name=ce, {fix_task}"),
         (cfg.augment.mix != "none", f"GLMC mixes every batch itself (mixup and CutMix with re-sampled partners); "
          f"augment.mix={cfg.augment.mix} would mix it again", "set --set augment.mix=none (GLMC's share: "
-         "train.glmc_mix_alpha)"),
-        (t.semi != "none", f"GLMC with train.semi={t.semi} is not supported", f"set --set train.semi=none, {fix_task}"),
+         "glmc.mix_alpha)"),
+        (cfg.semi.method != "none", f"GLMC with semi.method={cfg.semi.method} is not supported",
+         f"set --set semi.method=none, {fix_task}"),
         (getattr(splits, "is_pseudo", None) is not None or cfg.data.pseudo_labels is not None,
          "GLMC with pseudo-labels is not supported", f"train without data.pseudo_labels, {fix_task}"),
-        (t.mfw_strength > 0, "GLMC with major feature weakening is not supported",
-         "set --set train.mfw_strength=0"),
+        (cfg.mfw.strength > 0, "GLMC with major feature weakening is not supported",
+         "set --set mfw.strength=0"),
         (t.freeze_backbone, "GLMC trains the backbone through its consistency loss; train.freeze_backbone "
          "freezes it", f"set --set train.freeze_backbone=false, {fix_task}"),
     ]
@@ -246,11 +247,11 @@ def glmc_task(cfg: RunConfig, train: Any, counts: ClassCounts, splits: Any = Non
               augment: Augment | None = None, sampler: Sampler | None = None) -> GLMCTask:
     """The GLMC task of a run (``train.task=glmc``), after :func:`check_glmc`."""
     check_glmc(cfg, train, splits)
-    t = cfg.train
+    t, g = cfg.train, cfg.glmc
     return GLMCTask(cast(ImageSet, train), counts, epochs=t.epochs, batch_size=t.batch_size, augment=augment,
-                    sampler=sampler, resample_weighting=t.glmc_resample_weighting,
-                    label_weighting=t.glmc_label_weighting, contrast_weight=t.glmc_contrast_weight,
-                    mix_alpha=t.glmc_mix_alpha)
+                    sampler=sampler, resample_weighting=g.resample_weighting,
+                    label_weighting=g.label_weighting, contrast_weight=g.contrast_weight,
+                    mix_alpha=g.mix_alpha)
 
 
 __all__ = ["GLMCBatch", "GLMCTask", "check_glmc", "consistency", "cumulative_alpha", "glmc_class_weights",

@@ -328,9 +328,9 @@ def check_optim(cfg: RunConfig) -> None:
     if o.maxnorm is not None and cfg.model.head == "cosine":
         raise LongtailError("MaxNorm (optim.maxnorm) caps the norms of the head's weight rows, which a cosine head "
                             "normalises away", "use model.head=linear, or leave optim.maxnorm unset")
-    if o.name != "sgd" and t.semi == "fixmatch" and t.fixmatch_alignment == "da":
+    if o.name != "sgd" and cfg.semi.method == "fixmatch" and cfg.semi.alignment == "da":
         raise LongtailError("SAM's two passes per step would update FixMatch's distribution alignment twice",
-                            "use train.fixmatch_alignment=none or la with SAM, or optim.name=sgd")
+                            "use semi.alignment=none or la with SAM, or optim.name=sgd")
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:

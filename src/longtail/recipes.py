@@ -9,7 +9,17 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 
-from .config import AugmentConfig, DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from .config import (
+    AugmentConfig,
+    DataConfig,
+    GLMCConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SemiConfig,
+    TrainConfig,
+)
 from .errors import LongtailError
 from .ssl.config import default_config
 
@@ -26,15 +36,10 @@ class Recipe:
     needs_pretrained: bool = False  # starts from a weights file the user gives (--set model.pretrained=FILE)
 
 
-def _with(cfg: RunConfig, *, loss: dict | None = None, train: dict | None = None, model: dict | None = None,
-          data: dict | None = None) -> RunConfig:
-    return replace(
-        cfg,
-        loss=cfg.loss if loss is None else LossConfig(**loss),  # a new loss: its own parameters only
-        train=replace(cfg.train, **(train or {})),
-        model=replace(cfg.model, **(model or {})),
-        data=replace(cfg.data, **(data or {})),
-    )
+def _with(cfg: RunConfig, *, loss: dict | None = None, **sections: dict) -> RunConfig:
+    """``cfg`` with a new loss (its own parameters only) and the fields of other sections replaced."""
+    out = cfg if loss is None else replace(cfg, loss=LossConfig(**loss))
+    return replace(out, **{sec: replace(getattr(cfg, sec), **changes) for sec, changes in sections.items()})
 
 
 #: Supervised remedies as changes to the reference CE recipe, with published CIFAR-10-LT / CIFAR-100-LT
@@ -66,7 +71,7 @@ SUPERVISED: dict[str, tuple[str, dict, str, str, str | None]] = {
     "posthoc-la": ("CE, then post-hoc logit adjustment, tau on a validation split (Menon et al. 2021)",
                    {"data": {"val_per_class": 20}}, "", "", "logit-adjust"),
     "mfw": ("CE with major feature weakening, strength 0.5 (Ye et al. 2021; our reading of the paper)",
-            {"train": {"mfw_strength": 0.5}}, "", "", None),
+            {"mfw": {"strength": 0.5}}, "", "", None),
 }
 
 
@@ -158,14 +163,15 @@ def _glmc_recipes() -> list[Recipe]:
     (CIFAR-10) / 4 (CIFAR-100), their normalisation constants; on the standard ResNet-32 (0.46M), where theirs
     has base width 64 (7.4M: --set model.arch=resnet32-w4). Their numbers are the best epoch on the test set."""
     train = TrainConfig(epochs=200, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-3, schedule="cosine",
-                        warmup_epochs=0, task="glmc", glmc_resample_weighting=0.0, glmc_label_weighting=1.2)
+                        warmup_epochs=0, task="glmc")
+    glmc = GLMCConfig(resample_weighting=0.0, label_weighting=1.2)
     wide = "their ResNet-32 of base width 64 (7.4M parameters; resnet32-w4), best epoch on the test set"
     out = []
     for ds, label, contrast, normalization, before, fixed, maxnorm in (
             ("cifar10", "CIFAR-10-LT", 1.0, "cifar10-data", "87.75", "88.50", "89.58"),
             ("cifar100", "CIFAR-100-LT", 4.0, None, "55.88", "57.97", "58.41")):
         cfg = RunConfig(data=DataConfig(dataset=ds, imbalance_ratio=100.0, normalization=normalization),
-                        train=replace(train, glmc_contrast_weight=contrast))
+                        train=train, glmc=replace(glmc, contrast_weight=contrast))
         out.append(Recipe(f"{ds}-lt-glmc", f"{label} rho=100, ResNet-32, 200 epochs: GLMC, global mixup and local "
                           "CutMix with re-sampled partners, their consistency, a re-balanced second head weighted in "
                           f"cumulatively (consistency weight {contrast:g}; batch 64, lr 0.01 cosine, wd 5e-3; "
@@ -299,16 +305,15 @@ def _semi_recipes() -> list[Recipe]:
                     model=ModelConfig(arch="wrn-28-2"), train=usb_train,
                     optim=OptimConfig(ema=0.999, decay_bn_bias=False),
                     augment=AugmentConfig(crop_padding_mode="reflect"))  # RandomCrop(padding_mode="reflect")
-    usb_fixmatch = replace(usb, train=replace(usb_train, semi="fixmatch", fixmatch_mu=2, fixmatch_full_batches=True,
-                                              fixmatch_threshold=0.95,
-                                              fixmatch_lambda_u=1.0),
+    usb_fixmatch = replace(usb, semi=SemiConfig(method="fixmatch", mu=2, full_batches=True, threshold=0.95,
+                                                lambda_u=1.0),
                            augment=AugmentConfig(randaugment=3, randaugment_magnitude=None, cutout=0.5, policy="usb",
                                                  crop_padding_mode="reflect"))
     usb_text = (f"; USB's protocol: WRN-28-2, 2^18 steps ({USB_EPOCHS} epochs of 59 batches of 64), lr 0.03 "
                 "Nesterov, wd 5e-4, cosine 7/16, EMA 0.999, USB's shuffled split and ImageNet normalisation")
     fixmatch_text = ", mu 2, threshold 0.95, strong view RandAugment(3) + Cutout" + usb_text
     short = "; the short variant: ResNet-32, 200 epochs of batch 128 (about 6,000 steps), the step schedule"
-    short_fm = TrainConfig(semi="fixmatch")
+    short_fm = SemiConfig(method="fixmatch")
     rows = [
         ("cifar10-semi-base", "labeled CIFAR-10-LT rho=50 (n_max 750, 2,096 images), CE: the base model that "
          "pseudo-labels the pool; ResNet-32, 200 epochs", RunConfig(data=seed_style),
@@ -332,15 +337,15 @@ def _semi_recipes() -> list[Recipe]:
         ("cifar10-semi-darp-fixmatch", "DARP protocol, FixMatch" + fixmatch_text, usb_fixmatch,
          "76.69 [R] (USB, WRN-28-2)"),
         ("cifar10-semi-darp-fixmatch-da", "DARP protocol, FixMatch with distribution alignment" + fixmatch_text,
-         replace(usb_fixmatch, train=replace(usb_fixmatch.train, fixmatch_alignment="da")), ""),
+         replace(usb_fixmatch, semi=replace(usb_fixmatch.semi, alignment="da")), ""),
         ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels" + fixmatch_text,
-         replace(usb_fixmatch, train=replace(usb_fixmatch.train, fixmatch_alignment="la")), ""),
+         replace(usb_fixmatch, semi=replace(usb_fixmatch.semi, alignment="la")), ""),
         ("cifar10-semi-darp-fixmatch-short", "DARP protocol, FixMatch (threshold 0.95, mu 7, batch 128, no EMA, "
-         "a simplified strong view)" + short, RunConfig(data=darp, train=short_fm), ""),
+         "a simplified strong view)" + short, RunConfig(data=darp, semi=short_fm), ""),
         ("cifar10-semi-darp-fixmatch-da-short", "DARP protocol, FixMatch with distribution alignment" + short,
-         RunConfig(data=darp, train=replace(short_fm, fixmatch_alignment="da")), ""),
+         RunConfig(data=darp, semi=replace(short_fm, alignment="da")), ""),
         ("cifar10-semi-darp-fixmatch-la-short", "DARP protocol, FixMatch with logit-adjusted pseudo-labels" + short,
-         RunConfig(data=darp, train=replace(short_fm, fixmatch_alignment="la")), ""),
+         RunConfig(data=darp, semi=replace(short_fm, alignment="la")), ""),
     ]
     return [Recipe(name, desc, cfg, pub) for name, desc, cfg, pub in rows]
 

@@ -507,12 +507,12 @@ class StackedTask:
 # --------------------------------------------------------------------------------------------
 def stack_unsupported_reason(cfg: RunConfig) -> str | None:
     """Why ``cfg`` cannot be trained stacked, or ``None`` when it can (cheap: builds no weights)."""
-    if cfg.train.mfw_strength > 0:
-        return "major feature weakening (train.mfw_strength > 0) mixes features within each batch"
+    if cfg.mfw.strength > 0:
+        return "major feature weakening (mfw.strength > 0) mixes features within each batch"
     if getattr(cfg.train, "task", "supervised") != "supervised":
         return f"train.task={cfg.train.task} has its own model (two heads and a projector) and batches"
-    if getattr(cfg.train, "semi", "none") != "none" or getattr(cfg.data, "pseudo_labels", None):
-        return "semi-supervised tasks (train.semi, data.pseudo_labels) are not stackable"
+    if cfg.semi.method != "none" or cfg.data.pseudo_labels:
+        return "semi-supervised tasks (semi.method, data.pseudo_labels) are not stackable"
     if cfg.train.init_from or cfg.model.pretrained:
         return "pre-trained weights (train.init_from, model.pretrained) are loaded per run, not into a stacked network"
     if cfg.train.freeze_backbone:

@@ -35,5 +35,5 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifie
     projector when ``train.task=glmc``, :mod:`longtail.models.glmc`)."""
     model = make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
     if getattr(cfg.train, "task", "supervised") == "glmc":
-        return GLMCClassifier.from_classifier(model, num_classes, head=cfg.model.head, proj_dim=cfg.train.glmc_proj_dim)
+        return GLMCClassifier.from_classifier(model, num_classes, head=cfg.model.head, proj_dim=cfg.glmc.proj_dim)
     return model

@@ -88,7 +88,7 @@ class SemiSupervisedTask(SupervisedTask):
             raise LongtailError(f"is_pseudo has shape {tuple(is_pseudo.shape)} for {len(train)} training rows",
                                 "pass one flag per row of the merged training set (SemiSplits.is_pseudo)")
         if not (pseudo_weight >= 0 and pseudo_weight < float("inf")):
-            raise LongtailError(f"train.pseudo_weight must be a finite number >= 0, got {pseudo_weight}",
+            raise LongtailError(f"semi.pseudo_weight must be a finite number >= 0, got {pseudo_weight}",
                                 "1 treats pseudo-labels like labels (the reference); 0 ignores them")
         self.is_pseudo = is_pseudo.to(train.device)
         self.pseudo_weight = float(pseudo_weight)
@@ -98,19 +98,19 @@ class SemiSupervisedTask(SupervisedTask):
         self.labeled_per_batch = 0
         if labeled_fraction is not None:
             if not 0.0 <= labeled_fraction <= 1.0:
-                raise LongtailError(f"train.labeled_fraction must lie in [0, 1], got {labeled_fraction}",
+                raise LongtailError(f"semi.labeled_fraction must lie in [0, 1], got {labeled_fraction}",
                                     "e.g. 0.5 for half labeled, half pseudo-labeled; none merges (the reference)")
             if sampler is not None and not isinstance(sampler, (InstanceBalanced, _Permutation)):
-                raise LongtailError("train.labeled_fraction fixes each batch's make-up, so it cannot be combined "
+                raise LongtailError("semi.labeled_fraction fixes each batch's make-up, so it cannot be combined "
                                     f"with the {type(sampler).__name__} sampler",
-                                    "use train.sampler=instance, or leave train.labeled_fraction unset")
+                                    "use train.sampler=instance, or leave semi.labeled_fraction unset")
             self.labeled_per_batch = int(round(labeled_fraction * batch_size))
             for rows, n, what in ((self.labeled_rows, self.labeled_per_batch, "labeled"),
                                   (self.pseudo_rows, batch_size - self.labeled_per_batch, "pseudo-labeled")):
                 if n > 0 and rows.numel() == 0:
-                    raise LongtailError(f"train.labeled_fraction={labeled_fraction} asks for {what} rows in every "
+                    raise LongtailError(f"semi.labeled_fraction={labeled_fraction} asks for {what} rows in every "
                                         f"batch but there are none", "check the pseudo-label threshold, or unset "
-                                        "train.labeled_fraction")
+                                        "semi.labeled_fraction")
 
     def to(self, device: torch.device | str) -> "SemiSupervisedTask":
         super().to(device)
