@@ -3,7 +3,7 @@ on a tiny stand-in for its data (synthetic tensors, or image files in the data s
 
 The stand-ins: the data set's channels and number of classes as 8-pixel uint8 tensors (CIFAR, SVHN, digits;
 pre-training, which decodes image files to tensors, gets CIFAR-10's), four classes of 16-pixel crops written
-in the data set's own file layout (ImageNet-LT, iNaturalist 2018, folder), an unlabeled pool (FixMatch) and
+in the data set's own file layout (ImageNet-LT, iNaturalist 2018, folder), an unlabeled pool (FixMatch, ACR) and
 pseudo-labeled rows (the ``*-pseudo`` recipes). Fine-tuning recipes load the backbone of a one-step run of
 the pre-training recipe they name. Not run here: the second stage of the two-stage recipes
 (``Recipe.decouple``, tests/test_decouple.py) and the loading of the real data sets.
@@ -62,12 +62,15 @@ def file_based(cfg: RunConfig, root: Path) -> Splits:
 
 
 def semi_splits(recipe: Recipe, base: Splits) -> Splits:
-    """The extra rows a semi-supervised recipe trains on: an unlabeled pool (FixMatch), or pseudo-labeled
+    """The extra rows a semi-supervised recipe trains on: an unlabeled pool (FixMatch, ACR), or pseudo-labeled
     rows (the ``*-pseudo`` recipes, which take them from ``--set data.pseudo_labels=DIR``)."""
     k, train = base.train.num_classes, base.train
-    if recipe.config.semi.method == "fixmatch":
-        pool = synthetic_set([3] * k, size=SIDE, seed=2, name="pool")
-        unlabeled = UnlabeledSet(pool.images, pool.class_names, pool.mean, pool.std)
+    if recipe.config.semi.method in ("fixmatch", "acr"):
+        if recipe.config.semi.method == "acr":  # ACR draws whole batches (drop_last): 64 labeled, 64 of the pool
+            train = synthetic_set([7] * k, size=SIDE, seed=4, name="train")
+        pool = synthetic_set([7 if recipe.config.semi.method == "acr" else 3] * k, size=SIDE, seed=2, name="pool")
+        unlabeled = UnlabeledSet(pool.images, pool.class_names, pool.mean, pool.std,
+                                 source_index=torch.arange(len(pool)))  # ACR's pool may hold labeled images
         return SemiSplits(train, base.test, unlabeled=unlabeled)
     if recipe.name.endswith("-pseudo"):
         pseudo = synthetic_set([2] * k, size=SIDE, seed=3, name="pseudo")

@@ -7,6 +7,7 @@ import pytest
 
 from longtail.glmc import GLMCTask
 from longtail.mfw import MFWTask
+from longtail.semi.acr import ACRTask
 from longtail.semi.fixmatch import FixMatchTask
 from longtail.semi.task import SemiSupervisedTask
 from longtail.ssl.tasks import MoCoTask, RotationTask, SimSiamTask
@@ -14,7 +15,7 @@ from longtail.stacked import StackedTask
 from longtail.tasks import SupervisedTask
 
 TASKS = [SupervisedTask, MFWTask, SemiSupervisedTask, FixMatchTask, StackedTask, RotationTask, MoCoTask, SimSiamTask,
-         GLMCTask]
+         GLMCTask, ACRTask]
 CAPABILITIES = ("multi_process", "image_files", "graphable")
 
 
@@ -35,3 +36,4 @@ def test_what_the_tasks_declare():
     assert not FixMatchTask.multi_process and not FixMatchTask.image_files
     assert not SemiSupervisedTask.graphable and SemiSupervisedTask.multi_process
     assert not GLMCTask.multi_process and not GLMCTask.image_files and not GLMCTask.graphable
+    assert not ACRTask.multi_process and not ACRTask.image_files and not ACRTask.graphable

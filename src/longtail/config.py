@@ -42,7 +42,7 @@ AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
 CHANNELS_LAST = ("auto", "on", "off")  # longtail.devices.use_channels_last
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # graphs
 ENGINES = ("auto", "eager", "graph")  # longtail.graphs.ENGINES
-SEMI_METHODS = ("none", "fixmatch")  # longtail.experiment.build_task
+SEMI_METHODS = ("none", "fixmatch", "acr")  # longtail.experiment._base_task (acr: longtail.semi.acr)
 TASKS = ("supervised", "glmc")  # longtail.experiment.build_task (glmc: longtail.glmc)
 ALIGNMENTS = ("none", "da", "la")  # longtail.semi.fixmatch.ALIGNMENTS
 ROTATIONS = ("balanced", "all")
@@ -433,15 +433,27 @@ class SemiConfig:
     """Semi-supervised training: consistency training on an unlabeled pool (``method``), and how a run on
     pseudo-labels (``data.pseudo_labels``) weighs and mixes them. Off by default."""
 
-    method: str = "none"  # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch)
-    threshold: float = 0.95  # FixMatch: keep a pseudo-label when its confidence is at least this
+    # none | fixmatch (consistency training on the unlabeled pool, longtail.semi.fixmatch) | acr (ACR, Wei & Gan
+    # CVPR 2023, longtail.semi.acr: FixMatch with a second, balanced head and adaptively logit-adjusted pseudo-labels)
+    method: str = "none"
+    threshold: float = 0.95  # FixMatch and ACR: keep a pseudo-label when its confidence is at least this
     lambda_u: float = 1.0  # FixMatch: weight of the unlabeled loss
-    mu: int = 7  # FixMatch: unlabeled images per labeled image in a batch
+    mu: int = 7  # FixMatch and ACR: unlabeled images per labeled image in a batch
     full_batches: bool = False  # every labeled batch full (USB), not a partial last batch per epoch
     alignment: str = "none"  # none | da (distribution alignment) | la (logit adjustment of the pseudo-labels)
     la_tau: float = 1.0  # strength of the pseudo-labels' logit adjustment (alignment=la)
     pseudo_weight: float = 1.0  # loss weight of pseudo-labeled examples (data.pseudo_labels)
     labeled_fraction: float | None = None  # fixed share of labeled examples per batch (None: merge, the reference)
+    # ACR's own settings (semi.method=acr), the defaults of Gank0078/ACR's README commands
+    acr_tau1: float = 2.0  # first adjustment of the standard head's pseudo-labels, and the adaptive tau's maximum
+    acr_tau12: float = 2.0  # fixed adjustment of the balanced head's targets (taken from the standard head)
+    acr_tau2: float = 2.0  # adjustment of the balanced head's logit-adjusted cross-entropy
+    acr_tau_min: float = 0.0  # the adaptive tau's minimum
+    acr_ema_u: float = 0.99  # momentum of the estimated class distribution of the unlabeled data
+    acr_est_epoch: int = 5  # the estimate runs in the epochs after this one (0-based)
+    acr_steps_per_epoch: int = 500  # an ACR epoch's steps (their --eval-step)
+    acr_temperature: float = 1.0  # of the pseudo-labels' softmax
+    acr_tally: str = "assign"  # assign: their indexed assignment (one row per class) | count: a count (the paper)
 
     def __post_init__(self) -> None:
         _check_types(self, "semi")
@@ -454,6 +466,11 @@ class SemiConfig:
         _number(self, "semi", "pseudo_weight", 0)
         _number(self, "semi", "labeled_fraction", 0, 1, lo_open=True,
                 fix="use a share in (0, 1], e.g. --set semi.labeled_fraction=0.5, or none to merge (the reference)")
+        _number(self, "semi", "acr_ema_u", 0, 1)
+        _number(self, "semi", "acr_est_epoch", -1)
+        _number(self, "semi", "acr_steps_per_epoch", 1)
+        _number(self, "semi", "acr_temperature", 0, lo_open=True)
+        _choice(self, "semi", "acr_tally", ("assign", "count"))
 
 
 @dataclass(frozen=True)
@@ -927,8 +944,9 @@ def _toml_value(value: Any) -> str:
 #: settings that belong to one method, and the test of whether a config uses that method: a setting in a
 #: group whose method is off is left out of ``--show-config`` while it keeps its default (see :func:`unused_settings`)
 _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
-    (("semi.threshold", "semi.lambda_u", "semi.mu", "semi.full_batches", "semi.alignment", "semi.la_tau"),
-     lambda c: c.semi.method != "none"),
+    (("semi.threshold", "semi.mu"), lambda c: c.semi.method != "none"),
+    (("semi.lambda_u", "semi.full_batches", "semi.alignment", "semi.la_tau"), lambda c: c.semi.method == "fixmatch"),
+    (("semi.acr_",), lambda c: c.semi.method == "acr"),
     (("glmc.",), lambda c: c.train.task == "glmc"),
     (("mfw.lam_min",), lambda c: c.mfw.strength > 0),
     (("semi.pseudo_weight", "semi.labeled_fraction", "data.pseudo_threshold"),

@@ -79,6 +79,15 @@ class Built:
         return evaluated_model(self.model, self.optimizer)
 
 
+def task_state(built: Built) -> Callable[[], dict[str, Any]] | None:
+    """What a checkpoint keeps of the task's own state (``{"task": task.state_dict()}``), for a task that has one;
+    :meth:`Stage.restore` gives it back."""
+    task = distributed.unwrap_task(built.task)
+    if not hasattr(task, "state_dict"):
+        return None
+    return lambda: {"task": task.state_dict()}
+
+
 class Stage:
     """What one kind of run does differently; the defaults are those of supervised training of one seed.
 
@@ -130,6 +139,9 @@ class Stage:
         member = self.members[0]
         load_model_state(built.model, state["model"], str(member.run.checkpoint))
         built.optimizer.load_state_dict(state["optimizer"])
+        task = distributed.unwrap_task(built.task)
+        if hasattr(task, "load_state_dict"):  # a task with a state of its own (ACR's estimate, MoCo's queue)
+            task.load_state_dict(state.get("extra", {}).get("task", {}))
         return int(state["next_epoch"])
 
     def write_config(self, member: Member, command: list[str] | None) -> None:
@@ -139,7 +151,7 @@ class Stage:
         """Record epoch ``rec`` in ``logs`` (rows, validation, checkpoints); returns the loss its log line
         shows (None: ``rec.train_loss``)."""
         logs[0].end_epoch(asdict(rec), built.model, built.optimizer, validate=self.validator(built, ctx),
-                          evaluated=built.evaluated())
+                          evaluated=built.evaluated(), extra=task_state(built))
         return None
 
     def validator(self, built: Built, ctx: Context) -> Callable[[], dict[str, Any]] | None:

@@ -54,6 +54,7 @@ from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
 from .schedule import scaled_epoch
+from .semi.acr import ACRTask, acr_settings, check_acr, pool_labeled_rows
 from .semi.fixmatch import FixMatchTask
 from .semi.task import SemiSupervisedTask
 from .storage import check_writable_dir
@@ -101,6 +102,21 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
     if t.task == "glmc":  # GLMC (longtail.glmc): two heads, mixed views of re-sampled partners, its own loss
         return glmc_task(cfg, train, counts, splits, augment=augment, sampler=sampler)
     sm = cfg.semi
+    if sm.method == "acr":  # ACR (longtail.semi.acr): two heads, adaptively logit-adjusted consistency
+        unlabeled = getattr(splits, "unlabeled", None)
+        if unlabeled is None:
+            raise LongtailError("ACR needs unlabeled images", "use data.protocol=darp or data.unlabeled_pool=SPEC")
+        check_acr(cfg)
+        if not isinstance(train, ImageSet):
+            raise LongtailError(f"ACR draws its views from images held in memory; the image files of "
+                                f"data.dataset={cfg.data.dataset} are decoded per batch",
+                                "use cifar10, cifar100 or svhn")
+        # their pool holds the labeled images too (marked -2: left out of the estimate)
+        marks = (pool_labeled_rows(train, unlabeled)
+                 if cfg.data.protocol == "darp" and cfg.data.darp_include_labeled else None)
+        return ACRTask(train, unlabeled, batch_size=batch_size, mu=sm.mu, threshold=sm.threshold,
+                       settings=acr_settings(sm), weak=weak, strong=augment if cfg.augment.randaugment else None,
+                       pool_labeled=marks)
     if sm.method == "fixmatch":
         unlabeled = getattr(splits, "unlabeled", None)
         if unlabeled is None:
@@ -112,7 +128,7 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
                             alignment=sm.alignment, la_tau=sm.la_tau, batch_size=batch_size,
                             augment=weak, strong=strong, sampler=sampler, weighting=weighting)
     if sm.method != "none":
-        raise LongtailError(f"unknown semi.method {sm.method!r}", "use none or fixmatch")
+        raise LongtailError(f"unknown semi.method {sm.method!r}", "use none, fixmatch or acr")
     if is_pseudo is not None:
         if mix is not None:
             raise LongtailError(f"augment.mix={cfg.augment.mix} with pseudo-labels is not supported",
@@ -156,10 +172,10 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
                             f"memory; the image files of data.dataset={cfg.data.dataset} are augmented as they "
                             "are decoded, by DataLoader workers", "set --set augment.randaugment=0 --set "
                             "augment.cutout=0 (augment.mix works on image files)")
-    if cfg.semi.method == "fixmatch":
+    if cfg.semi.method in ("fixmatch", "acr"):
         if mix is not None:
-            raise LongtailError(f"augment.mix={a.mix} on a FixMatch run is not supported: its labeled batch, weak and "
-                                "strong views are FixMatch's", "set --set augment.mix=none")
+            raise LongtailError(f"augment.mix={a.mix} on a {cfg.semi.method} run is not supported: its labeled "
+                                "batch, weak and strong views are its own", "set --set augment.mix=none")
         if a.cutout and not a.randaugment:
             raise LongtailError(f"augment.cutout={a.cutout} on a FixMatch run sets the Cutout of a RandAugment strong "
                                 "view, and augment.randaugment is 0 (the default strong view has its own cutout)",

@@ -313,6 +313,21 @@ def _semi_recipes() -> list[Recipe]:
                 "Nesterov, wd 5e-4, cosine 7/16, EMA 0.999, USB's shuffled split and ImageNet normalisation")
     fixmatch_text = ", mu 2, threshold 0.95, strong view RandAugment(3) + Cutout" + usb_text
     short = "; the short variant: ResNet-32, 200 epochs of batch 128 (about 6,000 steps), the step schedule"
+    # ACR's protocol (Gank0078/ACR 9a8f421, train.py and its README commands; kekmodel/FixMatch-pytorch's base):
+    # the first images of each class in file order, the labeled images also in the pool (marked -2 there),
+    # CIFAR-10's own statistics, WRN-28-2 with a second head, 500 epochs of 500 steps of 64 labeled + mu 1 x 64
+    # unlabeled, SGD lr 0.03 Nesterov, wd 5e-4 off BatchNorm and biases, cos(7 pi k / 16 K) per step, EMA 0.999,
+    # strong views RandAugmentMC(2, 10) + Cutout 16 px, threshold 0.95
+    acr = RunConfig(data=replace(darp, darp_include_labeled=True, normalization="cifar10-data"),
+                    model=ModelConfig(arch="wrn-28-2"),
+                    train=replace(usb_train, epochs=500, checkpoint_every=10),
+                    optim=OptimConfig(ema=0.999, decay_bn_bias=False),
+                    augment=AugmentConfig(randaugment=2, randaugment_magnitude=None, cutout=0.5, policy="fixmatch",
+                                          crop_padding_mode="reflect"),
+                    semi=SemiConfig(method="acr", mu=1, threshold=0.95, acr_steps_per_epoch=500))
+    acr_text = ("; ACR's protocol: WRN-28-2 with a balanced second head (evaluated), 500 epochs of 500 steps of 64 "
+                "labeled + 64 unlabeled images, lr 0.03 Nesterov, wd 5e-4, cosine 7/16, EMA 0.999, RandAugment(2) + "
+                "Cutout, file-order split with the labeled images in the pool, CIFAR-10's statistics")
     short_fm = SemiConfig(method="fixmatch")
     rows = [
         ("cifar10-semi-base", "labeled CIFAR-10-LT rho=50 (n_max 750, 2,096 images), CE: the base model that "
@@ -340,6 +355,13 @@ def _semi_recipes() -> list[Recipe]:
          replace(usb_fixmatch, semi=replace(usb_fixmatch.semi, alignment="da")), ""),
         ("cifar10-semi-darp-fixmatch-la", "DARP protocol, FixMatch with logit-adjusted pseudo-labels" + fixmatch_text,
          replace(usb_fixmatch, semi=replace(usb_fixmatch.semi, alignment="la")), ""),
+        ("cifar10-semi-darp-acr", "DARP protocol (N1=1500, M1=3000, gamma 100 both), ACR (Wei & Gan 2023): "
+         "FixMatch with adaptively logit-adjusted pseudo-labels and a balanced head" + acr_text, acr,
+         "84.1 [P] (WRN-28-2)"),
+        ("cifar10-semi-darp-acr-uniform", "DARP protocol with a uniform unlabeled part (M1=3000 per class), ACR"
+         + acr_text, replace(acr, data=replace(acr.data, darp_gamma_u=1.0)), "93.5 [P] (WRN-28-2)"),
+        ("cifar10-semi-darp-acr-reversed", "DARP protocol with the unlabeled profile reversed (the head class "
+         "rarest), ACR" + acr_text, replace(acr, data=replace(acr.data, darp_reverse=True)), "89.5 [P] (WRN-28-2)"),
         ("cifar10-semi-darp-fixmatch-short", "DARP protocol, FixMatch (threshold 0.95, mu 7, batch 128, no EMA, "
          "a simplified strong view)" + short, RunConfig(data=darp, semi=short_fm), ""),
         ("cifar10-semi-darp-fixmatch-da-short", "DARP protocol, FixMatch with distribution alignment" + short,

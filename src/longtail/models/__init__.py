@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .acr import ACRClassifier
 from .classifier import MODELS, Classifier, make_backbone, make_model
 from .fastnet import FASTNET_WIDTHS, FastNet, FlipTTA, fastnet_backbone, init_whitening
 from .glmc import GLMCClassifier
@@ -15,9 +16,9 @@ from .wideresnet import WRN_CONFIGS, WideResNet, wide_resnet_backbone
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["Classifier", "CosineHead", "FastNet", "FlipTTA", "GLMCClassifier", "LinearHead", "HEADS", "MODELS",
-           "ResNetCifar", "WideResNet", "build_model", "init_whitening", "make_backbone", "make_head", "make_model",
-           "resnet32"]
+__all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "GLMCClassifier", "LinearHead", "HEADS",
+           "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_whitening", "make_backbone", "make_head",
+           "make_model", "resnet32"]
 
 # FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
 # fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
@@ -32,8 +33,11 @@ MODELS["resnet32-w4"] = lambda c: ResNetCifar(5, in_channels=c, widths=(64, 128,
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:
     """The model a run's ``model`` section describes, for ``num_classes`` classes (with GLMC's second head and
-    projector when ``train.task=glmc``, :mod:`longtail.models.glmc`)."""
+    projector when ``train.task=glmc``, :mod:`longtail.models.glmc`; ACR's second head when ``semi.method=acr``,
+    :mod:`longtail.models.acr`)."""
     model = make_model(cfg.model.arch, num_classes, head=cfg.model.head, in_channels=in_channels)
-    if getattr(cfg.train, "task", "supervised") == "glmc":
+    if cfg.train.task == "glmc":
         return GLMCClassifier.from_classifier(model, num_classes, head=cfg.model.head, proj_dim=cfg.glmc.proj_dim)
+    if cfg.semi.method == "acr":  # ACR: a second (standard) head; the balanced head is the one evaluated
+        return ACRClassifier.from_classifier(model, num_classes, head=cfg.model.head)
     return model

@@ -242,12 +242,6 @@ class PretrainStage(Stage):
                         or (meta is not None and meta != json.loads(json.dumps(_meta(self.method, self.ssl)))))
         return same
 
-    def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
-        epoch = super().restore(built, states, ctx)
-        task = distributed.unwrap_task(built.task)  # the pre-training task's own state (MoCo's queue)
-        task.load_state_dict((states[0] or {}).get("extra", {}).get("task", {}))
-        return epoch
-
     def write_config(self, member: Member, command: list[str] | None) -> None:
         member.run.create(member.cfg, command, extra={"pretrain": _meta(self.method, self.ssl)})
 
