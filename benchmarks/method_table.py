@@ -9,6 +9,9 @@ here: a row's settings are ``cifar10-lt-fast-ce`` plus exactly what ``cifar10-lt
 ``cifar10-lt-ce`` (the loss and its parameters, the head, the weighting and when it starts in 200-epoch units,
 MFW's strength). The second stages (cRT, tau-norm, LWS, post-hoc LA) re-balance one CE run per seed that holds
 out 20 validation images per class, as their recipes do, with the second-stage settings of their sources.
+The newer pieces (issue 14) come last: SAM, RandAugment + Cutout and CutMix each added to the logit-adjusted
+row at their sources' defaults, and GLMC as its own task (its consistency weight for CIFAR-10); nothing else of
+their 200-epoch recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
 
 Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``; a finished run
 is not trained again (its folder is resumed and re-evaluated), so a stopped table continues where it stopped.
@@ -47,6 +50,7 @@ class Method:
     label: str
     source: str | None = None  # the 200-epoch recipe (suffix after "DATASET-lt-") whose settings it takes
     second_stage: str | None = None  # a `longtail decouple` method applied to the CE run with a validation split
+    extra: tuple[tuple[str, Any], ...] = ()  # settings beyond the source recipe's (the newer pieces, issue 14)
 
 
 METHODS = [
@@ -64,6 +68,12 @@ METHODS = [
     Method("tau-norm", "tau-norm", None, "tau-norm"),
     Method("lws", "LWS", None, "lws"),
     Method("posthoc-la", "post-hoc LA", None, "logit-adjust"),
+    # the newer pieces (issue 14), each on the logit-adjusted remedy or as its own task, at their sources' defaults
+    Method("la-sam", "LA + SAM (rho 0.05)", "logit-adjust", extra=(("optim.name", "sam"),)),
+    Method("la-randaugment", "LA + RandAugment(2) + Cutout", "logit-adjust",
+           extra=(("augment.randaugment", 2), ("augment.cutout", 0.5))),
+    Method("la-cutmix", "LA + CutMix (alpha 1)", "logit-adjust", extra=(("augment.mix", "cutmix"),)),
+    Method("glmc", "GLMC (consistency weight 1)", "ce", extra=(("train.task", "glmc"), ("glmc.contrast_weight", 1.0))),
 ]
 BY_KEY = {m.key: m for m in METHODS}
 TABLE_SECTION = "## Method table: the fast CPU protocol (benchmarks/method_table.py)"
@@ -83,7 +93,7 @@ def method_overrides(dataset: str, source: str) -> dict[str, Any]:
 def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
     cfg = get_recipe(f"{dataset}-lt-fast-ce").config
     assert m.source is not None
-    changes = method_overrides(dataset, m.source)
+    changes = {**method_overrides(dataset, m.source), **dict(m.extra)}
     cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in changes.items()})
     return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
 
