@@ -120,6 +120,38 @@ def test_show_config_leaves_out_the_settings_of_methods_the_run_does_not_use_and
     assert "ssl" in tomllib.loads(show_config(pre, pretrain=True))
 
 
+def test_a_pretraining_config_shows_only_its_own_methods_ssl_settings():
+    """Pre-training methods declare their ssl settings (``config.PRETEXT_SETTINGS``); every ssl setting belongs to
+    some method, and ``longtail pretrain METHOD --show-config`` leaves out the others' while they keep defaults."""
+    import dataclasses
+    import tomllib
+
+    from longtail.cli import main
+    from longtail.config import PRETEXT_SETTINGS, SSLConfig, unused_settings
+    from longtail.recipes import get_recipe
+    from longtail.ssl.config import METHODS
+
+    assert set(PRETEXT_SETTINGS) == set(METHODS)
+    for f in dataclasses.fields(SSLConfig):
+        assert any(f"ssl.{f.name}".startswith(p) for ps in PRETEXT_SETTINGS.values() for p in ps), f.name
+    cfg = get_recipe("cifar10-lt-rotation-ssp").config
+    hidden = set(unused_settings(cfg, pretrain="rotation"))
+    assert {"ssl.moco_queue", "ssl.simsiam_dim", "ssl.sam_rho", "ssl.crop_min_scale"} <= hidden
+    assert not {"ssl.rotations", "ssl.knn_k", "ssl.probe_epochs"} & hidden
+    assert "ssl.sam_rho" not in unused_settings(cfg, pretrain="simsiam-rwsam")
+    assert "ssl.crop_min_scale" not in unused_settings(cfg, pretrain="moco")
+    changed = apply_overrides(cfg, {"ssl.moco_queue": "64"})  # a changed setting is always shown
+    assert "ssl.moco_queue" not in unused_settings(changed, pretrain="rotation")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["pretrain", "cifar10-lt-rotation-ssp", "--show-config"]) == 0
+    ssl = tomllib.loads(buf.getvalue())["ssl"]
+    assert "rotations" in ssl and "moco_queue" not in ssl and "simsiam_dim" not in ssl
+
+
 def test_settings_that_moved_to_their_methods_sections_still_load_from_older_runs(tmp_path):
     """Up to 0.2, FixMatch's, GLMC's, MFW's and the pseudo-label knobs sat flat in ``train``: an older run folder's
     config.json (or a TOML saved then) gives the same config now, resuming it finds no difference, and ``--set``

@@ -246,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_config(cfg: Any, *, pretrain: bool = False) -> str:
+def show_config(cfg: Any, *, pretrain: bool | str = False) -> str:
     """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs;
     the settings of methods the run does not use are left out while they keep their defaults."""
     from .config import config_to_toml, unused_settings
@@ -288,7 +288,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ov["seed"] = args.seeds[0]
     cfg = apply_overrides(cfg, ov)
     if args.show_config:
-        print(show_config(cfg, pretrain=True), end="")
+        print(show_config(cfg, pretrain=method), end="")
         return 0
     out = args.out or f"runs/{cfg.recipe}"
     if args.restart:

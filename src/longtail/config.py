@@ -795,8 +795,9 @@ def _coerce(value: str, annotation: Any, key: str) -> Any:
 
 def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
     """Settings ``key`` may have meant, best first: the same last part (``epochs`` ->
-    ``train.epochs``, ``train.gamma`` -> ``loss.gamma``), a last part that ends with it or holds it as a
-    word (``train.gamma`` -> ``data.darp_gamma_l``), then close spellings of the whole key or of its last part."""
+    ``train.epochs``, ``train.gamma`` -> ``loss.gamma``), a slip of the whole key (``train.epoch`` ->
+    ``train.epochs``), a last part that ends with it or holds it as a word (``train.gamma`` ->
+    ``data.darp_gamma_l``), then close spellings of the whole key or of its last part."""
     key = key.lower()
     last = key.rpartition(".")[2]
     scored = []
@@ -808,6 +809,8 @@ def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
                     max(difflib.SequenceMatcher(None, last, w).ratio() for w in words) - 0.1)
         if last == tail:
             score = 2.0
+        elif difflib.SequenceMatcher(None, key, k).ratio() >= 0.9:  # a slip of the whole key: train.epoch
+            score = 1.8
         elif last and tail.endswith("_" + last):
             score = 1.5
         elif last and last in words:
@@ -960,17 +963,34 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 
 
-def unused_settings(cfg: RunConfig, *, pretrain: bool = False) -> list[str]:
+#: the ``ssl`` settings of each pre-training method (``longtail pretrain METHOD``; longtail.ssl.config.METHODS):
+#: its pretext task's, its views', and rwSAM's for the ``*-rwsam`` methods; the representation probes' settings
+#: (``knn_*``, ``probe_*``) belong to every method
+_VIEWS = ("ssl.crop_min_scale", "ssl.jitter_prob", "ssl.brightness", "ssl.contrast", "ssl.saturation", "ssl.hue",
+          "ssl.grayscale_prob", "ssl.blur_prob")
+_RWSAM = ("ssl.sam_", "ssl.rw_", "ssl.kde_bandwidth")
+_PROBES = ("ssl.knn_", "ssl.probe_")
+PRETEXT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "rotation": ("ssl.rotations", *_PROBES),
+    "moco": ("ssl.moco_", *_VIEWS, *_PROBES),
+    "simsiam": ("ssl.simsiam_", *_VIEWS, *_PROBES),
+}
+PRETEXT_SETTINGS |= {f"{m}-rwsam": (*PRETEXT_SETTINGS[m], *_RWSAM) for m in ("moco", "simsiam")}
+
+
+def unused_settings(cfg: RunConfig, *, pretrain: bool | str = False) -> list[str]:
     """The dotted settings ``cfg`` does not use and leaves at their defaults: those of a method it does not run
     (FixMatch's with ``semi.method=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
-    mixing's, SAM's) and, unless ``pretrain``, the whole ``ssl`` section. Leaving them out of a file changes
+    mixing's, SAM's) and, unless ``pretrain``, the whole ``ssl`` section; with ``pretrain`` a method's name
+    (:data:`PRETEXT_SETTINGS`), the ``ssl`` settings of the other methods. Leaving them out of a file changes
     nothing: :func:`config_from_file` fills in the defaults."""
     flat, default = _flat(cfg), _flat(RunConfig(recipe=cfg.recipe, loss=cfg.loss))
+    mine = PRETEXT_SETTINGS.get(pretrain) if isinstance(pretrain, str) else None
     out = []
     for key, value in flat.items():
         if value != default.get(key):
             continue
-        if key.startswith("ssl.") and not pretrain:
+        if key.startswith("ssl.") and (not pretrain or (mine is not None and not key.startswith(mine))):
             out.append(key)
         elif any(key.startswith(p) for prefixes, used in _METHOD_SETTINGS for p in prefixes if not used(cfg)):
             out.append(key)

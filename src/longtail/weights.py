@@ -22,7 +22,7 @@ late, once the features are learned::
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -32,6 +32,8 @@ from .errors import LongtailError
 
 __all__ = [
     "SCHEMES",
+    "WEIGHTINGS",
+    "WEIGHTING_PARAMS",
     "ConstantWeighting",
     "DeferredReweighting",
     "Weighting",
@@ -39,13 +41,42 @@ __all__ = [
     "make_weighting",
 ]
 
-SCHEMES = ("none", "inverse", "sqrt-inverse", "class-balanced")
+def _inverse(n: Tensor) -> Tensor:
+    return 1.0 / n
+
+
+def _sqrt_inverse(n: Tensor) -> Tensor:
+    return n.rsqrt()
+
+
+def _class_balanced(n: Tensor, *, beta: float = 0.9999) -> Tensor:
+    """Cui et al. 2019: ``(1 - beta) / (1 - beta^n_c)``, one over the effective number of examples."""
+    if not 0.0 <= beta < 1.0:
+        raise LongtailError(
+            f"class-balanced beta must be in [0, 1), got {beta}",
+            "the reference uses beta=0.9999 (beta -> 1 approaches inverse frequency)",
+        )
+    return (1.0 - beta) / (1.0 - beta**n)  # n >= 1, so beta = 0 gives 1 / 1: uniform
+
+
+#: weighting scheme (as in configs: ``train.weighting``) -> its per-class weights of the counts ``n`` (C,) float64,
+#: before :func:`class_weights` scales them to sum to C. A new scheme is one function and one entry here (and its
+#: parameters in :data:`WEIGHTING_PARAMS`; ``config.WEIGHTINGS`` lists the names for validation).
+WEIGHTINGS: dict[str, Callable[..., Tensor]] = {
+    "inverse": _inverse,
+    "sqrt-inverse": _sqrt_inverse,
+    "class-balanced": _class_balanced,
+}
+#: the parameters a scheme takes beyond the counts (``train.cb_beta`` is the class-balanced weighting's beta)
+WEIGHTING_PARAMS: dict[str, tuple[str, ...]] = {"class-balanced": ("beta",)}
+SCHEMES = ("none", *WEIGHTINGS)
 
 
 def class_weights(scheme: str, counts: ClassCounts, *, beta: float = 0.9999) -> Tensor | None:
     """Per-class weights of ``scheme`` for ``counts``: ``(C,)`` float32 summing to ``C``, or ``None``.
 
-    ``beta`` is used by ``class-balanced`` only and must lie in ``[0, 1)``.
+    ``beta`` reaches the schemes that declare it in :data:`WEIGHTING_PARAMS` (class-balanced, where it must lie
+    in ``[0, 1)``).
 
     >>> class_weights("inverse", ClassCounts((30, 10))).tolist()
     [0.5, 1.5]
@@ -56,18 +87,8 @@ def class_weights(scheme: str, counts: ClassCounts, *, beta: float = 0.9999) -> 
         return None
     counts.require_nonempty(because=f"the {scheme!r} weight (which grows as n_c shrinks) is infinite")
     # float64: with beta = 0.9999, 1 - beta^n is a small difference that float32 rounds badly.
-    n = counts.tensor(dtype=torch.float64)
-    if scheme == "inverse":
-        w = 1.0 / n
-    elif scheme == "sqrt-inverse":
-        w = n.rsqrt()
-    else:  # class-balanced
-        if not 0.0 <= beta < 1.0:
-            raise LongtailError(
-                f"class-balanced beta must be in [0, 1), got {beta}",
-                "the reference uses beta=0.9999 (beta -> 1 approaches inverse frequency)",
-            )
-        w = (1.0 - beta) / (1.0 - beta**n)  # n >= 1, so beta = 0 gives 1 / 1: uniform
+    params = {"beta": beta} if "beta" in WEIGHTING_PARAMS.get(scheme, ()) else {}
+    w = WEIGHTINGS[scheme](counts.tensor(dtype=torch.float64), **params)
     return (w * (counts.num_classes / w.sum())).float()
 
 
