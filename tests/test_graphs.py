@@ -330,3 +330,15 @@ def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked
     assert sorted(step.eager_steps.values()) == [2, 3, 3, 3]
     replays = sorted(g.replays for g, _, _ in step.graphs.values())
     assert replays == [1, 5, 13] and sum(replays) + 11 == 6 * 5  # every step ran exactly once
+
+
+def test_gpu_only_machinery_is_opt_in_until_a_gpu_has_shown_it():
+    """Issue 12: the CUDA-graph step and stacked seeds have never run on a GPU, so neither is a default: a run
+    steps eagerly and trains its seeds one after another unless asked (``train.engine=graph|auto``,
+    ``--stack-seeds on|auto``)."""
+    from longtail.cli import build_parser
+    from longtail.config import TrainConfig
+
+    assert TrainConfig().engine == "eager"
+    assert training_engine(TrainConfig().engine, "off", torch.device("cuda")) == "eager"
+    assert build_parser().parse_args(["train", "cifar10-lt-ce"]).stack_seeds == "off"

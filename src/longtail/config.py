@@ -389,7 +389,10 @@ class TrainConfig:
     channels_last: str = "auto"  # model memory format: auto (= on: 10 % faster per CPU epoch, measured) | on | off
     # off | default | max-autotune-no-cudagraphs | ... (torch.compile of the model, longtail.graphs)
     compile: str = "off"
-    engine: str = "auto"  # how a step runs (longtail.graphs): auto (graph on one GPU when possible) | eager | graph
+    # how a step runs (longtail.graphs): eager | graph (one CUDA graph per step, replayed) | auto (graph on one GPU
+    # when the training allows it). Eager by default until a GPU benchmark shows the replayed graph equal to eager
+    # steps and faster (benchmarks/gpu_session.sh check; none has run yet): the graph engine is opt-in
+    engine: str = "eager"
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
     tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (pip install -e '.[tensorboard]')
