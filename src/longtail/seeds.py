@@ -25,12 +25,13 @@ from .stacked import (
 )
 
 
-def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = None,
+def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: bool | None = False,
                 restart: bool = False, **kw: Any) -> dict[str, Any]:
     """Train one run per seed under ``out/seed-N`` and write the mean and spread to ``out``.
 
     ``stack``: train the seeds concurrently as one fused network (``longtail.stacked``; exact per
     seed up to rounding). None: stack on CUDA when the configuration allows it, else one after another.
+    False by default: stacking is opt-in until a GPU benchmark shows it equal to separate runs and faster.
     ``restart``: clear ``out`` once the settings and data have been checked, and start over.
     """
     out = Path(out)
