@@ -149,3 +149,28 @@ def test_the_command_line_answers_help_without_loading_pytorch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     out = subprocess.run([sys.executable, "-m", "longtail", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage" in out.stdout.lower()
+
+
+def test_quickstart_with_a_data_root_trains_the_fast_recipe_on_cifar10(tmp_path, monkeypatch, capsys):
+    """Issue 15: `longtail quickstart --data-root DIR` is a first result on real data (the fast recipe on
+    CIFAR-10-LT, nothing downloaded); without CIFAR-10 there it says where it looked and what to do."""
+    import longtail.cli as cli
+
+    assert main(["quickstart", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"no CIFAR-10 at {tmp_path / 'cifar-10-batches-py'}" in err and "without --data-root" in err
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    seen = {}
+
+    def fake_train(recipe, base, args, out):
+        seen.update(recipe=recipe.name, out=out, overrides=cli.overrides_from_args(args))
+        return {}
+
+    monkeypatch.setattr(cli, "_train", fake_train)
+    assert main(["quickstart", "--data-root", str(tmp_path), "--device", "cpu"]) == 0
+    assert seen["recipe"] == "cifar10-lt-fast-la" and seen["out"] == "runs/quickstart-cifar10"
+    assert seen["overrides"] == {"data.root": str(tmp_path), "train.device": "cpu", "data.download": False}
+    assert main(["quickstart", "--device", "cpu"]) == 2  # the digits run on the CPU; --device goes with --data-root
+    assert main(["quickstart", "--out", str(tmp_path / "q")]) == 0
+    assert seen["recipe"] == "quickstart" and seen["out"] == str(tmp_path / "q")
+    assert "longtail quickstart --data-root DIR" in capsys.readouterr().out

@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", help="a first result on a built-in long-tailed data set (CPU, < 1 minute)")
-    q.add_argument("--out", default="runs/quickstart",
-                   help="run folder (default runs/quickstart); an existing one is resumed, as with train")
+    q.add_argument("--out", help="run folder (default runs/quickstart, or runs/quickstart-cifar10 with --data-root); "
+                   "an existing one is resumed, as with train")
+    q.add_argument("--data-root", help="a folder that holds CIFAR-10 (DATA_ROOT/cifar-10-batches-py): a first result "
+                   "on real data instead, CIFAR-10-LT rho 100 with the fast recipe cifar10-lt-fast-la (about 80 %% "
+                   "top-1 in about 10 minutes on 2 CPU cores); nothing is downloaded")
+    q.add_argument("--device", choices=["auto", "cpu", "cuda"], help="with --data-root (default auto)")
     q.add_argument("--epochs", type=int, help="number of epochs (default 30)")
     q.add_argument("--restart", action="store_true", help="delete an existing run folder instead of resuming it")
     q.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -305,13 +309,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    args.seeds, args.sets = None, []
-    print("longtail quickstart: scikit-learn digits made long-tailed (140 images of the first digit down to 1 of "
-          "the last), ResNet-8, cross-entropy, CPU")
     from .recipes import get_recipe
 
-    recipe = get_recipe("quickstart")
-    _train(recipe, recipe.config, args, args.out)
+    args.seeds, args.sets = None, []
+    if args.data_root is None:
+        if args.device is not None:
+            raise LongtailError("quickstart on the built-in digits runs on the CPU; --device goes with --data-root",
+                                "leave out --device, or pass --data-root DIR for CIFAR-10-LT")
+        print("longtail quickstart: scikit-learn digits made long-tailed (140 images of the first digit down to 1 of "
+              "the last), ResNet-8, cross-entropy, CPU")
+        recipe = get_recipe("quickstart")
+        _train(recipe, recipe.config, args, args.out or "runs/quickstart")
+        if _rank() == 0:
+            print("\nnext, a first result on real data: `longtail quickstart --data-root DIR` with CIFAR-10 in "
+                  "DIR/cifar-10-batches-py (CIFAR-10-LT rho 100, about 10 minutes on 2 CPU cores)")
+        return 0
+    folder = Path(args.data_root) / "cifar-10-batches-py"
+    if not folder.is_dir():
+        raise LongtailError(f"no CIFAR-10 at {folder}",
+                            "put the python version of CIFAR-10 (cifar-10-python.tar.gz, unpacked) there, "
+                            "or run `longtail quickstart` without --data-root for the built-in digits")
+    recipe = get_recipe("cifar10-lt-fast-la")
+    print("longtail quickstart: CIFAR-10-LT rho 100 (5,000 images of the first class down to 50 of the last), "
+          f"{recipe.name}: FastNet, the logit-adjusted loss, {recipe.config.train.epochs} epochs")
+    args.no_download = True
+    _train(recipe, recipe.config, args, args.out or "runs/quickstart-cifar10")
     return 0
 
 
