@@ -197,11 +197,14 @@ def test_simsiam_recipes_follow_liu_et_al():
         # main_lincls.py: --epochs 100, -b 256, --lr 30, --schedule 60 80, --wd 0, on the balanced CIFAR-10
         assert (ssl.probe_data, ssl.probe_epochs, ssl.probe_batch_size, ssl.probe_lr) == ("balanced", 100, 256, 30.0)
         assert ssl.probe_schedule == "step" and not ssl.probe_standardize
+        # main_lincls.py: RandomResizedCrop(32, scale=(0.8, 1)) + flip every epoch, the model in eval mode
+        assert ssl.probe_augment
         # main_sam_weight.py: --rho 0.5, --adaptive True; crop scale (0.2, 1), 2-layer 2048-d projector
         assert (ssl.sam_rho, ssl.sam_adaptive, ssl.crop_min_scale, ssl.simsiam_dim, ssl.simsiam_proj_layers) == \
             (0.5, True, 0.2, 2048, 2)
         r32 = RECIPES[f"cifar10-lt-{method}-r32"].config
         assert r32.model.arch == "resnet32" and r32.ssl.probe_data == "longtailed" and r32.train.epochs == 800
+        assert not r32.ssl.probe_augment
     assert "14.4" in RECIPES["cifar10-lt-simsiam-rwsam"].published
     assert RECIPES["cifar10-lt-moco"].config == replace(default_config("moco", "cifar10"), recipe="cifar10-lt-moco")
 
@@ -257,3 +260,200 @@ def test_sam_bn_stats_both_lets_the_descent_pass_update_batchnorm():
         task.loss(model, batch)
         assert (not torch.equal(before, bn.running_mean)) == changes
     task.set_phase("plain")
+
+
+# ---------------------------------------------------------------------------------------------
+# the augmented probe (ssl.probe_augment; Liu et al.'s main_lincls.py, commit 9783c43, lines 260-267 and 350)
+# ---------------------------------------------------------------------------------------------
+def _linear_probe_before(train_features, train_labels, test_features, num_classes, *, balanced=False, epochs=100,
+                         lr=0.1, batch_size=256, weight_decay=0.0, seed=0, schedule="cosine", standardize=True):
+    """``linear_probe`` as it was before ``probe_augment`` (verbatim but for the checks), the reference of the
+    default path."""
+    import torch.nn.functional as F
+
+    from longtail.counts import ClassCounts
+    from longtail.weights import class_weights
+
+    dev = train_features.device
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    if not standardize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
+    x = (train_features - mean) / std
+    y = train_labels.to(dev).long()
+    weight = None
+    if balanced:
+        weight = class_weights("inverse", ClassCounts.from_labels(y, num_classes)).to(dev)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(x.shape[1], num_classes).to(dev)
+    opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = -(-x.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    milestones = (round(0.6 * epochs), round(0.8 * epochs))
+    with torch.enable_grad():
+        for epoch in range(epochs):
+            if schedule == "step":
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+            order = torch.randperm(x.shape[0], generator=g).to(dev)
+            for start in range(0, x.shape[0], batch_size):
+                idx = order[start:start + batch_size]
+                loss = F.cross_entropy(layer(x[idx]), y[idx], weight=weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if schedule == "cosine":
+                    sched.step()
+    with torch.no_grad():
+        return layer((test_features.to(dev) - mean) / std).float()
+
+
+def _tiny_backbone(seed=0):
+    torch.manual_seed(seed)
+    return make_model("tiny", 1, in_channels=3).backbone
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("schedule,standardize", [("cosine", True), ("step", False)])
+def test_the_default_probe_is_unchanged(schedule, standardize):
+    """probe_augment=false: linear_probe, and the report's two probes, give bit for bit what they gave before."""
+    g = torch.Generator().manual_seed(3)
+    train_labels = torch.tensor([0] * 20 + [1] * 8 + [2] * 4)
+    train, test = torch.randn(32, 6, generator=g) + train_labels[:, None], torch.randn(12, 6, generator=g)
+    for balanced in (False, True):
+        kw = dict(balanced=balanced, epochs=7, lr=0.5, batch_size=5, seed=4, schedule=schedule, standardize=standardize)
+        assert torch.equal(linear_probe(train, train_labels, test, 3, **kw),
+                           _linear_probe_before(train, train_labels, test, 3, **kw))
+    # the report: its probes on the backbone's un-augmented features, as before
+    from longtail.loop import extract_features
+    from longtail.metrics import summarize
+
+    data, test_set = synthetic_set([12, 6, 3]), synthetic_set([4, 4, 4], seed=1, name="test")
+    backbone = _tiny_backbone()
+    report = ssl_evaluate.representation_report(backbone, data, test_set, torch.device("cpu"), probe_epochs=3,
+                                                probe_batch_size=4, seed=5, knn_k=3, probe_schedule=schedule,
+                                                probe_standardize=standardize)
+    f_train, f_test = (extract_features(backbone, d, torch.device("cpu")) for d in (data, test_set))
+    for name, balanced in (("linear_probe", False), ("linear_probe_balanced", True)):
+        logits = _linear_probe_before(f_train, data.labels, f_test, 3, balanced=balanced, epochs=3, lr=0.1,
+                                      batch_size=4, seed=5, schedule=schedule, standardize=standardize)
+        assert report[name] == summarize(logits, test_set.labels, data.class_counts(), class_names=test_set.class_names)
+
+
+def test_probes_side_by_side_are_each_probe_alone():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 9 + [1] * 3)
+    train, test = torch.randn(12, 4, generator=g), torch.randn(5, 4, generator=g)
+    views = [torch.randn(12, 4, generator=g) for _ in range(3)]
+    kw = dict(epochs=3, lr=0.3, batch_size=5, seed=2, epoch_features=lambda e: views[e])
+    both = ssl_evaluate.linear_probes(train, labels, test, 2, balanced=(False, True), **kw)
+    assert [torch.equal(a, linear_probe(train, labels, test, 2, balanced=b, **kw)) for a, b in
+            zip(both, (False, True))] == [True, True]
+    assert not torch.equal(both[0], linear_probe(train, labels, test, 2, epochs=3, lr=0.3, batch_size=5, seed=2))
+    with pytest.raises(ValueError, match="shape"):
+        linear_probe(train, labels, test, 2, epochs=1, epoch_features=lambda e: views[0][:5])
+
+
+def test_augmented_features_are_seeded_and_leave_the_backbone_alone():
+    data, cpu = synthetic_set([10, 6], size=8), torch.device("cpu")
+    backbone = _tiny_backbone()
+    backbone.train()  # the caller's mode: restored, and BatchNorm's statistics untouched all the same
+    before = _state(backbone)
+    gen = ssl_evaluate.probe_generator
+    a = ssl_evaluate.augmented_features(backbone, data, gen(7, 0, cpu), cpu, batch_size=6)
+    b = ssl_evaluate.augmented_features(backbone, data, gen(7, 0, cpu), cpu, batch_size=6)
+    assert backbone.training and all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    assert a.shape == (16, backbone.out_features) and not a.requires_grad
+    assert torch.equal(a, b)  # the same (seed, epoch): the same views
+    assert not torch.equal(a, ssl_evaluate.augmented_features(backbone, data, gen(7, 1, cpu), cpu, batch_size=6))
+    assert not torch.equal(a, ssl_evaluate.augmented_features(backbone, data, gen(8, 0, cpu), cpu, batch_size=6))
+    from longtail.loop import epoch_generator, extract_features
+
+    plain = extract_features(backbone, data, cpu)
+    assert not torch.allclose(a, plain, atol=1e-4)
+    # a stream apart from the pre-training loop's generator of the same (seed, epoch)
+    assert not torch.equal(torch.rand(4, generator=gen(7, 0, cpu)), torch.rand(4, generator=epoch_generator(7, 0, cpu)))
+    # with the crop the identity (scale 1, aspect 1: min_scale 1 draws s = 1) and no mirror, they are the plain features
+    monkey = pytest.MonkeyPatch()
+    try:
+        monkey.setattr(ssl_evaluate, "random_resized_crop", lambda x, g, **kw: x)
+        same = ssl_evaluate.augmented_features(backbone, data, gen(7, 0, cpu), cpu, batch_size=6)
+    finally:
+        monkey.undo()
+    assert torch.allclose(same, plain, atol=1e-5)
+
+
+@pytest.fixture
+def probe_crops(monkeypatch):
+    """The rows that pass through the probe's crop, and the test features the probes are scored on."""
+    seen: dict[str, list] = {"crop": [], "test": []}
+    crop, probes = ssl_evaluate.random_resized_crop, ssl_evaluate.linear_probes
+
+    def spy_crop(x, generator, **kw):
+        seen["crop"].append((x.shape[0], kw))
+        return crop(x, generator, **kw)
+
+    def spy_probes(train_features, train_labels, test_features, *a, **kw):
+        seen["test"].append(test_features)
+        return probes(train_features, train_labels, test_features, *a, **kw)
+
+    monkeypatch.setattr(ssl_evaluate, "random_resized_crop", spy_crop)
+    monkeypatch.setattr(ssl_evaluate, "linear_probes", spy_probes)
+    return seen
+
+
+def test_the_augmented_report_is_seeded_and_augments_only_the_probe_training_images(probe_crops):
+    from longtail.loop import extract_features
+
+    data, test_set, cpu = synthetic_set([12, 6, 3]), synthetic_set([4, 4, 4], seed=1, name="test"), torch.device("cpu")
+    backbone = _tiny_backbone()
+    before = _state(backbone)
+    kw = dict(probe_epochs=3, probe_batch_size=4, knn_k=3, probe_schedule="step", probe_standardize=False)
+    first = ssl_evaluate.representation_report(backbone, data, test_set, cpu, seed=5, probe_augment=True, **kw)
+    # three probe epochs over the 21 training images, one crop of 0.8-1 of the area each, both probes at once
+    assert probe_crops["crop"] == [(21, {"min_scale": 0.8, "flip": True})] * 3
+    assert all(torch.equal(t, extract_features(backbone, test_set, cpu)) for t in probe_crops["test"])
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    again = ssl_evaluate.representation_report(backbone, data, test_set, cpu, seed=5, probe_augment=True, **kw)
+    assert again == first
+    plain = ssl_evaluate.representation_report(backbone, data, test_set, cpu, seed=5, **kw)
+    assert plain["knn"] == first["knn"]  # the k-NN: un-augmented features
+    assert len(probe_crops["crop"]) == 6  # the plain report crops nothing
+
+
+def test_augmented_probe_logits_depend_on_the_seed_and_differ_from_the_plain_probe():
+    data, test_set, cpu = synthetic_set([12, 6, 3]), synthetic_set([4, 4, 4], seed=1, name="test"), torch.device("cpu")
+    backbone = _tiny_backbone()
+    from longtail.loop import extract_features
+
+    f_train, f_test = extract_features(backbone, data, cpu), extract_features(backbone, test_set, cpu)
+
+    def probe(seed, augment):
+        views = ((lambda e: ssl_evaluate.augmented_features(backbone, data, ssl_evaluate.probe_generator(seed, e, cpu),
+                                                            cpu)) if augment else None)
+        return ssl_evaluate.linear_probes(f_train, data.labels, f_test, 3, epochs=3, batch_size=4, seed=seed,
+                                          epoch_features=views)
+
+    a = probe(5, True)
+    assert all(torch.equal(x, y) for x, y in zip(a, probe(5, True)))
+    assert not any(torch.equal(x, y) for x, y in zip(a, probe(5, False)))
+    assert not any(torch.equal(x, y) for x, y in zip(a, probe(6, True)))
+
+
+@pytest.mark.parametrize("probe_data", ["longtailed", "balanced"])
+def test_pretrain_with_an_augmented_probe(tmp_path, probe_crops, probe_data):
+    train, test = synthetic_set([32, 16, 8, 4]), synthetic_set([6, 6, 6, 6], seed=1, name="test")
+    balanced = synthetic_set([20, 20, 20, 20], seed=2, name="balanced")
+    cfg, ssl = tiny_run(probe_data=probe_data, probe_augment=True)
+    pretrain_run("simsiam", cfg, tmp_path / "run", ssl=ssl, splits=Splits(train, test), progress=False,
+                 probe_set=balanced, log=lambda _: None)
+    size = 80 if probe_data == "balanced" else 60
+    assert [rows for rows, _ in probe_crops["crop"]] == [size] * ssl.probe_epochs
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["probe_augment"] is True and saved["ssl"]["probe_augment"] is True
+    assert "augmented afresh every epoch" in saved["evaluation"]
+    assert "ssl.probe_augment=true" in (tmp_path / "run" / "report.md").read_text()

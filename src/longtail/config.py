@@ -614,6 +614,9 @@ class SSLConfig:
     probe_data: str = "longtailed"
     probe_schedule: str = "cosine"  # cosine, per step | step: x0.1 at 60 % and 80 % of the epochs (main_lincls.py)
     probe_standardize: bool = True  # standardise features with the probe set's mean / std (Liu et al.: no)
+    # the probes train on features of freshly augmented images every epoch (resized crop 0.8-1 + flip, backbone in
+    # eval mode), as Liu et al.'s main_lincls.py; false: on the un-augmented features, computed once
+    probe_augment: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "ssl")

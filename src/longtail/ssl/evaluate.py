@@ -18,12 +18,20 @@ no weight decay, x0.1 at epochs 60 and 80, on raw (not standardised) features
 (``schedule="step"``, ``standardize=False``).
 
 Both report ``longtail.metrics.summarize`` (top-1, per class, many/medium/few from the training
-counts). Features come from ``backbone`` in eval mode on un-augmented images.
+counts). Features come from ``backbone`` in eval mode on un-augmented images, except, with
+``probe_augment``, the probes' training features: ``main_lincls.py`` (commit 9783c43, lines 260-267
+and 350) trains its probe on freshly augmented images every epoch, ``RandomResizedCrop(32, scale=(0.8, 1),
+ratio=(3/4, 4/3), bicubic)`` and ``RandomHorizontalFlip()``, through the frozen model in eval mode (BatchNorm
+statistics untouched). Here each probe epoch draws that crop (``PROBE_CROP_MIN_SCALE``; bilinear, see
+``longtail.ssl.augment.random_resized_crop``) and flip on the device from a generator seeded by
+(seed, epoch), runs the backbone once over the probe set in eval mode under ``torch.no_grad``, and the
+plain and class-balanced probes train on the same features at once. The k-NN and the test features stay
+un-augmented (their test images: resize to 36 and centre-crop 32; here the 32 px images as they are).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Callable, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -33,10 +41,16 @@ from ..counts import ClassCounts
 from ..data.augment import eval_batches
 from ..data.imageset import ImageSet
 from ..devices import autocast_for
-from ..loop import extract_features
+from ..loop import epoch_seed, extract_features
 from ..metrics import summarize
 from ..weights import class_weights
+from .augment import random_resized_crop
 from .tasks import rotate
+
+#: the probe's crop with ``probe_augment``: ``RandomResizedCrop(32, scale=(0.8, 1.0))`` of main_lincls.py
+PROBE_CROP_MIN_SCALE = 0.8
+# Offset so the probe's augmentation stream never coincides with the pre-training loop's (seed, epoch) generator.
+_PROBE_STREAM = 0x50524F4245  # "PROBE"
 
 
 @torch.no_grad()
@@ -63,14 +77,32 @@ def _as_logits(probs: torch.Tensor) -> torch.Tensor:
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  num_classes: int, *, balanced: bool = False, epochs: int = 100, lr: float = 0.1,
                  batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0, schedule: str = "cosine",
-                 standardize: bool = True) -> torch.Tensor:
+                 standardize: bool = True,
+                 epoch_features: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
     """Train a linear classifier on frozen features; returns the test logits (M, C), float32.
 
     ``standardize``: features are standardised with the training mean and std (else used as they
     are). ``balanced`` weights the cross-entropy by ``1 / n_c`` (normalised to mean 1 over classes).
     ``schedule``: ``cosine`` (set every step) or ``step`` (x0.1 from 60 % and 80 % of the epochs, set
     every epoch: ``main_lincls.py``'s ``--schedule 60 80`` of 100 epochs).
+    ``epoch_features``: when given, epoch ``e`` trains on ``epoch_features(e)`` (N, D), rows in the order of
+    ``train_labels`` (e.g. :func:`augmented_features`), instead of ``train_features``; ``train_features`` then
+    only gives the standardisation statistics and the width.
     """
+    return linear_probes(train_features, train_labels, test_features, num_classes, balanced=(balanced,),
+                         epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                         schedule=schedule, standardize=standardize, epoch_features=epoch_features)[0]
+
+
+def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                  num_classes: int, *, balanced: Sequence[bool] = (False, True), epochs: int = 100, lr: float = 0.1,
+                  batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0, schedule: str = "cosine",
+                  standardize: bool = True,
+                  epoch_features: Callable[[int], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """:func:`linear_probe` for each entry of ``balanced``, trained side by side on the same batches: the test
+    logits of each. Every probe gets what its own :func:`linear_probe` call would (the same initial weights,
+    batch order and steps), so features that cost a backbone pass per epoch (``epoch_features``) are made
+    once for all of them."""
     if schedule not in ("cosine", "step"):
         raise ValueError(f"schedule must be cosine or step, got {schedule!r}")
     dev = train_features.device
@@ -79,46 +111,103 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         mean, std = torch.zeros_like(mean), torch.ones_like(std)
     x = (train_features - mean) / std
     y = train_labels.to(dev).long()
-    weight = None
-    if balanced:
-        inverse = cast(torch.Tensor, class_weights("inverse", ClassCounts.from_labels(y, num_classes)))  # not "none"
-        weight = inverse.to(dev)
+    n = x.shape[0]
+    heads: list[tuple[nn.Linear, torch.optim.SGD, Any, torch.Tensor | None]] = []
+    for is_balanced in balanced:
+        weight = None
+        if is_balanced:
+            counts = ClassCounts.from_labels(y, num_classes)
+            inverse = cast(torch.Tensor, class_weights("inverse", counts))  # not "none"
+            weight = inverse.to(dev)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer = nn.Linear(x.shape[1], num_classes).to(dev)
+        opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        steps_per_epoch = -(-n // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+        heads.append((layer, opt, sched, weight))
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layer = nn.Linear(x.shape[1], num_classes).to(dev)
-    opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps_per_epoch = -(-x.shape[0] // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     milestones = (round(0.6 * epochs), round(0.8 * epochs))  # 60 and 80 of 100 epochs
     with torch.enable_grad():
         for epoch in range(epochs):
             if schedule == "step":
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
-            order = torch.randperm(x.shape[0], generator=g).to(dev)
-            for start in range(0, x.shape[0], batch_size):
+                for _, opt, _, _ in heads:
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+            xe = x
+            if epoch_features is not None:
+                fresh = epoch_features(epoch).to(dev)
+                if fresh.shape != x.shape:
+                    raise ValueError(f"epoch_features({epoch}) has shape {tuple(fresh.shape)}, "
+                                     f"the training features {tuple(x.shape)}")
+                xe = (fresh - mean) / std
+            order = torch.randperm(n, generator=g).to(dev)
+            for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                loss = F.cross_entropy(layer(x[idx]), y[idx], weight=weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if schedule == "cosine":
-                    sched.step()
+                for layer, opt, sched, weight in heads:
+                    loss = F.cross_entropy(layer(xe[idx]), y[idx], weight=weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if schedule == "cosine":
+                        sched.step()
     with torch.no_grad():
-        return layer((test_features.to(dev) - mean) / std).float()
+        test = (test_features.to(dev) - mean) / std
+        return [layer(test).float() for layer, _, _, _ in heads]
+
+
+def probe_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator of probe epoch ``epoch``'s augmentation: a function of (seed, epoch) alone, a stream apart
+    from the pre-training loop's ``longtail.loop.epoch_generator``; on ``device`` so the draws stay there."""
+    g = torch.Generator(device=device)
+    g.manual_seed(epoch_seed(seed, epoch) ^ _PROBE_STREAM)
+    return g
+
+
+@torch.no_grad()
+def augmented_features(backbone: nn.Module, data: ImageSet, generator: torch.Generator, device: torch.device,
+                       amp: str = "auto", *, min_scale: float = PROBE_CROP_MIN_SCALE,
+                       batch_size: int = 512) -> torch.Tensor:
+    """Backbone features (N, D) float32 of freshly augmented images of ``data``, in its own order.
+
+    Each image gets a random resized crop (area ``U(min_scale, 1)``, aspect ``3/4..4/3``) back to its size and a
+    coin-flip mirror, drawn on the device from ``generator`` batch by batch, then the set's normalisation. The
+    backbone runs in eval mode (BatchNorm uses, and never updates, its running statistics; its mode is restored)
+    without gradients. ``data`` must hold its images as a tensor (pre-training decodes image files once).
+    """
+    images = getattr(data, "images", None)
+    if not isinstance(images, torch.Tensor):
+        raise ValueError("augmented probe features need the images as a tensor (an ImageSet), "
+                         f"got {type(data).__name__}")
+    was_training = backbone.training
+    backbone.eval()
+    m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device).float() / 255.0
+            x = (random_resized_crop(x, generator, min_scale=min_scale, flip=True) - m) / s
+            with autocast_for(device, amp):
+                out.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out)
 
 
 def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, device: torch.device, *,
                           amp: str = "auto", knn_k: int = 200, knn_temperature: float = 0.1, probe_epochs: int = 100,
                           probe_lr: float = 0.1, probe_batch_size: int = 256, seed: int = 0,
                           probe_set: ImageSet | None = None, probe_schedule: str = "cosine",
-                          probe_standardize: bool = True) -> dict[str, Any]:
+                          probe_standardize: bool = True, probe_augment: bool = False) -> dict[str, Any]:
     """k-NN, linear probe and class-balanced linear probe on ``test``, each a ``summarize`` dict.
 
     The k-NN and the probes learn from ``probe_set`` (e.g. the balanced training set of the same
     source), by default from ``train``. Shot groups always come from the training counts of ``train``
-    (the long-tailed set the features were learned on).
+    (the long-tailed set the features were learned on). ``probe_augment``: the two probes train on the
+    features of freshly augmented images every epoch (:func:`augmented_features`, generators from
+    :func:`probe_generator`), side by side so the backbone runs once per epoch; the k-NN and the test features
+    stay un-augmented.
     """
     counts = train.class_counts()
     fit_set = train if probe_set is None else probe_set
@@ -128,7 +217,18 @@ def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, 
     labels = test.labels.cpu()
     knn = knn_probabilities(f_train, fit_set.labels, f_test, c, k=knn_k, temperature=knn_temperature)
     out: dict[str, Any] = {"knn": summarize(_as_logits(knn).cpu(), labels, counts, class_names=test.class_names)}
-    for name, balanced in (("linear_probe", False), ("linear_probe_balanced", True)):
+    names = ("linear_probe", "linear_probe_balanced")
+    if probe_augment:
+        def epoch_features(epoch: int) -> torch.Tensor:
+            return augmented_features(backbone, fit_set, probe_generator(seed, epoch, device), device, amp)
+
+        both = linear_probes(f_train, fit_set.labels, f_test, c, balanced=(False, True), epochs=probe_epochs,
+                             lr=probe_lr, batch_size=probe_batch_size, seed=seed, schedule=probe_schedule,
+                             standardize=probe_standardize, epoch_features=epoch_features)
+        for name, logits in zip(names, both):
+            out[name] = summarize(logits.cpu(), labels, counts, class_names=test.class_names)
+        return out
+    for name, balanced in zip(names, (False, True)):
         logits = linear_probe(f_train, fit_set.labels, f_test, c, balanced=balanced, epochs=probe_epochs, lr=probe_lr,
                               batch_size=probe_batch_size, seed=seed, schedule=probe_schedule,
                               standardize=probe_standardize)

@@ -278,17 +278,22 @@ class PretrainStage(Stage):
                                              knn_temperature=ssl.knn_temperature, probe_epochs=ssl.probe_epochs,
                                              probe_lr=ssl.probe_lr, probe_batch_size=ssl.probe_batch_size,
                                              seed=self.cfg.seed, probe_set=probe, probe_schedule=ssl.probe_schedule,
-                                             probe_standardize=ssl.probe_standardize)
+                                             probe_standardize=ssl.probe_standardize,
+                                             probe_augment=ssl.probe_augment)
         probe_size = len(train if probe is None else probe)
         probe_text = (f"the long-tailed training set ({probe_size:,} images)" if probe is None else
                       f"the balanced training set of the same source ({probe_size:,} images, "
                       f"{len(probe) // max(1, probe.num_classes):,} a class), not the long-tailed one")
+        augment_text = (" (the probes: of images augmented afresh every epoch, resized crop of 0.8-1 of the area "
+                        "and flip, the backbone in eval mode; the k-NN and the test set: un-augmented)"
+                        if ssl.probe_augment else "")
         evaluations = {k: evaluations[k] for k in ("linear_probe_balanced", "linear_probe", "knn")}
         main = evaluations["linear_probe_balanced"]
         extra: dict[str, Any] = {
             "recipe": self.cfg.recipe, "method": method, "epoch": t.epochs, "split": "test", "seed": self.cfg.seed,
-            "evaluation": f"linear probe (class-balanced cross-entropy) on frozen backbone features of {probe_text}",
-            "probe_data": ssl.probe_data, "probe_train_size": probe_size,
+            "evaluation": f"linear probe (class-balanced cross-entropy) on frozen backbone features of {probe_text}"
+                          f"{augment_text}",
+            "probe_data": ssl.probe_data, "probe_train_size": probe_size, "probe_augment": ssl.probe_augment,
             "knn_top1": evaluations["knn"]["top1"], "linear_probe_top1": evaluations["linear_probe"]["top1"],
             "knn": evaluations["knn"], "linear_probe": evaluations["linear_probe"],
             "ssl": asdict(ssl), "config": self.cfg.to_dict(), "device": str(device), "train_size": len(train),
@@ -296,6 +301,11 @@ class PretrainStage(Stage):
         }
         extra_lines = [f"Probe data: the k-NN and the linear probes learn from {probe_text} "
                        f"(`ssl.probe_data={ssl.probe_data}`); the test set is the balanced test set.", ""]
+        if ssl.probe_augment:
+            extra_lines += ["Probe augmentation (`ssl.probe_augment=true`, as Liu et al.'s main_lincls.py): every "
+                            "probe epoch trains on the frozen backbone's features (eval mode) of freshly augmented "
+                            "images, a resized crop of 0.8-1 of the area and a horizontal flip; the k-NN and the "
+                            "test set use un-augmented images.", ""]
         if method == "rotation":
             acc = rotation_accuracy(built.model, test, device, t.amp)
             extra["rotation_test_accuracy"] = acc
