@@ -235,3 +235,28 @@ def test_usb_fixmatch_recipe_builds_and_trains_a_step(tmp_path):
     moved = [not torch.equal(p, b) for p, b in zip(model.parameters(), before)]
     trainable = [p.requires_grad for p in model.parameters()]
     assert moved == trainable  # every trainable parameter moved, the frozen (unused) BatchNorms did not
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_kekmodel_form_is_usbs_without_the_stem_bias_and_with_eps_1e5(train):
+    """``wrn-28-2-kekmodel`` (kekmodel/FixMatch-pytorch's ``models/wideresnet.py``, ACR's network): USB's module
+    with no bias on the first convolution and the last BatchNorm's eps at PyTorch's default 1e-5."""
+    torch.manual_seed(0)
+    ours, ref = make_model("wrn-28-2-kekmodel", 10), RefWRN(2)
+    assert ours.backbone.conv1.bias is None and ours.backbone.bn.eps == 1e-5
+    assert sum(p.numel() for p in ours.parameters()) == 1_467_626 - 16
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0)
+        state = {ours_to_ref(k): v for k, v in ours.state_dict().items()}
+        ref.load_state_dict({**state, "conv1.bias": torch.zeros(16)})  # their stem: no bias
+        ref.bn1.eps = 1e-5  # their last BatchNorm: nn.BatchNorm2d(channels[3], momentum=0.001)
+    ours.train(train), ref.train(train)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    usb = make_model("wrn-28-2", 10)
+    usb.load_state_dict({**ours.state_dict(), "backbone.conv1.bias": torch.zeros(16)})
+    usb.train(train)
+    assert not torch.allclose(usb(x), ours(x), rtol=0, atol=1e-7)  # the last BatchNorm's eps shows

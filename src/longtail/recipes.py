@@ -320,7 +320,7 @@ def _semi_recipes() -> list[Recipe]:
     # unlabeled, SGD lr 0.03 Nesterov, wd 5e-4 off BatchNorm and biases, cos(7 pi k / 16 K) per step, EMA 0.999,
     # strong views RandAugmentMC(2, 10) + Cutout 16 px, threshold 0.95
     acr = RunConfig(data=replace(darp, darp_include_labeled=True, normalization="cifar10-data"),
-                    model=ModelConfig(arch="wrn-28-2"),
+                    model=ModelConfig(arch="wrn-28-2-kekmodel"),
                     train=replace(usb_train, epochs=500, checkpoint_every=10),
                     optim=OptimConfig(ema=0.999, decay_bn_bias=False),
                     augment=AugmentConfig(randaugment=2, randaugment_magnitude=None, cutout=0.5, policy="fixmatch",

@@ -11,7 +11,7 @@ from .glmc import GLMCClassifier
 from .heads import HEADS, CosineHead, LinearHead, make_head
 from .resnet18_cifar import CIFAR_RESNET18
 from .resnet_cifar import ResNetCifar, resnet32
-from .wideresnet import WRN_CONFIGS, WideResNet, wide_resnet_backbone
+from .wideresnet import KEKMODEL_WRN_CONFIGS, WRN_CONFIGS, WideResNet, wide_resnet_backbone
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -23,8 +23,9 @@ __all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "G
 # FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
 # fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
 MODELS.update({name: fastnet_backbone(name) for name in FASTNET_WIDTHS})
-# Wide ResNets as FixMatch/USB define them: wrn-28-2 (1.47M), wrn-28-8 (longtail.models.wideresnet)
-MODELS.update({name: wide_resnet_backbone(name) for name in WRN_CONFIGS})
+# Wide ResNets as FixMatch/USB define them: wrn-28-2 (1.47M), wrn-28-8 (longtail.models.wideresnet); the
+# -kekmodel forms (kekmodel/FixMatch-pytorch, ACR's base) differ in the stem's bias and the last BatchNorm's eps
+MODELS.update({name: wide_resnet_backbone(name) for name in (*WRN_CONFIGS, *KEKMODEL_WRN_CONFIGS)})
 # CIFAR ResNet-18 (3x3 stem, no max-pool): resnet18-cifar (Liu et al. 2022), resnet18-cifar-tv (MoCo's CIFAR demo)
 MODELS.update(CIFAR_RESNET18)
 # GLMC's CIFAR "ResNet-32" (ynu-yangpeng/GLMC ResNet_modify, nf=64): widths 64/128/256, 7.4M parameters

@@ -36,6 +36,10 @@ import torch.nn as nn
 
 #: registry name -> (depth, widen factor)
 WRN_CONFIGS: dict[str, tuple[int, int]] = {"wrn-28-2": (28, 2), "wrn-28-8": (28, 8)}
+#: the same networks in the form of kekmodel/FixMatch-pytorch's ``models/wideresnet.py``, which ACR (Gank0078/ACR)
+#: builds on: no bias on the first convolution and the last BatchNorm's eps 1e-5 (PyTorch's default), otherwise
+#: USB's form exactly (the blocks, their quirk, initialisation); 1,467,610 parameters with 10 classes
+KEKMODEL_WRN_CONFIGS: dict[str, tuple[int, int]] = {"wrn-28-2-kekmodel": (28, 2), "wrn-28-8-kekmodel": (28, 8)}
 
 
 class WideBlock(nn.Module):
@@ -68,13 +72,13 @@ class WideResNet(nn.Module):
     """Backbone only: (B, in_channels, H, W) -> (B, 64 * widen_factor) features; the head lives in ``Classifier``."""
 
     def __init__(self, depth: int = 28, widen_factor: int = 2, *, in_channels: int = 3, bn_momentum: float = 0.001,
-                 slope: float = 0.1) -> None:
+                 slope: float = 0.1, stem_bias: bool = True, final_eps: float = 1e-3) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"a Wide ResNet has depth 6n + 4, got {depth}")
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=True)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=stem_bias)
 
         def stage(c_in: int, c_out: int, stride: int, first_activates: bool) -> nn.Sequential:
             return nn.Sequential(*(
@@ -85,7 +89,7 @@ class WideResNet(nn.Module):
         self.block1 = stage(widths[0], widths[1], 1, True)
         self.block2 = stage(widths[1], widths[2], 2, False)
         self.block3 = stage(widths[2], widths[3], 2, False)
-        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum, eps=1e-3)
+        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum, eps=final_eps)
         self.act = nn.LeakyReLU(slope)
         self.out_features = widths[3]
         for m in self.modules():
@@ -114,5 +118,8 @@ class WideResNet(nn.Module):
 
 def wide_resnet_backbone(name: str):
     """The registry's constructor ``in_channels -> WideResNet`` of a named depth and width."""
+    if name in KEKMODEL_WRN_CONFIGS:
+        depth, k = KEKMODEL_WRN_CONFIGS[name]
+        return lambda c: WideResNet(depth, k, in_channels=c, stem_bias=False, final_eps=1e-5)
     depth, k = WRN_CONFIGS[name]
     return lambda c: WideResNet(depth, k, in_channels=c)
