@@ -288,6 +288,22 @@ def test_a_finished_decoupling_is_evaluated_again_and_other_settings_are_refused
     assert redone["epochs"] == 3
 
 
+def test_a_finished_crt_with_bn_in_train_mode_is_evaluated_again_as_it_was_saved(base, tmp_path):
+    """The default BatchNorm mode moves the backbone's running statistics while the head trains; evaluating the
+    finished result again must use those, not the base run's (it once kept only the head, and re-saved that)."""
+    run, splits = base
+    out = tmp_path / "crt"
+    first = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    saved = model_state(out)
+    base_state = model_state(run)
+    moved = [k for k in saved if "running_mean" in k and not torch.equal(saved[k], base_state[k])]
+    assert moved  # the stage did move BatchNorm statistics
+    again = decouple_run(run, "crt", out=out, epochs=2, splits=splits, device="cpu")
+    after = model_state(out)
+    assert all(torch.equal(saved[k], after[k]) for k in saved)
+    assert again["per_class"] == first["per_class"] and again["top1"] == first["top1"]
+
+
 def test_a_changed_base_run_is_another_source(base, tmp_path):
     run, splits = base
     copy = tmp_path / "base"

@@ -485,6 +485,8 @@ class DecoupleStage(Stage):
         if (state.get("extra") or {}).get("decouple", {}).get("finished"):  # the result, folded: evaluate it again
             model = model_from_checkpoint(state, ctx.splits.train.num_classes, ctx.splits.train.image_shape[0],
                                           str(self.members[0].run.checkpoint)).to(ctx.device)
+            # the whole result: with BatchNorm in train mode the stage also moved the backbone's running statistics
+            built.model.backbone.load_state_dict(model.backbone.state_dict())  # type: ignore[union-attr]
             built.model.reset_head(model.head)  # type: ignore[operator]
             self.info = dict(state["extra"]["decouple"].get("info", {}))
             self.finished = True
