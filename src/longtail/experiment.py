@@ -174,7 +174,8 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
                             "augment.cutout=0 (augment.mix works on image files)")
     if cfg.semi.method in ("fixmatch", "acr"):
         if mix is not None:
-            raise LongtailError(f"augment.mix={a.mix} on a {cfg.semi.method} run is not supported: its labeled "
+            name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
+            raise LongtailError(f"augment.mix={a.mix} on a {name} run is not supported: its labeled "
                                 "batch, weak and strong views are its own", "set --set augment.mix=none")
         if a.cutout and not a.randaugment:
             raise LongtailError(f"augment.cutout={a.cutout} on a FixMatch run sets the Cutout of a RandAugment strong "
