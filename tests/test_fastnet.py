@@ -192,3 +192,21 @@ def test_fits_with_the_project_loop_in_channels_last():
     assert [r.lr for r in records] == pytest.approx([0.02, 0.1, 0.05])
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # frozen: untouched by SGD and weight decay
+
+
+def test_pretraining_a_fastnet_sets_its_whitening_from_the_training_images_as_a_run_does():
+    """Self-supervised pre-training of a FastNet (``longtail pretrain --set model.arch=fastnet-s``) initialises the
+    frozen patch whitening from the training images, exactly as a supervised run does, so a backbone pre-trained
+    there and fine-tuned here sees the same first layer."""
+    from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from longtail.ssl.run import build_pretraining, resolve_ssl
+
+    train = synthetic_set([30, 10, 5], size=10)
+    cfg = RunConfig(data=DataConfig(dataset="synthetic"), model=ModelConfig(arch="fastnet-s"),
+                    train=TrainConfig(batch_size=8, device="cpu", crop_padding=1))
+    model, _, _ = build_pretraining("rotation", cfg, resolve_ssl("rotation", cfg, None), train, torch.device("cpu"),
+                                    log=lambda s: None)
+    expected = make_model("fastnet-s", 3).backbone.init_from_data(train.images, mean=train.mean, std=train.std)
+    whiten = [m for m in model.modules() if isinstance(m, FastNet)][0].whiten
+    assert torch.equal(whiten.weight, expected.whiten.weight) and torch.equal(whiten.bias, expected.whiten.bias)
+    assert not torch.equal(whiten.weight, make_model("fastnet-s", 3).backbone.whiten.weight)  # not the identity

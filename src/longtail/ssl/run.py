@@ -93,6 +93,9 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
                             "leave the augment section at its defaults for `longtail pretrain`")
     torch.manual_seed(cfg.seed)  # model initialisation
     backbone = make_model(cfg.model.arch, 1, in_channels=train.image_shape[0]).backbone
+    init_from_data = getattr(backbone, "init_from_data", None)
+    if init_from_data is not None:  # FastNet's frozen patch whitening, from the training images as a run sets it
+        init_from_data(train.images.to(device), mean=train.mean, std=train.std)  # draws no random numbers
     base, rwsam = method.split("-")[0], method.endswith("-rwsam")
     model: nn.Module
     if base == "rotation":
