@@ -9,6 +9,8 @@ here: a row's settings are ``cifar10-lt-fast-ce`` plus exactly what ``cifar10-lt
 ``cifar10-lt-ce`` (the loss and its parameters, the head, the weighting and when it starts in 200-epoch units,
 MFW's strength). The second stages (cRT, tau-norm, LWS, post-hoc LA) re-balance one CE run per seed that holds
 out 20 validation images per class, as their recipes do, with the second-stage settings of their sources.
+The rotation-SSP rows first pre-train the fast recipe's network on the same images with rotation prediction (the
+fast recipe's schedule, one pre-training per seed shared by both rows), then train CE or LA from that backbone.
 The newer pieces (issue 14) come last: SAM, RandAugment + Cutout and CutMix each added to the logit-adjusted
 row at their sources' defaults, and GLMC as its own task (its consistency weight for CIFAR-10); nothing else of
 their 200-epoch recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
@@ -41,6 +43,7 @@ from longtail.config import RunConfig, _flat, apply_overrides  # noqa: E402
 from longtail.decouple import decouple_run  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
+from longtail.ssl.run import pretrain_run  # noqa: E402
 from run_recipe import append_row, machine, rarest  # noqa: E402
 
 
@@ -51,6 +54,7 @@ class Method:
     source: str | None = None  # the 200-epoch recipe (suffix after "DATASET-lt-") whose settings it takes
     second_stage: str | None = None  # a `longtail decouple` method applied to the CE run with a validation split
     extra: tuple[tuple[str, Any], ...] = ()  # settings beyond the source recipe's (the newer pieces, issue 14)
+    pretrain: str | None = None  # a `longtail pretrain` method whose backbone (one run per seed) initialises this row
 
 
 METHODS = [
@@ -68,6 +72,10 @@ METHODS = [
     Method("tau-norm", "tau-norm", None, "tau-norm"),
     Method("lws", "LWS", None, "lws"),
     Method("posthoc-la", "post-hoc LA", None, "logit-adjust"),
+    # self-supervised pre-training first (Yang & Xu 2020): rotation prediction with the fast recipe's own settings
+    # (FastNet-M, 16 epochs, one-cycle) on the same long-tailed images, then the remedy from its backbone
+    Method("ssp-ce", "rotation SSP, then CE", "ce", pretrain="rotation"),
+    Method("ssp-la", "rotation SSP, then LA", "logit-adjust", pretrain="rotation"),
     # the newer pieces (issue 14), each on the logit-adjusted remedy or as its own task, at their sources' defaults
     Method("la-sam", "LA + SAM (rho 0.05)", "logit-adjust", extra=(("optim.name", "sam"),)),
     Method("la-randaugment", "LA + RandAugment(2) + Cutout", "logit-adjust",
@@ -98,11 +106,24 @@ def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
     return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
 
 
+def pretrained(method: str, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> Path:
+    """The folder of seed ``seed``'s ``method`` pre-training on the fast recipe's data, network and schedule (run
+    once, shared by the rows that start from it)."""
+    out = Path(a.out) / f"ssp-{method}" / f"seed-{seed}"
+    if not (out / "report.json").exists():
+        cfg = apply_overrides(get_recipe(f"{a.dataset}-lt-fast-ce").config, {**common, "seed": seed})
+        pretrain_run(method, replace(cfg, recipe=f"{a.dataset}-lt-fast-{method}-ssp"), out, progress=False,
+                     log=lambda s: None)
+    return out
+
+
 def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     out = Path(a.out) / m.key / f"seed-{seed}"
     quiet = {"progress": False, "log": lambda s: None}
     if m.second_stage is None:
         cfg = apply_overrides(method_config(a.dataset, m, common), {"seed": seed})
+        if m.pretrain is not None:
+            cfg = apply_overrides(cfg, {"train.init_from": str(pretrained(m.pretrain, seed, a, common))})
         return train_one(cfg, out, **quiet)  # type: ignore[arg-type]
     base = Path(a.out) / "ce-val" / f"seed-{seed}"
     if not (base / "report.json").exists():

@@ -10,7 +10,7 @@ for the data set (``longtail.decouple.SECOND_STAGES``; on CIFAR BagofTricks-LT: 
 warm-up and x0.1 at 10 / 20, Nesterov, wd 5e-4) and BatchNorm in train mode, as every reference. "Before" runs
 today's code with 0.1's settings put back (``second_stage_for`` replaced for the run, ``bn="frozen"``): the
 difference measured is the settings', the code being the same. ``--after-runs``: a ``method_table.py`` output
-folder whose ``METHOD/seed-N`` runs are today's settings on this base (re-evaluated, not trained again).
+folder whose ``METHOD/seed-N`` runs are today's settings on this base (their reports are read, nothing is re-run).
 One row per run goes to RESULTS.md.
 """
 
@@ -76,12 +76,12 @@ def main() -> int:
     for method in a.methods:
         for variant in ("v0.1", "source"):
             folder = out / f"{variant}-{method}"
-            if variant == "source" and a.after_runs:
-                reuse = Path(a.after_runs) / method / base.name
-                if (reuse / "report.json").exists():
-                    folder = reuse
+            reuse = Path(a.after_runs) / method / base.name if variant == "source" and a.after_runs else None
             load0, t0 = os.getloadavg()[0], time.perf_counter()
-            r = run(base, method, variant, folder, a.device)
+            if reuse is not None and (reuse / "report.json").exists():  # read, never re-run, another tool's run
+                r = json.loads((reuse / "report.json").read_text())
+            else:
+                r = run(base, method, variant, folder, a.device)
             train_s = r.get("timing", {}).get("train_s")
             dataset = RunConfig.from_dict(json.loads((base / "config.json").read_text())["config"]).data.dataset
             epochs = 10 if variant == "v0.1" else decouple.second_stage_for(dataset, method).epochs[method]
