@@ -47,7 +47,7 @@ from .loop import predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
-from .models import Classifier, FlipTTA, build_model
+from .models import Classifier, FlipTTA, build_model, init_from_training_images
 from .models.wrappers import FrozenBackbone
 from .optim import make_optimizer
 from .report import write_report
@@ -297,10 +297,7 @@ def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torc
     single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
-    init_from_data = getattr(getattr(model, "backbone", None), "init_from_data", None)
-    if init_from_data is not None and isinstance(splits.train, ImageSet):  # e.g. FastNet's patch whitening
-        train = splits.train
-        init_from_data(train.images.to(device), mean=train.mean, std=train.std)  # draws no random numbers
+    init_from_training_images(getattr(model, "backbone", None), splits.train, device)  # e.g. FastNet's whitening
     task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
     return model, task
 

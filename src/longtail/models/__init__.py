@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .acr import ACRClassifier
 from .classifier import MODELS, Classifier, make_backbone, make_model
@@ -17,8 +19,8 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 __all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "GLMCClassifier", "LinearHead", "HEADS",
-           "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_whitening", "make_backbone", "make_head",
-           "make_model", "resnet32"]
+           "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_from_training_images", "init_whitening",
+           "make_backbone", "make_head", "make_model", "resnet32"]
 
 # FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
 # fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
@@ -30,6 +32,16 @@ MODELS.update({name: wide_resnet_backbone(name) for name in (*WRN_CONFIGS, *KEKM
 MODELS.update(CIFAR_RESNET18)
 # GLMC's CIFAR "ResNet-32" (ynu-yangpeng/GLMC ResNet_modify, nf=64): widths 64/128/256, 7.4M parameters
 MODELS["resnet32-w4"] = lambda c: ResNetCifar(5, in_channels=c, widths=(64, 128, 256))
+
+
+def init_from_training_images(backbone: Any, train: Any, device: torch.device) -> None:
+    """Set what a backbone takes from the training images before training (FastNet's frozen patch whitening:
+    ``backbone.init_from_data``), from ``train`` (an ``ImageSet``: ``images``, ``mean``, ``std``); nothing for a
+    backbone without such a layer or data not held in memory. Draws no random numbers."""
+    init_from_data = getattr(backbone, "init_from_data", None)
+    images = getattr(train, "images", None)
+    if init_from_data is not None and isinstance(images, torch.Tensor):
+        init_from_data(images.to(device), mean=train.mean, std=train.std)
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:

@@ -39,7 +39,7 @@ from ..devices import use_channels_last
 from ..driver import Built, Context, Member, Stage, drive
 from ..errors import LongtailError
 from ..loop import EpochRecord, extract_features
-from ..models import make_model
+from ..models import init_from_training_images, make_model
 from ..optim import optim_settings
 from ..report import summary_table, write_report
 from ..runs import EpochLog, RunDir
@@ -93,9 +93,7 @@ def build_pretraining(method: str, cfg: RunConfig, ssl: SSLConfig, train: ImageS
                             "leave the augment section at its defaults for `longtail pretrain`")
     torch.manual_seed(cfg.seed)  # model initialisation
     backbone = make_model(cfg.model.arch, 1, in_channels=train.image_shape[0]).backbone
-    init_from_data = getattr(backbone, "init_from_data", None)
-    if init_from_data is not None:  # FastNet's frozen patch whitening, from the training images as a run sets it
-        init_from_data(train.images.to(device), mean=train.mean, std=train.std)  # draws no random numbers
+    init_from_training_images(backbone, train, device)  # FastNet's frozen patch whitening, as a run sets it
     base, rwsam = method.split("-")[0], method.endswith("-rwsam")
     model: nn.Module
     if base == "rotation":
