@@ -1,4 +1,4 @@
-"""The method table on the fast CPU protocol (issue 15): every supervised remedy, 3 seeds, mean +- std.
+"""The method table on the fast CPU protocol (issue 15): every remedy, 3 seeds, mean +- std.
 
     python benchmarks/method_table.py --data-root ../shared/data --out runs/table [--seeds 0 1 2]
                                       [--methods ce focal ...] [--dataset cifar10] [--device cpu]
@@ -11,6 +11,21 @@ MFW's strength). The second stages (cRT, tau-norm, LWS, post-hoc LA) re-balance 
 out 20 validation images per class, as their recipes do, with the second-stage settings of their sources.
 The rotation-SSP rows first pre-train the fast recipe's network on the same images with rotation prediction (the
 fast recipe's schedule, one pre-training per seed shared by both rows), then train CE or LA from that backbone.
+Two rows use the rest of CIFAR-10 without its labels: the pool kind ``rest``, every training image the labeled
+subset left (37,594, none of the head class, 4,950 of the rarest; in source order, nothing drawn), the largest
+pool of real CIFAR-10 images next to a subset that takes all 5,000 head-class images. "pseudo-label" follows
+Yang & Xu 2020: the table's own CE run of the seed (``OUT/ce/seed-N``, trained first if missing) labels every pool
+image by argmax with no threshold (``longtail pseudo-label RUN --pool rest``, into ``OUT/pseudo-labels/seed-N``,
+made once), then the fast CE recipe trains on labeled + pseudo-labeled images (``data.pseudo_labels``, the only
+data setting ``cifar10-semi-pseudo`` adds to its base; not its batch or network): 50,000 images, 4x the labeled
+ones, per epoch. Its shot groups and rarest 3 are taken by the labeled counts, as every other row's (the report's
+own groups follow the pseudo-labels). "fixmatch" is the fast CE recipe with FixMatch (``semi.method=fixmatch``) on
+the same pool (``data.unlabeled_pool=rest``): threshold 0.95, lambda_u 1, and mu 1, one unlabeled image per
+labeled one (FixMatch's mu 7 would make each run ~15x the labeled cost on two CPU cores). Its labeled batch and
+weak view are the fast recipe's crop 2 + flip; the strong view adds FixMatch's own RandAugmentMC (2 ops, each
+with probability 1/2 at a magnitude drawn from 1..9) and Cutout 0.5 (``augment.policy=fixmatch``, as the ACR
+recipe and the LA + RandAugment row; the short DARP FixMatch recipe keeps the simplified jitter/solarise/cutout
+view). The seconds of both rows count only their own training (not the CE run or the labeling).
 The newer pieces (issue 14) come last: SAM, RandAugment + Cutout and CutMix each added to the logit-adjusted
 row at their sources' defaults, and GLMC as its own task (its consistency weight for CIFAR-10); nothing else of
 their 200-epoch recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
@@ -40,9 +55,11 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from longtail.config import RunConfig, _flat, apply_overrides  # noqa: E402
+from longtail.counts import ClassCounts  # noqa: E402
 from longtail.decouple import decouple_run  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
+from longtail.semi.pseudo import pseudo_label_run  # noqa: E402
 from longtail.ssl.run import pretrain_run  # noqa: E402
 from run_recipe import append_row, machine, rarest  # noqa: E402
 
@@ -55,6 +72,7 @@ class Method:
     second_stage: str | None = None  # a `longtail decouple` method applied to the CE run with a validation split
     extra: tuple[tuple[str, Any], ...] = ()  # settings beyond the source recipe's (the newer pieces, issue 14)
     pretrain: str | None = None  # a `longtail pretrain` method whose backbone (one run per seed) initialises this row
+    pseudo_labels: bool = False  # train on labeled + the CE run's pseudo-labels of the `rest` pool (one per seed)
 
 
 METHODS = [
@@ -76,6 +94,13 @@ METHODS = [
     # (FastNet-M, 16 epochs, one-cycle) on the same long-tailed images, then the remedy from its backbone
     Method("ssp-ce", "rotation SSP, then CE", "ce", pretrain="rotation"),
     Method("ssp-la", "rotation SSP, then LA", "logit-adjust", pretrain="rotation"),
+    # the rest of CIFAR-10 unlabeled (pool `rest`: every training image the labeled subset left): pseudo-labels from
+    # the CE row's run (Yang & Xu 2020: every pool image, threshold 0), and FixMatch at mu 1 on the same pool
+    Method("pseudo-label", "CE + pseudo-labels on the rest of CIFAR-10", "ce", pseudo_labels=True),
+    Method("fixmatch", "FixMatch on the rest of CIFAR-10 (threshold 0.95, mu 1, RandAugment(2) + Cutout)", "ce",
+           extra=(("semi.method", "fixmatch"), ("semi.threshold", 0.95), ("semi.lambda_u", 1.0), ("semi.mu", 1),
+                  ("data.unlabeled_pool", "rest"), ("augment.randaugment", 2), ("augment.cutout", 0.5),
+                  ("augment.policy", "fixmatch"))),
     # the newer pieces (issue 14), each on the logit-adjusted remedy or as its own task, at their sources' defaults
     Method("la-sam", "LA + SAM (rho 0.05)", "logit-adjust", extra=(("optim.name", "sam"),)),
     Method("la-randaugment", "LA + RandAugment(2) + Cutout", "logit-adjust",
@@ -117,6 +142,22 @@ def pretrained(method: str, seed: int, a: argparse.Namespace, common: dict[str, 
     return out
 
 
+PSEUDO_LABEL_FILES = ("pseudo_labels.pt", "pseudo_labels.json", "pseudo_labels.md")
+
+
+def pseudo_label_dir(seed: int, a: argparse.Namespace, common: dict[str, Any]) -> Path:
+    """The folder of seed ``seed``'s pseudo-labels: the table's CE run (``OUT/ce/seed-N``, trained first if it has
+    no report) labels the ``rest`` pool, every image kept (made once, shared by the rows that train on it)."""
+    out = Path(a.out) / "pseudo-labels" / f"seed-{seed}"
+    if not all((out / f).is_file() for f in PSEUDO_LABEL_FILES):
+        base = Path(a.out) / "ce" / f"seed-{seed}"
+        if not (base / "report.json").exists():
+            run_one(BY_KEY["ce"], seed, a, common)
+        pseudo_label_run(base, "rest", out, threshold=0.0, device=a.device, data_root=a.data_root,
+                         log=lambda s: None)
+    return out
+
+
 def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     out = Path(a.out) / m.key / f"seed-{seed}"
     quiet = {"progress": False, "log": lambda s: None}
@@ -124,6 +165,8 @@ def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any])
         cfg = apply_overrides(method_config(a.dataset, m, common), {"seed": seed})
         if m.pretrain is not None:
             cfg = apply_overrides(cfg, {"train.init_from": str(pretrained(m.pretrain, seed, a, common))})
+        if m.pseudo_labels:
+            cfg = apply_overrides(cfg, {"data.pseudo_labels": str(pseudo_label_dir(seed, a, common))})
         return train_one(cfg, out, **quiet)  # type: ignore[arg-type]
     base = Path(a.out) / "ce-val" / f"seed-{seed}"
     if not (base / "report.json").exists():
@@ -135,6 +178,21 @@ def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any])
 def report_of(out: Path, key: str, seed: int) -> dict[str, Any] | None:
     p = out / key / f"seed-{seed}" / "report.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def by_labeled_counts(rep: dict[str, Any]) -> dict[str, Any]:
+    """``rep`` with ``train_counts`` and the many/medium/few means by the labeled images alone, when its training set
+    also held pseudo-labeled ones (their labels would move classes between shot groups and change the rarest 3)."""
+    labeled = (rep.get("semi") or {}).get("labeled_counts")
+    if not labeled or labeled == rep.get("train_counts") or "per_class" not in rep:
+        return rep
+    per = rep["per_class"]
+
+    def mean(classes: list[int]) -> float | None:
+        vals = [per[c] for c in classes if per[c] is not None]
+        return sum(vals) / len(vals) if vals else None
+    groups = ClassCounts(tuple(labeled)).groups()
+    return {**rep, "train_counts": list(labeled), "groups": groups, **{g: mean(cs) for g, cs in groups.items()}}
 
 
 def _ms(vals: list[float]) -> str:
@@ -151,7 +209,7 @@ def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
     lines = ["| method | seeds | top-1 mean ± std | rarest 3 mean ± std | many | medium | train s per seed |",
              "|---|---|---|---|---|---|---|"]
     for m in METHODS:
-        reps = [r for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r]
+        reps = [by_labeled_counts(r) for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r]
         if not reps:
             continue
         counts = counts or reps[0].get("train_counts")
@@ -213,7 +271,7 @@ def main() -> int:
                 load0, t0 = os.getloadavg()[0], time.perf_counter()
                 r = run_one(m, seed, a, common)
                 wall = time.perf_counter() - t0
-                rep = report_of(out, key, seed) or r
+                rep = by_labeled_counts(report_of(out, key, seed) or r)
                 tm = rep.get("timing", {})
                 cfg_file = out / key / f"seed-{seed}" / "config.json"
                 epochs = (json.loads(cfg_file.read_text()).get("config", {}).get("train", {}).get("epochs")

@@ -16,6 +16,8 @@ from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from longtail.counts import ClassCounts, profile_counts
 from longtail.data.augment import Augment, Batch
 from longtail.data.imageset import ImageSet
+from longtail.data.pools import rest_pool
+from longtail.data.pseudo_labels import describe_pool_spec
 from longtail.data.splits import longtail_indices
 from longtail.loop import fit, make_sgd
 from longtail.losses import make_loss
@@ -136,6 +138,28 @@ def test_unused_pool_is_disjoint_seeded_and_shrinks_when_the_source_is_small():
         make_pool(source, labeled.source_index, [101, 0, 0, 0])
 
 
+def test_rest_pool_is_every_unused_image_in_source_order():
+    source = balanced_source(50, num_classes=4)
+    labeled = source.subset(torch.from_numpy(longtail_indices(source.labels, ClassCounts((50, 20, 8, 3)), seed=0)))
+    val = source.subset(torch.tensor([i for i in range(len(source)) if i not in set(labeled.source_index.tolist())
+                                      and source.labels[i] > 0][::10]))  # a few free images of classes 1..3
+    used = torch.cat([labeled.source_index, val.source_index])
+    pool, info = rest_pool(source, used)
+    want = [50 - n - v for n, v in zip((50, 20, 8, 3), counts_of(val.labels, 4))]
+    assert info == {"size": sum(want), "counts": want} and want[0] == 0  # the head class is used up
+    assert pool.hidden_counts().counts == tuple(want) and len(pool) + len(used) == len(source)
+    assert not torch.isin(pool.source_index, labeled.source_index).any()
+    assert not torch.isin(pool.source_index, val.source_index).any()
+    # the free rows in source order: nothing drawn, so nothing to seed
+    free = [i for i in range(len(source)) if i not in set(used.tolist())]
+    assert pool.source_index.tolist() == free
+    assert torch.equal(pool.hidden_labels, source.labels[pool.source_index]) and not hasattr(pool, "labels")
+    # where `unused` has no room (its profile needs head-class images), its error points at `rest`
+    with pytest.raises(LongtailError, match="no room") as e:
+        unused_pool(source, used, labeled_total=len(labeled), rho_u=10, factor=1)
+    assert "--pool rest" in e.value.fix and "data.unlabeled_pool=rest" in e.value.fix
+
+
 # pseudo-labels ----------------------------------------------------------------------------------
 
 
@@ -211,6 +235,13 @@ def test_parse_pool_spec():
     assert parse_pool_spec("unused:rho_u=100,factor=5") == {"kind": "unused", "rho_u": 100.0, "factor": 5.0}
     assert parse_pool_spec("unused") == {"kind": "unused"}
     assert parse_pool_spec("darp") == {"kind": "darp"}
+    assert parse_pool_spec("rest") == parse_pool_spec(" REST: ") == {"kind": "rest"}
+    for text in ("unused:rho_u=100,factor=5", "unused", "rest", "darp", "folder:/a/b,c:d"):
+        assert parse_pool_spec(describe_pool_spec(parse_pool_spec(text))) == parse_pool_spec(text)
+    assert describe_pool_spec({"kind": "rest", "size": 3, "counts": [1, 2]}) == "rest"  # a resolved spec too
+    with pytest.raises(LongtailError, match="cannot read") as e:
+        parse_pool_spec("rest:seed=1")
+    assert "no settings" in e.value.fix
     assert parse_pool_spec("folder:/a/b,c:d") == {"kind": "folder", "path": "/a/b,c:d"}
     for bad, match in (("tiny80m", "unknown unlabeled pool"), ("unused:rho=3", "cannot read"),
                        ("unused:factor=big", "not a valid"), ("folder:", "needs a path"), ("darp:m1=3", "cannot read")):
@@ -276,6 +307,34 @@ def test_pseudo_label_run_and_merged_training_data(tmp_path, monkeypatch):
         build_semi_splits(replace(cfg.data, pseudo_labels=str(out), subset_seed=1), log=lambda s: None)
     with pytest.raises(LongtailError, match="darp"):
         pseudo_label_run(run, "darp", tmp_path / "x", device="cpu", log=lambda s: None)
+
+
+def test_rest_pool_pseudo_labels_and_consistency_pool_end_to_end(tmp_path):
+    """`pseudo-label --pool rest` and `data.unlabeled_pool=rest`: every digit the labeled subset and the validation
+    split left, disjoint from both, in source order; training on the pseudo-labels takes all of them."""
+    cfg, run = digits_run(tmp_path, val_per_class=5)
+    labeled = build_semi_splits(replace(cfg.data, unlabeled_pool="rest"), log=lambda s: None)
+    from longtail.data.registry import load_balanced
+
+    source_total = len(load_balanced(cfg.data)[0])  # the digits' training part
+    used = torch.cat([labeled.train.source_index, labeled.val.source_index])
+    pool = labeled.unlabeled
+    assert isinstance(labeled, SemiSplits) and labeled.is_pseudo is None
+    assert len(pool) == source_total - len(used) == labeled.info["unlabeled_pool"]["size"]
+    assert labeled.info["unlabeled_pool"]["kind"] == "rest"
+    assert not torch.isin(pool.source_index, used).any()
+    assert torch.equal(pool.source_index, pool.source_index.sort().values)  # source order
+
+    res = pseudo_label_run(run, "rest", tmp_path / "pl", device="cpu", log=lambda s: None)
+    assert res["pool"]["kind"] == "rest" and res["pool"]["size"] == len(pool)
+    assert res["pool"]["counts"] == list(pool.hidden_counts().counts) == res["report"]["true_counts"]
+    assert "`rest`" in (tmp_path / "pl" / "pseudo_labels.md").read_text()
+    saved = load_pseudo_labels(tmp_path / "pl")
+    assert torch.equal(saved.labels.source_index, pool.source_index)
+    merged = build_semi_splits(replace(cfg.data, pseudo_labels=str(tmp_path / "pl")), log=lambda s: None)
+    n_lab = len(labeled.train)
+    assert len(merged.train) == n_lab + len(pool) == source_total - len(labeled.val)
+    assert torch.equal(merged.train.labels[n_lab:], saved.labels.labels)  # pseudo-labels, not the true ones
 
 
 def test_darp_protocol_splits_and_pool(tmp_path):

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pseudo-label", help="label an unlabeled pool with a trained run (then train on it with "
                         "--set data.pseudo_labels=DIR)")
     pl.add_argument("run", help="run folder (one seed) or checkpoint of the base model")
-    pl.add_argument("--pool", required=True, help="unused:rho_u=100,factor=5 | darp | folder:PATH")
+    pl.add_argument("--pool", required=True, help="unused:rho_u=100,factor=5 | rest (every image the labeled "
+                    "data left) | darp | folder:PATH")
     pl.add_argument("--out", required=True, help="folder for pseudo_labels.pt/.json/.md")
     pl.add_argument("--threshold", type=float, default=0.0, help="keep labels with confidence >= T (default: all)")
     pl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

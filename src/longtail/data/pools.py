@@ -1,6 +1,6 @@
 """Unlabeled pools: the images semi-supervised training may use without their labels.
 
-Three sources, each an index selection with an explicit seed (or a sorted file list):
+Four sources, each an index selection with an explicit seed, a fixed order, or a sorted file list:
 
 * ``unused`` (Yang & Xu, "Rethinking the value of labels for improving class-imbalanced
   learning", NeurIPS 2020): a pool ``factor`` times the labeled size with its own imbalance
@@ -9,6 +9,11 @@ Three sources, each an index selection with an explicit seed (or a sorted file l
   from 80M TinyImages (no longer distributed); here it comes from the images of the balanced
   source set that the labeled subset (and a validation split) did not use. When the source has
   too few images left, :func:`largest_pool` gives the largest pool with the same profile.
+* ``rest`` (:func:`rest_pool`): every image of the source that the labeled subset and the
+  validation split did not use, with whatever class profile that leaves: the largest pool a
+  source holds. For CIFAR-10-LT rho=100 with n_max=5000 it is 37,594 images (less a validation
+  split), none of the head class, 4,950 of the rarest: ``unused`` has no room there, since its
+  profile needs head-class images and the labeled subset took them all.
 * ``darp`` (DARP, Kim et al. NeurIPS 2020; ABC, Lee et al. NeurIPS 2021): labeled and unlabeled
   parts both cut from the training set, ``N1`` labeled head images with ``gamma_l`` and ``M1``
   unlabeled with ``gamma_u`` (optionally reversed), disjoint; per class, in the data set's file
@@ -261,6 +266,7 @@ def unused_pool(source: ImageSet, used: Tensor, *, labeled_total: int, rho_u: fl
             f"did not use (left of wanted) in class(es) {short}",
             "lower data.n_max (the reference labeled subset of CIFAR uses every image of its head class), "
             "use the DARP protocol (--pool darp with data.protocol=darp), "
+            "take every image left whatever its profile (--pool rest, or data.unlabeled_pool=rest), "
             "or bring a folder of images (--pool folder:PATH)",
         )
     shrunk = counts != want
@@ -272,6 +278,25 @@ def unused_pool(source: ImageSet, used: Tensor, *, labeled_total: int, rho_u: fl
     info = {"requested_size": want_total, "requested_counts": want, "size": len(pool), "counts": counts,
             "shrunk": shrunk, "profile_size": profile_total}
     return pool, info
+
+
+def rest_pool(source: ImageSet, used: Tensor, *, name: str | None = None) -> tuple[UnlabeledSet, dict]:
+    """Every ``source`` image whose ``source_index`` is not in ``used``, as a pool: the largest one it holds.
+
+    ``used``: ``source_index`` values already taken (the labeled subset, a validation split). The
+    rows are the free ones in source order, so there is nothing to draw and no seed; the class
+    profile is whatever the labeled subset left (a class it used up has none). Returns
+    ``(pool, info)``; ``info`` holds the ``size`` and per-class ``counts`` (by the hidden labels).
+
+    >>> src = ImageSet(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1, 0, 1]), ("a", "b"))
+    >>> pool, info = rest_pool(src, torch.tensor([0, 2, 3]))
+    >>> pool.source_index.tolist(), info
+    ([1, 4, 5], {'size': 3, 'counts': [1, 2]})
+    """
+    free = ~torch.isin(source.source_index.cpu(), used.cpu().long())  # type: ignore[union-attr]
+    counts = torch.bincount(source.labels.cpu()[free], minlength=source.num_classes).tolist()
+    pool = hide_labels(source.subset(free.nonzero().squeeze(1)), name=name or f"{source.name}-rest")
+    return pool, {"size": len(pool), "counts": counts}
 
 
 def darp_split(source: ImageSet, *, n1: int = 1500, m1: int = 3000, gamma_l: float = 100.0,

@@ -33,7 +33,7 @@ from .pools import UnlabeledSet
 
 FORMAT = "longtail-pseudo-labels"
 VERSION = 1
-POOL_KINDS = ("unused", "darp", "folder")
+POOL_KINDS = ("unused", "rest", "darp", "folder")
 
 
 @dataclass(frozen=True)
@@ -187,20 +187,24 @@ def load_pseudo_labels(path: str | Path) -> SavedPseudoLabels:
 
 # pool specs ----------------------------------------------------------------------------------------
 
-_SPEC_KEYS = {"unused": {"rho_u": float, "factor": float, "seed": int}, "darp": {}, "folder": {}}
+_SPEC_KEYS = {"unused": {"rho_u": float, "factor": float, "seed": int}, "rest": {}, "darp": {}, "folder": {}}
 
 
 def parse_pool_spec(text: str) -> dict[str, Any]:
     """A command-line pool description as a dict.
 
+    ``unused:rho_u=..,factor=..,seed=..``: the reference pool (:func:`longtail.data.pools.unused_pool`);
+    ``rest``: every source image the labeled data left (:func:`longtail.data.pools.rest_pool`, no
+    settings); ``darp``: the DARP protocol's unlabeled part; ``folder:PATH``: a folder of images.
+
     >>> parse_pool_spec("unused:rho_u=100,factor=5")
     {'kind': 'unused', 'rho_u': 100.0, 'factor': 5.0}
-    >>> parse_pool_spec("darp"), parse_pool_spec("folder:/data/my images")
-    ({'kind': 'darp'}, {'kind': 'folder', 'path': '/data/my images'})
+    >>> parse_pool_spec("rest"), parse_pool_spec("darp"), parse_pool_spec("folder:/data/my images")
+    ({'kind': 'rest'}, {'kind': 'darp'}, {'kind': 'folder', 'path': '/data/my images'})
     """
     kind, _, rest = text.strip().partition(":")
     kind = kind.strip().lower()
-    examples = "unused:rho_u=100,factor=5 | darp | folder:/path/to/images"
+    examples = "unused:rho_u=100,factor=5 | rest | darp | folder:/path/to/images"
     if kind not in POOL_KINDS:
         raise LongtailError(f"unknown unlabeled pool {text!r}", f"use one of: {examples}")
     if kind == "folder":
@@ -213,8 +217,9 @@ def parse_pool_spec(text: str) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in allowed:
-            hint = f"settings of {kind}: {', '.join(allowed)}" if allowed else \
-                f"{kind} takes its settings from the run's config (data.darp_*)"
+            hint = (f"settings of {kind}: {', '.join(allowed)}" if allowed else
+                    "rest takes no settings: it is every image the labeled data did not use" if kind == "rest" else
+                    f"{kind} takes its settings from the run's config (data.darp_*)")
             raise LongtailError(f"cannot read {item!r} in pool {text!r}", hint)
         try:
             spec[key] = allowed[key](value)

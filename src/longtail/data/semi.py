@@ -6,6 +6,9 @@
 * ``data.protocol=darp``: the labeled part of the DARP protocol is the training set; its
   unlabeled part (labels hidden) rides along in ``SemiSplits.unlabeled`` for consistency
   training (FixMatch).
+* ``data.unlabeled_pool=SPEC`` (a pool spec, e.g. ``rest``: :func:`build_pool`): that pool rides
+  along in ``SemiSplits.unlabeled`` for consistency training (in the DARP part's place under
+  ``data.protocol=darp``).
 * ``data.pseudo_labels=DIR``: the training set is the labeled set followed by the pool images
   whose pseudo-label confidence is at least ``max(threshold at labeling, data.pseudo_threshold)``,
   with their pseudo-labels (never their true labels). ``SemiSplits.is_pseudo`` marks those rows.
@@ -30,7 +33,7 @@ from torch import Tensor
 from ..config import DataConfig
 from ..errors import LongtailError
 from .imageset import ImageSet, concat
-from .pools import UnlabeledSet, darp_split, hide_labels, load_image_folder, unused_pool
+from .pools import UnlabeledSet, darp_split, hide_labels, load_image_folder, rest_pool, unused_pool
 from .pseudo_labels import (
     POOL_KINDS,
     SavedPseudoLabels,
@@ -206,6 +209,8 @@ def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], N
 
     The resolved spec adds the defaults, the sizes, and the data settings it was built for
     (``spec["data"]``); together with the pool's ``source_index`` it rebuilds the same pool.
+    ``unused`` and ``rest`` are cut from the source images that the run's labeled training set and
+    validation split did not use (``rest`` takes all of them, in source order).
     """
 
     kind = spec.get("kind")
@@ -216,10 +221,15 @@ def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], N
                             "run with data.pack unset (and --data-root), or use --pool folder:PATH")
     resolved: dict[str, Any] = {**spec, "data": asdict(data)}
     source, test = load_balanced(data)
-    if kind == "unused":
+    if kind in ("unused", "rest"):
         labeled = labeled_splits(data)
         used = torch.cat([labeled.train.source_index.cpu()]  # type: ignore[union-attr]
                          + ([labeled.val.source_index.cpu()] if labeled.val is not None else []))  # type: ignore[union-attr]
+    if kind == "rest":
+        pool, info = rest_pool(source, used, name=f"{source.name}-rest")
+        resolved.update(labeled_size=len(labeled.train), **info)
+        return pool, resolved
+    if kind == "unused":
         rho_u = float(spec.get("rho_u", data.imbalance_ratio))
         factor = float(spec.get("factor", 5.0))
         seed = int(spec.get("seed", 0))
@@ -231,7 +241,8 @@ def build_pool(spec: dict[str, Any], data: DataConfig, *, log: Callable[[str], N
         if data.protocol != "darp":
             raise LongtailError("--pool darp is the unlabeled part of the DARP protocol, but this run was trained on "
                                 f"data.protocol={data.protocol!r}",
-                                "pseudo-label a run trained with data.protocol=darp, or use --pool unused:...")
+                                "pseudo-label a run trained with data.protocol=darp, or use --pool unused:... "
+                                "or --pool rest")
         _, pool = darp_split(source, n1=data.darp_n1, m1=data.darp_m1, gamma_l=data.darp_gamma_l,
                              gamma_u=data.darp_gamma_u, reverse=data.darp_reverse, order=darp_order(data),
                              seed=data.subset_seed)  # disjoint from the labeled part, always

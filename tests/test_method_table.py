@@ -1,0 +1,92 @@
+"""benchmarks/method_table.py's rows on unlabeled data (issue 15): pseudo-labels and FixMatch on the `rest` pool.
+
+End to end at a tiny scale: fake CIFAR-10 files (200 training images), one epoch, through the script's own
+``main`` (its runs, RESULTS.md row and table), then again to see that nothing finished is trained or labeled twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longtail.counts import ClassCounts, profile_counts
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "method_table.py"
+PER_BATCH = 40  # 5 training files: 200 images, 20 per class
+N_MAX, RHO = 10, 5
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("method_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["method_table"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_fake_cifar10(root: Path) -> None:
+    """The official cifar-10-batches-py layout, PER_BATCH images per file, labels 0..9 in turn."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": [j % 10 for j in range(PER_BATCH)],
+                         "data": rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8),
+                         "filenames": [f"img_{j}.png" for j in range(PER_BATCH)]}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{c}" for c in range(10)], "num_cases_per_batch": PER_BATCH,
+                     "num_vis": 3072}, f, protocol=2)
+
+
+def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
+    mt = load_script()
+    assert [m.key for m in mt.METHODS].index("pseudo-label") == [m.key for m in mt.METHODS].index("ssp-la") + 1
+    assert [m.key for m in mt.METHODS].index("fixmatch") + 1 == [m.key for m in mt.METHODS].index("la-sam")
+    fm = mt.method_config("cifar10", mt.BY_KEY["fixmatch"], {})
+    assert (fm.semi.method, fm.semi.mu, fm.semi.threshold, fm.semi.lambda_u) == ("fixmatch", 1, 0.95, 1.0)
+    assert fm.data.unlabeled_pool == "rest" and fm.augment.randaugment == 2 and fm.augment.cutout == 0.5
+    assert fm.model.arch == "fastnet-m" and fm.train.batch_size == 512  # the fast recipe's, not the semi recipes'
+    assert "mu 1" in mt.BY_KEY["fixmatch"].label
+
+    write_fake_cifar10(tmp_path / "data")
+    out, results = tmp_path / "table", tmp_path / "RESULTS.md"
+    argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(out), "--results", str(results),
+            "--seeds", "0", "--methods", "pseudo-label", "fixmatch", "--set", "train.epochs=1",
+            "--set", f"data.n_max={N_MAX}", "--set", f"data.imbalance_ratio={RHO}", "--set", "data.download=false"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert mt.main() == 0
+
+    labeled = profile_counts(N_MAX, 10, RHO)
+    rest = [20 - n for n in labeled]
+    # pseudo-label: the CE row's run was trained first, then labeled every image of the rest pool
+    assert (out / "ce" / "seed-0" / "report.json").is_file()
+    pl = json.loads((out / "pseudo-labels" / "seed-0" / "pseudo_labels.json").read_text())
+    assert pl["pool"]["kind"] == "rest" and pl["pool"]["counts"] == rest and pl["report"]["kept"] == sum(rest)
+    assert pl["pool"]["run"].startswith(str(out / "ce" / "seed-0"))
+    rep = json.loads((out / "pseudo-label" / "seed-0" / "report.json").read_text())
+    assert rep["train_size"] == 200 and rep["semi"]["labeled_counts"] == labeled
+    assert rep["config"]["data"]["pseudo_labels"] == str(out / "pseudo-labels" / "seed-0")
+    assert rep["config"]["model"]["arch"] == "fastnet-m" and rep["config"]["train"]["batch_size"] == 512
+    # the table groups it by the labeled counts, as every other row
+    view = mt.by_labeled_counts(rep)
+    assert view["train_counts"] == labeled and view["groups"] == ClassCounts(tuple(labeled)).groups()
+    # fixmatch: labeled data only in the training set, the rest pool alongside
+    fmr = json.loads((out / "fixmatch" / "seed-0" / "report.json").read_text())
+    assert fmr["train_counts"] == labeled and fmr["semi"]["unlabeled_pool"]["counts"] == rest
+    assert fmr["config"]["semi"]["method"] == "fixmatch" and mt.by_labeled_counts(fmr) == fmr
+    text = results.read_text()
+    assert "| CE + pseudo-labels on the rest of CIFAR-10 | 1 |" in text and "| FixMatch on the rest" in text
+
+    # a second call trains and labels nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert mt.main() == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
