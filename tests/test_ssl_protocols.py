@@ -199,12 +199,15 @@ def test_simsiam_recipes_follow_liu_et_al():
         assert ssl.probe_schedule == "step" and not ssl.probe_standardize
         # main_lincls.py: RandomResizedCrop(32, scale=(0.8, 1)) + flip every epoch, the model in eval mode
         assert ssl.probe_augment
+        # lines 260-273: that crop BICUBIC; the test images Resize(int(32 * 8 / 7), BICUBIC) and CenterCrop(32)
+        assert (ssl.probe_interpolation, ssl.probe_test_resize) == ("bicubic", 36)
         # main_sam_weight.py: --rho 0.5, --adaptive True; crop scale (0.2, 1), 2-layer 2048-d projector
         assert (ssl.sam_rho, ssl.sam_adaptive, ssl.crop_min_scale, ssl.simsiam_dim, ssl.simsiam_proj_layers) == \
             (0.5, True, 0.2, 2048, 2)
         r32 = RECIPES[f"cifar10-lt-{method}-r32"].config
         assert r32.model.arch == "resnet32" and r32.ssl.probe_data == "longtailed" and r32.train.epochs == 800
         assert not r32.ssl.probe_augment
+        assert (r32.ssl.probe_interpolation, r32.ssl.probe_test_resize) == ("bilinear", 0)
     assert "14.4" in RECIPES["cifar10-lt-simsiam-rwsam"].published
     assert RECIPES["cifar10-lt-moco"].config == replace(default_config("moco", "cifar10"), recipe="cifar10-lt-moco")
 
@@ -415,7 +418,7 @@ def test_the_augmented_report_is_seeded_and_augments_only_the_probe_training_ima
     kw = dict(probe_epochs=3, probe_batch_size=4, knn_k=3, probe_schedule="step", probe_standardize=False)
     first = ssl_evaluate.representation_report(backbone, data, test_set, cpu, seed=5, probe_augment=True, **kw)
     # three probe epochs over the 21 training images, one crop of 0.8-1 of the area each, both probes at once
-    assert probe_crops["crop"] == [(21, {"min_scale": 0.8, "flip": True})] * 3
+    assert probe_crops["crop"] == [(21, {"min_scale": 0.8, "flip": True, "interpolation": "bilinear"})] * 3
     assert all(torch.equal(t, extract_features(backbone, test_set, cpu)) for t in probe_crops["test"])
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
     again = ssl_evaluate.representation_report(backbone, data, test_set, cpu, seed=5, probe_augment=True, **kw)
@@ -457,3 +460,251 @@ def test_pretrain_with_an_augmented_probe(tmp_path, probe_crops, probe_data):
     assert saved["probe_augment"] is True and saved["ssl"]["probe_augment"] is True
     assert "augmented afresh every epoch" in saved["evaluation"]
     assert "ssl.probe_augment=true" in (tmp_path / "run" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# the probe's bicubic crop and the test images' resize (ssl.probe_interpolation, ssl.probe_test_resize;
+# main_lincls.py at 9783c43, lines 260-273), against torchvision + Pillow as main_lincls.py runs them
+# ---------------------------------------------------------------------------------------------
+def _test_images(n=6, height=32, width=32):
+    """Random 8-bit images and smooth ones (the kernel's overshoot is clamped on the first, rare on the second)."""
+    g = torch.Generator().manual_seed(11)
+    rough = torch.randint(0, 256, (n, 3, height, width), generator=g, dtype=torch.uint8)
+    smooth = torch.nn.functional.avg_pool2d(rough.float(), 5, 1, 2).round().to(torch.uint8)
+    return torch.cat([rough, smooth])
+
+
+def _pil(image):
+    from PIL import Image
+
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def _tensor(pil_image):
+    import numpy as np
+
+    return torch.from_numpy(np.array(pil_image)).permute(2, 0, 1).float()
+
+
+def _assert_pil_levels(ours, reference):
+    """``ours`` (floats in [0, 1]) against Pillow's 8-bit result: at most one level apart, nearly always equal (the
+    implementation follows Pillow's fixed-point arithmetic; equal on every image here when written)."""
+    diff = (ours * 255 - reference).abs()
+    assert diff.max() <= 1 + 1e-3
+    assert (diff > 1e-3).float().mean() <= 1e-3
+
+
+def test_pil_bicubic_kernel_is_not_torchs():
+    """PIL's bicubic has a = -0.5 (Resample.c, bicubic_filter); torch's grid_sample bicubic has a = -0.75."""
+    from longtail.ssl.augment import PIL_BICUBIC_A, _cubic
+
+    impulse = torch.zeros(1, 1, 1, 9)
+    impulse[..., 4] = 1.0
+    x = (4.5 + 0.5) / 9 * 2 - 1  # half a pixel right of the impulse, align_corners=False
+    torch_value = torch.nn.functional.grid_sample(impulse, torch.tensor([[[[x, 0.0]]]]), mode="bicubic",
+                                                  align_corners=False).item()
+    assert PIL_BICUBIC_A == -0.5
+    assert torch_value == pytest.approx(_cubic(torch.tensor(0.5), -0.75).item()) == pytest.approx(0.59375)
+    assert _cubic(torch.tensor(0.5)).item() == pytest.approx(0.5625)
+
+
+def test_bicubic_crop_is_pils_resize_of_the_crop():
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from longtail.ssl.augment import bicubic_resample, bicubic_weights
+
+    images = _test_images()
+    x, b = images.float() / 255, images.shape[0]
+
+    def side(lo, hi, size, out):
+        return bicubic_weights(torch.full((b,), float(lo)), torch.full((b,), float(hi)), size, out)
+
+    # the whole image at its own size: the identity, bit for bit
+    assert torch.equal(bicubic_resample(x, side(0, 32, 32, 32), side(0, 32, 32, 32)), x)
+    # whole-pixel boxes (left, top, right, bottom) as RandomResizedCrop draws them: PIL's crop, then resize
+    for box in [(0, 0, 32, 32), (3, 2, 30, 29), (5, 0, 31, 27), (0, 4, 26, 32), (7, 6, 32, 32), (2, 3, 28, 31)]:
+        left, top, right, bottom = box
+        ours = bicubic_resample(x, side(top, bottom, 32, 32), side(left, right, 32, 32))
+        reference = torch.stack([_tensor(_pil(im).crop(box).resize((32, 32), Image.BICUBIC)) for im in images])
+        _assert_pil_levels(ours, reference)
+    # a different box for every image of the batch, non-square images, another output size
+    tall = _test_images(3, 40, 28)
+    boxes = [(2, 3, 27, 39), (0, 0, 28, 40), (5, 1, 20, 30), (1, 7, 26, 33), (0, 2, 24, 36), (3, 3, 28, 38)]
+    lo_y, hi_y = torch.tensor([float(bx[1]) for bx in boxes]), torch.tensor([float(bx[3]) for bx in boxes])
+    lo_x, hi_x = torch.tensor([float(bx[0]) for bx in boxes]), torch.tensor([float(bx[2]) for bx in boxes])
+    ours = bicubic_resample(tall.float() / 255, bicubic_weights(lo_y, hi_y, 40, 44),
+                            bicubic_weights(lo_x, hi_x, 28, 30))
+    reference = torch.stack([_tensor(_pil(im).crop(bx).resize((30, 44), Image.BICUBIC)) for im, bx in zip(tall, boxes)])
+    _assert_pil_levels(ours, reference)
+
+
+def test_bicubic_random_resized_crop_is_torchvisions_on_the_drawn_boxes():
+    """The same draws as the bilinear crop, a whole-pixel box from them (transcribed here), then torchvision's
+    resized_crop + hflip of the PIL image with BICUBIC, as main_lincls.py's RandomResizedCrop + RandomHorizontalFlip."""
+    import math
+
+    tv = pytest.importorskip("torchvision.transforms.functional")
+    from torchvision.transforms import InterpolationMode
+
+    from longtail.ssl.augment import random_resized_crop
+
+    images = _test_images()
+    n = images.shape[0]
+    ours = random_resized_crop(images.float() / 255, torch.Generator().manual_seed(3), min_scale=0.8,
+                               interpolation="bicubic")
+    g = torch.Generator().manual_seed(3)
+    s, log_r, ux, uy, coin = (torch.rand(n, generator=g) for _ in range(5))
+    s, log_r = 0.8 + 0.2 * s, math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * log_r
+    ux, uy = 2 * ux - 1, 2 * uy - 1
+    reference = []
+    for i in range(n):
+        w = int((torch.sqrt(s[i] * log_r[i].exp()).clamp(max=1.0) * 32).round())
+        h = int((torch.sqrt(s[i] / log_r[i].exp()).clamp(max=1.0) * 32).round())
+        left = min(int((ux[i] + 1) / 2 * (32 - w + 1)), 32 - w)  # uniform over 0 .. 32 - w
+        top = min(int((uy[i] + 1) / 2 * (32 - h + 1)), 32 - h)
+        image = tv.resized_crop(_pil(images[i]), top, left, h, w, [32, 32], InterpolationMode.BICUBIC)
+        reference.append(_tensor(tv.hflip(image) if coin[i] < 0.5 else image))
+    _assert_pil_levels(ours, torch.stack(reference))
+    # the same draws: on the smooth images the bilinear crop of the same seed is close, another seed's is not
+    smooth = images[n // 2:].float() / 255
+    bicubic = random_resized_crop(smooth, torch.Generator().manual_seed(3), min_scale=0.8, interpolation="bicubic")
+    gap = [(random_resized_crop(smooth, torch.Generator().manual_seed(seed), min_scale=0.8) - bicubic).abs().mean()
+           for seed in (3, 4)]
+    assert gap[0] < 0.025 < gap[1]
+    with pytest.raises(ValueError, match="interpolation"):
+        random_resized_crop(images.float() / 255, g, interpolation="nearest")
+
+
+def _random_resized_crop_before(x, generator, *, min_scale=0.2, flip=True, size=None):
+    """``random_resized_crop`` as it was before ``interpolation`` (verbatim), the reference of the default."""
+    import math
+
+    from longtail.ssl.augment import _coin, _uniform
+
+    b, _, h, w = x.shape
+    out_h, out_w = size or (h, w)
+    dev = x.device
+    s = _uniform(min_scale, 1.0, (b,), generator, dev)
+    log_r = _uniform(math.log(3 / 4), math.log(4 / 3), (b,), generator, dev)
+    fw = (s * log_r.exp()).sqrt().clamp(max=1.0)
+    fh = (s / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fw)
+    cy = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fh)
+    sign = torch.where(_coin(0.5, b, generator, dev), -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = fw * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = fh
+    theta[:, 1, 2] = cy
+    grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@pytest.mark.parametrize("flip,size", [(True, None), (False, None), (True, (12, 20))])
+def test_the_default_crop_is_unchanged(flip, size):
+    from longtail.ssl.augment import random_resized_crop
+
+    x = _test_images().float() / 255
+    for min_scale in (0.2, 0.8):
+        ours = random_resized_crop(x, torch.Generator().manual_seed(4), min_scale=min_scale, flip=flip, size=size)
+        assert torch.equal(ours, _random_resized_crop_before(x, torch.Generator().manual_seed(4), min_scale=min_scale,
+                                                             flip=flip, size=size))
+
+
+def test_resize_center_crop_is_torchvisions_resize_and_center_crop():
+    pytest.importorskip("PIL")
+    import torchvision.transforms as T
+
+    from longtail.ssl.augment import resize_center_crop
+
+    # main_lincls.py, line 269-270: Resize(int(32 * (8 / 7)), interpolation=BICUBIC), CenterCrop(32), on PIL images
+    liu = T.Compose([T.Resize(int(32 * (8 / 7)), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32)])
+    images = _test_images()
+    ours = resize_center_crop(images.float() / 255, 36)
+    assert ours.shape == images.shape
+    _assert_pil_levels(ours, torch.stack([_tensor(liu(_pil(im))) for im in images]))
+    # non-square: the shorter side to 36, the longer in proportion, an odd margin (rounded as CenterCrop)
+    tall = _test_images(3, 40, 28)
+    other = T.Compose([T.Resize(36, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((45, 27))])
+    _assert_pil_levels(resize_center_crop(tall.float() / 255, 36, (45, 27)),
+                       torch.stack([_tensor(other(_pil(im))) for im in tall]))
+    with pytest.raises(ValueError, match="does not fit"):
+        resize_center_crop(images.float() / 255, 30)
+
+
+def test_scored_features_resize_only_when_asked():
+    from longtail.loop import extract_features
+    from longtail.ssl.augment import resize_center_crop
+
+    data, cpu = synthetic_set([6, 4], size=8), torch.device("cpu")
+    backbone = _tiny_backbone()
+    backbone.train()
+    before = _state(backbone)
+    assert torch.equal(ssl_evaluate.scored_features(backbone, data, cpu), extract_features(backbone, data, cpu))
+    resized = ssl_evaluate.scored_features(backbone, data, cpu, resize=9, batch_size=4)
+    assert backbone.training and all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    backbone.eval()
+    m, s = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = backbone((resize_center_crop(data.images.float() / 255, 9) - m) / s)
+    assert torch.allclose(resized, expected, atol=1e-5)
+    assert not torch.allclose(resized, extract_features(backbone, data, cpu), atol=1e-4)
+
+
+def test_the_report_scores_resized_test_images_and_crops_bicubically(probe_crops, monkeypatch):
+    data, test_set, cpu = synthetic_set([12, 6, 3]), synthetic_set([4, 4, 4], seed=1, name="test"), torch.device("cpu")
+    knn_tests = []
+    knn = ssl_evaluate.knn_probabilities
+
+    def spy_knn(train_features, train_labels, test_features, *a, **kw):
+        knn_tests.append(test_features)
+        return knn(train_features, train_labels, test_features, *a, **kw)
+
+    monkeypatch.setattr(ssl_evaluate, "knn_probabilities", spy_knn)
+    backbone = _tiny_backbone()
+    kw = dict(probe_epochs=2, probe_batch_size=4, knn_k=3, probe_schedule="step", probe_standardize=False, seed=5,
+              probe_augment=True)
+    report = ssl_evaluate.representation_report(backbone, data, test_set, cpu, probe_interpolation="bicubic",
+                                                probe_test_resize=9, **kw)
+    assert probe_crops["crop"] == [(21, {"min_scale": 0.8, "flip": True, "interpolation": "bicubic"})] * 2
+    resized = ssl_evaluate.scored_features(backbone, test_set, cpu, resize=9)
+    assert torch.equal(probe_crops["test"][0], resized) and torch.equal(knn_tests[0], resized)
+    assert report["linear_probe"]["top1"] >= 0
+    from longtail.loop import extract_features
+
+    ssl_evaluate.representation_report(backbone, data, test_set, cpu, **kw)  # the defaults: the test images as they are
+    as_they_are = extract_features(backbone, test_set, cpu)
+    assert torch.equal(knn_tests[1], as_they_are) and not torch.equal(as_they_are, resized)
+
+
+def test_the_new_probe_settings_are_checked():
+    from longtail.config import PROBE_INTERPOLATIONS
+    from longtail.ssl.augment import INTERPOLATIONS
+
+    assert PROBE_INTERPOLATIONS == INTERPOLATIONS
+    assert SSLConfig().probe_interpolation == "bilinear" and SSLConfig().probe_test_resize == 0
+    with pytest.raises(LongtailError, match="probe_interpolation"):
+        SSLConfig(probe_interpolation="nearest")
+    with pytest.raises(LongtailError, match="probe_test_resize"):
+        SSLConfig(probe_test_resize=-1)
+
+
+def test_a_test_resize_smaller_than_the_images_stops_before_training(tmp_path):
+    cfg, ssl = tiny_run(probe_test_resize=6)  # 8 px images
+    with pytest.raises(LongtailError, match="probe_test_resize=6"):
+        pretrain_run("simsiam", cfg, tmp_path / "run", ssl=ssl, progress=False, log=lambda _: None,
+                     splits=Splits(synthetic_set([8, 4]), synthetic_set([2, 2], seed=1)))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_pretrain_with_liu_et_al_test_images(tmp_path, probe_crops):
+    train, test = synthetic_set([32, 16, 8, 4]), synthetic_set([6, 6, 6, 6], seed=1, name="test")
+    cfg, ssl = tiny_run(probe_augment=True, probe_interpolation="bicubic", probe_test_resize=9)
+    pretrain_run("simsiam", cfg, tmp_path / "run", ssl=ssl, splits=Splits(train, test), progress=False,
+                 log=lambda _: None)
+    assert [kw["interpolation"] for _, kw in probe_crops["crop"]] == ["bicubic"] * ssl.probe_epochs
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (saved["probe_interpolation"], saved["probe_test_resize"]) == ("bicubic", 9)
+    assert "resized crop (bicubic)" in saved["evaluation"] and "resized to 9 px" in saved["evaluation"]
+    assert "ssl.probe_test_resize=9" in (tmp_path / "run" / "report.md").read_text()

@@ -47,6 +47,7 @@ TASKS = ("supervised", "glmc")  # longtail.experiment.build_task (glmc: longtail
 ALIGNMENTS = ("none", "da", "la")  # longtail.semi.fixmatch.ALIGNMENTS
 ROTATIONS = ("balanced", "all")
 RW_WEIGHTS = ("kde", "class", "none")
+PROBE_INTERPOLATIONS = ("bilinear", "bicubic")  # longtail.ssl.augment.INTERPOLATIONS
 MIXES = ("none", "mixup", "cutmix")  # longtail.data.mix.MIXES
 AUGMENT_POLICIES = ("fixmatch", "usb")  # longtail.data.randaugment.POLICIES
 OPTIMIZERS = ("sgd", "sam", "asam")  # longtail.optim
@@ -296,7 +297,7 @@ class DataConfig:
     darp_include_labeled: bool = False  # the unlabeled part also holds the labeled images (DARP's FixMatch)
     pseudo_labels: str | None = None  # folder written by `longtail pseudo-label`: train on labeled + pseudo-labeled
     pseudo_threshold: float = 0.0  # keep pseudo-labels with confidence >= this (0: all, the reference)
-    # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | folder:PATH)
+    # FixMatch under protocol=lt: a pool spec (unused:rho_u=..,factor=.. | rest | folder:PATH)
     unlabeled_pool: str | None = None
     # image-file data sets (dataset imagenet-lt | inat2018 | folder | csv; longtail.data.files), used as given
     train_split: str | None = None  # split file (.txt/.json/.csv) or folder, relative to root; None: the data set's own
@@ -617,11 +618,20 @@ class SSLConfig:
     # the probes train on features of freshly augmented images every epoch (resized crop 0.8-1 + flip, backbone in
     # eval mode), as Liu et al.'s main_lincls.py; false: on the un-augmented features, computed once
     probe_augment: bool = False
+    # the resampling of that crop: bilinear (one grid_sample) | bicubic (PIL's kernel on a whole-pixel box, as
+    # torchvision's RandomResizedCrop(interpolation=BICUBIC) on PIL images in main_lincls.py)
+    probe_interpolation: str = "bilinear"
+    # 0: the k-NN and the probes score the test images as they are | N: resized (PIL's bicubic) so the shorter side
+    # is N, then centre-cropped back to their size (main_lincls.py: Resize(36, BICUBIC), CenterCrop(32))
+    probe_test_resize: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self, "ssl")
         _choice(self, "ssl", "probe_data", ("longtailed", "balanced"))
         _choice(self, "ssl", "probe_schedule", ("cosine", "step"))
+        _choice(self, "ssl", "probe_interpolation", PROBE_INTERPOLATIONS)
+        _number(self, "ssl", "probe_test_resize", 0,
+                fix="use 0 (the test images as they are) or a side >= the image size, e.g. 36 for 32 px images")
         _choice(self, "ssl", "rotations", ROTATIONS, fix="use balanced or all")
         _number(self, "ssl", "crop_min_scale", 0, 1, lo_open=True)
         for name in ("jitter_prob", "grayscale_prob", "blur_prob"):

@@ -230,7 +230,8 @@ def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
     # (cosine), --weight_decay 5e-4, --momentum 0.9; rwSAM: adaptive, rho 0.5 (main_sam_weight.py defaults). Their
     # evaluation, main_lincls.py: a linear probe on the full balanced CIFAR-10 training set, 100 epochs, batch 256,
     # lr 30, momentum 0.9, wd 0, x0.1 at epochs 60 and 80, raw features, each epoch on freshly augmented images
-    # (RandomResizedCrop(32, scale=(0.8, 1)) + flip, the frozen model in eval mode; commit 9783c43, lines 260-267, 350).
+    # (RandomResizedCrop(32, scale=(0.8, 1), BICUBIC) + flip, the frozen model in eval mode; commit 9783c43, lines
+    # 260-267, 350), scored on test images resized to int(32 * 8 / 7) = 36 (BICUBIC) and centre-cropped to 32 (268-273).
     liu_text = ("ResNet-18 (Liu et al.'s CIFAR ResNet18), 1,600 epochs, batch 512, lr 0.06 cosine; report: k-NN and "
                 "linear probe (lr 30, 100 epochs, steps at 60 / 80) trained on the full balanced CIFAR-10 training set")
     for method, what, published in (
@@ -241,6 +242,7 @@ def _ssl_recipes(supervised: list[Recipe]) -> list[Recipe]:
         liu = replace(r32, model=replace(r32.model, arch="resnet18-cifar"), train=replace(r32.train, epochs=1600),
                       ssl=replace(r32.ssl, probe_data="balanced", probe_epochs=100, probe_batch_size=256, probe_lr=30.0,
                                   probe_schedule="step", probe_standardize=False, probe_augment=True,
+                                  probe_interpolation="bicubic", probe_test_resize=36,
                                   # main_sam_weight.py runs both SAM passes in train mode: both update BatchNorm
                                   sam_bn_stats="both"))
         out.append(Recipe(f"cifar10-lt-{method}", f"CIFAR-10-LT rho=100: {what}, Liu et al. 2022's protocol: "

@@ -11,7 +11,9 @@ leaves the device. Differences from torchvision, all deliberate and small:
 
 * the crop: scale ``s ~ U(min_scale, 1)`` of the area and log-aspect ``~ U(log 3/4, log 4/3)``
   are drawn once and the sides clamped to the image (torchvision re-draws up to 10 times);
-  crop, resize and flip are one ``grid_sample`` (bilinear) with a per-image affine map.
+  crop, resize and flip are one ``grid_sample`` (bilinear) with a per-image affine map. With
+  ``interpolation="bicubic"`` (the linear probe of Liu et al. 2022) the box is rounded to whole pixels
+  and resampled with PIL's bicubic kernel (:func:`bicubic_resample`), as torchvision does to PIL images.
 * colour jitter applies brightness, contrast, saturation, hue in that fixed order (torchvision
   shuffles the order per call); factors are drawn for every image, applied where a coin says so.
 * one-channel images skip saturation, hue and grayscale.
@@ -41,14 +43,94 @@ def _coin(p: float, n: int, generator: torch.Generator, device: torch.device) ->
     return _uniform(0.0, 1.0, (n,), generator, device) < p
 
 
+#: PIL's bicubic coefficient (``Resample.c``, ``bicubic_filter``); torch's bicubic (``grid_sample``,
+#: ``interpolate`` without antialias) uses -0.75
+PIL_BICUBIC_A = -0.5
+#: the fractional bits of PIL's fixed-point weights for 8-bit images (``Resample.c``, ``PRECISION_BITS``)
+PIL_PRECISION_BITS = 32 - 8 - 2
+#: the resampling of :func:`random_resized_crop`
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _cubic(d: torch.Tensor, a: float = PIL_BICUBIC_A) -> torch.Tensor:
+    """Keys' cubic convolution kernel of coefficient ``a``, support (-2, 2), in ``bicubic_filter``'s order of
+    operations."""
+    d = d.abs()
+    near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1
+    far = (((d - 5) * d + 8) * d - 4) * a
+    return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
+def bicubic_weights(lo: torch.Tensor, hi: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """(B, out_size, in_size) float64 weights resampling the pixels ``lo .. hi - 1`` (whole pixels) of a side of
+    ``in_size`` pixels to ``out_size`` pixels: PIL's ``precompute_coeffs`` with its bicubic kernel (in double
+    precision, as PIL), per image (``lo``, ``hi``: (B,)), as PIL resizes the crop ``lo .. hi``.
+
+    In the box's coordinates output pixel ``o`` is centred at ``c = (o + 0.5) (hi - lo) / out_size``; box pixel
+    ``t`` weighs ``cubic((t - c + 0.5) / f)``, ``f = max(1, (hi - lo) / out_size)`` (PIL's antialias when
+    shrinking), pixels outside the box nothing, and the weights of each output pixel are normalised to sum 1:
+    at the box's edges the kernel is cut off, not padded.
+    """
+    dev = lo.device
+    lo, hi = lo.double(), hi.double()
+    scale = (hi - lo) / out_size  # (B,)
+    inv_filterscale = 1.0 / scale.clamp(min=1.0)
+    center = (torch.arange(out_size, device=dev, dtype=torch.float64) + 0.5)[None] * scale[:, None]  # (B, out)
+    t = torch.arange(in_size, device=dev, dtype=torch.float64)[None, None] - lo[:, None, None]  # (B, 1, in)
+    w = _cubic((t - center[:, :, None] + 0.5) * inv_filterscale[:, None, None])
+    inside = (t >= 0) & (t < (hi - lo)[:, None, None])
+    w = torch.where(inside, w, torch.zeros_like(w))
+    total = w.sum(dim=2, keepdim=True)
+    return w / torch.where(total != 0, total, torch.ones_like(total))
+
+
+def _fixed_point(w: torch.Tensor) -> torch.Tensor:
+    """PIL's ``normalize_coeffs_8bpc``: weights as integers of ``PIL_PRECISION_BITS`` fractional bits, rounded half
+    away from zero (held in float64, where they and the sums below are exact)."""
+    scaled = w.double() * (1 << PIL_PRECISION_BITS)
+    return scaled.sign() * (scaled.abs() + 0.5).floor()
+
+
+def _pil_pass(acc: torch.Tensor) -> torch.Tensor:
+    """PIL's ``clip8`` of a fixed-point sum plus one half: the 8-bit value, rounded half up and clamped to 0..255."""
+    return ((acc + (1 << (PIL_PRECISION_BITS - 1))) / (1 << PIL_PRECISION_BITS)).floor().clamp(0, 255)
+
+
+def bicubic_resample(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+    """8-bit images / 255, (B, C, H, W) in [0, 1] -> (B, C, out_h, out_w), as PIL resizes 8-bit images: rows by
+    ``wx`` (B, out_w, W), then columns by ``wy`` (B, out_h, H) (:func:`bicubic_weights`), each pass with PIL's
+    fixed-point weights and integer sums (exact in float64), rounded and clamped to 0..255 as PIL's ``clip8``; the
+    result / 255 in ``x``'s dtype. On the enlargements of the probe (crops of 0.8-1 to 32 px, 32 to 36 px) this
+    gave Pillow's bytes exactly in the tests. What may still differ: the normalising sum of the weights is added in
+    another order than PIL's loop (a last-bit difference, which shows only where a weight falls on a half unit of its
+    22 fractional bits), and the order of the passes: rows first, as Pillow has always done (so in Liu et al.'s
+    runs); Pillow 13 runs the columns first in some shrinking resizes, where results can then differ by a few
+    levels."""
+    levels = (x.double() * 255).round()
+    y = _pil_pass(torch.einsum("bchw,bpw->bchp", levels, _fixed_point(wx)))
+    out = _pil_pass(torch.einsum("boh,bchp->bcop", _fixed_point(wy), y))
+    return out.to(x.dtype) / 255
+
+
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, min_scale: float = 0.2,
-                        flip: bool = True, size: tuple[int, int] | None = None) -> torch.Tensor:
+                        flip: bool = True, size: tuple[int, int] | None = None,
+                        interpolation: str = "bilinear") -> torch.Tensor:
     """Crop a random region of each image and resize it to ``size``; mirror half of them.
 
     ``x``: (B, C, H, W) float. The region has area fraction ``s ~ U(min_scale, 1)`` and aspect
     ratio ``r`` with ``log r ~ U(log 3/4, log 4/3)``; as fractions of the sides its width is
     ``sqrt(s r)`` and its height ``sqrt(s / r)`` (clamped to 1), its centre uniform where it fits.
+
+    ``interpolation``: ``bilinear``, one ``grid_sample`` over the region as drawn (border pixels repeated);
+    ``bicubic``, torchvision's ``RandomResizedCrop(interpolation=BICUBIC)`` on PIL images: the sides are rounded to
+    whole pixels (at least 1), the offset is uniform over the whole-pixel positions where the box fits (as
+    ``torch.randint``), the box is resampled with PIL's kernel (:func:`bicubic_weights`, coefficient -0.5, the kernel
+    cut off at the box's edges; ``x``: 8-bit images / 255, resampled as PIL resamples them,
+    :func:`bicubic_resample`) and the mirror is applied after. The same draws from ``generator`` in the same
+    order either way.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     b, _, h, w = x.shape
     out_h, out_w = size or (h, w)
     dev = x.device
@@ -57,9 +139,19 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, min_scal
     # For non-square images the area fraction is the product of the side fractions, as here.
     fw = (s * log_r.exp()).sqrt().clamp(max=1.0)
     fh = (s / log_r.exp()).sqrt().clamp(max=1.0)
-    cx = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fw)  # centre in [-1, 1] coordinates
-    cy = _uniform(-1.0, 1.0, (b,), generator, dev) * (1 - fh)
-    sign = torch.where(_coin(0.5, b, generator, dev), -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    ux = _uniform(-1.0, 1.0, (b,), generator, dev)
+    uy = _uniform(-1.0, 1.0, (b,), generator, dev)
+    mirror = _coin(0.5, b, generator, dev) if flip else torch.zeros(b, dtype=torch.bool, device=dev)
+    if interpolation == "bicubic":
+        bw = (fw * w).round().clamp(1, w)
+        bh = (fh * h).round().clamp(1, h)
+        left = torch.minimum(((ux + 1) / 2 * (w - bw + 1)).floor(), w - bw)
+        top = torch.minimum(((uy + 1) / 2 * (h - bh + 1)).floor(), h - bh)
+        out = bicubic_resample(x, bicubic_weights(top, top + bh, h, out_h), bicubic_weights(left, left + bw, w, out_w))
+        return torch.where(mirror.view(b, 1, 1, 1), out.flip(-1), out)
+    cx = ux * (1 - fw)  # centre in [-1, 1] coordinates
+    cy = uy * (1 - fh)
+    sign = torch.where(mirror, -1.0, 1.0) if flip else torch.ones(b, device=dev)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
     theta[:, 0, 0] = fw * sign  # a negative x scale mirrors the output
     theta[:, 0, 2] = cx
@@ -67,6 +159,25 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, min_scal
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize_center_crop(x: torch.Tensor, resize: int, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """torchvision's ``Resize(resize, interpolation=BICUBIC)`` then ``CenterCrop(crop)`` of PIL images, on a float
+    batch (B, C, H, W) in [0, 1]: the shorter side resized to ``resize`` (the longer to ``int(resize * long / short)``)
+    with PIL's bicubic kernel (:func:`bicubic_resample`), then the centre ``crop`` (default: the input's size; offset
+    ``int(round((new - crop) / 2))``). Only the kept rows and columns are computed."""
+    b, _, h, w = x.shape
+    crop_h, crop_w = crop or (h, w)
+    short, long = min(h, w), max(h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+    if crop_h > new_h or crop_w > new_w:
+        raise ValueError(f"a centre crop of {crop_h}x{crop_w} does not fit the images resized to {new_h}x{new_w}")
+    top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+    zero = torch.zeros(1, device=x.device)
+    wy = bicubic_weights(zero, zero + h, h, new_h)[:, top:top + crop_h].expand(b, -1, -1)
+    wx = bicubic_weights(zero, zero + w, w, new_w)[:, left:left + crop_w].expand(b, -1, -1)
+    return bicubic_resample(x, wy, wx)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,17 @@ counts). Features come from ``backbone`` in eval mode on un-augmented images, ex
 ``probe_augment``, the probes' training features: ``main_lincls.py`` (commit 9783c43, lines 260-267
 and 350) trains its probe on freshly augmented images every epoch, ``RandomResizedCrop(32, scale=(0.8, 1),
 ratio=(3/4, 4/3), bicubic)`` and ``RandomHorizontalFlip()``, through the frozen model in eval mode (BatchNorm
-statistics untouched). Here each probe epoch draws that crop (``PROBE_CROP_MIN_SCALE``; bilinear, see
+statistics untouched). Here each probe epoch draws that crop (``PROBE_CROP_MIN_SCALE``; bilinear, or with
+``probe_interpolation="bicubic"`` PIL's bicubic on a whole-pixel box as theirs, see
 ``longtail.ssl.augment.random_resized_crop``) and flip on the device from a generator seeded by
 (seed, epoch), runs the backbone once over the probe set in eval mode under ``torch.no_grad``, and the
 plain and class-balanced probes train on the same features at once. The k-NN and the test features stay
-un-augmented (their test images: resize to 36 and centre-crop 32; here the 32 px images as they are).
+un-augmented. Their test images go through ``Resize(int(32 * 8 / 7), BICUBIC)`` (36 px) and
+``CenterCrop(32)`` (lines 268-273); with ``probe_test_resize=36`` the test features of the k-NN and of
+both probes are of images so resized (PIL's bicubic, ``longtail.ssl.augment.resize_center_crop``) and
+centre-cropped back to their size (:func:`scored_features`), else of the images as they are. The k-NN's
+training features stay those of the images as they are (main_lincls.py has no k-NN; the pre-training's
+k-NN monitor on the validation split is unchanged too).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ..devices import autocast_for
 from ..loop import epoch_seed, extract_features
 from ..metrics import summarize
 from ..weights import class_weights
-from .augment import random_resized_crop
+from .augment import random_resized_crop, resize_center_crop
 from .tasks import rotate
 
 #: the probe's crop with ``probe_augment``: ``RandomResizedCrop(32, scale=(0.8, 1.0))`` of main_lincls.py
@@ -164,21 +170,26 @@ def probe_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return g
 
 
+def _images(data: ImageSet, what: str) -> torch.Tensor:
+    images = getattr(data, "images", None)
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{what} need the images as a tensor (an ImageSet), got {type(data).__name__}")
+    return images
+
+
 @torch.no_grad()
 def augmented_features(backbone: nn.Module, data: ImageSet, generator: torch.Generator, device: torch.device,
-                       amp: str = "auto", *, min_scale: float = PROBE_CROP_MIN_SCALE,
+                       amp: str = "auto", *, min_scale: float = PROBE_CROP_MIN_SCALE, interpolation: str = "bilinear",
                        batch_size: int = 512) -> torch.Tensor:
     """Backbone features (N, D) float32 of freshly augmented images of ``data``, in its own order.
 
-    Each image gets a random resized crop (area ``U(min_scale, 1)``, aspect ``3/4..4/3``) back to its size and a
-    coin-flip mirror, drawn on the device from ``generator`` batch by batch, then the set's normalisation. The
-    backbone runs in eval mode (BatchNorm uses, and never updates, its running statistics; its mode is restored)
-    without gradients. ``data`` must hold its images as a tensor (pre-training decodes image files once).
+    Each image gets a random resized crop (area ``U(min_scale, 1)``, aspect ``3/4..4/3``; ``interpolation``, see
+    ``random_resized_crop``) back to its size and a coin-flip mirror, drawn on the device from ``generator`` batch
+    by batch, then the set's normalisation. The backbone runs in eval mode (BatchNorm uses, and never updates, its
+    running statistics; its mode is restored) without gradients. ``data`` must hold its images as a tensor
+    (pre-training decodes image files once).
     """
-    images = getattr(data, "images", None)
-    if not isinstance(images, torch.Tensor):
-        raise ValueError("augmented probe features need the images as a tensor (an ImageSet), "
-                         f"got {type(data).__name__}")
+    images = _images(data, "augmented probe features")
     was_training = backbone.training
     backbone.eval()
     m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
@@ -187,7 +198,37 @@ def augmented_features(backbone: nn.Module, data: ImageSet, generator: torch.Gen
     try:
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(device).float() / 255.0
-            x = (random_resized_crop(x, generator, min_scale=min_scale, flip=True) - m) / s
+            x = (random_resized_crop(x, generator, min_scale=min_scale, flip=True, interpolation=interpolation) - m) / s
+            with autocast_for(device, amp):
+                out.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def scored_features(backbone: nn.Module, data: ImageSet, device: torch.device, amp: str = "auto", *, resize: int = 0,
+                    batch_size: int = 512) -> torch.Tensor:
+    """Backbone features (N, D) float32 of the images of ``data`` as the probes and the k-NN score them.
+
+    ``resize`` 0: ``longtail.loop.extract_features`` of the images as they are. ``resize`` N: every image resized
+    so its shorter side is N (PIL's bicubic) and centre-cropped back to its size
+    (:func:`longtail.ssl.augment.resize_center_crop`), then the set's normalisation: main_lincls.py's
+    ``Resize(36, BICUBIC)``, ``CenterCrop(32)`` for N = 36 on CIFAR. The backbone runs in eval mode (its mode is
+    restored) without gradients; ``data`` must then hold its images as a tensor.
+    """
+    if resize == 0:
+        return extract_features(backbone, data, device, amp)
+    images = _images(data, "resized test features")
+    was_training = backbone.training
+    backbone.eval()
+    m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device).float() / 255.0
+            x = (resize_center_crop(x, resize) - m) / s
             with autocast_for(device, amp):
                 out.append(backbone(x).float())
     finally:
@@ -199,20 +240,23 @@ def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, 
                           amp: str = "auto", knn_k: int = 200, knn_temperature: float = 0.1, probe_epochs: int = 100,
                           probe_lr: float = 0.1, probe_batch_size: int = 256, seed: int = 0,
                           probe_set: ImageSet | None = None, probe_schedule: str = "cosine",
-                          probe_standardize: bool = True, probe_augment: bool = False) -> dict[str, Any]:
+                          probe_standardize: bool = True, probe_augment: bool = False,
+                          probe_interpolation: str = "bilinear", probe_test_resize: int = 0) -> dict[str, Any]:
     """k-NN, linear probe and class-balanced linear probe on ``test``, each a ``summarize`` dict.
 
     The k-NN and the probes learn from ``probe_set`` (e.g. the balanced training set of the same
     source), by default from ``train``. Shot groups always come from the training counts of ``train``
     (the long-tailed set the features were learned on). ``probe_augment``: the two probes train on the
     features of freshly augmented images every epoch (:func:`augmented_features`, generators from
-    :func:`probe_generator`), side by side so the backbone runs once per epoch; the k-NN and the test features
-    stay un-augmented.
+    :func:`probe_generator`), side by side so the backbone runs once per epoch, the crop resampled as
+    ``probe_interpolation`` says; the k-NN and the test features stay un-augmented. ``probe_test_resize``: the
+    test features of the k-NN and of both probes are of images resized to it and centre-cropped back
+    (:func:`scored_features`; 0: the images as they are).
     """
     counts = train.class_counts()
     fit_set = train if probe_set is None else probe_set
     f_train = extract_features(backbone, fit_set, device, amp)
-    f_test = extract_features(backbone, test, device, amp)
+    f_test = scored_features(backbone, test, device, amp, resize=probe_test_resize)
     c = train.num_classes
     labels = test.labels.cpu()
     knn = knn_probabilities(f_train, fit_set.labels, f_test, c, k=knn_k, temperature=knn_temperature)
@@ -220,7 +264,8 @@ def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, 
     names = ("linear_probe", "linear_probe_balanced")
     if probe_augment:
         def epoch_features(epoch: int) -> torch.Tensor:
-            return augmented_features(backbone, fit_set, probe_generator(seed, epoch, device), device, amp)
+            return augmented_features(backbone, fit_set, probe_generator(seed, epoch, device), device, amp,
+                                      interpolation=probe_interpolation)
 
         both = linear_probes(f_train, fit_set.labels, f_test, c, balanced=(False, True), epochs=probe_epochs,
                              lr=probe_lr, batch_size=probe_batch_size, seed=seed, schedule=probe_schedule,

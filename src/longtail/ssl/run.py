@@ -226,6 +226,12 @@ class PretrainStage(Stage):
 
     def build(self, ctx: Context) -> Built:
         train = cast(ImageSet, ctx.splits.train)  # tensors: data() decoded any image files
+        side = min(train.image_shape[1:])
+        if 0 < self.ssl.probe_test_resize < side:  # stop before training, not at the report
+            raise LongtailError(f"ssl.probe_test_resize={self.ssl.probe_test_resize} is smaller than the {side} px "
+                                "images: their centre crop would not fit",
+                                f"use 0 (the test images as they are) or at least {side}, e.g. "
+                                f"{int(side * 8 / 7)} as Liu et al. for 32 px")
         model, task, optimizer = build_pretraining(self.method, self.cfg, self.ssl, train, ctx.device, log=ctx.log)
         # MoCo's queue is the same on every process by construction: no need to broadcast buffers every step.
         return Built(model, task, optimizer, ctx.splits.train.image_shape,
@@ -280,14 +286,21 @@ class PretrainStage(Stage):
                                              probe_lr=ssl.probe_lr, probe_batch_size=ssl.probe_batch_size,
                                              seed=self.cfg.seed, probe_set=probe, probe_schedule=ssl.probe_schedule,
                                              probe_standardize=ssl.probe_standardize,
-                                             probe_augment=ssl.probe_augment)
+                                             probe_augment=ssl.probe_augment,
+                                             probe_interpolation=ssl.probe_interpolation,
+                                             probe_test_resize=ssl.probe_test_resize)
         probe_size = len(train if probe is None else probe)
         probe_text = (f"the long-tailed training set ({probe_size:,} images)" if probe is None else
                       f"the balanced training set of the same source ({probe_size:,} images, "
                       f"{len(probe) // max(1, probe.num_classes):,} a class), not the long-tailed one")
-        augment_text = (" (the probes: of images augmented afresh every epoch, resized crop of 0.8-1 of the area "
-                        "and flip, the backbone in eval mode; the k-NN and the test set: un-augmented)"
-                        if ssl.probe_augment else "")
+        notes = []
+        if ssl.probe_augment:
+            bicubic = " (bicubic)" if ssl.probe_interpolation == "bicubic" else ""
+            notes.append(f"the probes: of images augmented afresh every epoch, resized crop{bicubic} of 0.8-1 of the "
+                         "area and flip, the backbone in eval mode; the k-NN and the test set: un-augmented")
+        if ssl.probe_test_resize:
+            notes.append(f"the test images resized to {ssl.probe_test_resize} px (bicubic) and centre-cropped back")
+        augment_text = f" ({'; '.join(notes)})" if notes else ""
         evaluations = {k: evaluations[k] for k in ("linear_probe_balanced", "linear_probe", "knn")}
         main = evaluations["linear_probe_balanced"]
         extra: dict[str, Any] = {
@@ -295,6 +308,7 @@ class PretrainStage(Stage):
             "evaluation": f"linear probe (class-balanced cross-entropy) on frozen backbone features of {probe_text}"
                           f"{augment_text}",
             "probe_data": ssl.probe_data, "probe_train_size": probe_size, "probe_augment": ssl.probe_augment,
+            "probe_interpolation": ssl.probe_interpolation, "probe_test_resize": ssl.probe_test_resize,
             "knn_top1": evaluations["knn"]["top1"], "linear_probe_top1": evaluations["linear_probe"]["top1"],
             "knn": evaluations["knn"], "linear_probe": evaluations["linear_probe"],
             "ssl": asdict(ssl), "config": self.cfg.to_dict(), "device": str(device), "train_size": len(train),
@@ -305,8 +319,14 @@ class PretrainStage(Stage):
         if ssl.probe_augment:
             extra_lines += ["Probe augmentation (`ssl.probe_augment=true`, as Liu et al.'s main_lincls.py): every "
                             "probe epoch trains on the frozen backbone's features (eval mode) of freshly augmented "
-                            "images, a resized crop of 0.8-1 of the area and a horizontal flip; the k-NN and the "
-                            "test set use un-augmented images.", ""]
+                            f"images, a resized crop of 0.8-1 of the area (`ssl.probe_interpolation="
+                            f"{ssl.probe_interpolation}`) and a horizontal flip; the k-NN and the test set use "
+                            "un-augmented images.", ""]
+        if ssl.probe_test_resize:
+            extra_lines += [f"Test images (`ssl.probe_test_resize={ssl.probe_test_resize}`, as main_lincls.py's "
+                            "Resize + CenterCrop): the k-NN and the probes score the test images resized bicubically "
+                            f"to {ssl.probe_test_resize} px on the shorter side and centre-cropped back to their "
+                            "size; the k-NN's training images are as they are.", ""]
         if method == "rotation":
             acc = rotation_accuracy(built.model, test, device, t.amp)
             extra["rotation_test_accuracy"] = acc
