@@ -21,6 +21,11 @@ in the row). The pairs:
 - ``moco-shuffle-bn`` (item 5): MoCo in one process as 0.1 ran it (BatchNorm over the whole batch, no shuffle)
   against shuffle-BN emulated over 8 sub-batches as MoCo's CIFAR demo does; ``cifar10-lt-moco`` on ResNet-8 for
   20 epochs, k-NN and linear probe on the frozen features.
+- ``simsiam-probe`` (item 7): SimSiam with re-weighted SAM evaluated as 0.1 did (``cifar10-lt-simsiam-rwsam-r32``'s
+  probes on the long-tailed features) against Liu et al.'s protocol (``cifar10-lt-simsiam-rwsam``: the linear probe
+  on all of balanced CIFAR-10, their optimisation and augmentation, BatchNorm updated in both SAM passes), both on
+  ResNet-8 for 5 epochs with 20-epoch probes: the two halves measure different things (that is the change), and the
+  row says which probe each number is.
 
 Rows go to RESULTS.md (one per run, the load average beside the seconds); a finished run is read back, not re-run.
 """
@@ -84,8 +89,9 @@ PAIRS = [
               "the seed's: effective-number weights, beta 0.9999"),
          (), "the fast protocol (FastNet-M, 16 epochs) from rotation SSP of the same protocol", ssp=True),
     Pair("fixmatch", "6: FixMatch protocol",
-         Half("cifar10-semi-darp-fixmatch-short", (("train.epochs", 10),),
-              "0.1: mu 7, batch 128, step schedule, no EMA, simplified strong view, file-order split"),
+         Half("cifar10-semi-darp-fixmatch-short", (("train.epochs", 10), ("data.normalization", "none")),
+              "0.1: mu 7, batch 128, step schedule, no EMA, simplified strong view, file-order split, "
+              "CIFAR reference normalisation"),
          Half("cifar10-semi-darp-fixmatch", (("train.epochs", 30),),
               "USB: mu 2, batch 64, cosine 7/16, EMA 0.999, RandAugment(3) + Cutout, USB split"),
          (("model.arch", "resnet8"),),
@@ -94,6 +100,14 @@ PAIRS = [
          Half("cifar10-lt-moco", (("ssl.moco_bn_splits", 1),), "0.1 in one process: BatchNorm over the whole batch"),
          Half("cifar10-lt-moco", (("ssl.moco_bn_splits", 8),), "shuffle-BN emulated over 8 sub-batches (MoCo's demo)"),
          (("model.arch", "resnet8"), ("train.epochs", 20)), "ResNet-8, 20 epochs", pretrain="moco"),
+    Pair("simsiam-probe", "7: SimSiam + rwSAM protocol",
+         Half("cifar10-lt-simsiam-rwsam-r32", (),
+              "0.1: probes on the long-tailed features (standardised, cosine, lr 0.1), SAM's BN from the first pass"),
+         Half("cifar10-lt-simsiam-rwsam", (),
+              "Liu: the probe on all of balanced CIFAR-10 (lr 30, steps, raw features, bicubic crops every epoch, "
+              "test 36 -> 32), BN from both SAM passes"),
+         (("model.arch", "resnet8"), ("train.epochs", 5), ("ssl.probe_epochs", 20)),
+         "ResNet-8 (not ResNet-32 / ResNet-18), 5 epochs, probes 20 epochs", pretrain="simsiam-rwsam"),
 ]
 BY_KEY = {p.key: p for p in PAIRS}
 

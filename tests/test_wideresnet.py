@@ -193,7 +193,7 @@ def test_the_darp_recipes_follow_usb_and_the_short_ones_keep_the_old_settings():
             assert (a.randaugment, a.randaugment_magnitude, a.cutout, a.policy) == (3, None, 0.5, "usb")
     assert RECIPES["cifar10-semi-darp-fixmatch-da"].config.semi.alignment == "da"
     assert RECIPES["cifar10-semi-darp-fixmatch-la"].config.semi.alignment == "la"
-    darp = DataConfig(dataset="cifar10", protocol="darp")
+    darp = DataConfig(dataset="cifar10", protocol="darp", normalization="cifar10-data")  # DARP's all_cifar10.py
     for suffix in ("", "-short"):  # a pseudo-label run cuts the split as the run that labeled its pool
         assert RECIPES[f"cifar10-semi-darp-pseudo{suffix}"].config.data == \
             RECIPES[f"cifar10-semi-darp-supervised{suffix}"].config.data

@@ -296,7 +296,8 @@ def _semi_recipes() -> list[Recipe]:
     # CIFAR-10 alone cannot hold the reference's 5x pool next to a rho=50 subset with n_max=5000 (the
     # head class uses all its images); n_max=750 is the largest that fits a rho_U=100 pool of 5x.
     seed_style = DataConfig(dataset="cifar10", imbalance_ratio=50.0, n_max=750)
-    darp = DataConfig(dataset="cifar10", protocol="darp")
+    # DARP's and ABC's loaders normalise with CIFAR-10's own pixel statistics (bbuing9/DARP dataset/all_cifar10.py)
+    darp = DataConfig(dataset="cifar10", protocol="darp", normalization="cifar10-data")
     # USB's protocol: its split shuffles each class before cutting (data.darp_order=shuffled), keeps labeled and
     # unlabeled apart (include_lb_to_ulb: False) and normalises CIFAR-10 with ImageNet's statistics (semilearn/
     # datasets/cv_datasets/cifar.py); WRN-28-2; SGD lr 0.03, momentum 0.9, Nesterov, wd 5e-4; FixMatch's cosine
