@@ -35,7 +35,7 @@ NORMALIZATIONS = ("cifar-reference", "cifar10-data", "cifar100-data", "half", "s
                   "inat2018")  # longtail.data.normalization.NORMALIZATIONS
 HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
 SCHEDULES = ("step", "cosine", "onecycle", "fixmatch-cosine")  # longtail.schedule.lr_function
-TTA_MODES = ("none", "flip")  # longtail.models.fastnet.FlipTTA
+TTA_MODES = ("none", "flip", "flip-translate")  # longtail.models.fastnet.tta_model
 SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt", "effective-number")  # longtail.samplers.SAMPLERS
 WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
 AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
@@ -337,7 +337,10 @@ class DataConfig:
 class ModelConfig:
     arch: str = "resnet32"
     head: str = "linear"  # linear | cosine
-    tta: str = "none"  # test-time augmentation when evaluating: none | flip (the mean of the image and its mirror)
+    # test-time augmentation when evaluating: none | flip (the mean of the image and its mirror) | flip-translate
+    # (airbench94's level 2: half the flip mean of the image, half the mean of the flip means of the image shifted
+    # by one pixel up-left and down-right, reflect-padded; longtail.models.fastnet.FlipTranslateTTA)
+    tta: str = "none"
     # a local weights file (torchvision/timm state dict, or a longtail checkpoint) for the backbone: loaded with
     # weights_only=True, every backbone tensor matched or a clear error; nothing is downloaded
     pretrained: str | None = None
@@ -554,6 +557,19 @@ class OptimConfig:
     # weight decay on biases and BatchNorm's scales and shifts too (the CIFAR-LT references); false: on the
     # weights of convolutions and linear layers only (USB's bn_wd_skip)
     decay_bn_bias: bool = True
+    # airbench94's techniques (longtail.optim; measured on long-tailed data in issue 15), each off by default:
+    # > 0: Lookahead weight averaging with this decay per step (airbench: 0.95): from epoch lookahead_start (0-based)
+    # on, every lookahead_every steps w <- ema <- lerp(ema, w, 1 - d^every (k / K)^3) at step k of K, and at the end
+    # of every epoch w <- ema; the weights are then the averaged ones (what is evaluated and checkpointed)
+    lookahead: float = 0.0
+    lookahead_start: int = 3  # the epoch (0-based) the averaging starts in (airbench: 3)
+    lookahead_every: int = 5  # steps between two averaging updates (airbench: 5)
+    # the learning rate of BatchNorm's biases (shifts) times this, their weight decay divided by it, so the decay
+    # per step stays that of the other parameters (airbench: 64); 1: off
+    bn_bias_lr_mult: float = 1.0
+    # FastNet's patch-whitening bias trains in the first N epochs only, frozen from epoch N (airbench: 3); none:
+    # it trains throughout
+    whiten_bias_epochs: int | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "optim")
@@ -561,6 +577,15 @@ class OptimConfig:
         _number(self, "optim", "sam_rho", 0, lo_open=True, fix="use a radius > 0, e.g. 0.05 (sam) or 2 (asam)")
         _number(self, "optim", "maxnorm", 0, 1, fix="use a share from 0 to 1, e.g. 0.1, or none for no MaxNorm")
         _number(self, "optim", "ema", 0, 1, hi_open=True, fix="use a decay in [0, 1), e.g. 0.999; 0 is off")
+        _number(self, "optim", "lookahead", 0, 1, hi_open=True,
+                fix="use a decay per step in [0, 1), e.g. --set optim.lookahead=0.95 (airbench); 0 is off")
+        _number(self, "optim", "lookahead_start", 0, fix="use an epoch >= 0 (0-based), e.g. 3 (airbench)")
+        _number(self, "optim", "lookahead_every", 1, fix="use a number of steps >= 1, e.g. 5 (airbench)")
+        _number(self, "optim", "bn_bias_lr_mult", 0, lo_open=True,
+                fix="use a factor > 0, e.g. --set optim.bn_bias_lr_mult=64 (airbench); 1 is off")
+        _number(self, "optim", "whiten_bias_epochs", 0,
+                fix="use a number of epochs >= 0, e.g. 3 (airbench; 0 freezes the bias from the start), or none "
+                    "to train it throughout (the default)")
 
 
 @dataclass(frozen=True)
@@ -976,6 +1001,9 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("augment.policy",), lambda c: c.augment.randaugment > 0 or c.augment.cutout > 0),
     (("augment.mix_alpha", "augment.mix_prob"), lambda c: c.augment.mix != "none"),
     (("optim.sam_rho",), lambda c: c.optim.name != "sgd"),
+    (("optim.lookahead_",), lambda c: c.optim.lookahead > 0),
+    # FastNet's patch-whitening layer (longtail.models.fastnet.FASTNET_WIDTHS: every name starts with fastnet)
+    (("optim.whiten_bias_epochs",), lambda c: c.model.arch.startswith("fastnet")),
 )
 
 
@@ -997,9 +1025,10 @@ PRETEXT_SETTINGS |= {f"{m}-rwsam": (*PRETEXT_SETTINGS[m], *_RWSAM) for m in ("mo
 def unused_settings(cfg: RunConfig, *, pretrain: bool | str = False) -> list[str]:
     """The dotted settings ``cfg`` does not use and leaves at their defaults: those of a method it does not run
     (FixMatch's with ``semi.method=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
-    mixing's, SAM's) and, unless ``pretrain``, the whole ``ssl`` section; with ``pretrain`` a method's name
-    (:data:`PRETEXT_SETTINGS`), the ``ssl`` settings of the other methods. Leaving them out of a file changes
-    nothing: :func:`config_from_file` fills in the defaults."""
+    mixing's, SAM's, Lookahead's; FastNet's whitening-bias freeze for another architecture) and, unless
+    ``pretrain``, the whole ``ssl`` section; with ``pretrain`` a method's name (:data:`PRETEXT_SETTINGS`), the
+    ``ssl`` settings of the other methods. Leaving them out of a file changes nothing: :func:`config_from_file`
+    fills in the defaults."""
     flat, default = _flat(cfg), _flat(RunConfig(recipe=cfg.recipe, loss=cfg.loss))
     mine = PRETEXT_SETTINGS.get(pretrain) if isinstance(pretrain, str) else None
     out = []

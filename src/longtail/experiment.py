@@ -47,7 +47,7 @@ from .loop import predict
 from .losses import loss_from_config
 from .metrics import summarize
 from .mfw import MFWTask
-from .models import Classifier, FlipTTA, build_model, init_from_training_images
+from .models import Classifier, build_model, init_from_training_images, tta_model
 from .models.wrappers import FrozenBackbone
 from .optim import make_optimizer
 from .report import write_report
@@ -187,15 +187,15 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
 def evaluate_model(model: torch.nn.Module, data, counts: ClassCounts, device: torch.device, amp: str,
                    tta: str = "none") -> dict[str, Any]:
     """The test summary of ``model`` on ``data`` (tensors or files); shot groups from ``counts``; ``tta="flip"``:
-    the mean logits of each image and its mirror (``model.tta``).
+    the mean logits of each image and its mirror, ``"flip-translate"``: airbench's flip + one-pixel translations
+    (``model.tta``, :func:`longtail.models.fastnet.tta_model`).
 
     Under ``torchrun`` each process predicts rows ``rank::world``; rank 0 gathers the logits in the
     data set's order, summarises, and every process returns that summary. Image files left out as
     unreadable (``data.on_bad_image=skip``) are counted under ``unreadable_images``.
     """
     model = distributed.unwrap(model)
-    if tta == "flip":
-        model = FlipTTA(model)
+    model = tta_model(model, tta)
     shard = distributed.current()
     if shard.world == 1 and not isinstance(data, FileImageSet):
         logits, labels = predict(model, eval_batches(data, 512), device, amp)

@@ -111,7 +111,9 @@ def fit(
     ``on_epoch_end`` is where the caller evaluates, logs and checkpoints; when it returns True the
     training stops there (a driver's ``stop_after``, used to test resuming). ``engine`` picks how a
     step runs (``longtail.graphs``): ``eager`` (``optimizer.step(closure)``) or ``graph`` (CUDA graphs);
-    each record's ``capture_s`` is the part of its time spent capturing graphs.
+    each record's ``capture_s`` is the part of its time spent capturing graphs. An optimizer that has them
+    (``longtail.optim.RunOptimizer``) hears ``optimizer.on_epoch_start(epoch, steps_per_epoch, epochs)`` before
+    an epoch's first step and ``optimizer.on_epoch_end(epoch)`` after its last, before ``on_epoch_end``.
     """
     from tqdm.auto import tqdm
 
@@ -122,6 +124,7 @@ def fit(
     step = make_stepper(engine, model, task, optimizer, device, amp)
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
     captured_before = step.capture_s
+    opt_start, opt_end = getattr(optimizer, "on_epoch_start", None), getattr(optimizer, "on_epoch_end", None)
     for epoch in bar:
         t0 = time.perf_counter()
         lr = lr_at(epoch)
@@ -132,6 +135,8 @@ def fit(
         total = torch.zeros((), device=device)
         steps = 0
         per_epoch = getattr(task, "steps_per_epoch", None)
+        if opt_start is not None:  # e.g. Lookahead's step count, the whitening bias's freeze (longtail.optim)
+            opt_start(epoch, per_epoch, epochs)
         # a rate for each step (schedule.per_step): the epoch's number of steps, else None
         every_step = per_epoch if getattr(lr_at, "per_step", False) else None
         for batch in tqdm(task.batches(epoch, gen), desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
@@ -141,6 +146,8 @@ def fit(
                 step.start_epoch(cast(Callable[[float], float], lr_at)(epoch + steps / every_step))
             total += step(batch)  # no host sync inside the epoch
             steps += 1
+        if opt_end is not None:  # e.g. Lookahead's decay-1 update: the epoch ends on the averaged weights
+            opt_end(epoch)
         total = all_mean(total)  # the epoch's loss over all processes (one collective per epoch)
         captured = step.capture_s - captured_before
         captured_before = step.capture_s

@@ -25,9 +25,33 @@
   training starts (USB: no warm-up, no bias correction). Validation, the test metrics and the report
   evaluate it (:func:`evaluated_model`).
 
-Checkpoints: ``optimizer.state_dict()`` is SGD's (``state``, ``param_groups``) with, when on, ``maxnorm``
-(``{"cap", "thresh"}``) and ``ema`` (``{"decay", "weights": the averaged model's state dict}``) beside them;
-``longtail.checkpoints.evaluated_weights`` reads the weights a checkpoint's run is evaluated with.
+
+airbench94's techniques (KellerJordan/cifar10-airbench ``airbench94.py`` at 01a2367; issue 15 measures them on
+long-tailed data), each off by default:
+
+* ``optim.lookahead=d`` (airbench's ``LookaheadState``, :class:`Lookahead`): from epoch ``optim.lookahead_start``
+  on, every ``optim.lookahead_every`` steps ``ema <- lerp(ema, w, 1 - rho)``, ``w <- ema`` over every float tensor
+  of the model's state dict (parameters and BatchNorm statistics), with ``rho = d^every * (k / K)^3`` at step ``k``
+  of ``K``; the first such step only copies the weights; at the end of every epoch ``w <- ema`` (decay 1). The
+  model's weights are then the averaged ones: they are what is evaluated and checkpointed.
+* ``optim.bn_bias_lr_mult=m`` (airbench's ``bias_scaler`` 64, line 45 "scales up learning rate (but not weight
+  decay) for BatchNorm biases"; lines 328 and 356-361): BatchNorm's biases in a parameter group of their own whose
+  learning rate is ``m`` times the schedule's and whose weight decay is ``train.weight_decay / m``, so the decay
+  per step (``lr * weight_decay``) stays that of the other parameters (:func:`make_run_sgd`).
+* ``optim.whiten_bias_epochs=n`` (airbench's ``whiten_bias_epochs`` 3, line 53; line 379 sets
+  ``model[0].bias.requires_grad = (epoch < n)`` before each epoch, and its ``zero_grad(set_to_none=True)`` leaves
+  the frozen bias without a gradient, so SGD skips it): FastNet's patch-whitening bias trains in epochs
+  ``0 .. n-1`` and is frozen from epoch ``n``, a resumed run included. Deviation: we only ever turn
+  ``requires_grad`` off (airbench also sets it on before epoch ``n``), so a frozen backbone stays frozen.
+
+``longtail.loop.fit`` tells the optimizer where the run is (:meth:`RunOptimizer.on_epoch_start` with the epoch,
+its steps and the run's epochs; :meth:`RunOptimizer.on_epoch_end`).
+
+Checkpoints: ``optimizer.state_dict()`` is SGD's (``state``, ``param_groups``; the BatchNorm-bias group carries
+its ``lr_mult``) with, when on, ``maxnorm`` (``{"cap", "thresh"}``), ``ema`` (``{"decay", "weights": the
+averaged model's state dict}``) and, once started, ``lookahead`` (``{"decay", "weights": the averaged float
+tensors}``) beside them; ``longtail.checkpoints.evaluated_weights`` reads the weights a checkpoint's run is
+evaluated with.
 
 The CUDA-graph engine (``train.engine=graph``) captures plain SGD steps only: ``auto`` steps eagerly for
 these settings, ``graph`` refuses them (``longtail.graphs``).
@@ -47,6 +71,7 @@ from .config import OptimConfig, RunConfig
 from .errors import LongtailError
 from .loop import make_sgd
 from .maxnorm import MaxNorm
+from .models.fastnet import whitening_layer
 
 PHASES = ("plain", "ascent", "descent")
 SAM_RHO = {"sam": 0.05, "asam": 2.0}  # Foret et al. 2021; Kwon et al. 2021 (davda54/sam: rho=2 with adaptive)
@@ -236,22 +261,128 @@ class WeightAverage:
         self.started = True
 
 
-class RunOptimizer(WrappedOptimizer):
-    """``base_optimizer.step`` (SGD or :class:`SAM`), then MaxNorm's projection of ``head_weight``'s rows, then
-    the EMA's update. MaxNorm's cap and the EMA's start are taken at the first step, after any pre-trained
-    weights were loaded, unless :meth:`load_state_dict` restored them from a checkpoint."""
+class Lookahead:
+    """airbench94's Lookahead weight averaging (``LookaheadState``, lines 271-280, driven by lines 399-413).
 
-    graph_unsupported = "MaxNorm and the EMA (optim.maxnorm, optim.ema) update the weights after each step"
+    What airbench does, and this follows: ``ema`` is a copy of every float tensor of the model's state dict
+    (parameters, frozen ones included, and BatchNorm's running statistics; the integer ``num_batches_tracked`` is
+    left alone), taken at the first step ``k`` (counted from 1 over the run) of epoch ``start_epoch`` or later with
+    ``k % every == 0``. At each later such step ``ema.lerp_(w, 1 - rho)`` then ``w.copy_(ema)``, with
+    ``rho = decay^every * (k / total_steps)^3`` (airbench: ``decay_base`` 0.95, ``every_n_steps`` 5, ``decay_pow``
+    3, ``start_epochs`` 3). After every epoch's last step, once started, the same update with ``rho = 1``:
+    ``w <- ema``. So the network leaves each epoch holding the averaged weights.
+
+    Deviations: tensors are matched by name (airbench zips two state dicts in order); "float" is any floating
+    dtype (airbench: half and float); ``total_steps`` is the run's ``epochs * steps_per_epoch`` (airbench:
+    ``ceil(len(loader) * 9.9)`` with the loader dropping its last partial batch); the decay power is fixed at 3.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, *, every: int = 5, start_epoch: int = 3,
+                 power: float = 3.0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise LongtailError(f"the Lookahead decay must lie in [0, 1), got {decay}", "use e.g. 0.95 (airbench)")
+        if every < 1 or start_epoch < 0:
+            raise LongtailError(f"Lookahead needs every >= 1 and start_epoch >= 0, got {every} and {start_epoch}")
+        self.model, self.decay, self.every, self.start_epoch, self.power = model, float(decay), int(every), \
+            int(start_epoch), float(power)
+        self.weights: dict[str, torch.Tensor] | None = None  # None: not started
+
+    @property
+    def started(self) -> bool:
+        return self.weights is not None
+
+    def _floats(self) -> list[tuple[str, torch.Tensor]]:
+        return [(k, v) for k, v in self.model.state_dict().items() if v.is_floating_point()]
+
+    @torch.no_grad()
+    def start(self) -> None:
+        """The average is the model's weights now."""
+        self.weights = {k: v.detach().clone() for k, v in self._floats()}
+
+    def rho(self, step: int, total_steps: int) -> float:
+        """The decay of the update after step ``step`` (1-based) of ``total_steps``."""
+        return self.decay ** self.every * (step / total_steps) ** self.power
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        """``ema <- lerp(ema, w, 1 - decay)``, then ``w <- ema``, for every float tensor."""
+        assert self.weights is not None
+        for k, w in self._floats():
+            ema = self.weights[k]
+            ema.lerp_(w, 1.0 - decay)
+            w.copy_(ema)
+
+    def after_step(self, epoch: int, step: int, total_steps: int) -> None:
+        """After step ``step`` (1-based over the run) of epoch ``epoch``: start or update every ``every`` steps."""
+        if epoch >= self.start_epoch and step % self.every == 0:
+            if self.weights is None:
+                self.start()
+            else:
+                self.update(self.rho(step, total_steps))
+
+    def end_epoch(self) -> None:
+        """After an epoch's last step: the weights become the average (decay 1), once started."""
+        if self.weights is not None:
+            self.update(1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["weights"]
+        mine = dict(self._floats())
+        if set(saved) != set(mine):
+            raise LongtailError("the checkpoint's Lookahead weights do not match this model", RESTART_FIX)
+        self.weights = {k: v.detach().clone().to(mine[k]) for k, v in saved.items()}
+
+
+class RunOptimizer(WrappedOptimizer):
+    """``base_optimizer.step`` (SGD or :class:`SAM`; a parameter group with an ``lr_mult`` steps at that multiple
+    of the rate the loop set), then MaxNorm's projection of ``head_weight``'s rows, then the EMA's update, then
+    :class:`Lookahead`'s. MaxNorm's cap and the EMA's start are taken at the first step, after any pre-trained
+    weights were loaded, unless :meth:`load_state_dict` restored them from a checkpoint.
+
+    ``whiten_bias`` / ``whiten_bias_epochs``: that parameter is frozen (``requires_grad`` off) at the start of every
+    epoch from ``whiten_bias_epochs`` on (it is never turned back on: a frozen backbone stays frozen). The loop's
+    hooks :meth:`on_epoch_start` and :meth:`on_epoch_end` give the epoch and the run's steps."""
+
+    graph_unsupported = ("MaxNorm and the EMA (optim.maxnorm, optim.ema), Lookahead (optim.lookahead), the BatchNorm "
+                         "biases' rate (optim.bn_bias_lr_mult) and the whitening bias's freeze "
+                         "(optim.whiten_bias_epochs) change the weights or the rates outside SGD's step")
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, model: nn.Module, *, maxnorm: float | None = None,
-                 head_weight: torch.Tensor | None = None, ema: float = 0.0) -> None:
+                 head_weight: torch.Tensor | None = None, ema: float = 0.0, lookahead: Lookahead | None = None,
+                 whiten_bias: torch.Tensor | None = None, whiten_bias_epochs: int | None = None) -> None:
         super().__init__(base_optimizer, {})
         if maxnorm is not None and head_weight is None:
             raise LongtailError("MaxNorm (optim.maxnorm) needs the classifier head's weight", "pass head_weight")
+        if whiten_bias_epochs is not None and whiten_bias is None:
+            raise LongtailError("optim.whiten_bias_epochs needs the whitening layer's bias", "pass whiten_bias")
         self.thresh, self.head_weight = maxnorm, head_weight
         self.maxnorm: MaxNorm | None = None
         self.ema = WeightAverage(model, ema) if ema > 0 else None
+        self.lookahead = lookahead
+        self.whiten_bias, self.whiten_bias_epochs = whiten_bias, whiten_bias_epochs
         self.started = False
+        # where the run is (on_epoch_start): the epoch, the steps taken over the run, the run's steps
+        self.epoch, self.steps, self.total_steps = 0, 0, None  # type: int, int, int | None
+
+    def on_epoch_start(self, epoch: int, steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
+        """Epoch ``epoch`` (0-based) of ``epochs`` starts, of ``steps_per_epoch`` steps each (Lookahead's ``k`` and
+        ``K``: ``k`` counts on from ``epoch * steps_per_epoch``, so a resumed run counts as an uninterrupted one);
+        the whitening bias is frozen from its epoch on."""
+        self.epoch = int(epoch)
+        if steps_per_epoch is not None:
+            self.steps = self.epoch * int(steps_per_epoch)
+            if epochs is not None:
+                self.total_steps = int(epochs) * int(steps_per_epoch)
+        if self.whiten_bias_epochs is not None and self.epoch >= self.whiten_bias_epochs:
+            cast(torch.Tensor, self.whiten_bias).requires_grad_(False)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the epoch's last step: Lookahead's decay-1 update (the weights become the average)."""
+        if self.lookahead is not None:
+            self.lookahead.end_epoch()
 
     def _start(self) -> None:
         if self.thresh is not None and self.maxnorm is None:
@@ -264,11 +395,24 @@ class RunOptimizer(WrappedOptimizer):
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         if not self.started:
             self._start()
-        loss = cast(Any, self.base_optimizer).step(closure)  # SGD or SAM: the closure's loss
+        scaled = [(g, g["lr"]) for g in self.param_groups if g.get("lr_mult", 1.0) != 1.0]
+        for g, lr in scaled:  # the loop sets one rate for every group (longtail.graphs.EagerStep.start_epoch)
+            g["lr"] = lr * g["lr_mult"]
+        try:
+            loss = cast(Any, self.base_optimizer).step(closure)  # SGD or SAM: the closure's loss
+        finally:
+            for g, lr in scaled:
+                g["lr"] = lr
         if self.maxnorm is not None:
             self.maxnorm.project()
         if self.ema is not None:
             self.ema.update()
+        self.steps += 1
+        if self.lookahead is not None:
+            if self.total_steps is None:
+                raise LongtailError("Lookahead (optim.lookahead) needs the run's steps: call on_epoch_start(epoch, "
+                                    "steps_per_epoch, epochs) before each epoch", "train through longtail.loop.fit")
+            self.lookahead.after_step(self.epoch, self.steps, self.total_steps)
         return loss
 
     def state_dict(self) -> dict:
@@ -277,11 +421,14 @@ class RunOptimizer(WrappedOptimizer):
             state["maxnorm"] = self.maxnorm.state_dict()
         if self.ema is not None and self.ema.started:
             state["ema"] = self.ema.state_dict()
+        if self.lookahead is not None and self.lookahead.started:
+            state["lookahead"] = self.lookahead.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
         maxnorm, ema = state.pop("maxnorm", None), state.pop("ema", None)
+        lookahead = state.pop("lookahead", None)  # none before the averaging started
         for name, on, saved in (("MaxNorm cap", self.thresh is not None, maxnorm), ("EMA", self.ema, ema)):
             if on and saved is None:
                 raise LongtailError(f"the checkpoint holds no {name} to resume this run with", RESTART_FIX)
@@ -291,6 +438,11 @@ class RunOptimizer(WrappedOptimizer):
             self.maxnorm.load_state_dict(maxnorm)
         if self.ema is not None:
             self.ema.load_state_dict(ema)
+        if self.lookahead is not None:
+            if lookahead is not None:
+                self.lookahead.load_state_dict(lookahead)
+            else:
+                self.lookahead.weights = None
         self.started = True
 
 
@@ -312,6 +464,12 @@ def optim_settings(cfg: RunConfig) -> list[str]:
         on.append(f"optim.ema={o.ema}")
     if not o.decay_bn_bias:
         on.append("optim.decay_bn_bias=false")
+    if o.lookahead > 0:
+        on.append(f"optim.lookahead={o.lookahead}")
+    if o.bn_bias_lr_mult != 1.0:
+        on.append(f"optim.bn_bias_lr_mult={o.bn_bias_lr_mult}")
+    if o.whiten_bias_epochs is not None:
+        on.append(f"optim.whiten_bias_epochs={o.whiten_bias_epochs}")
     return on
 
 
@@ -331,6 +489,10 @@ def check_optim(cfg: RunConfig) -> None:
     if o.name != "sgd" and cfg.semi.method == "fixmatch" and cfg.semi.alignment == "da":
         raise LongtailError("SAM's two passes per step would update FixMatch's distribution alignment twice",
                             "use semi.alignment=none or la with SAM, or optim.name=sgd")
+    if o.lookahead > 0 and o.ema > 0:
+        raise LongtailError(f"optim.lookahead={o.lookahead} and optim.ema={o.ema} both average the weights "
+                            "(Lookahead writes its average back into them, the EMA keeps its own copy)",
+                            "keep one: --set optim.ema=0 or --set optim.lookahead=0")
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:
@@ -342,21 +504,88 @@ def head_weight(model: nn.Module) -> torch.Tensor:
     return weight
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """The optimizer of a supervised run of ``cfg``: SGD (``cfg.train``), wrapped in :class:`SAM` for
-    ``optim.name=sam|asam``, and in :class:`RunOptimizer` for ``optim.maxnorm`` / ``optim.ema``. With every
-    ``optim`` setting off it is exactly ``torch.optim.SGD`` (``longtail.loop.make_sgd``)."""
-    check_optim(cfg)
+def batchnorm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases (shifts) of every BatchNorm layer of ``model``, each once, in module order."""
+    seen: set[int] = set()
+    out = []
+    for m in model.modules():
+        bias = getattr(m, "bias", None)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and isinstance(bias, nn.Parameter) and id(bias) not in seen:
+            seen.add(id(bias))
+            out.append(bias)
+    return out
+
+
+def make_run_sgd(model: nn.Module, cfg: RunConfig) -> torch.optim.SGD:
+    """SGD of ``cfg.train`` over ``model`` (``longtail.loop.make_sgd``, ``optim.decay_bn_bias``); with
+    ``optim.bn_bias_lr_mult=m`` != 1 the BatchNorm biases form a last group of their own with ``lr_mult`` m and
+    weight decay ``train.weight_decay / m`` (0 with ``optim.decay_bn_bias=false``), as airbench94's ``norm_biases``
+    group (lines 356-359: ``lr_biases = lr * bias_scaler``, ``weight_decay = wd / lr_biases`` against ``wd / lr``
+    for the rest, so that ``lr * weight_decay`` is the same in both groups). :class:`RunOptimizer` steps that group
+    at ``m`` times the rate the loop sets, so the schedule scales both groups alike.
+
+    Deviation: airbench's group is every trained parameter whose name holds ``norm`` (its BatchNorm scales are
+    frozen, so: the biases); ours is the bias of every BatchNorm layer, whatever the model, and a BatchNorm scale
+    that trains (ResNets) stays with the other parameters."""
     t, o = cfg.train, cfg.optim
-    optimizer: torch.optim.Optimizer = make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                                nesterov=t.nesterov, decay_bn_bias=o.decay_bn_bias)
+    if o.bn_bias_lr_mult == 1.0:
+        return make_sgd(model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
+                        decay_bn_bias=o.decay_bn_bias)
+    mult = float(o.bn_bias_lr_mult)
+    shifts = batchnorm_biases(model)
+    if not shifts:
+        raise LongtailError(f"optim.bn_bias_lr_mult={o.bn_bias_lr_mult} scales the learning rate of BatchNorm's "
+                            f"biases, and {type(model).__name__} (model.arch={cfg.model.arch}) has no BatchNorm layer",
+                            "leave optim.bn_bias_lr_mult at 1 for this model")
+    ids = {id(p) for p in shifts}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if o.decay_bn_bias:
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        shift_decay = t.weight_decay / mult
+    else:  # as make_sgd: the weights of convolutions and linear layers decay, biases and BatchNorm do not
+        groups = [{"params": [p for p in rest if p.dim() > 1]},
+                  {"params": [p for p in rest if p.dim() <= 1], "weight_decay": 0.0}]
+        shift_decay = 0.0
+    groups = [g for g in groups if g["params"]]
+    groups.append({"params": shifts, "weight_decay": shift_decay, "lr_mult": mult})
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                           nesterov=t.nesterov and t.momentum > 0)
+
+
+def whitening_bias(model: nn.Module, cfg: RunConfig) -> torch.Tensor:
+    """The bias of ``model``'s patch-whitening layer (a FastNet's), for ``optim.whiten_bias_epochs``."""
+    try:
+        layer = whitening_layer(model)
+    except LongtailError:
+        layer = None
+    if layer is None or layer.bias is None:
+        raise LongtailError(f"optim.whiten_bias_epochs={cfg.optim.whiten_bias_epochs} freezes the bias of FastNet's "
+                            f"patch-whitening layer, and {type(model).__name__} (model.arch={cfg.model.arch}) has none",
+                            "use a FastNet (e.g. --set model.arch=fastnet-m), or leave optim.whiten_bias_epochs unset "
+                            "(none)")
+    return layer.bias
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The optimizer of a supervised run of ``cfg``: SGD (``cfg.train``; :func:`make_run_sgd`), wrapped in
+    :class:`SAM` for ``optim.name=sam|asam``, and in :class:`RunOptimizer` for ``optim.maxnorm`` / ``optim.ema`` /
+    ``optim.lookahead`` / ``optim.bn_bias_lr_mult`` / ``optim.whiten_bias_epochs``. With every ``optim`` setting
+    off it is exactly ``torch.optim.SGD`` (``longtail.loop.make_sgd``)."""
+    check_optim(cfg)
+    o = cfg.optim
+    optimizer: torch.optim.Optimizer = make_run_sgd(model, cfg)
     if o.name in SAM_RHO:
         sam = SAM(optimizer, rho=sam_rho(o), adaptive=o.name == "asam")
         sam.add_phase_hook(FirstPassStatistics(model))
         optimizer = sam
-    if o.maxnorm is not None or o.ema > 0:
-        optimizer = RunOptimizer(optimizer, model, maxnorm=o.maxnorm, ema=o.ema,
-                                 head_weight=head_weight(model) if o.maxnorm is not None else None)
+    if (o.maxnorm is not None or o.ema > 0 or o.lookahead > 0 or o.bn_bias_lr_mult != 1.0
+            or o.whiten_bias_epochs is not None):
+        lookahead = (Lookahead(model, o.lookahead, every=o.lookahead_every, start_epoch=o.lookahead_start)
+                     if o.lookahead > 0 else None)
+        bias = whitening_bias(model, cfg) if o.whiten_bias_epochs is not None else None
+        optimizer = RunOptimizer(optimizer, model, maxnorm=o.maxnorm, ema=o.ema, lookahead=lookahead,
+                                 head_weight=head_weight(model) if o.maxnorm is not None else None,
+                                 whiten_bias=bias, whiten_bias_epochs=o.whiten_bias_epochs)
     return optimizer
 
 
@@ -367,6 +596,6 @@ def evaluated_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Mo
     return ema.averaged if isinstance(ema, WeightAverage) and ema.started else model
 
 
-__all__ = ["PHASES", "SAM", "SAM_RHO", "FirstPassStatistics", "RunOptimizer", "WeightAverage", "WrappedOptimizer",
-           "check_optim", "evaluated_model", "frozen_bn_statistics", "head_weight", "make_optimizer",
-           "optim_settings", "sam_rho"]
+__all__ = ["PHASES", "SAM", "SAM_RHO", "FirstPassStatistics", "Lookahead", "RunOptimizer", "WeightAverage",
+           "WrappedOptimizer", "batchnorm_biases", "check_optim", "evaluated_model", "frozen_bn_statistics",
+           "head_weight", "make_optimizer", "make_run_sgd", "optim_settings", "sam_rho", "whitening_bias"]

@@ -8,7 +8,7 @@ import torch
 
 from .acr import ACRClassifier
 from .classifier import MODELS, Classifier, make_backbone, make_model
-from .fastnet import FASTNET_WIDTHS, FastNet, FlipTTA, fastnet_backbone, init_whitening
+from .fastnet import FASTNET_WIDTHS, FastNet, FlipTranslateTTA, FlipTTA, fastnet_backbone, init_whitening, tta_model
 from .glmc import GLMCClassifier
 from .heads import HEADS, CosineHead, LinearHead, make_head
 from .resnet18_cifar import CIFAR_RESNET18
@@ -18,9 +18,9 @@ from .wideresnet import KEKMODEL_WRN_CONFIGS, WRN_CONFIGS, WideResNet, wide_resn
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "GLMCClassifier", "LinearHead", "HEADS",
-           "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_from_training_images", "init_whitening",
-           "make_backbone", "make_head", "make_model", "resnet32"]
+__all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "FlipTranslateTTA", "GLMCClassifier",
+           "LinearHead", "HEADS", "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_from_training_images",
+           "init_whitening", "make_backbone", "make_head", "make_model", "resnet32", "tta_model"]
 
 # FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
 # fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)

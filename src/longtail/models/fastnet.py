@@ -213,7 +213,9 @@ def fastnet_backbone(name: str):
     return lambda c: FastNet(c, widths)
 
 
-TTA_MODES = ("none", "flip")  # model.tta: no test-time augmentation, or the mean over each image and its mirror
+#: model.tta: no test-time augmentation; the mean over each image and its mirror (:class:`FlipTTA`); airbench94's
+#: flip + translate (:class:`FlipTranslateTTA`)
+TTA_MODES = ("none", "flip", "flip-translate")
 
 
 class FlipTTA(nn.Module):
@@ -230,3 +232,50 @@ class FlipTTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.model(x) + self.model(x.flip(3)))
+
+
+class FlipTranslateTTA(nn.Module):
+    """airbench94's test-time augmentation level 2 (``infer_mirror_translate``, ``tta_level=2``), for any classifier
+    of (B, C, H, W) images::
+
+        mirror(v) = 0.5 * model(v) + 0.5 * model(v.flip(3))          # the mean logits of a view and its mirror
+        p = reflect-pad(x, 1 pixel on each side)                       # (B, C, H + 2, W + 2)
+        out = 0.5 * mirror(x) + 0.5 * mean(mirror(p[:, :, :H, :W]), mirror(p[:, :, 2:, 2:]))
+
+    six forward passes per image: the image, the image shifted one pixel down-right and one pixel up-left (the
+    border filled by reflection), each with its mirror, weighted 1/4, 1/8, 1/8 and the same for the mirrors.
+
+    Followed, from ``airbench94.py`` (KellerJordan/cifar10-airbench 01a2367, lines 463-476): logits are
+    averaged, not probabilities; ``F.pad(..., 'reflect')`` by one pixel; the two crops ``[0:32, 0:32]`` and
+    ``[2:34, 2:34]`` (here ``[:H, :W]`` and ``[2:, 2:]``, any size); the weights 0.5 and 0.5 and the plain mean of
+    the two shifted views. Deviations: none in the arithmetic (airbench evaluates its half-precision network; we
+    evaluate as ``longtail.loop.predict`` does, float32 on the CPU, bf16 autocast on CUDA). Like :class:`FlipTTA`
+    it holds no parameters of its own. Images need at least 2 pixels on each side (reflection by one pixel).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _mirror(self, v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.model(v) + 0.5 * self.model(v.flip(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if min(h, w) < 2:
+            raise LongtailError(f"model.tta=flip-translate reflects images by one pixel and needs at least 2x2, got "
+                                f"{h}x{w}", "use model.tta=flip or none for these images")
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = torch.stack([self._mirror(padded[:, :, :h, :w]), self._mirror(padded[:, :, 2:, 2:])]).mean(0)
+        return 0.5 * self._mirror(x) + 0.5 * shifted
+
+
+def tta_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` wrapped for evaluation with the test-time augmentation ``mode`` (``model.tta``, :data:`TTA_MODES`)."""
+    if mode == "none":
+        return model
+    if mode == "flip":
+        return FlipTTA(model)
+    if mode == "flip-translate":
+        return FlipTranslateTTA(model)
+    raise LongtailError(f"unknown model.tta {mode!r}", f"use one of: {', '.join(TTA_MODES)}")
