@@ -29,6 +29,25 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert again["per_class"] == report["per_class"]
 
 
+def test_evaluate_with_another_tta_leaves_the_report(tmp_path, capsys):
+    """``evaluate --tta MODE`` evaluates the run as if trained with ``model.tta=MODE``: printed, the report untouched;
+    the run's own mode gives the report's numbers."""
+    from longtail.experiment import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "quickstart", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    before = (out / "report.json").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--device", "cpu", "--tta", "flip-translate"]) == 0
+    assert "model.tta=flip-translate" in capsys.readouterr().out
+    assert (out / "report.json").read_text() == before
+    report = json.loads(before)
+    same = evaluate_checkpoint(out, device="cpu", write=False, tta="none")  # quickstart evaluates without TTA
+    assert same["per_class"] == report["per_class"] and same["tta"] == "none"
+    moved = evaluate_checkpoint(out, device="cpu", write=False, tta="flip-translate")
+    assert moved["tta"] == "flip-translate" and moved["nll"] != report["nll"]
+
+
 def test_unknown_recipe_is_a_clear_error(capsys):
     assert main(["train", "cifar10-lt-cee"]) == 2
     err = capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import TTA_MODES
 from .errors import LongtailError
 
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder or checkpoint file")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--data-root", help="where the data is now, if it moved")
+    e.add_argument("--tta", choices=list(TTA_MODES), help="evaluate with this test-time augmentation instead of "
+                   "the run's model.tta; the result is printed and the run's report is left as it is")
     d = sub.add_parser("decouple", help="re-balance a trained run's classifier: cRT, tau-norm, LWS, post-hoc "
                        "logit adjustment or weight balancing's second stage (wb)")
     d.add_argument("run", help="run folder (for several seeds, one seed-N folder) or checkpoint file")
@@ -342,8 +345,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiment import evaluate_checkpoint
     from .seeds import console_table
 
-    result = evaluate_checkpoint(args.run, device=args.device, data_root=args.data_root)
-    print(console_table(result.get("recipe", "run"), result))
+    result = evaluate_checkpoint(args.run, device=args.device, data_root=args.data_root, tta=args.tta)
+    title = result.get("recipe", "run") + ("" if args.tta is None else f" (model.tta={args.tta})")
+    print(console_table(title, result))
     return 0
 
 

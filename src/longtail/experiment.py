@@ -353,8 +353,11 @@ def validation_report(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Spl
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: str | None = None,
-                        write: bool = True) -> dict[str, Any]:
-    """Re-evaluate a checkpoint on its test set and (re)write its report beside it."""
+                        write: bool = True, tta: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a checkpoint on its test set and (re)write its report beside it.
+
+    ``tta``: a test-time augmentation other than the run's ``model.tta`` (:data:`longtail.config.TTA_MODES`); the
+    summary is returned with ``"tta"`` set and the report is not written (it describes the run as trained)."""
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state["config"])
@@ -369,11 +372,13 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     counts = splits.train.class_counts()
     model = model_from_checkpoint(state, splits.train.num_classes, splits.train.image_shape[0], str(ckpt))
     model.to(dev)
-    summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp, cfg.model.tta)
+    if tta is not None and tta != cfg.model.tta:
+        write = False
+    summary = evaluate_model(model, splits.test, counts, dev, cfg.train.amp, cfg.model.tta if tta is None else tta)
     epoch = state["next_epoch"]
     extra = {**_report_context(root), "recipe": cfg.recipe, "epoch": epoch, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(dev), "train_size": len(splits.train),
-             "test_size": len(splits.test), "checkpoint": str(ckpt)}
+             "test_size": len(splits.test), "checkpoint": str(ckpt), "tta": cfg.model.tta if tta is None else tta}
     if evaluated_weights(state) is not state["model"]:  # model_from_checkpoint took the EMA (optim.ema)
         extra["evaluated_weights"] = f"EMA of the weights, decay {cfg.optim.ema}"
     if write and distributed.is_main():
