@@ -39,3 +39,22 @@ def test_run_recipe_appends_measured_rows(tmp_path, stack):
             report = json.loads((out / f"seed-{s}" / "report.json").read_text())
             cells = _cells(row)
             assert cells[3] == str(s) and float(cells[10]) == pytest.approx(report["top1"], abs=0.006)
+
+
+@pytest.mark.slow
+def test_tta_compare_rows_are_the_checkpoints_numbers(tmp_path):
+    """tta_compare.py evaluates a finished run with every mode: the run's own mode gives its report's top-1, and the
+    report is left as it was."""
+    from longtail.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
+    report_text = (run / "report.json").read_text()
+    results = tmp_path / "RESULTS.md"
+    script = SCRIPT.parent / "tta_compare.py"
+    subprocess.run([sys.executable, str(script), str(run), "--results", str(results)], check=True,
+                   capture_output=True, text=True, timeout=600)
+    rows = [_cells(line) for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert [r[5] for r in rows] == ["none", "flip", "flip-translate"] and all(r[4] == "none" for r in rows)
+    assert float(rows[0][6]) == pytest.approx(json.loads(report_text)["top1"], abs=0.006)
+    assert (run / "report.json").read_text() == report_text
