@@ -1,7 +1,7 @@
 """The method table on the fast CPU protocol (issue 15): every remedy, 3 seeds, mean +- std.
 
     python benchmarks/method_table.py --data-root ../shared/data --out runs/table [--seeds 0 1 2]
-                                      [--methods ce focal ...] [--dataset cifar10] [--device cpu]
+                                      [--methods ce focal ...] [--dataset cifar10] [--device cpu] [--readme README.md]
 
 The protocol is the fast recipe (``cifar10-lt-fast-ce``: FastNet-M, 16 epochs, one-cycle, flip TTA; see
 docs/PROTOCOLS.md) with each remedy's own settings taken from its reference recipe, so no method is tuned
@@ -240,6 +240,19 @@ def write_table(results: Path, lines: list[str], header: str) -> None:
     results.write_text("\n".join(text).rstrip("\n") + "\n")
 
 
+README_START = "<!-- method-table: written by benchmarks/method_table.py --readme -->"
+README_END = "<!-- /method-table -->"
+
+
+def write_readme(readme: Path, lines: list[str]) -> None:
+    """Replace the table between the README's method-table markers (the prose around them is the README's own)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to write the table into")
+    i, j = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:i] + "\n" + "\n".join(lines) + "\n" + text[j:])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", required=True)
@@ -253,6 +266,7 @@ def main() -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run (e.g. train.epochs=1 for a smoke test; the table says so)")
     p.add_argument("--table-only", action="store_true", help="rewrite the table from the finished runs; train nothing")
+    p.add_argument("--readme", help="also copy the table into this README, between its method-table markers")
     a = p.parse_args()
     results, out = Path(a.results), Path(a.out)
     common: dict[str, Any] = {"data.root": a.data_root, "train.device": a.device}
@@ -288,8 +302,12 @@ def main() -> int:
                 else:
                     _new_run_section(results, row)
                 write_table(results, table(out, a.seeds, a.dataset), header)
+                if a.readme:
+                    write_readme(Path(a.readme), table(out, a.seeds, a.dataset))
                 print(row, f"(wall {wall:.0f} s)", flush=True)
     write_table(results, table(out, a.seeds, a.dataset), header)
+    if a.readme:
+        write_readme(Path(a.readme), table(out, a.seeds, a.dataset))
     print("\n".join(table(out, a.seeds, a.dataset)))
     return 0
 

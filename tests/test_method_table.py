@@ -90,3 +90,15 @@ def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert mt.main() == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+
+def test_the_readme_block_is_replaced_and_the_prose_kept(tmp_path):
+    mt = load_script()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{mt.README_START}\n| old |\n{mt.README_END}\nafter\n")
+    mt.write_readme(readme, ["| method | seeds |", "|---|---|", "| CE | 3 |"])
+    table = "| method | seeds |\n|---|---|\n| CE | 3 |"
+    assert readme.read_text() == f"intro\n{mt.README_START}\n{table}\n{mt.README_END}\nafter\n"
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="method-table"):
+        mt.write_readme(tmp_path / "bare.md", ["| x |"])
