@@ -165,6 +165,7 @@ BEFORE = {
     "cifar10-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
     "cifar100-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
     **{f"{ds}-lt-fast-la": ("logit-adjust", {"tau": 1.0}) for ds in ("cifar10", "cifar100", "svhn")},  # newer
+    "folder-fast-la": ("logit-adjust", {"tau": 1.0}),  # newer
     "folder-finetune-linear": ("logit-adjust", {"tau": 1.0}), "folder-finetune-full": ("logit-adjust", {"tau": 1.0}),
     "cifar10-lt-cdt": ("cdt", {"gamma": 0.2}), "cifar100-lt-cdt": ("cdt", {"gamma": 0.2}),
     **{r: ("ldam", {"max_margin": 0.5, "scale": 30.0}) for r in (

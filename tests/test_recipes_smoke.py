@@ -3,7 +3,8 @@ on a tiny stand-in for its data (synthetic tensors, or image files in the data s
 
 The stand-ins: the data set's channels and number of classes as 8-pixel uint8 tensors (CIFAR, SVHN, digits;
 pre-training, which decodes image files to tensors, gets CIFAR-10's), four classes of 16-pixel crops written
-in the data set's own file layout (ImageNet-LT, iNaturalist 2018, folder), an unlabeled pool (FixMatch, ACR) and
+in the data set's own file layout (ImageNet-LT, iNaturalist 2018, folder; decoded into memory for the recipes that
+set ``data.in_memory``, as their runs are), an unlabeled pool (FixMatch, ACR) and
 pseudo-labeled rows (the ``*-pseudo`` recipes). Fine-tuning recipes load the backbone of a one-step run of
 the pre-training recipe they name. Not run here: the second stage of the two-stage recipes
 (``Recipe.decouple``, tests/test_decouple.py) and the loading of the real data sets.
@@ -20,7 +21,7 @@ import torch
 from longtail.checkpoints import load_pretrained_backbone
 from longtail.config import RunConfig
 from longtail.data.pools import UnlabeledSet
-from longtail.data.registry import Splits
+from longtail.data.registry import Splits, decode_in_memory
 from longtail.data.semi import SemiSplits
 from longtail.driver import Context
 from longtail.experiment import SupervisedStage
@@ -58,7 +59,8 @@ def file_based(cfg: RunConfig, root: Path) -> Splits:
         names = [f"class{c}" for c in range(len(FILE_COUNTS))]
         write_images(root, "train", FILE_COUNTS, names)
         write_images(root, "test", [1] * len(FILE_COUNTS), names, seed=1)
-    return file_splits(ds, root, image_size=16)
+    splits = file_splits(ds, root, image_size=16)
+    return decode_in_memory(splits) if cfg.data.in_memory else splits  # folder-fast-*: tensors, as load_splits
 
 
 def semi_splits(recipe: Recipe, base: Splits) -> Splits:

@@ -306,6 +306,10 @@ class DataConfig:
     image_size: int = 224  # side of the square crops the model sees
     num_workers: int | None = None  # DataLoader workers per process; None: min(8, CPUs / processes on the node)
     on_bad_image: str = "stop"  # unreadable image: stop (error) | skip (leave it out, count it in the report)
+    # image files decoded once into memory as uint8 tensors at image_size (the evaluation view: resize + centre
+    # crop), so the tensor paths apply (batched crop/flip on the device, FastNet's whitening init, stacked seeds):
+    # N x 3 x image_size^2 bytes per split. Image-file data sets only (longtail.data.registry.decode_in_memory)
+    in_memory: bool = False
     # None: each data set's recipe source's constants (longtail.data.normalization); or one of NORMALIZATIONS
     normalization: str | None = None
 

@@ -297,7 +297,8 @@ def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torc
     single run (``train_one``) and for each member of stacked seeds (``longtail.stacked``)."""
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, splits.train.num_classes, splits.train.image_shape[0]).to(device)
-    init_from_training_images(getattr(model, "backbone", None), splits.train, device)  # e.g. FastNet's whitening
+    init_from_training_images(getattr(model, "backbone", None), splits.train, device,  # e.g. FastNet's whitening
+                              weights_from=cfg.model.pretrained or cfg.train.init_from)  # those replace it
     task = build_task(cfg, splits.train, counts, splits).to(device)  # loss buffers (margins, priors) too
     return model, task
 
@@ -319,6 +320,9 @@ def finish_run(cfg: RunConfig, run: RunDir, model: nn.Module, splits: Splits, co
     semi_info = getattr(splits, "info", None)  # SemiSplits: the pool and the pseudo-labels' quality
     if semi_info:
         extra["semi"] = semi_info
+    decoded = getattr(splits, "decoded", None)
+    if decoded:  # image files decoded once into memory (data.in_memory): size, bytes, unreadable images left out
+        extra["in_memory"] = decoded
     val_info = getattr(splits, "val_info", None)
     if val_info:  # where the validation images came from (report.md shows the note)
         extra["validation_split"] = val_info
@@ -379,6 +383,8 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     extra = {**_report_context(root), "recipe": cfg.recipe, "epoch": epoch, "split": "test", "seed": cfg.seed,
              "config": cfg.to_dict(), "device": str(dev), "train_size": len(splits.train),
              "test_size": len(splits.test), "checkpoint": str(ckpt), "tta": cfg.model.tta if tta is None else tta}
+    if splits.decoded:  # data.in_memory: decoded again, as the run decoded them
+        extra["in_memory"] = splits.decoded
     if evaluated_weights(state) is not state["model"]:  # model_from_checkpoint took the EMA (optim.ema)
         extra["evaluated_weights"] = f"EMA of the weights, decay {cfg.optim.ema}"
     if write and distributed.is_main():

@@ -1,7 +1,8 @@
 """Decode an image-file data set once into a uint8 tensor ``ImageSet``.
 
-Self-supervised pre-training (``longtail.ssl``) augments whole batches on the device; for
-ImageNet-LT or iNaturalist this module decodes every image once, in DataLoader workers, to a
+Self-supervised pre-training (``longtail.ssl``) augments whole batches on the device, and so do
+supervised runs with ``data.in_memory=true`` (:func:`longtail.data.registry.decode_in_memory`); for
+ImageNet-LT, iNaturalist or a folder this module decodes every image once, in DataLoader workers, to a
 centre square of ``size`` pixels (the evaluation view: short side resized to size x 256/224, centre
 crop), after which the tensor code
 paths apply unchanged. The random resized crops of MoCo / SimSiam are then drawn inside that
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..distributed import all_gather, current
+from ..distributed import Shard, all_gather, current
 from ..errors import LongtailError
 from .files import FileImageSet
 from .imageset import ImageSet
@@ -26,15 +27,19 @@ from .loader import FileLoader
 
 
 def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int = 256,
-                device: torch.device | str | None = None) -> ImageSet:
+                device: torch.device | str | None = None, across_processes: bool = True,
+                skipped: dict[int, str] | None = None) -> ImageSet:
     """``data`` decoded to (N, 3, size, size) uint8 (size defaults to ``data.image_size``), on ``device``.
 
     Images that cannot be read stop with the file's name, or are left out under
     ``data.on_bad_image=skip``; rows keep their ``source_index`` and the order of ``data``.
+    ``skipped``: a dict to fill with row of ``data`` -> error of each image left out (this process's rows).
+    ``across_processes=False``: this process decodes every image itself, with no collective call (under
+    ``torchrun``, for code that runs on one process at a time, e.g. inside ``distributed.main_first``).
     """
     from dataclasses import replace
 
-    shard = current()
+    shard = current() if across_processes else Shard()
     size = size or data.image_size
     device = torch.device(device) if device is not None else torch.device("cpu")
     loader = FileLoader(replace(data, image_size=size), train=False)  # the evaluation view, no randomness
@@ -46,6 +51,8 @@ def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int 
         if usable:
             images.append(x)
             rows.append(r.long())
+    if skipped is not None:
+        skipped.update(loader.skipped)
     x = torch.cat(images).to(device)
     r = torch.cat(rows).to(device)
     if shard.world > 1:

@@ -3,12 +3,13 @@
 Small-image data sets (CIFAR, SVHN, digits) are balanced sources made long-tailed here, as
 tensors (``ImageSet``). Image-file data sets (``imagenet-lt``, ``inat2018``, ``folder``, ``csv``;
 :mod:`longtail.data.files`) are long-tailed as given: their sets are ``FileImageSet``s, and the
-long-tailed-subset settings (imbalance ratio, profile, n_max) do not apply to them.
+long-tailed-subset settings (imbalance ratio, profile, n_max) do not apply to them; with
+``data.in_memory=true`` they are decoded once into ``ImageSet``s (:func:`decode_in_memory`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .files import (
     load_file_sets,
 )
 from .imageset import ImageSet
+from .materialize import materialize
 from .normalization import normalization_override, with_normalization
 from .pack import load_pack
 from .splits import longtail_indices, unused_indices, validation_info, validation_split
@@ -44,6 +46,9 @@ class Splits:
     test: ImageSet | FileImageSet
     val: ImageSet | FileImageSet | None = None
     val_info: dict[str, Any] | None = None
+    #: image files decoded once into memory (``data.in_memory``): size, images, bytes and unreadable images left
+    #: out per split, for the report (None otherwise); see :func:`decode_in_memory`
+    decoded: dict[str, Any] | None = None
 
     @property
     def on_files(self) -> bool:
@@ -52,7 +57,7 @@ class Splits:
 
     def to(self, device: torch.device | str) -> "Splits":
         return Splits(self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None,
-                      val_info=self.val_info)
+                      val_info=self.val_info, decoded=self.decoded)
 
 
 def load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
@@ -77,9 +82,19 @@ def _load_balanced(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     raise LongtailError(f"unknown data set {cfg.dataset!r}", f"use one of: {', '.join([*DATASETS, *FILE_DATASETS])}")
 
 
+def check_in_memory(cfg: DataConfig) -> None:
+    """``data.in_memory`` is for image-file data sets; the others are tensors already: refused, not ignored."""
+    if getattr(cfg, "in_memory", False) and cfg.dataset not in FILE_DATASETS:
+        raise LongtailError(f"data.in_memory=true decodes image files into memory, but {cfg.dataset} is held in "
+                            "memory already",
+                            f"leave data.in_memory=false for {cfg.dataset} (it is for the image-file data sets: "
+                            f"{', '.join(FILE_DATASETS)})")
+
+
 def load_labeled_splits(cfg: DataConfig) -> Splits:
     """Balanced source -> long-tailed training subset (+ validation split) and the test set;
     image-file data sets as given (see :func:`load_file_splits`)."""
+    check_in_memory(cfg)
     if cfg.dataset in FILE_DATASETS:
         return load_file_splits(cfg)
     if cfg.pack:
@@ -123,7 +138,8 @@ def _splits_from_pack(cfg: DataConfig) -> Splits:
 
 def load_file_splits(cfg: DataConfig) -> Splits:
     """An image-file data set's splits. Validation: ``data.val_split`` (a file or folder like the others),
-    else ``data.val_per_class > 0`` holds out that many training images per class, else none."""
+    else ``data.val_per_class > 0`` holds out that many training images per class, else none. With
+    ``data.in_memory=true`` every split is then decoded once into memory (:func:`decode_in_memory`)."""
 
     for key in ("pack", "pseudo_labels", "unlabeled_pool"):
         if getattr(cfg, key, None):
@@ -146,5 +162,51 @@ def load_file_splits(cfg: DataConfig) -> Splits:
     elif val is not None:
         val_info = {"total": len(val), "from_train": None, "note": f"validation split: {len(val):,} images from "
                     f"the split file {cfg.val_split}"}
-    train.class_counts().require_nonempty(train.class_names)
-    return Splits(train, test, val, val_info=val_info)
+    splits = Splits(train, test, val, val_info=val_info)
+    if getattr(cfg, "in_memory", False):
+        splits = decode_in_memory(splits)
+    splits.train.class_counts().require_nonempty(splits.train.class_names)
+    return splits
+
+
+def decode_in_memory(splits: Splits, size: int | None = None) -> Splits:
+    """Image-file splits decoded once into memory (``data.in_memory=true``): every split a uint8 ``ImageSet``.
+
+    Each image is decoded once, as the evaluation view of :mod:`longtail.data.loader`: short side resized to
+    ``round(S x 256 / 224)``, centre crop ``S`` (``S = size``, default ``data.image_size``: 37 then 32 for
+    32 px). Training then takes the tensor paths, exactly as CIFAR does: random crops (``train.crop_padding``)
+    and flips drawn on the device inside that square (not ``RandomResizedCrop`` over the whole original image,
+    and no colour jitter), test-time augmentation, samplers, FastNet's patch-whitening initialisation, stacked
+    seeds. The file pipeline's normalisation is kept: ImageNet's constants for folders and CSVs, the data set's
+    own for iNaturalist, or ``data.normalization``. Rows keep the order and ``source_index`` of the files.
+
+    Memory: ``N x 3 x S x S`` bytes per split, held in host memory and then on the run's device (50,000
+    images: 154 MB at 32 px, 614 MB at 64 px, 7.5 GB at 224 px). Unreadable images stop with the file's name,
+    or under ``data.on_bad_image=skip`` are left out of their split and listed in ``Splits.decoded`` (the
+    report's ``in_memory`` entry). Under ``torchrun`` every process decodes every image itself (the splits are
+    loaded one process at a time). Splits already in memory are returned unchanged.
+    """
+    if not splits.on_files:
+        return splits
+    sets = {"train": splits.train, "test": splits.test, "val": splits.val}
+    out: dict[str, ImageSet] = {}
+    info: dict[str, Any] = {"image_size": 0, "images": {}, "bytes": 0}
+    unreadable: dict[str, Any] = {}
+    for split, data in sets.items():
+        if data is None:
+            continue
+        if not isinstance(data, FileImageSet):  # not something load_file_splits makes
+            raise LongtailError(f"{data.name}: the {split} split is in memory while the training split is files",
+                                "give every split as image files")
+        skipped: dict[int, str] = {}
+        decoded = materialize(data, size=size, device="cpu", across_processes=False, skipped=skipped)
+        out[split] = decoded
+        info["image_size"] = decoded.image_shape[-1]
+        info["images"][split] = len(decoded)
+        info["bytes"] += decoded.images.numel()
+        if skipped:
+            rows = sorted(skipped)
+            unreadable[split] = {"count": len(rows), "examples": [f"{data.path(r)}: {skipped[r]}" for r in rows[:10]]}
+    if unreadable:
+        info["unreadable_images"] = unreadable
+    return replace(splits, train=out["train"], test=out["test"], val=out.get("val"), decoded=info)

@@ -41,7 +41,7 @@ from .pseudo_labels import (
     parse_pool_spec,
     pseudo_label_report,
 )
-from .registry import Splits, load_balanced, load_labeled_splits
+from .registry import Splits, check_in_memory, load_balanced, load_labeled_splits
 from .splits import validation_info, validation_split
 
 PROTOCOLS = ("lt", "darp")
@@ -63,7 +63,8 @@ class SemiSplits(Splits):
     def to(self, device: torch.device | str) -> "SemiSplits":
         return SemiSplits(
             self.train.to(device), self.test.to(device), self.val.to(device) if self.val else None,
-            val_info=self.val_info, is_pseudo=None if self.is_pseudo is None else self.is_pseudo.to(device),
+            val_info=self.val_info, decoded=self.decoded,
+            is_pseudo=None if self.is_pseudo is None else self.is_pseudo.to(device),
             unlabeled=None if self.unlabeled is None else self.unlabeled.to(device), info=self.info,
         )
 
@@ -259,5 +260,6 @@ def load_splits(cfg: DataConfig, *, log: Callable[[str], None] = print) -> Split
     """The train / test (/ validation) sets of a run: semi-supervised splits (the DARP protocol, labeled +
     pseudo-labeled data, an unlabeled pool) when ``cfg`` asks for them, else the labeled splits
     (:func:`longtail.data.registry.load_labeled_splits`)."""
+    check_in_memory(cfg)  # before a semi-supervised protocol loads CIFAR
     semi = build_semi_splits(cfg, log=log)
     return semi if semi is not None else load_labeled_splits(cfg)

@@ -34,14 +34,31 @@ MODELS.update(CIFAR_RESNET18)
 MODELS["resnet32-w4"] = lambda c: ResNetCifar(5, in_channels=c, widths=(64, 128, 256))
 
 
-def init_from_training_images(backbone: Any, train: Any, device: torch.device) -> None:
+def init_from_training_images(backbone: Any, train: Any, device: torch.device, *,
+                              weights_from: str | None = None) -> None:
     """Set what a backbone takes from the training images before training (FastNet's frozen patch whitening:
     ``backbone.init_from_data``), from ``train`` (an ``ImageSet``: ``images``, ``mean``, ``std``); nothing for a
-    backbone without such a layer or data not held in memory. Draws no random numbers."""
+    backbone without such a layer. Draws no random numbers.
+
+    Such a backbone with training data not held in memory (image files decoded per batch, a ``FileImageSet``)
+    stops with a :class:`LongtailError` whose fix is ``--set data.in_memory=true``, unless ``weights_from`` names
+    the weights that will replace the layer before training (``model.pretrained`` / ``train.init_from``)."""
     init_from_data = getattr(backbone, "init_from_data", None)
+    if init_from_data is None:
+        return
     images = getattr(train, "images", None)
-    if init_from_data is not None and isinstance(images, torch.Tensor):
+    if isinstance(images, torch.Tensor):
         init_from_data(images.to(device), mean=train.mean, std=train.std)
+    elif not weights_from:
+        from ..errors import LongtailError
+
+        name = getattr(train, "name", "the training set")
+        raise LongtailError(
+            f"{type(backbone).__name__} sets its frozen first layer (patch whitening) from the training images, but "
+            f"{name} is image files decoded batch by batch, not held in memory: the layer would keep its default "
+            "(identity) weights",
+            "decode the images once into memory with --set data.in_memory=true (N x 3 x S x S bytes at "
+            "S = data.image_size; the folder-fast-* recipes do), or use another model (--set model.arch=...)")
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> Classifier:
