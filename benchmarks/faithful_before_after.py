@@ -20,7 +20,7 @@ in the row). The pairs:
   WRN-28-2) and with about the same number of images through the network (10 epochs of 0.1's, 30 of USB's).
 - ``moco-shuffle-bn`` (item 5): MoCo in one process as 0.1 ran it (BatchNorm over the whole batch, no shuffle)
   against shuffle-BN emulated over 8 sub-batches as MoCo's CIFAR demo does; ``cifar10-lt-moco`` on ResNet-8 for
-  20 epochs, k-NN and linear probe on the frozen features.
+  5 epochs, k-NN and linear probe on the frozen features.
 - ``simsiam-probe`` (item 7): SimSiam with re-weighted SAM evaluated as 0.1 did (``cifar10-lt-simsiam-rwsam-r32``'s
   probes on the long-tailed features) against Liu et al.'s protocol (``cifar10-lt-simsiam-rwsam``: the linear probe
   on all of balanced CIFAR-10, their optimisation and augmentation, BatchNorm updated in both SAM passes), both on
@@ -99,7 +99,7 @@ PAIRS = [
     Pair("moco-shuffle-bn", "5: MoCo shuffle-BN",
          Half("cifar10-lt-moco", (("ssl.moco_bn_splits", 1),), "0.1 in one process: BatchNorm over the whole batch"),
          Half("cifar10-lt-moco", (("ssl.moco_bn_splits", 8),), "shuffle-BN emulated over 8 sub-batches (MoCo's demo)"),
-         (("model.arch", "resnet8"), ("train.epochs", 20)), "ResNet-8, 20 epochs", pretrain="moco"),
+         (("model.arch", "resnet8"), ("train.epochs", 5)), "ResNet-8, 5 epochs", pretrain="moco"),
     Pair("simsiam-probe", "7: SimSiam + rwSAM protocol",
          Half("cifar10-lt-simsiam-rwsam-r32", (),
               "0.1: probes on the long-tailed features (standardised, cosine, lr 0.1), SAM's BN from the first pass"),
