@@ -1,6 +1,7 @@
 """Your own small images with the fast family (issue 15): ``data.in_memory`` decodes an image folder once into
-tensors, ``folder-fast-la`` / ``folder-fast-ce`` train FastNet on it, and FastNet on image files that are not in
-memory stops with a clear error instead of training with an uninitialised whitening layer."""
+tensors (each image whole under ``data.decode_view=whole``: 32x32 images kept exactly; the evaluation view under
+the default ``eval``), ``folder-fast-la`` / ``folder-fast-ce`` train FastNet on it, and FastNet on image files that
+are not in memory stops with a clear error instead of training with an uninitialised whitening layer."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from longtail.cli import main
 from longtail.config import DataConfig
 from longtail.data.files import FileImageSet
 from longtail.data.imageset import ImageSet
-from longtail.data.loader import eval_transform
+from longtail.data.loader import PilEvalTransform, eval_transform
 from longtail.data.registry import decode_in_memory
 from longtail.data.semi import load_splits
 from longtail.experiment import train_one
@@ -53,8 +54,29 @@ def folder(tmp_path_factory) -> Path:
 
 
 def data_cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(**{**dict(dataset="folder", root=str(root), image_size=32, num_workers=0, in_memory=True),
-                         **kw})
+    """The folder-fast recipes' data settings (in memory, each image whole) on ``root``."""
+    return DataConfig(**{**dict(dataset="folder", root=str(root), image_size=32, num_workers=0, in_memory=True,
+                                decode_view="whole"), **kw})
+
+
+def pixels(path: Path) -> torch.Tensor:
+    """An image file's RGB pixels as uint8 (3, H, W), read with PIL."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def whole_view_pil(path: Path, size: int = 32) -> torch.Tensor:
+    """The whole-image view computed with PIL alone: short side resized to ``size`` (bilinear, only when it is not
+    ``size`` already), then the centre ``size`` x ``size``."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        im = im.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return torch.from_numpy(np.asarray(im.crop((left, top, left + size, top + size))).copy()).permute(2, 0, 1)
 
 
 def train_cli(root: Path, out: Path, *extra: str, recipe: str = "folder-fast-la") -> int:
@@ -67,6 +89,7 @@ def test_folder_fast_recipes_copy_the_fast_family():
     for name, loss in (("folder-fast-la", "logit-adjust"), ("folder-fast-ce", "ce")):
         cfg = RECIPES[name].config
         assert cfg.data.dataset == "folder" and cfg.data.in_memory and cfg.data.image_size == 32
+        assert cfg.data.decode_view == "whole"  # 32x32 images kept exactly, as the fast CIFAR recipes train on them
         assert cfg.data.normalization is None  # ImageNet's constants, as every folder recipe
         assert cfg.model == fast.model and cfg.train == fast.train and cfg.loss.name == loss
         assert "32 px" in RECIPES[name].description and "data.image_size" in RECIPES[name].description
@@ -74,7 +97,8 @@ def test_folder_fast_recipes_copy_the_fast_family():
 
 # the setting -----------------------------------------------------------------------------------------
 def test_in_memory_decodes_every_split_once_as_the_evaluation_view(folder):
-    splits = load_splits(data_cfg(folder, val_per_class=1))
+    splits = load_splits(data_cfg(folder, val_per_class=1, decode_view="eval"))
+    assert DataConfig().decode_view == "eval"  # the default: today's view, e.g. for 224-px ImageNet-LT in memory
     assert not splits.on_files
     for part in (splits.train, splits.test, splits.val):
         assert isinstance(part, ImageSet) and part.images.dtype == torch.uint8 and part.image_shape == (3, 32, 32)
@@ -84,11 +108,71 @@ def test_in_memory_decodes_every_split_once_as_the_evaluation_view(folder):
     # the same held-out rows as without in_memory
     files = load_splits(data_cfg(folder, val_per_class=1, in_memory=False))
     assert torch.equal(files.val.source_index, splits.val.source_index)
-    # each image is the loader's evaluation view (resize to 37, centre crop 32)
+    # each image is the loader's evaluation view (resize to 37, centre crop 32), as before data.decode_view
     with Image.open(files.test.path(4)) as im:
         assert torch.equal(splits.test.images[4], eval_transform(32)(im.convert("RGB")))
-    assert splits.decoded == {"image_size": 32, "images": {"train": 15, "test": 9, "val": 3},
+        assert torch.equal(splits.test.images[4], eval_transform(32, "eval")(im.convert("RGB")))
+    assert not torch.equal(splits.test.images[4], pixels(files.test.path(4)))  # resampled: 37 px, then cut
+    assert splits.decoded == {"image_size": 32, "view": "eval", "images": {"train": 15, "test": 9, "val": 3},
                               "bytes": 27 * 3 * 32 * 32}
+
+
+def test_in_memory_whole_view_keeps_32px_images_exactly(folder):
+    splits = load_splits(data_cfg(folder, val_per_class=1))  # decode_view=whole, as the folder-fast recipes
+    files = load_splits(data_cfg(folder, val_per_class=1, in_memory=False))
+    for split in ("train", "val", "test"):
+        decoded, on_files = getattr(splits, split), getattr(files, split)
+        assert torch.equal(decoded.source_index, on_files.source_index)
+        want = torch.stack([pixels(on_files.path(i)) for i in range(len(on_files))])
+        assert decoded.images.dtype == torch.uint8 and torch.equal(decoded.images, want)  # every pixel as it is
+    assert splits.decoded == {"image_size": 32, "view": "whole", "images": {"train": 15, "test": 9, "val": 3},
+                              "bytes": 27 * 3 * 32 * 32}
+    # the transform itself, with torchvision and with the PIL implementation used without it
+    with Image.open(files.test.path(4)) as im:
+        rgb = im.convert("RGB")
+    assert torch.equal(eval_transform(32, "whole")(rgb), pixels(files.test.path(4)))
+    assert torch.equal(PilEvalTransform(32, 32)(rgb), pixels(files.test.path(4)))
+    with pytest.raises(LongtailError, match="unknown evaluation view"):
+        eval_transform(32, "crop")
+
+
+def test_in_memory_whole_view_of_non_square_images_cuts_only_the_long_side(tmp_path):
+    """(width, height): short side 32 already (not resampled, only the long side cut), or twice that (resized to
+    32 on the short side, bilinear as the loader, then cut); landscape and portrait."""
+    sizes = {"ant": [(40, 32), (32, 40)], "bee": [(80, 64), (64, 96)]}
+    rng = np.random.RandomState(1)
+    for split in ("train", "test"):
+        for name, shapes in sizes.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for k, (w, h) in enumerate(shapes):
+                arr = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+                Image.fromarray(arr).save(tmp_path / split / name / f"{k}.png")
+    splits = load_splits(data_cfg(tmp_path))
+    files = load_splits(data_cfg(tmp_path, in_memory=False))
+    for split in ("train", "test"):
+        decoded, on_files = getattr(splits, split), getattr(files, split)
+        assert decoded.image_shape == (3, 32, 32)
+        for i in range(len(on_files)):
+            path = on_files.path(i)
+            want = whole_view_pil(path)
+            assert torch.equal(decoded.images[i], want), path
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+            assert torch.equal(PilEvalTransform(32, 32)(rgb), want), path  # without torchvision: the same
+            w, h = rgb.size
+            if (w, h) == (40, 32):  # not resampled: the original's columns 4..35
+                assert torch.equal(decoded.images[i], pixels(path)[:, :, 4:36])
+            elif (w, h) == (32, 40):  # rows 4..35
+                assert torch.equal(decoded.images[i], pixels(path)[:, 4:36, :])
+    # the eval view of the same files: resized to 37 on the short side first, so not the whole-view square
+    evaluated = load_splits(data_cfg(tmp_path, decode_view="eval"))
+    assert not torch.equal(evaluated.test.images, splits.test.images)
+
+
+def test_decode_view_is_checked():
+    with pytest.raises(LongtailError, match="data.decode_view") as e:
+        DataConfig(dataset="folder", in_memory=True, decode_view="crop")
+    assert "eval" in e.value.fix and "whole" in e.value.fix
 
 
 def test_in_memory_at_other_sizes_and_fastnet_on_them(folder):
@@ -144,8 +228,9 @@ def test_folder_fast_run_whitening_report_evaluate_and_determinism(folder, tmp_p
     report = reports[0]
     assert report["train_counts"] == TRAIN and report["test_per_class"] == TEST
     assert report["class_names"] == NAMES and report["train_size"] == 18 and report["test_size"] == 9
-    assert report["in_memory"] == {"image_size": 32, "images": {"train": 18, "test": 9}, "bytes": 27 * 3 * 32 * 32}
-    assert report["config"]["data"]["in_memory"] is True
+    assert report["in_memory"] == {"image_size": 32, "view": "whole", "images": {"train": 18, "test": 9},
+                                   "bytes": 27 * 3 * 32 * 32}
+    assert report["config"]["data"]["in_memory"] is True and report["config"]["data"]["decode_view"] == "whole"
     assert reports[1]["per_class"] == report["per_class"] and reports[1]["nll"] == report["nll"]  # same seed
 
     # the whitening layer was set from the decoded training images, not left at its default

@@ -306,10 +306,14 @@ class DataConfig:
     image_size: int = 224  # side of the square crops the model sees
     num_workers: int | None = None  # DataLoader workers per process; None: min(8, CPUs / processes on the node)
     on_bad_image: str = "stop"  # unreadable image: stop (error) | skip (leave it out, count it in the report)
-    # image files decoded once into memory as uint8 tensors at image_size (the evaluation view: resize + centre
-    # crop), so the tensor paths apply (batched crop/flip on the device, FastNet's whitening init, stacked seeds):
+    # image files decoded once into memory as uint8 tensors at image_size (a resize + centre crop, decode_view),
+    # so the tensor paths apply (batched crop/flip on the device, FastNet's whitening init, stacked seeds):
     # N x 3 x image_size^2 bytes per split. Image-file data sets only (longtail.data.registry.decode_in_memory)
     in_memory: bool = False
+    # the square in_memory decodes (in_memory only; files decoded per batch keep the eval view): eval (short side
+    # resized to image_size x 256/224, centre crop: the references' test view) | whole (short side resized to
+    # image_size, not resampled when it is that already, centre crop: a 32x32 image kept exactly; folder-fast-*)
+    decode_view: str = "eval"
     # None: each data set's recipe source's constants (longtail.data.normalization); or one of NORMALIZATIONS
     normalization: str | None = None
 
@@ -332,6 +336,7 @@ class DataConfig:
         _number(self, "data", "image_size", 1)
         _number(self, "data", "num_workers", 0, fix="use 0 (load in the main process) or more, or none for the default")
         _choice(self, "data", "on_bad_image", BAD_IMAGE_POLICIES)
+        _choice(self, "data", "decode_view", ("eval", "whole"))  # longtail.data.loader.EVAL_VIEWS
         _choice(self, "data", "darp_order", DARP_ORDERS)
         if self.normalization is not None:
             _choice(self, "data", "normalization", NORMALIZATIONS)

@@ -137,10 +137,13 @@ def _fast_recipes() -> list[Recipe]:
         out.append(Recipe(f"{ds}-lt-fast-ce", f"{base}: cross-entropy", _with(cfg, loss={"name": "ce"})))
     # your own small images: the same network and training (cfg's model, loss, train) on a folder decoded once
     # into memory at 32 px (the tensor paths: crop + flip on the device, FastNet's whitening from the training
-    # images); ImageNet's normalisation constants, as every folder recipe
-    folder = replace(cfg, data=DataConfig(dataset="folder", root="my_images", image_size=32, in_memory=True))
+    # images), each image whole (short side to 32, centre crop: 32x32 images kept exactly, as CIFAR's);
+    # ImageNet's normalisation constants, as every folder recipe
+    folder = replace(cfg, data=DataConfig(dataset="folder", root="my_images", image_size=32, in_memory=True,
+                                          decode_view="whole"))
     base = ("your small images (e.g. 32 px; --set data.image_size=N for others): --data-root DIR with "
-            "DIR/train/<class>/* and DIR/test/<class>/*, decoded once into memory at 32 px (3 KB an image); "
+            "DIR/train/<class>/* and DIR/test/<class>/*, decoded once into memory at 32 px, each image whole "
+            "(3 KB an image); "
             f"FastNet-M, {FAST_EPOCHS} epochs, minutes on a CPU")
     out.append(Recipe("folder-fast-la", f"{base}: logit-adjusted loss, tau 1", folder))
     out.append(Recipe("folder-fast-ce", f"{base}: cross-entropy", _with(folder, loss={"name": "ce"})))

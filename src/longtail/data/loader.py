@@ -36,6 +36,9 @@ from .files import FileImageSet
 
 #: the evaluation resize before the centre crop is image_size * 256 / 224 (256 for 224), as in the references
 EVAL_RESIZE_RATIO = 256 / 224
+#: views of :func:`eval_transform`: eval (resize to image_size * 256 / 224, centre crop) | whole (resize to
+#: image_size, centre crop: the whole of a square image); ``config.DataConfig.decode_view``
+EVAL_VIEWS = ("eval", "whole")
 EVAL_BATCH_SIZE = 256
 
 
@@ -57,9 +60,14 @@ def train_transform(size: int, flip: bool = True, jitter: float = 0.4) -> Callab
     return v2.Compose([*steps, v2.PILToTensor()])
 
 
-def eval_transform(size: int) -> Callable[[Any], torch.Tensor]:
-    """Resize the short side to round(size * 256 / 224), then CenterCrop(size)."""
-    resize = int(round(size * EVAL_RESIZE_RATIO))
+def eval_transform(size: int, view: str = "eval") -> Callable[[Any], torch.Tensor]:
+    """``view="eval"`` (the references' evaluation): resize the short side to round(size * 256 / 224), then
+    CenterCrop(size). ``view="whole"``: resize the short side to ``size`` (same resampling; an image whose short
+    side is ``size`` already is not resampled), then CenterCrop(size): a square image is kept whole, a non-square
+    one loses only the ends of its long side (``data.decode_view``, for images decoded into memory)."""
+    if view not in EVAL_VIEWS:
+        raise LongtailError(f"unknown evaluation view {view!r}", f"use one of: {', '.join(EVAL_VIEWS)}")
+    resize = int(round(size * EVAL_RESIZE_RATIO)) if view == "eval" else size
     try:
         from torchvision.transforms import v2
     except ImportError:
@@ -202,11 +210,13 @@ class FileLoader:
     its first (zero) image with ``usable=False``, so every process still takes the step.
     """
 
-    def __init__(self, data: FileImageSet, *, train: bool, flip: bool = True, pin_memory: bool = False) -> None:
+    def __init__(self, data: FileImageSet, *, train: bool, flip: bool = True, pin_memory: bool = False,
+                 view: str = "eval") -> None:
+        """``view``: the evaluation transform's view (``train=False``), see :func:`eval_transform`."""
         self.data = data
         self.plan = _Plan()
         transform = (train_transform(data.image_size, flip, data.color_jitter) if train
-                     else eval_transform(data.image_size))
+                     else eval_transform(data.image_size, view))
         workers = data.num_workers
         # Workers start with each pass and end with it (not persistent): a pass's workers are forked from
         # a process that holds no other pass's live workers (a forked copy of those fails on exit).

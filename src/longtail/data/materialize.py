@@ -3,11 +3,14 @@
 Self-supervised pre-training (``longtail.ssl``) augments whole batches on the device, and so do
 supervised runs with ``data.in_memory=true`` (:func:`longtail.data.registry.decode_in_memory`); for
 ImageNet-LT, iNaturalist or a folder this module decodes every image once, in DataLoader workers, to a
-centre square of ``size`` pixels (the evaluation view: short side resized to size x 256/224, centre
-crop), after which the tensor code
-paths apply unchanged. The random resized crops of MoCo / SimSiam are then drawn inside that
-square rather than over the whole original image. Memory: N x 3 x size x size bytes (ImageNet-LT's
-115.8k training images at 224 px are about 17 GB of host memory; at 160 px about 9 GB).
+centre square of ``size`` pixels, after which the tensor code paths apply unchanged. The square is the
+file pipeline's evaluation view (``view="eval"``: short side resized to size x 256/224, centre crop), or
+with ``view="whole"`` the whole image (short side resized to size, not resampled when it is that size
+already, centre crop: only the long side of a non-square image is cut; ``data.decode_view`` of
+``data.in_memory``). Self-supervised pre-training takes the evaluation view; the random resized crops of
+MoCo / SimSiam are then drawn inside that square rather than over the whole original image.
+Memory: N x 3 x size x size bytes (ImageNet-LT's 115.8k training images at 224 px are about 17 GB of
+host memory; at 160 px about 9 GB).
 
 Under ``torchrun`` each process decodes only its rows ``rank::world`` and the processes exchange
 them on ``device`` (the GPUs under NCCL): the decoding is split N ways and each process holds about
@@ -28,8 +31,11 @@ from .loader import FileLoader
 
 def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int = 256,
                 device: torch.device | str | None = None, across_processes: bool = True,
-                skipped: dict[int, str] | None = None) -> ImageSet:
+                skipped: dict[int, str] | None = None, view: str = "eval") -> ImageSet:
     """``data`` decoded to (N, 3, size, size) uint8 (size defaults to ``data.image_size``), on ``device``.
+
+    ``view``: ``"eval"`` (resize the short side to round(size x 256 / 224), centre crop) or ``"whole"`` (resize
+    the short side to size, centre crop), see :func:`longtail.data.loader.eval_transform`.
 
     Images that cannot be read stop with the file's name, or are left out under
     ``data.on_bad_image=skip``; rows keep their ``source_index`` and the order of ``data``.
@@ -42,7 +48,7 @@ def materialize(data: FileImageSet, *, size: int | None = None, batch_size: int 
     shard = current() if across_processes else Shard()
     size = size or data.image_size
     device = torch.device(device) if device is not None else torch.device("cpu")
-    loader = FileLoader(replace(data, image_size=size), train=False)  # the evaluation view, no randomness
+    loader = FileLoader(replace(data, image_size=size), train=False, view=view)  # an evaluation view, no randomness
     mine = shard.rows(len(data)).tolist()
     plan = [[(r, 0) for r in mine[i:i + batch_size]] for i in range(0, len(mine), batch_size)]
     images = [torch.zeros(0, 3, size, size, dtype=torch.uint8)]

@@ -164,17 +164,26 @@ def load_file_splits(cfg: DataConfig) -> Splits:
                     f"the split file {cfg.val_split}"}
     splits = Splits(train, test, val, val_info=val_info)
     if getattr(cfg, "in_memory", False):
-        splits = decode_in_memory(splits)
+        splits = decode_in_memory(splits, view=getattr(cfg, "decode_view", "eval"))
     splits.train.class_counts().require_nonempty(splits.train.class_names)
     return splits
 
 
-def decode_in_memory(splits: Splits, size: int | None = None) -> Splits:
+def decode_in_memory(splits: Splits, size: int | None = None, view: str = "eval") -> Splits:
     """Image-file splits decoded once into memory (``data.in_memory=true``): every split a uint8 ``ImageSet``.
 
-    Each image is decoded once, as the evaluation view of :mod:`longtail.data.loader`: short side resized to
-    ``round(S x 256 / 224)``, centre crop ``S`` (``S = size``, default ``data.image_size``: 37 then 32 for
-    32 px). Training then takes the tensor paths, exactly as CIFAR does: random crops (``train.crop_padding``)
+    Each image is decoded once to a centre square of ``S`` pixels (``S = size``, default ``data.image_size``),
+    in one of two views (``view``, from ``data.decode_view``; :func:`longtail.data.loader.eval_transform`):
+
+    - ``"eval"`` (the default): the evaluation view of :mod:`longtail.data.loader`, short side resized to
+      ``round(S x 256 / 224)``, centre crop ``S`` (37 then 32 for 32 px; 256 then 224 for 224 px), so the test
+      set is scored as the ImageNet-LT / iNaturalist references score it;
+    - ``"whole"`` (the ``folder-fast-*`` recipes): short side resized to ``S`` with the same resampling, centre
+      crop ``S``. An image whose short side is ``S`` already is not resampled: 32x32 images (CIFAR-style) are
+      kept exactly, pixel for pixel, as the fast CIFAR recipes train on them; a non-square one loses only the
+      ends of its long side.
+
+    Training then takes the tensor paths, exactly as CIFAR does: random crops (``train.crop_padding``)
     and flips drawn on the device inside that square (not ``RandomResizedCrop`` over the whole original image,
     and no colour jitter), test-time augmentation, samplers, FastNet's patch-whitening initialisation, stacked
     seeds. The file pipeline's normalisation is kept: ImageNet's constants for folders and CSVs, the data set's
@@ -190,7 +199,7 @@ def decode_in_memory(splits: Splits, size: int | None = None) -> Splits:
         return splits
     sets = {"train": splits.train, "test": splits.test, "val": splits.val}
     out: dict[str, ImageSet] = {}
-    info: dict[str, Any] = {"image_size": 0, "images": {}, "bytes": 0}
+    info: dict[str, Any] = {"image_size": 0, "view": view, "images": {}, "bytes": 0}
     unreadable: dict[str, Any] = {}
     for split, data in sets.items():
         if data is None:
@@ -199,7 +208,7 @@ def decode_in_memory(splits: Splits, size: int | None = None) -> Splits:
             raise LongtailError(f"{data.name}: the {split} split is in memory while the training split is files",
                                 "give every split as image files")
         skipped: dict[int, str] = {}
-        decoded = materialize(data, size=size, device="cpu", across_processes=False, skipped=skipped)
+        decoded = materialize(data, size=size, device="cpu", across_processes=False, skipped=skipped, view=view)
         out[split] = decoded
         info["image_size"] = decoded.image_shape[-1]
         info["images"][split] = len(decoded)
