@@ -60,7 +60,9 @@ def file_based(cfg: RunConfig, root: Path) -> Splits:
         write_images(root, "train", FILE_COUNTS, names)
         write_images(root, "test", [1] * len(FILE_COUNTS), names, seed=1)
     splits = file_splits(ds, root, image_size=16)
-    return decode_in_memory(splits, view=cfg.data.decode_view) if cfg.data.in_memory else splits  # folder-fast-*: tensors, as load_splits
+    if cfg.data.in_memory:  # folder-fast-*: tensors, as load_splits decodes them
+        return decode_in_memory(splits, view=cfg.data.decode_view)
+    return splits
 
 
 def semi_splits(recipe: Recipe, base: Splits) -> Splits:
