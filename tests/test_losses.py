@@ -33,8 +33,10 @@ PARAMS: dict[str, dict[str, float]] = {
     "balanced-softmax": {},
     "logit-adjust": {"tau": 1.5},
     "cdt": {"gamma": 0.3},
+    "vs": {"gamma": 0.2, "tau": 1.25},
+    "vs-tla": {"gamma": 0.2, "tau": 1.25, "late_tau": 0.75},  # untruncated (its epoch stage: test_vs_adrw_tla.py)
 }
-COUNT_AWARE = ("ldam", "balanced-softmax", "logit-adjust", "cdt")
+COUNT_AWARE = ("ldam", "balanced-softmax", "logit-adjust", "cdt", "vs", "vs-tla")
 
 
 def batch(b: int = 16, c: int = C, seed: int = 0, dtype: torch.dtype = torch.float32):

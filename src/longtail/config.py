@@ -37,7 +37,7 @@ HEADS = ("linear", "cosine")  # longtail.models.heads.HEADS
 SCHEDULES = ("step", "cosine", "onecycle", "fixmatch-cosine")  # longtail.schedule.lr_function
 TTA_MODES = ("none", "flip", "flip-translate")  # longtail.models.fastnet.tta_model
 SAMPLERS = ("instance", "class-balanced", "class-aware", "sqrt", "effective-number")  # longtail.samplers.SAMPLERS
-WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced")  # longtail.weights.SCHEMES
+WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "class-balanced", "inverse-power")  # longtail.weights.SCHEMES
 AMP_MODES = ("auto", "bf16", "off")  # longtail.devices.autocast_for
 CHANNELS_LAST = ("auto", "on", "off")  # longtail.devices.use_channels_last
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # graphs
@@ -232,6 +232,15 @@ LOSS_PARAMS: dict[str, tuple[Param, ...]] = {
     "logit-adjust": (Param("tau", 1.0, about="weight of the log prior, 0 is cross-entropy (Menon et al. 2021)"),),
     "cdt": (Param("gamma", None, lo=0, example=0.2, about="temperature exponent a_c = (n_max / n_c)^gamma; "
                   "Ye et al. tune it on validation data, in [0, 0.4] on CIFAR-10"),),
+    "vs": (Param("gamma", 0.3, lo=0, about="multiplicative exponent: logits divided by (n_max / n_c)^gamma, 0 is "
+                 "logit adjustment (Kini et al. 2021; VSLoss's default 0.3, Wang et al. 2023 use 0.05)"),
+           Param("tau", 1.0, about="weight of the additive log prior tau * log pi, 0 is CDT (Kini et al. 2021)")),
+    "vs-tla": (Param("gamma", 0.3, lo=0, about="VS's multiplicative exponent until the deferred re-weighting "
+                     "starts (Wang et al. 2023, wang22ti/DDC; 0.05 in their runs)"),
+               Param("tau", 1.0, about="VS's additive weight of the log prior until the deferred re-weighting "
+                     "starts"),
+               Param("late_tau", 1.0, about="weight of the log prior once truncated, CE(z + late_tau * log pi), "
+                     "from the deferred re-weighting's start (their resumed runs: 1.0 CIFAR-10, 0.75 CIFAR-100)")),
 }
 LOSSES = tuple(LOSS_PARAMS)
 
@@ -369,7 +378,7 @@ class LossConfig:
     ``LossConfig("focal", {"gamma": 2.0})``. ``--set loss.gamma=2`` sets a parameter of the current
     loss; ``--set loss.name=...`` to another loss starts from that loss's defaults."""
 
-    name: str = "ce"  # ce | focal | ldam | balanced-softmax | logit-adjust | cdt
+    name: str = "ce"  # ce | focal | ldam | balanced-softmax | logit-adjust | cdt | vs | vs-tla
     params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -392,9 +401,12 @@ class TrainConfig:
     warmup_epochs: float = 5.0  # in 200-epoch units for the step and onecycle schedules, real epochs for cosine
     milestones: tuple[float, ...] = (160.0, 180.0)  # in 200-epoch units
     sampler: str = "instance"  # instance | class-balanced (= class-aware) | sqrt | effective-number (beta 0.9999)
-    weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced
+    weighting: str = "none"  # none | inverse | sqrt-inverse | class-balanced | inverse-power
     drw_start: float | None = None  # DRW: weighting starts at this epoch (200-epoch units), plain before
     cb_beta: float = 0.9999  # beta of the class-balanced weighting and of the effective-number sampler
+    # exponent of the inverse-power weighting, w_c ∝ (n_c / N)^-power (1: inverse; with drw_start it is ADRW,
+    # Wang et al. 2023, their --tro: 0.15 on CIFAR-10-LT, 0.25 on CIFAR-100-LT)
+    weighting_power: float = 1.0
     crop_padding: int = 4
     flip: bool = True
     device: str = "auto"  # auto | cpu | cuda
@@ -431,6 +443,8 @@ class TrainConfig:
         _number(self, "train", "drw_start", 0, fix="use an epoch >= 0 (200-epoch units; the reference uses 160), "
                 "or none for no deferral")
         _number(self, "train", "cb_beta", 0, 1, hi_open=True)
+        _number(self, "train", "weighting_power", 0, fix="use an exponent >= 0 (0 is uniform, 1 inverse frequency), "
+                "e.g. --set train.weighting_power=0.15 (ADRW on CIFAR-10-LT)")
         _number(self, "train", "crop_padding", 0)
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
             raise LongtailError(f"unknown train.device {self.device!r}",
@@ -1005,6 +1019,7 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("semi.pseudo_weight", "semi.labeled_fraction", "data.pseudo_threshold"),
      lambda c: c.data.pseudo_labels is not None),
     (("train.cb_beta",), lambda c: c.train.weighting == "class-balanced" or c.train.sampler == "effective-number"),
+    (("train.weighting_power",), lambda c: c.train.weighting == "inverse-power"),
     (("data.darp_",), lambda c: c.data.protocol == "darp"),
     (("augment.randaugment_magnitude",), lambda c: c.augment.randaugment > 0),
     (("augment.policy",), lambda c: c.augment.randaugment > 0 or c.augment.cutout > 0),

@@ -53,13 +53,12 @@ from .optim import make_optimizer
 from .report import write_report
 from .runs import RunDir
 from .samplers import make_sampler
-from .schedule import scaled_epoch
 from .semi.acr import ACRTask, acr_settings, check_acr, pool_labeled_rows
 from .semi.fixmatch import FixMatchTask
 from .semi.task import SemiSupervisedTask
 from .storage import check_writable_dir
 from .tasks import SupervisedTask, Task
-from .weights import make_weighting
+from .weights import weighting_from_config
 
 
 def build_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> Task:
@@ -90,13 +89,12 @@ def adapt_task(task: Task) -> Task:
 
 def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None = None) -> Task:
     t = cfg.train
-    drw = None if t.drw_start is None else scaled_epoch(t.drw_start, t.epochs)
     # what every task below takes
     batch_size = t.batch_size
     weak = Augment(crop_padding=t.crop_padding, flip=t.flip, padding_mode=cfg.augment.crop_padding_mode)
     augment, mix = augment_from_config(cfg, train)  # crop + flip + RandAugment + Cutout; mixup / CutMix
     sampler = make_sampler(t.sampler, train.labels, train.num_classes, beta=t.cb_beta)
-    weighting = make_weighting(t.weighting, counts, start_epoch=drw, beta=t.cb_beta)
+    weighting = weighting_from_config(t, counts)
     criterion = loss_from_config(cfg.loss, counts)
     is_pseudo = getattr(splits, "is_pseudo", None)
     if t.task == "glmc":  # GLMC (longtail.glmc): two heads, mixed views of re-sampled partners, its own loss

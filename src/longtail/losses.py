@@ -48,6 +48,8 @@ __all__ = [
     "Focal",
     "Loss",
     "LogitAdjusted",
+    "TruncatedVS",
+    "VS",
     "adjust_logits",
     "balanced_softmax",
     "cdt",
@@ -60,6 +62,8 @@ __all__ = [
     "logit_adjusted",
     "loss_from_config",
     "make_loss",
+    "vs",
+    "vs_deltas",
 ]
 
 
@@ -125,6 +129,19 @@ def ldam_margins(counts: ClassCounts, *, max_margin: float = 0.5) -> Tensor:
 def cdt_temperatures(counts: ClassCounts, *, gamma: float) -> Tensor:
     """CDT temperatures ``a_c = (n_max / n_c)^gamma``, a ``(C,)`` float32 tensor (>= 1, 1 for the head)."""
     _require_nonempty(counts, "the CDT temperature (n_max / n_c)^gamma")
+    n = counts.tensor(dtype=torch.float64)
+    return ((n.max() / n) ** gamma).float()
+
+
+def vs_deltas(counts: ClassCounts, *, gamma: float) -> Tensor:
+    """VS's multiplicative adjustment as divisors ``Delta_c = (n_max / n_c)^gamma``, a ``(C,)`` float32 tensor.
+
+    ``>= 1``, 1 for the head class. wang22ti/DDC ``losses.py`` (bcae46e, lines 73-74, 77) builds it as
+    ``temp = (1 / n)^gamma; temp / min(temp)`` and divides the logits by it (line 84); Kini et al.'s
+    multiplicative factor ``(n_c / n_max)^gamma`` multiplies them, the same thing. The same tensor as
+    :func:`cdt_temperatures`.
+    """
+    _require_nonempty(counts, "the VS factor (n_max / n_c)^gamma")
     n = counts.tensor(dtype=torch.float64)
     return ((n.max() / n) ** gamma).float()
 
@@ -228,6 +245,28 @@ def cdt(logits: Tensor, targets: Tensor, temperatures: Tensor, *, weight: Tensor
     _check_shapes(logits, targets, temperatures)
     logits = _upcast(logits)
     return cross_entropy(logits / temperatures.to(logits.dtype), targets, weight=weight)
+
+
+def vs(
+    logits: Tensor, targets: Tensor, deltas: Tensor, log_prior: Tensor, *, tau: float = 1.0,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Vector-scaling loss (Kini et al., NeurIPS 2021): ``l_i = CE(z_i / Delta + tau * log pi, y_i)``.
+
+    ``deltas`` is ``(C,)``, ``Delta_c = (n_max / n_c)^gamma`` (:func:`vs_deltas`), the multiplicative part
+    (rare-class logits shrunk, as :func:`cdt`); ``log_prior`` is ``(C,)``, ``log(n_c / N)``, the additive part
+    (as :func:`logit_adjusted`). ``gamma = 0`` gives the logit-adjusted loss, ``tau = 0`` CDT, both CE.
+
+    The formula of ``VSLoss`` in wang22ti/DDC ``losses.py`` (bcae46e, lines 67-86: ``x / Delta_list +
+    iota_list``, ``iota_list = tau * np.log(cls_probs)``, then ``F.cross_entropy(output, target,
+    weight=self.weight)``; their copy of Kini et al.'s VSLoss, whose own repository was not read): weighted, it
+    divides by the sum of the weights, as :func:`cross_entropy`.
+    """
+    _check_shapes(logits, targets, deltas)
+    _check_shapes(logits, targets, log_prior)
+    logits = _upcast(logits)
+    adjusted = logits / deltas.to(logits.dtype) + tau * log_prior.to(logits.dtype)
+    return cross_entropy(adjusted, targets, weight=weight)
 
 
 def adjust_logits(logits: Tensor, counts: ClassCounts, tau: float = 1.0) -> Tensor:
@@ -380,6 +419,74 @@ class CDT(Loss):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"
+
+
+class VS(Loss):
+    """Vector-scaling loss ``CE(z / Delta + tau * log pi)``, ``Delta_c = (n_max / n_c)^gamma`` (Kini et al. 2021).
+
+    Defaults are those of ``VSLoss`` in wang22ti/DDC ``losses.py`` (line 69): ``gamma = 0.3``, ``tau = 1``.
+    """
+
+    name = "vs"
+    deltas: Tensor
+    log_prior: Tensor
+
+    def __init__(self, counts: ClassCounts, *, gamma: float = 0.3, tau: float = 1.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise LongtailError(f"VS gamma must be >= 0, got {gamma}", "use e.g. gamma=0.05 (0 is logit adjustment)")
+        self.register_buffer("deltas", vs_deltas(counts, gamma=gamma), persistent=False)
+        self.register_buffer("log_prior", log_prior(counts), persistent=False)
+        self.gamma, self.tau = float(gamma), float(tau)
+
+    def forward(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        return vs(logits, targets, self.deltas, self.log_prior, tau=self.tau, weight=weight)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, tau={self.tau}"
+
+
+class TruncatedVS(VS):
+    """VS with truncated logit adjustment (TLA; Wang et al., NeurIPS 2023): the VS loss until the deferred
+    re-weighting starts, then its multiplicative part dropped, ``CE(z + late_tau * log pi)``.
+
+    The source is wang22ti/DDC at bcae46e (identical at 4bd4fb3). ``cifar_train_sam.py`` lines 279-282 and
+    288-291: ``if args.loss_type == 'VS' and '-T' in args.train_rule and epoch + 1 > args.t_reweight:
+    loss = criterion(output, target, False)``, where ``False`` is ``VSLoss.forward``'s
+    ``use_multiplicative`` (``losses.py`` line 84: ``x + self.iota_list`` instead of ``x / self.Delta_list +
+    self.iota_list``). ``-T`` is an option of the re-weighting rule (``ADRW-T``, ``DRW-T``) and ``t_reweight``
+    (line 74, ``(epochs // 200) * 160``) is the epoch the deferred weights switch on (lines 209-216), so the
+    truncation starts exactly when the deferred re-weighting does. Reading chosen: the loss is told so by
+    whoever applies the weighting: :meth:`truncate` with
+    :func:`longtail.weights.reweighting_started` of the run's weighting at each epoch's start; a constant
+    weighting (or none) never truncates, as the source has no ``-T`` without deferral. Until it is told, it
+    is the VS loss.
+
+    ``late_tau`` is the log prior's weight once truncated. In one run of their script it equals ``tau``; their
+    published 400-epoch numbers resume a plain VS run (``--tau 1.0``) at epoch 320 with an ``ADRW-T`` command
+    whose ``--tau`` is that of the truncated stage (``bash_script.sh``: 1.0 on CIFAR-10-LT, 0.75 on
+    CIFAR-100-LT), hence a parameter of its own. The stage is not checkpointed: it is a function of the epoch,
+    set again at every epoch's start.
+    """
+
+    name = "vs-tla"
+
+    def __init__(self, counts: ClassCounts, *, gamma: float = 0.3, tau: float = 1.0, late_tau: float = 1.0) -> None:
+        super().__init__(counts, gamma=gamma, tau=tau)
+        self.late_tau = float(late_tau)
+        self.truncated = False
+
+    def truncate(self, on: bool = True) -> None:
+        """From now on (``on``), or no longer, drop the multiplicative part: ``CE(z + late_tau * log pi)``."""
+        self.truncated = bool(on)
+
+    def forward(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        if self.truncated:
+            return logit_adjusted(logits, targets, self.log_prior, tau=self.late_tau, weight=weight)
+        return vs(logits, targets, self.deltas, self.log_prior, tau=self.tau, weight=weight)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, tau={self.tau}, late_tau={self.late_tau}, truncated={self.truncated}"
 
 
 # registry ----------------------------------------------------------------------------------

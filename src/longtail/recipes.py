@@ -99,6 +99,7 @@ def _recipes() -> list[Recipe]:
             ))
     out += _wb_recipes()
     out += _glmc_recipes()
+    out += _vs_adrw_tla_recipes()
     # flips as the seed's train.py does for every data set (digits are not mirror-symmetric: an ablation's
     # `--set train.flip=false` is one setting away)
     svhn = RunConfig(data=DataConfig(dataset="svhn", imbalance_ratio=100.0))
@@ -190,6 +191,38 @@ def _glmc_recipes() -> list[Recipe]:
                           "Du et al. 2023)", cfg,
                           f"rho=100: {before} [R] as published (before their sampling fix), {fixed} [R] after it, "
                           f"{maxnorm} [R] after it with MaxNorm; {wide}"))
+    return out
+
+
+def _vs_adrw_tla_recipes() -> list[Recipe]:
+    """VS + ADRW + TLA (Wang et al., NeurIPS 2023; wang22ti/DDC bcae46e, ``bash_script.sh`` and
+    ``cifar_train_sam.py``), their "400 epochs with tuned wd, SAM, and RandAug" rows at rho=100. Their number
+    comes from two commands: a plain VS run (``--train_rule None``) and an ``ADRW-T`` run that resumes its epoch-320
+    checkpoint (model, SGD momentum and the optimizer's hyperparameters) for epochs 321-400. As one run: ResNet-32,
+    batch 128, SGD momentum 0.9, lr 0.1 (warm-up, x0.01 after epoch 320, x0.0001 after 360), SAM; VS (gamma 0.05,
+    tau 1) until epoch 320, then TLA (its multiplicative part dropped, tau of the ADRW-T command) with ADRW weights
+    (n_c / N)^-tro; weight decay 2e-4 throughout (the resumed optimizer state keeps the VS run's; see
+    docs/PROTOCOLS.md). SAM's rho is the VS run's (0.1 / 0.2; theirs doubles it for epochs 321-400), RandAugment(2) +
+    Cutout stand in for their AutoAugment CIFAR-10 policy + Cutout, and the warm-up reaches lr 0.1 at epoch 5 (theirs
+    goes on to 0.2 at epoch 10). Until ``longtail.experiment`` builds the weighting with
+    ``weights.weighting_from_config`` and the task calls the loss's ``truncate`` (docs/PROTOCOLS.md), a run of these
+    recipes gets neither ADRW's power nor TLA's truncation."""
+    out = []
+    for ds, label, rho, power, late_tau, published in (
+            ("cifar10", "CIFAR-10-LT", 0.1, 0.15, 1.0, "86.42 [R] (± 0.10)"),
+            ("cifar100", "CIFAR-100-LT", 0.2, 0.25, 0.75, "53.05 [R] (± 0.12)")):
+        cfg = RunConfig(data=DataConfig(dataset=ds, imbalance_ratio=100.0),
+                        loss=LossConfig("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": late_tau}),
+                        train=TrainConfig(epochs=400, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
+                                          schedule="step", warmup_epochs=2.5, milestones=(160.0, 180.0),
+                                          weighting="inverse-power", weighting_power=power, drw_start=160.0),
+                        optim=OptimConfig(name="sam", sam_rho=rho),
+                        augment=AugmentConfig(randaugment=2, cutout=0.5))
+        out.append(Recipe(f"{ds}-lt-vs-adrw-tla", f"{label} rho=100, ResNet-32, 400 epochs: VS loss (gamma 0.05, "
+                          f"tau 1) with SAM (rho {rho:g}), RandAugment(2) + Cutout, wd 2e-4; from epoch 321 truncated "
+                          f"logit adjustment (tau {late_tau:g}) with ADRW weights (n_c / N)^-{power:g} (Wang et al. "
+                          "2023)",
+                          cfg, f"rho=100: {published}, 400 epochs with their AutoAugment + Cutout and SAM schedule"))
     return out
 
 

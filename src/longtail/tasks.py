@@ -16,7 +16,7 @@ from .data.augment import Augment, Batch, iterate_batches
 from .data.imageset import ImageSet
 from .data.mix import Mix, MixedBatch, mixed_loss
 from .samplers import Sampler
-from .weights import Weighting
+from .weights import Weighting, reweighting_started
 
 if TYPE_CHECKING:
     from .data.files import FileImageSet
@@ -115,6 +115,9 @@ class SupervisedTask:
     def on_epoch_start(self, epoch: int) -> None:
         w = self.weighting.weight_at(epoch) if self.weighting is not None else None
         self.class_weight = None if w is None else w.to(self.train.device)
+        truncate = getattr(self.criterion, "truncate", None)
+        if truncate is not None:  # TLA (losses.TruncatedVS): its stage follows the deferred re-weighting's
+            truncate(reweighting_started(self.weighting, epoch))
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[TrainBatch]:
         order = self.sampler.epoch_indices(generator)
