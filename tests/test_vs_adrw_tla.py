@@ -411,8 +411,13 @@ def test_the_recipes_carry_their_settings(ds):
     assert (t.schedule, t.milestones, t.weighting, t.drw_start) == ("step", (160.0, 180.0), "inverse-power", 160.0)
     assert t.weighting_power == adrw["tro"] and (t.crop_padding, t.flip) == (4, True)
     assert cfg.loss == LossConfig("vs-tla", {"gamma": vs_run["gamma"], "tau": vs_run["tau"], "late_tau": adrw["tau"]})
-    assert (cfg.optim.name, cfg.optim.sam_rho) == ("sam", vs_run["rho"][0])  # stage 2's rho: not expressible
-    assert (cfg.augment.randaugment, cfg.augment.cutout) == (2, 0.5)  # stand-in for AutoAugment + Cutout(16)
+    # the VS run's rho until epoch 320 (0-based), the ADRW-T command's rho[1] after (adjust_rho); both passes in
+    # train mode
+    assert (cfg.optim.name, cfg.optim.sam_rho, cfg.optim.sam_rho_late) == ("sam", vs_run["rho"][0], adrw["rho"][1])
+    assert (cfg.optim.sam_rho_late_start, cfg.optim.sam_bn_stats) == (160.0, "both")
+    # --randaug 1: CIFAR10Policy + Cutout(n_holes=1, length=16), black, before Normalize
+    assert (cfg.augment.autoaugment, cfg.augment.randaugment) == ("cifar10", 0)
+    assert (cfg.augment.cutout, cfg.augment.cutout_policy) == (0.5, "devries")
     assert RECIPES[RECIPE[ds]].published.startswith("rho=100: " + ("86.42 [R]" if ds == "cifar10" else "53.05 [R]"))
 
 

@@ -50,6 +50,9 @@ RW_WEIGHTS = ("kde", "class", "none")
 PROBE_INTERPOLATIONS = ("bilinear", "bicubic")  # longtail.ssl.augment.INTERPOLATIONS
 MIXES = ("none", "mixup", "cutmix")  # longtail.data.mix.MIXES
 AUGMENT_POLICIES = ("fixmatch", "usb")  # longtail.data.randaugment.POLICIES
+CUTOUT_POLICIES = (*AUGMENT_POLICIES, "devries")  # longtail.data.randaugment.CUTOUT_POLICIES
+AUTOAUGMENT_POLICIES = ("none", "cifar10")  # none, then longtail.data.autoaugment.AUTOAUGMENT_POLICIES
+SAM_BN_STATS = ("first", "both")  # which SAM pass updates BatchNorm's running statistics
 OPTIMIZERS = ("sgd", "sam", "asam")  # longtail.optim
 
 #: settings that have a command-line option of their own (the rest: ``--set KEY=VALUE``)
@@ -548,6 +551,12 @@ class AugmentConfig:
     # magnitudes 1..9, a grey 127 square) | usb (microsoft/Semi-supervised-learning: every op, its parameter drawn
     # from its range, no magnitude; a square of U(0, cutout) of the side); longtail.data.randaugment
     policy: str = "fixmatch"
+    # AutoAugment (Cubuk et al. 2019) after crop and flip, before RandAugment: none | cifar10 (its 25 CIFAR-10
+    # sub-policies as DeepVoltaire/AutoAugment's CIFAR10Policy, which wang22ti/DDC copies); longtail.data.autoaugment
+    autoaugment: str = "none"
+    # whose Cutout: none (that of augment.policy) | fixmatch | usb | devries (DeVries & Taylor's own, as DDC copies
+    # it: a square of 2 * (int(cutout * side) // 2) pixels about a uniform pixel, clipped, black before normalising)
+    cutout_policy: str | None = None
     crop_padding_mode: str = "zeros"  # the crop's border (train.crop_padding): zeros (references) | reflect (USB)
     mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
     mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
@@ -560,6 +569,11 @@ class AugmentConfig:
                 fix="use a magnitude from 0 to 10, or none to draw one per op")
         _number(self, "augment", "cutout", 0, 1)
         _choice(self, "augment", "policy", AUGMENT_POLICIES)
+        _choice(self, "augment", "autoaugment", AUTOAUGMENT_POLICIES)
+        if self.cutout_policy is not None:
+            _choice(self, "augment", "cutout_policy", CUTOUT_POLICIES,
+                    fix=f"use one of: {', '.join(CUTOUT_POLICIES)}, or none for augment.policy's "
+                        "(e.g. --set augment.cutout_policy=devries)")
         _choice(self, "augment", "crop_padding_mode", ("zeros", "reflect"))
         _choice(self, "augment", "mix", MIXES)
         _number(self, "augment", "mix_alpha", 0, lo_open=True)
@@ -573,6 +587,15 @@ class OptimConfig:
 
     name: str = "sgd"  # sgd | sam (sharpness-aware, Foret et al. 2021) | asam (adaptive SAM, Kwon et al. 2021)
     sam_rho: float | None = None  # neighbourhood radius; None: 0.05 for sam, 2.0 for asam (their papers' defaults)
+    # a second radius from epoch sam_rho_late_start on (wang22ti/DDC's --rho r0 r1, adjust_rho); none: sam_rho
+    # throughout
+    sam_rho_late: float | None = None
+    # the epoch (0-based) sam_rho_late starts in, in 200-epoch units scaled to the run as train.milestones and
+    # train.drw_start (DDC: 160, epoch 320 of 400, where its deferred re-weighting and lr decay also start)
+    sam_rho_late_start: float = 160.0
+    # which SAM pass updates BatchNorm's running statistics: first (the ascent pass only: Foret et al.'s code,
+    # davda54/sam's disable_running_stats) | both (both passes in train mode: wang22ti/DDC, Liu et al.'s rwSAM)
+    sam_bn_stats: str = "first"
     # MaxNorm (Alshammari et al. 2022): after every step the classifier's per-class weight norms are projected
     # down to min + t * (max - min) of their norms when training starts; t here (their demo: 0.1), none: off
     maxnorm: float | None = None
@@ -598,6 +621,11 @@ class OptimConfig:
         _check_types(self, "optim")
         _choice(self, "optim", "name", OPTIMIZERS)
         _number(self, "optim", "sam_rho", 0, lo_open=True, fix="use a radius > 0, e.g. 0.05 (sam) or 2 (asam)")
+        _number(self, "optim", "sam_rho_late", 0, lo_open=True,
+                fix="use a radius > 0, e.g. --set optim.sam_rho_late=0.2, or none to keep optim.sam_rho throughout")
+        _number(self, "optim", "sam_rho_late_start", 0,
+                fix="use an epoch >= 0 in 200-epoch units, e.g. --set optim.sam_rho_late_start=160 (DDC)")
+        _choice(self, "optim", "sam_bn_stats", SAM_BN_STATS)
         _number(self, "optim", "maxnorm", 0, 1, fix="use a share from 0 to 1, e.g. 0.1, or none for no MaxNorm")
         _number(self, "optim", "ema", 0, 1, hi_open=True, fix="use a decay in [0, 1), e.g. 0.999; 0 is off")
         _number(self, "optim", "lookahead", 0, 1, hi_open=True,
@@ -1023,8 +1051,10 @@ _METHOD_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("data.darp_",), lambda c: c.data.protocol == "darp"),
     (("augment.randaugment_magnitude",), lambda c: c.augment.randaugment > 0),
     (("augment.policy",), lambda c: c.augment.randaugment > 0 or c.augment.cutout > 0),
+    (("augment.cutout_policy",), lambda c: c.augment.cutout > 0),
     (("augment.mix_alpha", "augment.mix_prob"), lambda c: c.augment.mix != "none"),
-    (("optim.sam_rho",), lambda c: c.optim.name != "sgd"),
+    (("optim.sam_rho", "optim.sam_bn_stats"), lambda c: c.optim.name != "sgd"),
+    (("optim.sam_rho_late_start",), lambda c: c.optim.sam_rho_late is not None),
     (("optim.lookahead_",), lambda c: c.optim.lookahead > 0),
     # FastNet's patch-whitening layer (longtail.models.fastnet.FASTNET_WIDTHS: every name starts with fastnet)
     (("optim.whiten_bias_epochs",), lambda c: c.model.arch.startswith("fastnet")),

@@ -153,28 +153,34 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
 
 
 def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
-    """The training augmentation of ``cfg`` (crop and flip, then ``augment.randaugment`` / ``augment.cutout``
-    of ``augment.policy``) and its mixing (``augment.mix``, None when off), refusing what the run cannot do.
+    """The training augmentation of ``cfg`` (crop and flip, then ``augment.autoaugment``, ``augment.randaugment``
+    and ``augment.cutout`` of ``augment.policy`` or ``augment.cutout_policy``) and its mixing (``augment.mix``,
+    None when off), refusing what the run cannot do.
 
     On a FixMatch run (``semi.method=fixmatch``) ``augment.*`` describe the strong view (FixMatch's
     RandAugment + Cutout); without ``augment.randaugment`` the strong view stays the simplified one
-    (:func:`longtail.semi.fixmatch.strong_augment`), so ``augment.cutout`` alone is refused there.
+    (:func:`longtail.semi.fixmatch.strong_augment`), so ``augment.cutout`` alone is refused there, and
+    ``augment.autoaugment`` is refused on FixMatch and ACR runs.
     """
     t, a = cfg.train, cfg.augment
     augment = Augment(crop_padding=t.crop_padding, flip=t.flip, randaugment=a.randaugment,
                       randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy,
-                      padding_mode=a.crop_padding_mode)
+                      padding_mode=a.crop_padding_mode, autoaugment=a.autoaugment, cutout_policy=a.cutout_policy)
     mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
-    if isinstance(train, FileImageSet) and (a.randaugment or a.cutout):
-        raise LongtailError("augment.randaugment and augment.cutout are batched tensor operations on images held in "
-                            f"memory; the image files of data.dataset={cfg.data.dataset} are augmented as they "
-                            "are decoded, by DataLoader workers", "set --set augment.randaugment=0 --set "
+    if isinstance(train, FileImageSet) and (a.randaugment or a.cutout or a.autoaugment != "none"):
+        raise LongtailError("augment.autoaugment, augment.randaugment and augment.cutout are batched tensor "
+                            "operations on images held in memory; the image files of "
+                            f"data.dataset={cfg.data.dataset} are augmented as they are decoded, by DataLoader "
+                            "workers", "set --set augment.autoaugment=none --set augment.randaugment=0 --set "
                             "augment.cutout=0 (augment.mix works on image files)")
     if cfg.semi.method in ("fixmatch", "acr"):
+        name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
         if mix is not None:
-            name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
             raise LongtailError(f"augment.mix={a.mix} on a {name} run is not supported: its labeled "
                                 "batch, weak and strong views are its own", "set --set augment.mix=none")
+        if a.autoaugment != "none":
+            raise LongtailError(f"augment.autoaugment={a.autoaugment} on a {name} run is not supported: its strong "
+                                "view is RandAugment (augment.randaugment)", "set --set augment.autoaugment=none")
         if a.cutout and not a.randaugment:
             raise LongtailError(f"augment.cutout={a.cutout} on a FixMatch run sets the Cutout of a RandAugment strong "
                                 "view, and augment.randaugment is 0 (the default strong view has its own cutout)",

@@ -14,7 +14,13 @@
   ``eta``, as davda54/sam's ``adaptive=True`` (Kwon's code uses ``|w| + 0.01`` on weights only). ``optim.sam_rho``
   defaults to the papers' 0.05 (sam) and 2.0 (asam). ``longtail.loop.fit`` calls ``optimizer.step(closure)``,
   so SAM needs no branch there. BatchNorm running statistics are updated by the first pass only (Foret et
-  al.'s code keeps the unperturbed pass's statistics; davda54/sam's ``disable_running_stats``).
+  al.'s code keeps the unperturbed pass's statistics; davda54/sam's ``disable_running_stats``), or with
+  ``optim.sam_bn_stats=both`` by both passes, in train mode (wang22ti/DDC's ``cifar_train_sam.py``, lines
+  277-293 at bcae46e: ``model(input)`` twice after one ``model.train()``; Liu et al.'s rwSAM likewise).
+  ``optim.sam_rho_late=r1`` switches the radius to ``r1`` from epoch ``scaled_epoch(optim.sam_rho_late_start,
+  train.epochs)`` (0-based; default 160 of 200) on, as DDC's ``adjust_rho`` (``utils/utils.py`` 88-98: ``rho[1]``
+  once ``epoch + 1 > 160 * (epochs // 200)``, i.e. from 0-based epoch 320 of 400, ``rho[0]`` before), set at each
+  epoch's start (:meth:`SAM.on_epoch_start`), so a resumed run gets the radius of its epoch.
 * ``optim.maxnorm=t`` (Alshammari et al., CVPR 2022): after every step the rows of the classifier head's
   weight (one per class) are projected onto norms at most ``cap = min + t (max - min)`` of their norms when
   training starts (:class:`longtail.maxnorm.MaxNorm`); the cap is saved with the optimizer state, so a
@@ -72,6 +78,7 @@ from .errors import LongtailError
 from .loop import make_sgd
 from .maxnorm import MaxNorm
 from .models.fastnet import whitening_layer
+from .schedule import scaled_epoch
 
 PHASES = ("plain", "ascent", "descent")
 SAM_RHO = {"sam": 0.05, "asam": 2.0}  # Foret et al. 2021; Kwon et al. 2021 (davda54/sam: rho=2 with adaptive)
@@ -118,12 +125,28 @@ class SAM(WrappedOptimizer):
     graph_unsupported = "SAM / ASAM (optim.name) take two forward-backward passes per step"
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05, adaptive: bool = False,
-                 eps: float = 1e-12) -> None:
-        if rho < 0:
-            raise LongtailError(f"SAM rho must be >= 0, got {rho}")
+                 eps: float = 1e-12, rho_late: float | None = None, rho_late_epoch: int | None = None) -> None:
+        if rho < 0 or (rho_late is not None and rho_late < 0):
+            raise LongtailError(f"SAM rho must be >= 0, got {rho}" + ("" if rho_late is None else f" and {rho_late}"))
+        if (rho_late is None) != (rho_late_epoch is None):
+            raise LongtailError("SAM's late radius needs both rho_late and rho_late_epoch")
         super().__init__(base_optimizer, {"rho": rho, "adaptive": adaptive})
         self.rho, self.adaptive, self.eps = float(rho), bool(adaptive), float(eps)
+        # rho until epoch rho_late_epoch (0-based), rho_late from it on (DDC's --rho r0 r1; on_epoch_start)
+        self.rho_early = self.rho
+        self.rho_late = None if rho_late is None else float(rho_late)
+        self.rho_late_epoch = rho_late_epoch
         self._phase_hooks: list[Callable[[str], None]] = []
+
+    def rho_at(self, epoch: int) -> float:
+        """The radius of epoch ``epoch`` (0-based): ``rho_late`` from ``rho_late_epoch`` on, else ``rho``."""
+        if self.rho_late is not None and epoch >= cast(int, self.rho_late_epoch):
+            return self.rho_late
+        return self.rho_early
+
+    def on_epoch_start(self, epoch: int, steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
+        """Epoch ``epoch`` (0-based) starts (``longtail.loop.fit`` calls this): its radius, :meth:`rho_at`."""
+        self.rho = self.rho_at(int(epoch))
 
     def add_phase_hook(self, hook: Callable[[str], None]) -> None:
         """``hook(phase)`` is called with ``"ascent"``, ``"descent"`` and ``"plain"`` during each step."""
@@ -370,7 +393,11 @@ class RunOptimizer(WrappedOptimizer):
     def on_epoch_start(self, epoch: int, steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
         """Epoch ``epoch`` (0-based) of ``epochs`` starts, of ``steps_per_epoch`` steps each (Lookahead's ``k`` and
         ``K``: ``k`` counts on from ``epoch * steps_per_epoch``, so a resumed run counts as an uninterrupted one);
-        the whitening bias is frozen from its epoch on."""
+        the whitening bias is frozen from its epoch on; a base optimiser that follows the epoch (SAM's radius,
+        :meth:`SAM.on_epoch_start`) hears it too."""
+        base_start = getattr(self.base_optimizer, "on_epoch_start", None)
+        if base_start is not None:
+            base_start(epoch, steps_per_epoch, epochs)
         self.epoch = int(epoch)
         if steps_per_epoch is not None:
             self.steps = self.epoch * int(steps_per_epoch)
@@ -458,6 +485,12 @@ def optim_settings(cfg: RunConfig) -> list[str]:
         on.append(f"optim.name={o.name}")
     if o.sam_rho is not None:
         on.append(f"optim.sam_rho={o.sam_rho}")
+    if o.sam_rho_late is not None:
+        on.append(f"optim.sam_rho_late={o.sam_rho_late}")
+        if o.sam_rho_late_start != 160.0:
+            on.append(f"optim.sam_rho_late_start={o.sam_rho_late_start}")
+    if o.sam_bn_stats != "first":
+        on.append(f"optim.sam_bn_stats={o.sam_bn_stats}")
     if o.maxnorm is not None:
         on.append(f"optim.maxnorm={o.maxnorm}")
     if o.ema > 0:
@@ -480,6 +513,12 @@ def check_optim(cfg: RunConfig) -> None:
     if o.sam_rho is not None and o.name == "sgd":
         raise LongtailError("optim.sam_rho is SAM's radius, and optim.name=sgd takes no SAM step",
                             "set optim.name=sam or asam, or leave optim.sam_rho unset")
+    if o.name == "sgd" and (o.sam_rho_late is not None or o.sam_bn_stats != "first"):
+        key = (f"optim.sam_rho_late={o.sam_rho_late}" if o.sam_rho_late is not None
+               else f"optim.sam_bn_stats={o.sam_bn_stats}")
+        raise LongtailError(f"{key} sets SAM's steps, and optim.name=sgd takes no SAM step",
+                            "set optim.name=sam or asam, or leave optim.sam_rho_late unset and optim.sam_bn_stats "
+                            "at first")
     if on and t.engine == "graph":
         raise LongtailError(f"train.engine=graph captures plain SGD steps, not {', '.join(on)}",
                             "use train.engine=auto (it steps eagerly for these settings) or eager")
@@ -575,8 +614,11 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     optimizer: torch.optim.Optimizer = make_run_sgd(model, cfg)
     if o.name in SAM_RHO:
-        sam = SAM(optimizer, rho=sam_rho(o), adaptive=o.name == "asam")
-        sam.add_phase_hook(FirstPassStatistics(model))
+        late_epoch = None if o.sam_rho_late is None else scaled_epoch(o.sam_rho_late_start, cfg.train.epochs)
+        sam = SAM(optimizer, rho=sam_rho(o), adaptive=o.name == "asam", rho_late=o.sam_rho_late,
+                  rho_late_epoch=late_epoch)
+        if o.sam_bn_stats == "first":  # "both": the second pass updates them too, as the first
+            sam.add_phase_hook(FirstPassStatistics(model))
         optimizer = sam
     if (o.maxnorm is not None or o.ema > 0 or o.lookahead > 0 or o.bn_bias_lr_mult != 1.0
             or o.whiten_bias_epochs is not None):

@@ -199,29 +199,29 @@ def _vs_adrw_tla_recipes() -> list[Recipe]:
     ``cifar_train_sam.py``), their "400 epochs with tuned wd, SAM, and RandAug" rows at rho=100. Their number
     comes from two commands: a plain VS run (``--train_rule None``) and an ``ADRW-T`` run that resumes its epoch-320
     checkpoint (model, SGD momentum and the optimizer's hyperparameters) for epochs 321-400. As one run: ResNet-32,
-    batch 128, SGD momentum 0.9, lr 0.1 (warm-up, x0.01 after epoch 320, x0.0001 after 360), SAM; VS (gamma 0.05,
-    tau 1) until epoch 320, then TLA (its multiplicative part dropped, tau of the ADRW-T command) with ADRW weights
-    (n_c / N)^-tro; weight decay 2e-4 throughout (the resumed optimizer state keeps the VS run's; see
-    docs/PROTOCOLS.md). SAM's rho is the VS run's (0.1 / 0.2; theirs doubles it for epochs 321-400), RandAugment(2) +
-    Cutout stand in for their AutoAugment CIFAR-10 policy + Cutout, and the warm-up reaches lr 0.1 at epoch 5 (theirs
-    goes on to 0.2 at epoch 10). Until ``longtail.experiment`` builds the weighting with
-    ``weights.weighting_from_config`` and the task calls the loss's ``truncate`` (docs/PROTOCOLS.md), a run of these
-    recipes gets neither ADRW's power nor TLA's truncation."""
+    batch 128, SGD momentum 0.9, lr 0.1 (warm-up, x0.01 after epoch 320, x0.0001 after 360), SAM with both passes
+    updating BatchNorm's statistics and rho of the VS run (0.1 / 0.2) until epoch 320, then the ADRW-T command's
+    (0.2 / 0.4); VS (gamma 0.05, tau 1) until epoch 320, then TLA (its multiplicative part dropped, tau of the
+    ADRW-T command) with ADRW weights (n_c / N)^-tro; weight decay 2e-4 throughout (the resumed optimizer state
+    keeps the VS run's; see docs/PROTOCOLS.md); crop + flip, AutoAugment's CIFAR-10 policy and DeVries & Taylor's
+    black 16-pixel Cutout (their ``--randaug 1``). What still differs: the warm-up reaches lr 0.1 at epoch 5
+    (theirs goes on to 0.2 at epoch 10), one run instead of two commands, and the draws (torch generators)."""
     out = []
-    for ds, label, rho, power, late_tau, published in (
-            ("cifar10", "CIFAR-10-LT", 0.1, 0.15, 1.0, "86.42 [R] (± 0.10)"),
-            ("cifar100", "CIFAR-100-LT", 0.2, 0.25, 0.75, "53.05 [R] (± 0.12)")):
+    for ds, label, rho, rho_late, power, late_tau, published in (
+            ("cifar10", "CIFAR-10-LT", 0.1, 0.2, 0.15, 1.0, "86.42 [R] (± 0.10)"),
+            ("cifar100", "CIFAR-100-LT", 0.2, 0.4, 0.25, 0.75, "53.05 [R] (± 0.12)")):
         cfg = RunConfig(data=DataConfig(dataset=ds, imbalance_ratio=100.0),
                         loss=LossConfig("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": late_tau}),
                         train=TrainConfig(epochs=400, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
                                           schedule="step", warmup_epochs=2.5, milestones=(160.0, 180.0),
                                           weighting="inverse-power", weighting_power=power, drw_start=160.0),
-                        optim=OptimConfig(name="sam", sam_rho=rho),
-                        augment=AugmentConfig(randaugment=2, cutout=0.5))
+                        optim=OptimConfig(name="sam", sam_rho=rho, sam_rho_late=rho_late, sam_rho_late_start=160.0,
+                                          sam_bn_stats="both"),
+                        augment=AugmentConfig(autoaugment="cifar10", cutout=0.5, cutout_policy="devries"))
         out.append(Recipe(f"{ds}-lt-vs-adrw-tla", f"{label} rho=100, ResNet-32, 400 epochs: VS loss (gamma 0.05, "
-                          f"tau 1) with SAM (rho {rho:g}), RandAugment(2) + Cutout, wd 2e-4; from epoch 321 truncated "
-                          f"logit adjustment (tau {late_tau:g}) with ADRW weights (n_c / N)^-{power:g} (Wang et al. "
-                          "2023)",
+                          f"tau 1) with SAM (rho {rho:g}, {rho_late:g} from epoch 321), AutoAugment (CIFAR-10 "
+                          f"policy) + Cutout, wd 2e-4; from epoch 321 truncated logit adjustment (tau {late_tau:g}) "
+                          f"with ADRW weights (n_c / N)^-{power:g} (Wang et al. 2023)",
                           cfg, f"rho=100: {published}, 400 epochs with their AutoAugment + Cutout and SAM schedule"))
     return out
 

@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .autoaugment import AutoAugment
 from .imageset import ImageSet
 from .randaugment import Cutout, RandAugment
 
@@ -20,8 +21,10 @@ from .randaugment import Cutout, RandAugment
 @dataclass(frozen=True)
 class Augment:
     """The reference CIFAR augmentation: random crop with zero padding, horizontal flip; then, when asked
-    (``augment.*`` of the config), RandAugment with ``randaugment`` ops and Cutout of a square of ``cutout``
-    times the side, both of ``policy`` (:mod:`longtail.data.randaugment`: fixmatch | usb)."""
+    (``augment.*`` of the config), AutoAugment's ``autoaugment`` policy (:mod:`longtail.data.autoaugment`:
+    cifar10), RandAugment with ``randaugment`` ops and Cutout of a square of ``cutout`` times the side, both of
+    ``policy`` (:mod:`longtail.data.randaugment`: fixmatch | usb); Cutout of ``cutout_policy`` instead when it is
+    set (fixmatch | usb | devries), in that order."""
 
     crop_padding: int = 4
     flip: bool = True
@@ -30,30 +33,36 @@ class Augment:
     cutout: float = 0.0
     policy: str = "fixmatch"
     padding_mode: str = "zeros"  # the crop's border: zeros (the CIFAR-LT references) | reflect (USB)
+    autoaugment: str = "none"  # none | cifar10 (AutoAugment's CIFAR-10 policy, before RandAugment)
+    cutout_policy: str | None = None  # whose Cutout; None: that of ``policy``
 
     def __post_init__(self) -> None:  # bad settings fail when the run is built, not at its first batch
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"unknown crop padding mode {self.padding_mode!r}: use one of {PADDING_MODES}")
+        if self.autoaugment != "none":
+            AutoAugment(self.autoaugment)
         if self.randaugment:
             RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)
         if self.cutout:
-            Cutout(self.cutout, self.policy)
+            Cutout(self.cutout, self.cutout_policy or self.policy)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator, self.padding_mode)
         if self.flip:
             images = random_flip(images, generator)
+        if self.autoaugment != "none":
+            images = AutoAugment(self.autoaugment)(images, generator)
         if self.randaugment:
             images = RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)(images, generator)
         if self.cutout:
-            images = Cutout(self.cutout, self.policy)(images, generator)
+            images = Cutout(self.cutout, self.cutout_policy or self.policy)(images, generator)
         return images
 
     @property
     def active(self) -> bool:
         """Whether it changes anything (and so needs a generator)."""
-        return bool(self.crop_padding or self.flip or self.randaugment or self.cutout)
+        return bool(self.crop_padding or self.flip or self.autoaugment != "none" or self.randaugment or self.cutout)
 
 
 

@@ -23,6 +23,10 @@ ShearY, Solarize, TranslateX, TranslateY):
   side (fractional pixels). USB ignores the magnitude (``magnitude`` must be None). Its Cutout has a
   random side ``U(0, share) * width`` (USB: share 0.5) and is filled with (125, 123, 114).
 
+``Cutout(share, "devries")`` is DeVries & Taylor's own Cutout as wang22ti/DDC copies it (``utils/autoaug.py``):
+one black square of ``2 * (int(share * side) // 2)`` pixels about a uniform pixel, clipped (see :class:`Cutout`);
+:mod:`longtail.data.autoaugment` (AutoAugment's CIFAR-10 policy) uses these ops with a ``fill`` (128) outside.
+
 Every op is the PIL operation the sources call (``PIL.ImageOps``, ``PIL.ImageEnhance``,
 ``Image.rotate``/``Image.transform`` with nearest-neighbour sampling and black fill), re-done on tensors
 in the arithmetic Pillow uses: grey is Pillow's ``L = (19595 R + 38470 G + 7471 B + 2^15) >> 16``, blends
@@ -30,8 +34,9 @@ are ``trunc(deg + f (img - deg))`` in float32, the contrast grey level is ``int(
 AutoContrast and Equalize build Pillow's look-up tables, sharpening blends with Pillow's SMOOTH filter
 (kernel [[1,1,1],[1,5,1],[1,1,1]] / 13 in float32, rounded, border pixels kept), and geometric ops map
 each output pixel centre through Pillow's inverse affine matrix in its 16.16 fixed point (rotation about
-the image centre, shear about the top-left corner, as PIL does), black (0) outside. On Pillow 13 every op
-gives the same pixels as PIL image by image (tests/test_augment_policies.py checks it).
+the image centre, shear about the top-left corner, as PIL does), black (0) outside (``fill``: another grey,
+as PIL's ``fillcolor``). On Pillow 13 every op gives the same pixels as PIL image by image
+(tests/test_augment_policies.py checks it).
 
 Deviations from the sources (everything else is meant to be the same distribution):
 
@@ -67,8 +72,10 @@ PARAMETER_MAX = 10
 OPS = ("autocontrast", "brightness", "color", "contrast", "equalize", "identity", "posterize", "rotate", "sharpness",
        "shear_x", "shear_y", "solarize", "translate_x", "translate_y")
 POLICIES = ("fixmatch", "usb")
-#: Cutout's fill: kekmodel's CutoutAbs (127, 127, 127) and USB's (125, 123, 114)
-CUTOUT_FILL = {"fixmatch": (127, 127, 127), "usb": (125, 123, 114)}
+#: Cutout's squares: the two RandAugment policies', and DeVries & Taylor's own (``devries``: black, as DDC's copy)
+CUTOUT_POLICIES = (*POLICIES, "devries")
+#: Cutout's fill: kekmodel's CutoutAbs (127, 127, 127), USB's (125, 123, 114), DeVries & Taylor's zeros
+CUTOUT_FILL = {"fixmatch": (127, 127, 127), "usb": (125, 123, 114), "devries": (0, 0, 0)}
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -190,9 +197,10 @@ def sharpness(images: Tensor, factor: Tensor) -> Tensor:
     return blend(degenerate, images, factor)
 
 
-def affine(images: Tensor, matrix: Tensor) -> Tensor:
+def affine(images: Tensor, matrix: Tensor, fill: int = 0) -> Tensor:
     """PIL's ``Image.transform(size, AFFINE, (a, b, c, d, e, f), NEAREST)``: output pixel (x, y) takes the input
     pixel at ``floor(a (x + .5) + b (y + .5) + c, d (x + .5) + e (y + .5) + f)``, black outside; ``matrix`` (n, 6).
+    ``fill``: the value of every channel outside (PIL's ``fillcolor=(fill,) * C``; 0 is PIL's default black).
 
     As Pillow's ``ImagingTransformAffine``: a matrix without shear terms (b = d = 0) maps rows and columns
     separately (``ImagingScaleAffine``); any other runs in 16.16 fixed point, each entry rounded to 1/65536
@@ -220,11 +228,11 @@ def affine(images: Tensor, matrix: Tensor) -> Tensor:
     inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
     src = (sy.clamp(0, h - 1) * w + sx.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
     out = images.reshape(n, c, h * w).gather(2, src).view(n, c, h, w)
-    return torch.where(inside[:, None], out, torch.zeros_like(out))
+    return torch.where(inside[:, None], out, torch.full_like(out, fill))
 
 
-def rotate(images: Tensor, degrees: Tensor) -> Tensor:
-    """``Image.rotate(degrees)``: counter-clockwise about the centre (w/2, h/2), nearest, black corners;
+def rotate(images: Tensor, degrees: Tensor, fill: int = 0) -> Tensor:
+    """``Image.rotate(degrees)``: counter-clockwise about the centre (w/2, h/2), nearest, black corners (``fill``);
     the matrix as Pillow builds it (cos and sin rounded to 15 decimals)."""
     n, _, h, w = images.shape
     angle = -(torch.remainder(degrees.double(), 360.0) * (math.pi / 180.0))
@@ -232,7 +240,7 @@ def rotate(images: Tensor, degrees: Tensor) -> Tensor:
     cx, cy = w / 2.0, h / 2.0
     c = cos * -cx + sin * -cy + cx
     f = -sin * -cx + cos * -cy + cy
-    return affine(images, torch.stack([cos, sin, c, -sin, cos, f], dim=1))
+    return affine(images, torch.stack([cos, sin, c, -sin, cos, f], dim=1), fill)
 
 
 def _matrix(n: int, device: torch.device, **entries: Tensor) -> Tensor:
@@ -242,24 +250,24 @@ def _matrix(n: int, device: torch.device, **entries: Tensor) -> Tensor:
     return m
 
 
-def shear_x(images: Tensor, shear: Tensor) -> Tensor:
+def shear_x(images: Tensor, shear: Tensor, fill: int = 0) -> Tensor:
     """``transform(AFFINE, (1, s, 0, 0, 1, 0))``: x' = x + s y, about the top-left corner as PIL does."""
-    return affine(images, _matrix(images.shape[0], images.device, b=shear))
+    return affine(images, _matrix(images.shape[0], images.device, b=shear), fill)
 
 
-def shear_y(images: Tensor, shear: Tensor) -> Tensor:
+def shear_y(images: Tensor, shear: Tensor, fill: int = 0) -> Tensor:
     """``transform(AFFINE, (1, 0, 0, s, 1, 0))``."""
-    return affine(images, _matrix(images.shape[0], images.device, d=shear))
+    return affine(images, _matrix(images.shape[0], images.device, d=shear), fill)
 
 
-def translate_x(images: Tensor, pixels: Tensor) -> Tensor:
+def translate_x(images: Tensor, pixels: Tensor, fill: int = 0) -> Tensor:
     """``transform(AFFINE, (1, 0, t, 0, 1, 0))``: the image moves ``t`` pixels to the left."""
-    return affine(images, _matrix(images.shape[0], images.device, c=pixels))
+    return affine(images, _matrix(images.shape[0], images.device, c=pixels), fill)
 
 
-def translate_y(images: Tensor, pixels: Tensor) -> Tensor:
+def translate_y(images: Tensor, pixels: Tensor, fill: int = 0) -> Tensor:
     """``transform(AFFINE, (1, 0, 0, 0, 1, t))``: the image moves ``t`` pixels up."""
-    return affine(images, _matrix(images.shape[0], images.device, f=pixels))
+    return affine(images, _matrix(images.shape[0], images.device, f=pixels), fill)
 
 
 #: each op as a function of (images, parameter)
@@ -402,14 +410,23 @@ class RandAugment:
 class Cutout:
     """One square per image filled with grey, as FixMatch's and USB's RandAugment end (see the module
     docstring): ``policy="fixmatch"`` a side of ``int(share * min(H, W))`` (DeVries & Taylor 2017's Cutout as
-    kekmodel's ``CutoutAbs``), ``"usb"`` a side ``U(0, share) * W``."""
+    kekmodel's ``CutoutAbs``), ``"usb"`` a side ``U(0, share) * W``.
+
+    ``policy="devries"``: DeVries & Taylor's own Cutout (``Cutout(n_holes=1, length)`` of uoguelph-mlrg/Cutout's
+    ``util/cutout.py``, which wang22ti/DDC copies in ``utils/autoaug.py``, lines 7-33), with ``length =
+    int(share * min(H, W))`` (DDC: 16 of 32): a centre pixel ``y = randint(H)``, ``x = randint(W)``, the square
+    ``[clip(y - length // 2), clip(y + length // 2))`` by the same in x (end exclusive, clipped to the image:
+    ``2 * (length // 2)`` pixels wide where not clipped), filled with zeros. Theirs multiplies the ``ToTensor``
+    image by a 0/1 mask before ``Normalize``; a 0 here is that 0 once :func:`longtail.data.augment.normalize`
+    divides by 255, so the normalised images are the same."""
 
     share: float = 0.5
     policy: str = "fixmatch"
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise LongtailError(f"unknown Cutout policy {self.policy!r}", f"use one of: {', '.join(POLICIES)}")
+        if self.policy not in CUTOUT_POLICIES:
+            raise LongtailError(f"unknown Cutout policy {self.policy!r}",
+                                f"use one of: {', '.join(CUTOUT_POLICIES)}")
         if not 0.0 <= self.share <= 1.0:
             raise LongtailError(f"Cutout's share of the side must be in [0, 1], got {self.share}",
                                 "FixMatch cuts out half the side: 0.5")
@@ -417,6 +434,12 @@ class Cutout:
     def boxes(self, n: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Tensor:
         """(n, 4) long: each square's ``x0, y0, x1, y1``, ``x1``/``y1`` exclusive, clipped to the image."""
         h, w = size
+        if self.policy == "devries":  # np.random.randint(h), then np.random.randint(w); np.clip; mask[y1:y2, x1:x2]
+            half = int(self.share * min(h, w)) // 2
+            cy = torch.randint(h, (n,), generator=generator, device=generator.device).to(device)
+            cx = torch.randint(w, (n,), generator=generator, device=generator.device).to(device)
+            return torch.stack([(cx - half).clamp(0, w), (cy - half).clamp(0, h), (cx + half).clamp(0, w),
+                                (cy + half).clamp(0, h)], dim=1).long()
         if self.policy == "usb":
             side = _uniform((n,), generator, device) * self.share * w  # USB: v = U(0, 0.5) * img.size[0]
             # np.random.uniform(w) is uniform(low=w, high=1.0): a point in (1, w)
@@ -448,5 +471,5 @@ class Cutout:
         return torch.where(inside[:, None], fill, images)
 
 
-__all__ = ["CUTOUT_FILL", "OPS", "POLICIES", "Cutout", "RandAugment", "RandAugmentDraw", "fixmatch_parameter",
-           "usb_parameter"]
+__all__ = ["CUTOUT_FILL", "CUTOUT_POLICIES", "OPS", "POLICIES", "Cutout", "RandAugment", "RandAugmentDraw",
+           "fixmatch_parameter", "usb_parameter"]
