@@ -27,8 +27,10 @@ with probability 1/2 at a magnitude drawn from 1..9) and Cutout 0.5 (``augment.p
 recipe and the LA + RandAugment row; the short DARP FixMatch recipe keeps the simplified jitter/solarise/cutout
 view). The seconds of both rows count only their own training (not the CE run or the labeling).
 The newer pieces (issue 14) come last: SAM, RandAugment + Cutout and CutMix each added to the logit-adjusted
-row at their sources' defaults, and GLMC as its own task (its consistency weight for CIFAR-10); nothing else of
-their 200-epoch recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
+row at their sources' defaults, GLMC as its own task (its consistency weight for CIFAR-10), and VS + ADRW + TLA with
+what ``cifar10-lt-vs-adrw-tla`` sets under ``loss.``, ``train.weighting*``, ``train.drw_start``, ``optim.`` and
+``augment.`` (its loss, deferred weights, SAM and AutoAugment + Cutout; the switch at 80 % of the run); nothing else
+of their long recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
 
 Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``; a finished run
 is not trained again (its folder is resumed and re-evaluated), so a stopped table continues where it stopped.
@@ -73,6 +75,8 @@ class Method:
     extra: tuple[tuple[str, Any], ...] = ()  # settings beyond the source recipe's (the newer pieces, issue 14)
     pretrain: str | None = None  # a `longtail pretrain` method whose backbone (one run per seed) initialises this row
     pseudo_labels: bool = False  # train on labeled + the CE run's pseudo-labels of the `rest` pool (one per seed)
+    # only the source recipe's settings under these prefixes (a long recipe's remedy without its schedule); () = all
+    take: tuple[str, ...] = ()
 
 
 METHODS = [
@@ -107,6 +111,10 @@ METHODS = [
            extra=(("augment.randaugment", 2), ("augment.cutout", 0.5))),
     Method("la-cutmix", "LA + CutMix (alpha 1)", "logit-adjust", extra=(("augment.mix", "cutmix"),)),
     Method("glmc", "GLMC (consistency weight 1)", "ce", extra=(("train.task", "glmc"), ("glmc.contrast_weight", 1.0))),
+    # Wang et al. 2023's remedy without its 400-epoch schedule: the loss (VS, truncated when the weights start), ADRW
+    # from 80 % of the run, SAM (its radius doubling there too, BatchNorm from both passes), AutoAugment + Cutout
+    Method("vs-adrw-tla", "VS + ADRW + TLA, SAM, AutoAugment + Cutout", "vs-adrw-tla",
+           take=("loss.", "train.weighting", "train.drw_start", "optim.", "augment.")),
 ]
 BY_KEY = {m.key: m for m in METHODS}
 TABLE_SECTION = "## Method table: the fast CPU protocol (benchmarks/method_table.py)"
@@ -126,7 +134,8 @@ def method_overrides(dataset: str, source: str) -> dict[str, Any]:
 def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
     cfg = get_recipe(f"{dataset}-lt-fast-ce").config
     assert m.source is not None
-    changes = {**method_overrides(dataset, m.source), **dict(m.extra)}
+    taken = {k: v for k, v in method_overrides(dataset, m.source).items() if not m.take or k.startswith(m.take)}
+    changes = {**taken, **dict(m.extra)}
     cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in changes.items()})
     return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
 

@@ -102,3 +102,16 @@ def test_the_readme_block_is_replaced_and_the_prose_kept(tmp_path):
     (tmp_path / "bare.md").write_text("no markers\n")
     with pytest.raises(SystemExit, match="method-table"):
         mt.write_readme(tmp_path / "bare.md", ["| x |"])
+
+
+def test_a_long_recipes_remedy_without_its_schedule():
+    """The VS + ADRW + TLA row takes the recipe's loss, weighting, SAM and augmentation, and the fast protocol's
+    network and schedule (not the recipe's 400 epochs, batch 128 or lr 0.1)."""
+    mt = load_script()
+    cfg = mt.method_config("cifar10", mt.BY_KEY["vs-adrw-tla"], {})
+    assert cfg.loss.name == "vs-tla" and (cfg.train.weighting, cfg.train.weighting_power) == ("inverse-power", 0.15)
+    assert (cfg.optim.name, cfg.optim.sam_rho, cfg.optim.sam_rho_late) == ("sam", 0.1, 0.2)
+    assert cfg.augment.autoaugment == "cifar10" and cfg.augment.cutout_policy == "devries"
+    fast = mt.get_recipe("cifar10-lt-fast-ce").config
+    assert (cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay) == \
+        (fast.model, fast.train.epochs, fast.train.batch_size, fast.train.lr, fast.train.weight_decay)
