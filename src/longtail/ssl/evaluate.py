@@ -177,6 +177,26 @@ def _images(data: ImageSet, what: str) -> torch.Tensor:
     return images
 
 
+def _eval_features(backbone: nn.Module, data: ImageSet, images: torch.Tensor,
+                   transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, amp: str,
+                   batch_size: int) -> torch.Tensor:
+    """Backbone features (N, D) float32 of ``transform`` (a batch in [0, 1] -> the same) applied to ``images``
+    batch by batch, then ``data``'s normalisation; the backbone in eval mode without gradients, its mode restored."""
+    was_training = backbone.training
+    backbone.eval()
+    m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = (transform(images[start:start + batch_size].to(device).float() / 255.0) - m) / s
+            with autocast_for(device, amp):
+                out.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def augmented_features(backbone: nn.Module, data: ImageSet, generator: torch.Generator, device: torch.device,
                        amp: str = "auto", *, min_scale: float = PROBE_CROP_MIN_SCALE, interpolation: str = "bilinear",
@@ -189,21 +209,9 @@ def augmented_features(backbone: nn.Module, data: ImageSet, generator: torch.Gen
     running statistics; its mode is restored) without gradients. ``data`` must hold its images as a tensor
     (pre-training decodes image files once).
     """
-    images = _images(data, "augmented probe features")
-    was_training = backbone.training
-    backbone.eval()
-    m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    out = []
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device).float() / 255.0
-            x = (random_resized_crop(x, generator, min_scale=min_scale, flip=True, interpolation=interpolation) - m) / s
-            with autocast_for(device, amp):
-                out.append(backbone(x).float())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(out)
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        return random_resized_crop(x, generator, min_scale=min_scale, flip=True, interpolation=interpolation)
+    return _eval_features(backbone, data, _images(data, "augmented probe features"), crop, device, amp, batch_size)
 
 
 @torch.no_grad()
@@ -219,21 +227,8 @@ def scored_features(backbone: nn.Module, data: ImageSet, device: torch.device, a
     """
     if resize == 0:
         return extract_features(backbone, data, device, amp)
-    images = _images(data, "resized test features")
-    was_training = backbone.training
-    backbone.eval()
-    m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    out = []
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device).float() / 255.0
-            x = (resize_center_crop(x, resize) - m) / s
-            with autocast_for(device, amp):
-                out.append(backbone(x).float())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(out)
+    return _eval_features(backbone, data, _images(data, "resized test features"),
+                          lambda x: resize_center_crop(x, resize), device, amp, batch_size)
 
 
 def representation_report(backbone: nn.Module, train: ImageSet, test: ImageSet, device: torch.device, *,
