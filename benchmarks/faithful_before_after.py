@@ -148,9 +148,6 @@ def main() -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = p.parse_args()
     results = Path(a.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        results.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}\n")
     for key in a.pairs:
         pair = BY_KEY[key]
         for name, half in (("before", pair.before), ("after", pair.after)):
@@ -163,7 +160,7 @@ def main() -> int:
                    f"{pair.item} | {name} | `{half.recipe}` | {half.label} | {pair.short_label}; seed {a.seed} | "
                    f"{result_text(r, pair.pretrain is not None)} | "
                    f"{'-' if train_s is None else f'{train_s:.0f}'} |")
-            append_row(results, row, section=SECTION)
+            append_row(results, row, section=SECTION, header=HEADER)
             print(row, f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
     return 0
 

@@ -62,11 +62,13 @@ def append_section(results: Path, lines: list[str]) -> None:
     results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
-def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmarks/run_recipe.py)") -> None:
-    """Add ``row`` at the end of the table under ``section`` (created at the end of the file if absent)."""
+def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmarks/run_recipe.py)",
+               header: str = HEADER) -> None:
+    """Add ``row`` at the end of the table under ``section`` (created at the end of the file if absent, with the
+    table ``header``)."""
     lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]
     if section not in lines:
-        lines += ["", section, ""] + HEADER.rstrip("\n").splitlines()
+        lines += ["", section, ""] + header.rstrip("\n").splitlines()
     i = lines.index(section) + 1
     while i < len(lines) and not lines[i].startswith("|"):
         i += 1

@@ -81,9 +81,6 @@ def main() -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = p.parse_args()
     base, out, results = Path(a.base), Path(a.out), Path(a.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        results.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}\n")
     for method in a.methods:
         for variant in a.variants:
             folder = out / f"{variant}-{method}"
@@ -101,7 +98,7 @@ def main() -> int:
                    f"`{base}` | {method} | {label} | {epochs} | {r['top1']:.2f} | {r['many']:.2f} | "
                    f"{r['medium']:.2f} | {rarest(r, 3):.2f} | "
                    f"{'-' if train_s is None else f'{train_s:.0f}'} |")
-            append_row(results, row, section=SECTION)
+            append_row(results, row, section=SECTION, header=HEADER)
             print(row, f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
     return 0
 

@@ -37,9 +37,6 @@ def main() -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     a = p.parse_args()
     results = Path(a.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        results.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}\n")
     for run in a.runs:
         for mode in a.modes:
             load0, t0 = os.getloadavg()[0], time.perf_counter()
@@ -49,7 +46,7 @@ def main() -> int:
             row = (f"| {dt.date.today()} | {machine()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} | "
                    f"`{run}` | {r.get('recipe')} | {r['config']['model']['tta']} | {mode} | {r['top1']:.2f} | "
                    f"{'n/a' if tail is None else f'{tail:.2f}'} | {r['nll']:.4f} | {secs:.0f} |")
-            append_row(results, row, section=SECTION)
+            append_row(results, row, section=SECTION, header=HEADER)
             print(row, flush=True)
     return 0
 
