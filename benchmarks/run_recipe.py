@@ -78,7 +78,9 @@ def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmar
     results.write_text("\n".join(lines) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, command: str | None = None) -> int:
+    """``argv``: the arguments (default: the command line's); ``command``: the command a row records (default:
+    this script's command line; benchmarks/fast_probes.py passes its own)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("--pack", help="device pack path without extension (e.g. .device/c10-lt100)")
@@ -90,7 +92,7 @@ def main() -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--out", help="where run folders go (default: a temporary folder)")
     p.add_argument("--stack", action="store_true", help="train all --seeds at once as one stacked network")
-    a = p.parse_args()
+    a = p.parse_args(argv)
 
     ov: dict[str, object] = {"train.device": a.device, "train.checkpoint_every": "1000000"}
     if a.pack:
@@ -104,7 +106,8 @@ def main() -> int:
         ov[k] = v
     cfg = apply_overrides(get_recipe(a.recipe).config, ov)
     out = Path(a.out or tempfile.mkdtemp(prefix="longtail-bench-"))
-    command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
+    if command is None:
+        command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
     if a.stack:
         return stacked_row(cfg, a.seeds, out, command, Path(a.results))
     for seed in a.seeds:

@@ -58,3 +58,39 @@ def test_tta_compare_rows_are_the_checkpoints_numbers(tmp_path):
     assert [r[5] for r in rows] == ["none", "flip", "flip-translate"] and all(r[4] == "none" for r in rows)
     assert float(rows[0][6]) == pytest.approx(json.loads(report_text)["top1"], abs=0.006)
     assert (run / "report.json").read_text() == report_text
+
+
+PROBES = Path(__file__).resolve().parent.parent / "benchmarks" / "fast_probes.py"
+
+
+def test_capped_sampler_takes_at_most_cap_of_each_class_fresh_each_epoch():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("fast_probes", PROBES)
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)  # importing patches nothing: only apply_probe does
+    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 2)
+    s = probes.CappedInstance(labels, 3, cap=10)
+    assert s.num_samples == 10 + 7 + 2
+    g = torch.Generator().manual_seed(0)
+    first, second = s.epoch_indices(g), s.epoch_indices(g)
+    for idx in (first, second):
+        assert len(idx) == 19 and len(set(idx.tolist())) == 19  # no repeats within an epoch
+        assert torch.bincount(labels[idx], minlength=3).tolist() == [10, 7, 2]
+    assert set(first.tolist()) != set(second.tolist())  # the head's subset is drawn afresh
+
+
+@pytest.mark.slow
+def test_fast_probe_rows_name_the_probe_and_train_the_probed_network(tmp_path):
+    results, out = tmp_path / "RESULTS.md", tmp_path / "runs"
+    subprocess.run([sys.executable, str(PROBES), "widths-4-8-8", "quickstart", "--device", "cpu", "--epochs", "1",
+                    "--results", str(results), "--out", str(out)], check=True, capture_output=True, text=True,
+                   timeout=600)
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1 and "`python benchmarks/fast_probes.py widths-4-8-8 quickstart" in rows[0]
+    cfg = json.loads((out / "seed-0" / "config.json").read_text())["config"]
+    assert cfg["model"]["arch"] == "fastnet-probe"
+    report = json.loads((out / "seed-0" / "report.json").read_text())
+    assert float(_cells(rows[0])[10]) == pytest.approx(report["top1"], abs=0.006)

@@ -40,6 +40,19 @@ def test_parameter_counts_of_the_issue():
     assert sum(p.numel() for p in make_model("fastnet-m", 10).parameters()) == pytest.approx(0.50e6, rel=0.05)
 
 
+def test_the_five_minute_recipes_differ_from_the_fast_ones_only_in_network_and_epochs():
+    from longtail.config import _flat
+    from longtail.recipes import FAST_5MIN_EPOCHS, get_recipe
+
+    assert FASTNET_WIDTHS["fastnet-sm"] == (24, 96, 128)
+    assert sum(p.numel() for p in make_model("fastnet-sm", 10).parameters()) == pytest.approx(0.37e6, rel=0.02)
+    for ds in ("cifar10", "cifar100", "svhn"):
+        fast, five = (_flat(get_recipe(f"{ds}-lt-fast-la{suffix}").config) for suffix in ("", "-5min"))
+        changed = {k for k in fast if fast[k] != five[k]}
+        assert changed == {"recipe", "model.arch", "train.epochs"}
+        assert (five["model.arch"], five["train.epochs"], five["train.batch_size"]) == ("fastnet-sm", FAST_5MIN_EPOCHS, 256)
+
+
 def test_frozen_whitening_weight_and_batchnorm_scales():
     net = make_model("fastnet-s", 10).backbone
     assert not net.whiten.weight.requires_grad

@@ -112,6 +112,21 @@ def test_a_long_recipes_remedy_without_its_schedule():
     assert cfg.loss.name == "vs-tla" and (cfg.train.weighting, cfg.train.weighting_power) == ("inverse-power", 0.15)
     assert (cfg.optim.name, cfg.optim.sam_rho, cfg.optim.sam_rho_late) == ("sam", 0.1, 0.2)
     assert cfg.augment.autoaugment == "cifar10" and cfg.augment.cutout_policy == "devries"
-    fast = mt.get_recipe("cifar10-lt-fast-ce").config
+    fast = mt.table_base("cifar10")
     assert (cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay) == \
         (fast.model, fast.train.epochs, fast.train.batch_size, fast.train.lr, fast.train.weight_decay)
+
+
+def test_the_table_protocol_is_pinned_whatever_the_fast_recipe_does(monkeypatch):
+    """Every row starts from batch 512 / lr 0.75 (the settings its seed-0 rows were measured at), even if the fast
+    recipe moves: a half-measured table must not change protocol between its seeds."""
+    mt = load_script()
+    from longtail import config as lt_config
+
+    for key in ("ce", "logit-adjust", "ce-val", "fixmatch", "ssp-la"):
+        cfg = mt.method_config("cifar10", mt.BY_KEY[key], {})
+        assert (cfg.train.batch_size, cfg.train.lr, cfg.model.arch, cfg.train.epochs) == (512, 0.75, "fastnet-m", 16)
+    moved = lt_config.apply_overrides(mt.get_recipe("cifar10-lt-fast-ce").config,
+                                      {"train.batch_size": 64, "train.lr": 0.1})
+    monkeypatch.setattr(mt, "get_recipe", lambda name: type("R", (), {"config": moved})())
+    assert (mt.table_base("cifar10").train.batch_size, mt.table_base("cifar10").train.lr) == (512, 0.75)

@@ -22,8 +22,8 @@ __all__ = ["ACRClassifier", "Classifier", "CosineHead", "FastNet", "FlipTTA", "F
            "LinearHead", "HEADS", "MODELS", "ResNetCifar", "WideResNet", "build_model", "init_from_training_images",
            "init_whitening", "make_backbone", "make_head", "make_model", "resnet32", "tta_model"]
 
-# FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-m 32/128/128,
-# fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
+# FastNet (airbench-style, small images) by width set: fastnet-s 16/64/64, fastnet-sm 24/96/128,
+# fastnet-m 32/128/128, fastnet-l and fastnet 64/256/256 (longtail.models.fastnet)
 MODELS.update({name: fastnet_backbone(name) for name in FASTNET_WIDTHS})
 # Wide ResNets as FixMatch/USB define them: wrn-28-2 (1.47M), wrn-28-8 (longtail.models.wideresnet); the
 # -kekmodel forms (kekmodel/FixMatch-pytorch, ACR's base) differ in the stem's bias and the last BatchNorm's eps

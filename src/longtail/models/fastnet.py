@@ -24,7 +24,9 @@ The network (any ``C x H x W`` input; CIFAR's 3x32x32 shown)::
   and does not change a cosine head).
 
 Widths by name (:data:`FASTNET_WIDTHS`): ``fastnet-s`` 16/64/64 (0.13M parameters with a 10-class head),
-``fastnet-m`` 32/128/128, ``fastnet-l`` and ``fastnet`` 64/256/256 (airbench's).
+``fastnet-sm`` 24/96/128 (0.37M; the 5-minute recipes' network: 20-25 s an epoch against FastNet-M's 31 s on 2
+CPU cores, benchmarks/NOTES.md), ``fastnet-m`` 32/128/128 (0.50M), ``fastnet-l`` and ``fastnet`` 64/256/256
+(airbench's).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..errors import LongtailError
 FASTNET_WIDTHS: dict[str, tuple[int, int, int]] = {
     "fastnet": (64, 256, 256),
     "fastnet-s": (16, 64, 64),
+    "fastnet-sm": (24, 96, 128),
     "fastnet-m": (32, 128, 128),
     "fastnet-l": (64, 256, 256),
 }
