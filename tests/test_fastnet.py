@@ -50,7 +50,8 @@ def test_the_five_minute_recipes_differ_from_the_fast_ones_only_in_network_and_e
         fast, five = (_flat(get_recipe(f"{ds}-lt-fast-la{suffix}").config) for suffix in ("", "-5min"))
         changed = {k for k in fast if fast[k] != five[k]}
         assert changed == {"recipe", "model.arch", "train.epochs"}
-        assert (five["model.arch"], five["train.epochs"], five["train.batch_size"]) == ("fastnet-sm", FAST_5MIN_EPOCHS, 256)
+        assert (five["model.arch"], five["train.epochs"], five["train.batch_size"]) == \
+            ("fastnet-sm", FAST_5MIN_EPOCHS, 256)
 
 
 def test_frozen_whitening_weight_and_batchnorm_scales():
