@@ -8,7 +8,7 @@ to RESULTS.md with this command).
 
 * ``widths-A-B-C``: FastNet with stage widths A/B/C (``model.arch`` becomes ``fastnet-probe``).
 * ``pool-first``: each FastNet stage max-pools *before* its first convolution (airbench pools after it), so
-  every convolution runs at half the resolution: about 0.55x the step.
+  every convolution runs at half the resolution: about 0.6x the step (benchmarks/NOTES.md).
 * ``cap-N``: each epoch takes at most N images of every class (a fresh random subset each epoch, then shuffled;
   the smaller classes whole), so an epoch is shorter; the loss's class counts become the capped ones (the prior the
   network sees). With ``--epochs`` chosen so the run visits as many images as the recipe.
@@ -49,8 +49,9 @@ class CappedInstance:
 
     def epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
         perm = torch.randperm(len(self.labels), generator=generator, device=generator.device).to(self.labels.device)
-        order = torch.argsort(self.labels[perm], stable=True)  # grouped by class, random within each
-        ys = self.labels[perm][order]
+        shuffled = self.labels[perm]
+        order = torch.argsort(shuffled, stable=True)  # grouped by class, random within each
+        ys = shuffled[order]
         n = torch.bincount(ys, minlength=self.num_classes)
         rank = torch.arange(len(ys), device=ys.device) - (torch.cumsum(n, 0) - n)[ys]
         keep = perm[order[rank < self.cap]]
