@@ -42,7 +42,9 @@ not depend on the load, the seconds do) and the table of means is rewritten in p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shlex
@@ -246,6 +248,27 @@ def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
     return lines
 
 
+def table_seeds(out: Path, seeds: list[int]) -> list[int]:
+    """The seeds a table is over: those asked for and every other seed with a finished run in ``out``, so a call that
+    runs one more seed (``--seeds 1``) writes the table of all seeds measured so far, not of that seed alone."""
+    on_disk = {int(p.name.removeprefix("seed-")) for p in out.glob("*/seed-*")
+               if p.name.removeprefix("seed-").isdigit() and (p / "report.json").exists()}
+    return sorted(set(seeds) | on_disk)
+
+
+@contextlib.contextmanager
+def locked(path: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive lock on ``path``.lock: two table processes (one per seed, one thread each) rewrite the same
+    RESULTS.md and README, and a read-modify-write of one must not drop the other's row."""
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_table(results: Path, lines: list[str], header: str) -> None:
     """Replace the table under TABLE_SECTION (created before the runs' section if absent)."""
     text = results.read_text().splitlines() if results.exists() else ["# Benchmark results"]
@@ -322,19 +345,25 @@ def main() -> int:
                        f"{m.label} | {seed} | {epochs} | {tm.get('train_s', wall):.1f} | "
                        f"{rep['top1']:.2f} | {f2('many')} | {f2('medium')} | {f2('few')} | "
                        f"{rarest(rep, 3) if 'train_counts' in rep else float('nan'):.2f} | `{command}` |")
-                if RUN_SECTION in (results.read_text() if results.exists() else ""):
-                    append_row(results, row, section=RUN_SECTION)
-                else:
-                    _new_run_section(results, row)
-                write_table(results, table(out, a.seeds, a.dataset), header)
-                if a.readme:
-                    write_readme(Path(a.readme), table(out, a.seeds, a.dataset))
+                with locked(results):
+                    if RUN_SECTION in (results.read_text() if results.exists() else ""):
+                        append_row(results, row, section=RUN_SECTION)
+                    else:
+                        _new_run_section(results, row)
+                    write_outputs(results, out, a, header)
                 print(row, f"(wall {wall:.0f} s)", flush=True)
-    write_table(results, table(out, a.seeds, a.dataset), header)
-    if a.readme:
-        write_readme(Path(a.readme), table(out, a.seeds, a.dataset))
-    print("\n".join(table(out, a.seeds, a.dataset)))
+    with locked(results):
+        write_outputs(results, out, a, header)
+    print("\n".join(table(out, table_seeds(out, a.seeds), a.dataset)))
     return 0
+
+
+def write_outputs(results: Path, out: Path, a: argparse.Namespace, header: str) -> None:
+    """The table of every finished seed into RESULTS.md (and the README when asked)."""
+    lines = table(out, table_seeds(out, a.seeds), a.dataset)
+    write_table(results, lines, header)
+    if a.readme:
+        write_readme(Path(a.readme), lines)
 
 
 def _new_run_section(results: Path, row: str) -> None:

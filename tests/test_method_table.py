@@ -130,3 +130,25 @@ def test_the_table_protocol_is_pinned_whatever_the_fast_recipe_does(monkeypatch)
                                       {"train.batch_size": 64, "train.lr": 0.1})
     monkeypatch.setattr(mt, "get_recipe", lambda name: type("R", (), {"config": moved})())
     assert (mt.table_base("cifar10").train.batch_size, mt.table_base("cifar10").train.lr) == (512, 0.75)
+
+
+def test_a_run_of_one_seed_writes_the_table_of_every_finished_seed(tmp_path):
+    """``--seeds 1`` beside a finished seed 0 and 2 must not write a table of seed 1 alone (it did once)."""
+    mt = load_script()
+    out = tmp_path / "table"
+    counts = [100, 50, 20, 10, 5]
+    for seed, top1 in [(0, 70.0), (2, 74.0)]:
+        d = out / "ce" / f"seed-{seed}"
+        d.mkdir(parents=True)
+        (d / "report.json").write_text(json.dumps({"top1": top1, "train_counts": counts,
+                                                   "per_class": [top1] * 5, "many": top1, "medium": top1}))
+    (out / "ce" / "seed-3").mkdir()  # started, not finished: no report
+    assert mt.table_seeds(out, [1]) == [0, 1, 2]
+    lines = mt.table(out, mt.table_seeds(out, [1]), "cifar10")
+    row = next(line for line in lines if line.startswith("| CE |"))
+    assert "| 2 | 72.00 ± 2.83 |" in row
+    results = tmp_path / "RESULTS.md"
+    with mt.locked(results):  # the lock is a file beside RESULTS.md, and it is released
+        pass
+    with mt.locked(results):
+        pass
