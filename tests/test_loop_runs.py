@@ -77,6 +77,33 @@ def test_resume_refuses_a_different_config(tmp_path, splits):
         train_one(tiny_config(epochs=2, lr=0.2), tmp_path / "run", splits=splits, progress=False)
 
 
+def test_resume_accepts_other_execution_settings(tmp_path, splits, capsys):
+    """A run stopped under one engine / checkpoint interval resumes under another (they do not change what it trains)
+    and ends where an uninterrupted run ends; the log names what changed."""
+    full = train_one(tiny_config(epochs=3), tmp_path / "full", splits=splits, progress=False)
+    train_one(tiny_config(epochs=3, engine="auto", checkpoint_every=1, eval_every=1), tmp_path / "cut", splits=splits,
+              progress=False, stop_after=1)
+    capsys.readouterr()
+    resumed = train_one(tiny_config(epochs=3, engine="eager", checkpoint_every=2), tmp_path / "cut", splits=splits,
+                        progress=False)
+    log = capsys.readouterr().out
+    assert "other execution settings: train.engine: auto (run folder) vs eager (now)" in log
+    assert "train.checkpoint_every: 1 (run folder) vs 2 (now)" in log and "train.eval_every" in log
+    assert resumed["per_class"] == full["per_class"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "cut" / "config.json").read_text())["config"]["train"]
+    assert (saved["engine"], saved["checkpoint_every"]) == ("eager", 2)  # the folder says how it ran last
+
+
+def test_resume_names_only_the_training_differences(tmp_path, splits):
+    train_one(tiny_config(epochs=2), tmp_path / "run", splits=splits, progress=False, stop_after=1)
+    with pytest.raises(LongtailError, match=r"other settings: train.lr: 0.05 \(run folder\) vs 0.2 \(now\)\n") as e:
+        train_one(tiny_config(epochs=2, lr=0.2, engine="auto"), tmp_path / "run", splits=splits, progress=False)
+    assert "engine" not in str(e.value)
+
+
 def test_several_seeds_give_mean_and_std(tmp_path, splits, monkeypatch):
     import longtail.seeds
 

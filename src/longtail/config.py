@@ -991,6 +991,21 @@ def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Settings that change how a run executes, not what it trains (up to float rounding): the device, the step engine,
+# compilation, the memory format, TensorBoard, and how often it checkpoints or evaluates on the validation split.
+# A run folder started with one value resumes with another (e.g. on a GPU what began on the CPU); every other
+# setting must match, or the resume stops and names the difference.
+EXECUTION_SETTINGS = frozenset({"train.device", "train.engine", "train.compile", "train.channels_last",
+                                "train.tensorboard", "train.checkpoint_every", "train.eval_every"})
+
+
+def training_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, Any],
+                         labels: tuple[str, str] = ("run folder", "now")) -> list[str]:
+    """:func:`config_differences` without the :data:`EXECUTION_SETTINGS`: what would make ``a``'s run and ``b``'s
+    train differently."""
+    return [line for line in config_differences(a, b, labels) if line.partition(":")[0] not in EXECUTION_SETTINGS]
+
+
 def config_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, Any],
                        labels: tuple[str, str] = ("run folder", "now")) -> list[str]:
     """One line per dotted setting where ``a`` and ``b`` differ, in config order, e.g.

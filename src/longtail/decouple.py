@@ -67,7 +67,7 @@ from .checkpoints import (
     run_root,
     save_checkpoint,
 )
-from .config import OptimConfig, RunConfig
+from .config import OptimConfig, RunConfig, training_differences
 from .counts import ClassCounts
 from .data.augment import Augment
 from .data.registry import Splits
@@ -476,7 +476,8 @@ class DecoupleStage(Stage):
         def same() -> bool:
             meta = json.loads(member.run.config_file.read_text()).get("decouple") \
                 if member.run.config_file.is_file() else None
-            return member.run.existing_config() in (None, self.cfg) and meta in (None, self.meta())
+            previous = member.run.existing_config()
+            return (previous is None or not training_differences(previous, self.cfg)) and meta in (None, self.meta())
         return same
 
     def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .checkpoints import RESTART_FIX, load_checkpoint, previous_checkpoint, save_checkpoint
-from .config import RunConfig, config_differences
+from .config import EXECUTION_SETTINGS, RunConfig, config_differences, training_differences
 from .errors import LongtailError
 from .storage import LOCK_NAME, RunLock, atomic_write_text, remove_stale_temporaries
 
@@ -146,17 +146,24 @@ def clear_run_folder(folder: str | Path) -> None:
 def resume_or_start(run: RunDir, cfg: RunConfig, *, log: Callable[[str], None] = print,
                     same: Callable[[], bool] | None = None) -> dict[str, Any] | None:
     """The checkpoint state to resume ``run`` from, or None to start it; stops when the folder holds a
-    run of other settings (naming each difference). ``same`` overrides the comparison of configs."""
+    run of other settings (naming each difference). Settings that only change how the run executes
+    (``config.EXECUTION_SETTINGS``: device, engine, ...) may differ; the log names them. ``same`` overrides
+    the comparison of configs."""
     if not run.has_checkpoint():
         return None
     previous = run.existing_config()
-    differs = (not same()) if same is not None else (previous is not None and previous != cfg)
+    differs = (not same()) if same is not None else \
+        (previous is not None and bool(training_differences(previous, cfg)))
     if differs:
-        diff = config_differences(previous, cfg) if previous is not None else []
+        diff = training_differences(previous, cfg) if previous is not None else []
         detail = ("; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")) if diff else \
             "the method or its settings"
         raise LongtailError(f"{run.root} holds a run with other settings: {detail}",
                             "use another --out to keep both, or pass --restart to start this one over")
+    execution = [line for line in (config_differences(previous, cfg) if previous is not None else [])
+                 if line.partition(":")[0] in EXECUTION_SETTINGS]
+    if execution:
+        log(f"resuming {run.root} with other execution settings: " + "; ".join(execution))
     return run.resume_state(log)
 
 

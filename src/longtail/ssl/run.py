@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .. import distributed
-from ..config import DataConfig, RunConfig
+from ..config import DataConfig, RunConfig, training_differences
 from ..data.augment import Augment
 from ..data.files import FileImageSet
 from ..data.imageset import ImageSet
@@ -245,7 +245,7 @@ class PretrainStage(Stage):
             meta = json.loads(run.config_file.read_text()).get("pretrain") if run.config_file.is_file() else None
             if isinstance(meta, dict) and isinstance(meta.get("ssl"), dict):  # a folder from before a setting existed
                 meta = {**meta, "ssl": {**json.loads(json.dumps(asdict(SSLConfig()))), **meta["ssl"]}}
-            return not ((previous is not None and previous != self.cfg)
+            return not ((previous is not None and bool(training_differences(previous, self.cfg)))
                         or (meta is not None and meta != json.loads(json.dumps(_meta(self.method, self.ssl)))))
         return same
 
