@@ -8,6 +8,8 @@
 #             bash benchmarks/gpu_session.sh seeds      # 3 seeds one after another (accuracy vs REFERENCE.md)
 #             bash benchmarks/gpu_session.sh stack      # 5 seeds at once (the 90 s target)
 #             bash benchmarks/gpu_session.sh ldam       # the LDAM-DRW recipe, graph engine
+#             bash benchmarks/gpu_session.sh fast       # issue 15's CPU recipes on the GPU: cifar10-lt-fast-la and
+#                                                       # -5min, 3 seeds each (minutes on 2 CPU cores; seconds here?)
 #             bash benchmarks/gpu_session.sh all        # check, single, stack, ldam, seeds in one call, each
 #                                                       # stage cut at its own limit and at BUDGET seconds in all
 #   (carry .device/c10-lt100.xz and .device/c10-lt100.json with each call)
@@ -50,6 +52,7 @@ case "${1:-check}" in
   seeds)   run cifar10-lt-ce --seeds ${SEEDS:-0 1 2} ;;
   stack)   run cifar10-lt-ce --seeds 0 1 2 3 4 --stack ;;
   ldam)    run cifar10-lt-ldam-drw --set train.engine=graph ;;
+  fast)    run cifar10-lt-fast-la --seeds 0 1 2 && run cifar10-lt-fast-la-5min --seeds 0 1 2 ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}
     for stage_limit in check:150 single:120 stack:200 ldam:120 seeds:300; do
@@ -63,7 +66,7 @@ case "${1:-check}" in
       echo "== $stage rc=$rc wall $(( $(date +%s) - t0 ))s"
     done
     ;;
-  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | all" >&2; exit 2 ;;
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | all" >&2; exit 2 ;;
 esac
 echo "rows written to $RESULTS"
 [[ -n "${NO_TAIL:-}" ]] || tail -n 12 "$RESULTS"
