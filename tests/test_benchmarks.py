@@ -60,6 +60,26 @@ def test_tta_compare_rows_are_the_checkpoints_numbers(tmp_path):
     assert (run / "report.json").read_text() == report_text
 
 
+@pytest.mark.slow
+def test_posthoc_shift_rows_at_zero_are_the_runs_own_numbers(tmp_path):
+    """posthoc_shift.py: shift 0 is the run's report (its own TTA), another shift moves the numbers; the report
+    stays as it was."""
+    from longtail.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
+    report_text = (run / "report.json").read_text()
+    results = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, str(SCRIPT.parent / "posthoc_shift.py"), str(run), "--shifts", "0", "2",
+                    "--results", str(results)], check=True, capture_output=True, text=True, timeout=600)
+    rows = [_cells(line) for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert [r[5] for r in rows] == ["0", "2"]
+    report = json.loads(report_text)
+    assert float(rows[0][6]) == pytest.approx(report["top1"], abs=0.006)
+    assert rows[1][6:8] != rows[0][6:8]  # a shift of 2 log-priors changes the predictions of a 10-class model
+    assert (run / "report.json").read_text() == report_text
+
+
 PROBES = Path(__file__).resolve().parent.parent / "benchmarks" / "fast_probes.py"
 
 
