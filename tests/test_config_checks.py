@@ -284,6 +284,17 @@ def test_unknown_setting_suggests_the_nearest():
     assert "did you mean train.epochs" in e.value.fix
 
 
+def test_unknown_setting_named_as_other_libraries_name_it_suggests_ours_first():
+    from longtail.config import SETTING_SYNONYMS, override_keys
+
+    assert set(SETTING_SYNONYMS.values()) <= set(override_keys())  # every suggestion is a real setting
+    for key, ours in [("train.optimizer", "optim.name"), ("train.wd", "train.weight_decay"),
+                      ("model.network", "model.arch"), ("train.criterion", "loss.name")]:
+        with pytest.raises(LongtailError) as e:
+            apply_overrides(RunConfig(), {key: "1"})
+        assert e.value.fix.startswith(f"did you mean {ours}"), (key, e.value.fix)
+
+
 def test_unknown_section_is_named():
     with pytest.raises(LongtailError) as e:
         apply_overrides(RunConfig(), {"foo.bar": "1"})

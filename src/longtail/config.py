@@ -913,6 +913,14 @@ def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
     return [k for _, k in scored[:n]]
 
 
+# What other libraries call a setting, by its last part, for the "did you mean" of an unknown key: issue 14's own
+# ``--set train.optimizer=sam`` is ``optim.name=sam`` here.
+SETTING_SYNONYMS = {"optimizer": "optim.name", "opt": "optim.name", "optim": "optim.name", "sam": "optim.name",
+                    "rho": "optim.sam_rho", "loss": "loss.name", "criterion": "loss.name", "arch": "model.arch",
+                    "network": "model.arch", "net": "model.arch", "bs": "train.batch_size",
+                    "wd": "train.weight_decay", "lr_schedule": "train.schedule", "scheduler": "train.schedule"}
+
+
 def _unknown_setting(key: str) -> LongtailError:
     if key in MOVED_SETTINGS:
         return LongtailError(f"{key} has moved: it is now {MOVED_SETTINGS[key]}",
@@ -920,6 +928,9 @@ def _unknown_setting(key: str) -> LongtailError:
     keys = override_keys()
     sec, dot, _ = key.partition(".")
     close = _suggestions(key, keys)
+    synonym = SETTING_SYNONYMS.get(key.lower().rpartition(".")[2])
+    if synonym is not None:
+        close = [synonym, *(k for k in close if k != synonym)][:5]
     if dot and sec not in SECTIONS:
         problem = (f"unknown setting {key!r}: there is no section {sec!r} "
                    f"(the sections are {', '.join(SECTIONS)}, and the top-level seed)")
