@@ -21,12 +21,12 @@ LAYERS = {  # lowest first; a module is matched by its name or by a package pref
     "parts": ["data.", "models.", "losses", "weights", "samplers", "metrics", "report", "checkpoints",
               "maxnorm", "weight_balancing"],
     "loop": ["graphs", "tasks", "loop", "optim", "mfw", "glmc", "runs", "compare", "tensorboard"],
-    "drivers": ["driver", "experiment", "stacked", "seeds", "decouple", "recipes", "ssl.", "semi."],
+    "drivers": ["driver", "experiment", "stacked", "seeds", "decouple", "tune", "recipes", "ssl.", "semi."],
     "commands": ["cli", "__main__"],
 }
 TRAINING = ["models.", "losses", "weights", "metrics", "checkpoints", "maxnorm", "weight_balancing", "graphs", "tasks",
             "loop", "optim", "mfw", "glmc", "runs",
-            "driver", "experiment", "stacked", "seeds", "decouple", "ssl.", "semi."]
+            "driver", "experiment", "stacked", "seeds", "decouple", "tune", "ssl.", "semi."]
 
 
 def _modules() -> list[str]:

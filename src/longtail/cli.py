@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pl.add_argument("--data-root", help="where the data is now, if it moved")
 
+    tu = sub.add_parser("tune", help="train a recipe at each point of a grid of settings and choose one on the "
+                        "validation split (e.g. weight decay, as weight balancing tunes it)")
+    tu.add_argument("recipe", help="a one-stage recipe name (`longtail recipes`)")
+    tu.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="a setting and its values, e.g. --grid train.weight_decay=2e-4,5e-4,1e-3,5e-3; several "
+                    "--grid options make a product")
+    tu.add_argument("--by", default="val_balanced", choices=["val_balanced", "val_top1"],
+                    help="the validation score that chooses (default: balanced accuracy)")
+    _add_run_options(tu)
+
     c = sub.add_parser("compare", help="compare run folders: one table (mean +- std over seeds) and a bar plot")
     c.add_argument("runs", nargs="+", help="run folders (single- or multi-seed)")
     c.add_argument("--out", default="runs/comparison", help="folder for comparison.md and comparison.png")
@@ -255,6 +265,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .config import apply_overrides
+    from .recipes import get_recipe
+    from .tune import parse_grid, tune
+
+    recipe = get_recipe(args.recipe)
+    if recipe.pretrain or recipe.decouple:
+        kind = "a pre-training recipe" if recipe.pretrain else f"a two-stage recipe (+ {recipe.decouple})"
+        raise LongtailError(f"{recipe.name} is {kind}; tune trains one-stage recipes",
+                            "tune its base recipe, then run `longtail decouple` / `longtail train --init-from` "
+                            "on the chosen run")
+    if args.seeds and len(args.seeds) > 1:
+        raise LongtailError("tune trains one seed per point", "pass one --seeds value (or none)")
+    if args.stack_seeds != "off" or args.show_config:
+        raise LongtailError("--stack-seeds and --show-config do not apply to tune",
+                            "leave them out (`longtail train RECIPE --show-config` shows a recipe's settings)")
+    grid = parse_grid(args.grid)
+    ov = overrides_from_args(args)
+    if args.seeds:
+        ov["seed"] = args.seeds[0]
+    clash = sorted(set(grid) & set(ov))
+    if clash:
+        raise LongtailError(f"{', '.join(clash)} is both in --grid and set by another option",
+                            "give it in one place: its values in --grid")
+    cfg = apply_overrides(recipe.config, ov)
+    out = args.out or f"runs/tune-{cfg.recipe}"
+    t0 = time.perf_counter()
+    summary = tune(cfg, grid, out, by=args.by, progress=False if args.quiet else None, command=sys.argv,
+                   restart=args.restart)
+    if _rank() != 0:
+        return 0
+    print()
+    print((Path(out) / "tune.md").read_text())
+    print(f"tuning folder: {out}  ({time.perf_counter() - t0:.1f} s)")
+    return 0 if summary else 1
+
+
 def show_config(cfg: Any, *, pretrain: bool | str = False) -> str:
     """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs;
     the settings of methods the run does not use are left out while they keep their defaults."""
@@ -387,7 +434,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"quickstart": cmd_quickstart, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "train": cmd_train,
-            "evaluate": cmd_evaluate, "decouple": cmd_decouple, "compare": cmd_compare,
+            "evaluate": cmd_evaluate, "decouple": cmd_decouple, "compare": cmd_compare, "tune": cmd_tune,
             "pseudo-label": cmd_pseudo_label}
 
 

@@ -1,0 +1,149 @@
+"""Choosing a setting on the validation split: one run per point of a grid, the best by validation score.
+
+Weight balancing (Alshammari et al., CVPR 2022) owes much of its gain to a weight decay found by grid search, and
+most long-tailed remedies have one strength (tau, gamma, beta) that their authors tuned. ``longtail tune`` makes that
+search a command, done the honest way: every point trains into a run folder of its own (so a stopped search resumes
+and a finished point is not trained again), the choice uses only the validation split (``data.val_per_class`` held
+out of the training images, or ``data.val_split``), and the test scores of every point are written beside it for
+the record, never used to choose::
+
+    longtail tune cifar10-lt-ce --val-per-class 20 --grid train.weight_decay=2e-4,5e-4,1e-3,5e-3
+
+writes ``OUT/train.weight_decay=0.0005/`` (a run folder) for each point, and ``OUT/tune.json`` and ``OUT/tune.md``:
+one row per point (validation balanced accuracy and top-1, test top-1 and few-shot), the chosen point first in the
+summary with the ``--set`` options that train it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, apply_overrides
+from .errors import LongtailError
+from .experiment import train_one
+from .storage import atomic_write_text
+
+SCORES = {"val_balanced": ("balanced_accuracy", "validation balanced accuracy"),
+          "val_top1": ("top1", "validation top-1")}
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["train.weight_decay=5e-4,1e-3", "loss.tau=1,1.5"]`` -> ``{"train.weight_decay": ["5e-4", "1e-3"], ...}``,
+    in the order given; a malformed item, a repeated key or an empty value is an error that names it."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        vals = [v.strip() for v in values.split(",")]
+        if not eq or not key or any(v == "" for v in vals):
+            raise LongtailError(f"--grid {item!r} is not KEY=V1,V2,...",
+                                "write e.g. --grid train.weight_decay=2e-4,5e-4,1e-3")
+        if key in grid:
+            raise LongtailError(f"--grid names {key} twice", f"give all of {key}'s values in one --grid {key}=V1,V2")
+        if len(set(vals)) != len(vals):
+            raise LongtailError(f"--grid {item!r} repeats a value", "list each value once")
+        grid[key] = vals
+    if not grid:
+        raise LongtailError("tune needs a grid", "pass --grid KEY=V1,V2,... (e.g. --grid train.weight_decay=5e-4,5e-3)")
+    return grid
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values, the first key's values varying slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: dict[str, str]) -> str:
+    """The folder of a point: ``train.weight_decay=0.0005`` (several keys joined by ``,``)."""
+    name = ",".join(f"{k}={v}" for k, v in point.items())
+    return name.replace("/", "_").replace("\\", "_")
+
+
+def has_validation(cfg: RunConfig) -> bool:
+    return cfg.data.val_per_class > 0 or cfg.data.val_split is not None
+
+
+def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: str = "val_balanced",
+         progress: bool | None = False, log: Callable[[str], None] = print, splits: Any = None,
+         command: list[str] | None = None, restart: bool = False) -> dict[str, Any]:
+    """Train ``base`` with each point of ``grid`` (settings as ``--set`` takes them) into ``out/POINT``, choose the
+    point with the best validation score ``by`` (the first in grid order on a tie), and write ``out/tune.json`` and
+    ``out/tune.md``. Returns the summary that ``tune.json`` holds. Every point's settings are checked before the
+    first one trains. ``splits``: data already loaded (the tests). ``restart``: each point's folder starts over."""
+    if by not in SCORES:
+        raise LongtailError(f"unknown tune score {by!r}", f"use one of {', '.join(SCORES)}")
+    if splits is None and not has_validation(base):
+        raise LongtailError(f"tuning chooses on a validation split, and {base.recipe} has none",
+                            "pass --val-per-class 20 (a balanced split held out of the training images), or "
+                            "--set data.val_split=... where the data set has one")
+    points = grid_points(grid)
+    configs = [apply_overrides(base, point) for point in points]  # every point checked before any trains
+    out = Path(out)
+    _check_tune_folder(out, {point_name(p) for p in points})
+    rows: list[dict[str, Any]] = []
+    for i, (point, cfg) in enumerate(zip(points, configs)):
+        log(f"tune {i + 1}/{len(points)}: {point_name(point)}")
+        r = train_one(cfg, out / point_name(point), progress=progress, log=log, splits=splits, command=command,
+                      restart=restart)
+        val = r.get("val")
+        if not val:
+            raise LongtailError(f"the run {out / point_name(point)} has no validation scores",
+                                "tune needs a validation split: pass --val-per-class 20")
+        rows.append({"point": point, "folder": point_name(point),
+                     "val_balanced": val.get("balanced_accuracy"), "val_top1": val.get("top1"),
+                     "test_top1": r.get("top1"), "test_balanced": r.get("balanced_accuracy"),
+                     "test_few": r.get("few"), "test_many": r.get("many")})
+    key = by
+
+    def score(row: dict[str, Any]) -> float:
+        v = row[key]
+        return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    best = max(range(len(rows)), key=lambda j: (score(rows[j]), -j))
+    summary = {"recipe": base.recipe, "seed": base.seed, "by": by, "grid": grid, "rows": rows,
+               "chosen": rows[best], "set": [f"--set {k}={v}" for k, v in rows[best]["point"].items()]}
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "tune.md", tune_markdown(summary))
+    return summary
+
+
+def _check_tune_folder(out: Path, names: set[str]) -> None:
+    """A tuning folder holds its points' run folders and tune.json / tune.md, and nothing of anyone else's."""
+    from .runs import is_run_folder
+
+    if not out.is_dir():
+        return
+    foreign = [p.name for p in out.iterdir()
+               if not (p.name in ("tune.json", "tune.md") or (p.is_dir() and (p.name in names or is_run_folder(p))))]
+    if foreign:
+        raise LongtailError(f"{out} holds files that are not a tuning's ({', '.join(sorted(foreign)[:3])})",
+                            "pass an --out folder that is new, empty, or written by `longtail tune`")
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def tune_markdown(summary: dict[str, Any]) -> str:
+    """``tune.md``: the grid's rows, the chosen one in bold, and what chose it."""
+    label = SCORES[summary["by"]][1]
+    keys = list(summary["grid"])
+    chosen = summary["chosen"]
+    lines = [f"# Tuning {summary['recipe']} (seed {summary['seed']})", "",
+             f"Chosen by the {label} alone; the test columns are shown for the record and were not used to choose.",
+             "", "| " + " | ".join(keys) + " | val balanced | val top-1 | test top-1 | test few | run folder |",
+             "|" + "---|" * (len(keys) + 5)]
+    for row in summary["rows"]:
+        cells = [row["point"][k] for k in keys] + [_f(row["val_balanced"]), _f(row["val_top1"]), _f(row["test_top1"]),
+                                                    _f(row["test_few"]), f"`{row['folder']}`"]
+        if row == chosen:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Chosen: {', '.join(f'{k}={v}' for k, v in chosen['point'].items())} ({label} "
+              f"{_f(chosen[summary['by']])}); its run is `{chosen['folder']}`, and `longtail train {summary['recipe']} "
+              f"{' '.join(summary['set'])}` trains the same settings (add --seeds for others).", ""]
+    return "\n".join(lines)
