@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, apply_overrides
+from .distributed import launch_rank
 from .errors import LongtailError
 from .experiment import train_one
 from .storage import atomic_write_text
@@ -106,8 +107,9 @@ def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: st
     best = max(range(len(rows)), key=lambda j: (score(rows[j]), -j))
     summary = {"recipe": base.recipe, "seed": base.seed, "by": by, "grid": grid, "rows": rows,
                "chosen": rows[best], "set": [f"--set {k}={v}" for k, v in rows[best]["point"].items()]}
-    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "tune.md", tune_markdown(summary))
+    if launch_rank() == 0:  # under torchrun every process trained each point; one writes the summary
+        atomic_write_text(out / "tune.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "tune.md", tune_markdown(summary))
     return summary
 
 
