@@ -62,6 +62,7 @@ TINY: dict[str, list[str]] = {
     "decouple": ["--epochs", "1", "--device", "cpu"],
     "pseudo-label": ["--device", "cpu"],
     "compare": [],
+    "tune": TRAIN_TINY,
     "script": TRAIN_TINY,  # the scripts pass their further options to each of their training commands
 }
 
@@ -254,6 +255,13 @@ def check_result(kind: str, cmd: list[str], work: Path, stdout: str, started: fl
         table = (out / "comparison.md").read_text()
         for name in values(cmd, "--names"):
             assert name in table, f"--names {name} is not in {out / 'comparison.md'}"
+    elif kind == "tune":
+        out = work / option(cmd, "--out", f"runs/tune-{positionals(cmd, 2)[0]}")
+        summary = json.loads((out / "tune.json").read_text())
+        assert len(summary["rows"]) == len(option(cmd, "--grid").split("=")[1].split(","))
+        for row in summary["rows"]:
+            _top1(out / row["folder"])
+        assert summary["chosen"]["folder"] in (out / "tune.md").read_text()
     elif kind == "script":
         runs, files = SCRIPT_OUTPUTS[cmd[1]]
         out = work / cmd[3]
