@@ -63,6 +63,28 @@ def test_the_choice_follows_the_validation_split_never_the_test_set(tmp_path, mo
     assert s["chosen"]["point"] == {"train.lr": "0.02"}
 
 
+def test_several_seeds_choose_by_their_mean_validation_score(tmp_path, monkeypatch):
+    """lr 0.1 has the best single validation seed, lr 0.2 the best mean: the mean chooses; each seed has its folder."""
+    val = {("0.1", 0): 90.0, ("0.1", 1): 40.0, ("0.2", 0): 70.0, ("0.2", 1): 72.0}
+    folders = []
+
+    def fake_train_one(cfg, out, **kw):
+        folders.append(out.relative_to(tmp_path / "t").as_posix())
+        v = val[(str(cfg.train.lr), cfg.seed)]
+        return {"top1": 50.0 + cfg.seed, "few": None, "val": {"balanced_accuracy": v, "top1": v}}
+    monkeypatch.setattr(tune_module, "train_one", fake_train_one)
+    base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
+    s = tune(base, {"train.lr": ["0.1", "0.2"]}, tmp_path / "t", seeds=[0, 1], log=lambda _: None)
+    assert folders == ["train.lr=0.1/seed-0", "train.lr=0.1/seed-1", "train.lr=0.2/seed-0", "train.lr=0.2/seed-1"]
+    assert s["chosen"]["point"] == {"train.lr": "0.2"} and s["chosen"]["val_balanced"] == pytest.approx(71.0)
+    assert s["rows"][0]["val_balanced_std"] == pytest.approx(35.355, abs=1e-3)
+    assert s["rows"][0]["test_few"] is None and s["rows"][0]["test_top1"] == pytest.approx(50.5)
+    md = (tmp_path / "t" / "tune.md").read_text()
+    assert "mean ± std over seeds 0, 1" in md and "| **0.2** | **71.00 ± 1.41** |" in md
+    with pytest.raises(LongtailError, match="repeat"):
+        tune(base, {"train.lr": ["0.1", "0.2"]}, tmp_path / "t3", seeds=[0, 0], log=lambda _: None)
+
+
 @pytest.mark.slow
 def test_tune_trains_each_point_once_and_resumes(tmp_path):
     splits = Splits(synthetic_set(COUNTS), synthetic_set([10] * 4, seed=1, name="test"),
@@ -97,7 +119,6 @@ def test_tune_command_refuses_what_it_cannot_do(tmp_path, capsys):
         assert main(["tune", *argv]) != 0
         return capsys.readouterr().err
     assert "two-stage recipe" in refused("cifar10-lt-crt", "--grid", "train.lr=0.1,0.2")
-    assert "one seed per point" in refused("quickstart", "--grid", "train.lr=0.1,0.2", "--seeds", "0", "1")
     assert "both in --grid and set by another option" in refused("quickstart", "--grid", "train.lr=0.1,0.2",
                                                                   "--lr", "0.3")
     assert "needs a grid" in refused("quickstart")

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a setting and its values, e.g. --grid train.weight_decay=2e-4,5e-4,1e-3,5e-3; several "
                     "--grid options make a product")
     tu.add_argument("--by", default="val_balanced", choices=["val_balanced", "val_top1"],
-                    help="the validation score that chooses (default: balanced accuracy)")
+                    help="the validation score that chooses (default: balanced accuracy; with several --seeds, "
+                    "its mean over them)")
     _add_run_options(tu)
 
     c = sub.add_parser("compare", help="compare run folders: one table (mean +- std over seeds) and a bar plot")
@@ -276,15 +277,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise LongtailError(f"{recipe.name} is {kind}; tune trains one-stage recipes",
                             "tune its base recipe, then run `longtail decouple` / `longtail train --init-from` "
                             "on the chosen run")
-    if args.seeds and len(args.seeds) > 1:
-        raise LongtailError("tune trains one seed per point", "pass one --seeds value (or none)")
     if args.stack_seeds != "off" or args.show_config:
         raise LongtailError("--stack-seeds and --show-config do not apply to tune",
                             "leave them out (`longtail train RECIPE --show-config` shows a recipe's settings)")
     grid = parse_grid(args.grid)
     ov = overrides_from_args(args)
-    if args.seeds:
-        ov["seed"] = args.seeds[0]
     clash = sorted(set(grid) & set(ov))
     if clash:
         raise LongtailError(f"{', '.join(clash)} is both in --grid and set by another option",
@@ -292,8 +289,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = apply_overrides(recipe.config, ov)
     out = args.out or f"runs/tune-{cfg.recipe}"
     t0 = time.perf_counter()
-    summary = tune(cfg, grid, out, by=args.by, progress=False if args.quiet else None, command=sys.argv,
-                   restart=args.restart)
+    summary = tune(cfg, grid, out, by=args.by, seeds=args.seeds, progress=False if args.quiet else None,
+                   command=sys.argv, restart=args.restart)
     if _rank() != 0:
         return 0
     print()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,18 +71,23 @@ def has_validation(cfg: RunConfig) -> bool:
 
 
 def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: str = "val_balanced",
-         progress: bool | None = False, log: Callable[[str], None] = print, splits: Any = None,
-         command: list[str] | None = None, restart: bool = False) -> dict[str, Any]:
+         seeds: list[int] | None = None, progress: bool | None = False, log: Callable[[str], None] = print,
+         splits: Any = None, command: list[str] | None = None, restart: bool = False) -> dict[str, Any]:
     """Train ``base`` with each point of ``grid`` (settings as ``--set`` takes them) into ``out/POINT``, choose the
     point with the best validation score ``by`` (the first in grid order on a tie), and write ``out/tune.json`` and
     ``out/tune.md``. Returns the summary that ``tune.json`` holds. Every point's settings are checked before the
-    first one trains. ``splits``: data already loaded (the tests). ``restart``: each point's folder starts over."""
+    first one trains. ``seeds``: several seeds train each point into ``out/POINT/seed-N`` and the mean of their
+    validation scores chooses (default: the config's one seed, in ``out/POINT``). ``splits``: data already loaded
+    (the tests). ``restart``: each point's folder starts over."""
     if by not in SCORES:
         raise LongtailError(f"unknown tune score {by!r}", f"use one of {', '.join(SCORES)}")
     if splits is None and not has_validation(base):
         raise LongtailError(f"tuning chooses on a validation split, and {base.recipe} has none",
                             "pass --val-per-class 20 (a balanced split held out of the training images), or "
                             "--set data.val_split=... where the data set has one")
+    seeds = list(seeds) if seeds else [base.seed]
+    if len(set(seeds)) != len(seeds):
+        raise LongtailError(f"tune was given seed {seeds} with a repeat", "list each seed once")
     points = grid_points(grid)
     configs = [apply_overrides(base, point) for point in points]  # every point checked before any trains
     out = Path(out)
@@ -89,23 +95,32 @@ def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: st
     rows: list[dict[str, Any]] = []
     for i, (point, cfg) in enumerate(zip(points, configs)):
         log(f"tune {i + 1}/{len(points)}: {point_name(point)}")
-        r = train_one(cfg, out / point_name(point), progress=progress, log=log, splits=splits, command=command,
-                      restart=restart)
-        val = r.get("val")
-        if not val:
-            raise LongtailError(f"the run {out / point_name(point)} has no validation scores",
-                                "tune needs a validation split: pass --val-per-class 20")
-        rows.append({"point": point, "folder": point_name(point),
-                     "val_balanced": val.get("balanced_accuracy"), "val_top1": val.get("top1"),
-                     "test_top1": r.get("top1"), "test_balanced": r.get("balanced_accuracy"),
-                     "test_few": r.get("few"), "test_many": r.get("many")})
+        results = []
+        for seed in seeds:
+            folder = out / point_name(point) / (f"seed-{seed}" if len(seeds) > 1 else "")
+            r = train_one(apply_overrides(cfg, {"seed": seed}), folder, progress=progress, log=log, splits=splits,
+                          command=command, restart=restart)
+            if not r.get("val"):
+                raise LongtailError(f"the run {folder} has no validation scores",
+                                    "tune needs a validation split: pass --val-per-class 20")
+            results.append(r)
+        row: dict[str, Any] = {"point": point, "folder": point_name(point), "seeds": seeds}
+        for name, get in [("val_balanced", lambda r: r["val"].get("balanced_accuracy")),
+                          ("val_top1", lambda r: r["val"].get("top1")), ("test_top1", lambda r: r.get("top1")),
+                          ("test_balanced", lambda r: r.get("balanced_accuracy")), ("test_few", lambda r: r.get("few")),
+                          ("test_many", lambda r: r.get("many"))]:
+            vals = [get(r) for r in results]
+            row[name] = _mean(vals)
+            if len(seeds) > 1:
+                row[name + "_std"] = _std(vals)
+        rows.append(row)
     key = by
 
     def score(row: dict[str, Any]) -> float:
         v = row[key]
         return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
     best = max(range(len(rows)), key=lambda j: (score(rows[j]), -j))
-    summary = {"recipe": base.recipe, "seed": base.seed, "by": by, "grid": grid, "rows": rows,
+    summary = {"recipe": base.recipe, "seeds": seeds, "by": by, "grid": grid, "rows": rows,
                "chosen": rows[best], "set": [f"--set {k}={v}" for k, v in rows[best]["point"].items()]}
     if launch_rank() == 0:  # under torchrun every process trained each point; one writes the summary
         atomic_write_text(out / "tune.json", json.dumps(summary, indent=2) + "\n")
@@ -126,6 +141,17 @@ def _check_tune_folder(out: Path, names: set[str]) -> None:
                             "pass an --out folder that is new, empty, or written by `longtail tune`")
 
 
+def _mean(vals: list[Any]) -> float | None:
+    """The mean of the values that exist (a shot group a data set lacks is None in every seed)."""
+    vals = [float(v) for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _std(vals: list[Any]) -> float | None:
+    vals = [float(v) for v in vals if v is not None]
+    return statistics.stdev(vals) if len(vals) > 1 else None
+
+
 def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
@@ -135,17 +161,25 @@ def tune_markdown(summary: dict[str, Any]) -> str:
     label = SCORES[summary["by"]][1]
     keys = list(summary["grid"])
     chosen = summary["chosen"]
-    lines = [f"# Tuning {summary['recipe']} (seed {summary['seed']})", "",
+    seeds = summary["seeds"]
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+
+    def cell(row: dict[str, Any], name: str) -> str:
+        std = row.get(name + "_std")
+        return _f(row[name]) + (f" ± {std:.2f}" if std is not None else "")
+    lines = [f"# Tuning {summary['recipe']} ({over})", "",
              f"Chosen by the {label} alone; the test columns are shown for the record and were not used to choose.",
              "", "| " + " | ".join(keys) + " | val balanced | val top-1 | test top-1 | test few | run folder |",
              "|" + "---|" * (len(keys) + 5)]
     for row in summary["rows"]:
-        cells = [row["point"][k] for k in keys] + [_f(row["val_balanced"]), _f(row["val_top1"]), _f(row["test_top1"]),
-                                                    _f(row["test_few"]), f"`{row['folder']}`"]
+        cells = [row["point"][k] for k in keys] + [cell(row, "val_balanced"), cell(row, "val_top1"),
+                                                    cell(row, "test_top1"), cell(row, "test_few"),
+                                                    f"`{row['folder']}`"]
         if row == chosen:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
+    again = "" if len(seeds) > 1 else " (add --seeds for others)"
     lines += ["", f"Chosen: {', '.join(f'{k}={v}' for k, v in chosen['point'].items())} ({label} "
               f"{_f(chosen[summary['by']])}); its run is `{chosen['folder']}`, and `longtail train {summary['recipe']} "
-              f"{' '.join(summary['set'])}` trains the same settings (add --seeds for others).", ""]
+              f"{' '.join(summary['set'])}` trains the same settings{again}.", ""]
     return "\n".join(lines)
