@@ -42,9 +42,7 @@ not depend on the load, the seconds do) and the table of means is rewritten in p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import shlex
@@ -66,7 +64,8 @@ from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 from longtail.semi.pseudo import pseudo_label_run  # noqa: E402
 from longtail.ssl.run import pretrain_run  # noqa: E402
-from run_recipe import append_row, machine, rarest  # noqa: E402
+from longtail.storage import atomic_write_text  # noqa: E402
+from run_recipe import append_row, locked, machine, rarest  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -256,19 +255,6 @@ def table_seeds(out: Path, seeds: list[int]) -> list[int]:
     return sorted(set(seeds) | on_disk)
 
 
-@contextlib.contextmanager
-def locked(path: Path):  # type: ignore[no-untyped-def]
-    """Hold an exclusive lock on ``path``.lock: two table processes (one per seed, one thread each) rewrite the same
-    RESULTS.md and README, and a read-modify-write of one must not drop the other's row."""
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def write_table(results: Path, lines: list[str], header: str) -> None:
     """Replace the table under TABLE_SECTION (created before the runs' section if absent)."""
     text = results.read_text().splitlines() if results.exists() else ["# Benchmark results"]
@@ -284,7 +270,7 @@ def write_table(results: Path, lines: list[str], header: str) -> None:
         text[i:i] = block
     else:
         text += ["", *block]
-    results.write_text("\n".join(text).rstrip("\n") + "\n")
+    atomic_write_text(results, "\n".join(text).rstrip("\n") + "\n")
 
 
 README_START = "<!-- method-table: written by benchmarks/method_table.py --readme -->"
@@ -297,7 +283,7 @@ def write_readme(readme: Path, lines: list[str]) -> None:
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to write the table into")
     i, j = text.index(README_START) + len(README_START), text.index(README_END)
-    readme.write_text(text[:i] + "\n" + "\n".join(lines) + "\n" + text[j:])
+    atomic_write_text(readme, text[:i] + "\n" + "\n".join(lines) + "\n" + text[j:])
 
 
 def main() -> int:
@@ -368,7 +354,7 @@ def write_outputs(results: Path, out: Path, a: argparse.Namespace, header: str) 
 
 def _new_run_section(results: Path, row: str) -> None:
     text = results.read_text().rstrip("\n") if results.exists() else "# Benchmark results"
-    results.write_text(text + "\n\n" + RUN_SECTION + "\n\n" + RUN_HEADER + "\n" + row + "\n")
+    atomic_write_text(results, text + "\n\n" + RUN_SECTION + "\n\n" + RUN_HEADER + "\n" + row + "\n")
 
 
 if __name__ == "__main__":

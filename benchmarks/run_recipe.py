@@ -14,7 +14,9 @@ Wall time is split into setup (data to the device, model), compile, train and ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import platform
 import shlex
@@ -30,6 +32,7 @@ from longtail.config import apply_overrides  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 from longtail.seeds import train_seeds  # noqa: E402
+from longtail.storage import atomic_write_text  # noqa: E402
 
 HEADER = ("| date | machine | command | seed | epochs | setup s | compile s | train s | eval s | train img/s "
           "| top-1 | many | medium | few | rarest 3 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -56,26 +59,51 @@ def rarest(report: dict, k: int) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+_HELD: set[str] = set()
+
+
+@contextlib.contextmanager
+def locked(path: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive lock on ``path``.lock while a results file is read and rewritten: benchmarks that run side
+    by side (two method-table seeds, a probe) append to the same RESULTS.md, and one read-modify-write must not drop
+    another's row. Re-entrant within a process (the method table appends a row and rewrites its table in one hold)."""
+    key = str(Path(path).resolve())
+    if key in _HELD:
+        yield
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def append_section(results: Path, lines: list[str]) -> None:
     """Add a section (a list of Markdown lines) at the end of ``results``."""
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    results.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    with locked(results):
+        text = results.read_text() if results.exists() else "# Benchmark results\n"
+        atomic_write_text(results, text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def append_row(results: Path, row: str, section: str = "## Recipe runs (benchmarks/run_recipe.py)",
                header: str = HEADER) -> None:
     """Add ``row`` at the end of the table under ``section`` (created at the end of the file if absent, with the
     table ``header``)."""
-    lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]
-    if section not in lines:
-        lines += ["", section, ""] + header.rstrip("\n").splitlines()
-    i = lines.index(section) + 1
-    while i < len(lines) and not lines[i].startswith("|"):
-        i += 1
-    while i < len(lines) and lines[i].startswith("|"):
-        i += 1
-    lines.insert(i, row)
-    results.write_text("\n".join(lines) + "\n")
+    with locked(results):
+        lines = results.read_text().splitlines() if results.exists() else ["# Benchmark results", ""]
+        if section not in lines:
+            lines += ["", section, ""] + header.rstrip("\n").splitlines()
+        i = lines.index(section) + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines.insert(i, row)
+        atomic_write_text(results, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None, command: str | None = None) -> int:

@@ -97,6 +97,18 @@ def test_resume_accepts_other_execution_settings(tmp_path, splits, capsys):
     assert (saved["engine"], saved["checkpoint_every"]) == ("eager", 2)  # the folder says how it ran last
 
 
+def test_a_resume_that_would_switch_float32_and_bf16_is_a_training_difference():
+    from longtail.config import training_differences
+
+    cpu, cuda = tiny_config(device="cpu"), tiny_config(device="cuda")  # train.amp=auto: float32 / bf16
+    assert training_differences(cpu, cuda) == [
+        "precision (train.amp on train.device): float32 (run folder) vs bf16 (now); --set train.amp=off keeps float32"]
+    assert training_differences(cpu, tiny_config(device="cuda", amp="off")) == []  # the fix it names works
+    assert training_differences(tiny_config(device="cuda:0"), cuda) == []
+    assert training_differences(tiny_config(device="auto"), cuda) == []  # auto: the machine decides, as always
+    assert training_differences(cpu, tiny_config(device="cpu", amp="bf16"))[-1].startswith("precision")
+
+
 def test_resume_names_only_the_training_differences(tmp_path, splits):
     train_one(tiny_config(epochs=2), tmp_path / "run", splits=splits, progress=False, stop_after=1)
     with pytest.raises(LongtailError, match=r"other settings: train.lr: 0.05 \(run folder\) vs 0.2 \(now\)\n") as e:

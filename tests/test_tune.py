@@ -114,6 +114,40 @@ def test_tune_needs_a_validation_split_and_checks_every_point_first(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_tune_refuses_grids_it_could_not_choose_honestly(tmp_path):
+    base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
+    with pytest.raises(LongtailError, match="--grid seed") as e:
+        tune(base, {"seed": ["0", "1"]}, tmp_path / "t")
+    assert "--seeds" in e.value.fix
+    for key, values in [("data.val_per_class", ["0", "20"]), ("data.imbalance_ratio", ["10", "100"]),
+                        ("data.subset_seed", ["0", "1"])]:
+        with pytest.raises(LongtailError, match="changes the data"):
+            tune(base, {key: values}, tmp_path / "t")
+    inat = RunConfig(recipe="x", data=DataConfig(dataset="inat2018", val_split="./val2018.json"))
+    with pytest.raises(LongtailError, match="the validation split is the test split"):
+        tune(inat, {"train.lr": ["0.1", "0.2"]}, tmp_path / "t")
+    with pytest.raises(LongtailError, match="are the same settings"):  # 5e-4 and 0.0005 are one value
+        tune(base, {"train.weight_decay": ["5e-4", "0.0005"]}, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_no_validation_score_anywhere_is_an_error_not_a_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_module, "train_one", lambda cfg, out, **kw: {"top1": 1.0, "val": {"top1": None}})
+    base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
+    with pytest.raises(LongtailError, match="no grid point has a validation balanced accuracy"):
+        tune(base, {"train.lr": ["0.1", "0.2"]}, tmp_path / "t", log=lambda _: None)
+
+
+def test_a_write_stopped_midway_does_not_block_the_next_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_module, "train_one",
+                        lambda cfg, out, **kw: {"top1": 1.0, "val": {"balanced_accuracy": cfg.train.lr, "top1": 1}})
+    base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".tune.json.1234.tmp").write_text("{")
+    s = tune(base, {"train.lr": ["0.1", "0.2"]}, tmp_path / "t", log=lambda _: None)
+    assert s["chosen"]["point"] == {"train.lr": "0.2"}
+
+
 def test_tune_command_refuses_what_it_cannot_do(tmp_path, capsys):
     def refused(*argv):
         assert main(["tune", *argv]) != 0
@@ -122,6 +156,7 @@ def test_tune_command_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "both in --grid and set by another option" in refused("quickstart", "--grid", "train.lr=0.1,0.2",
                                                                   "--lr", "0.3")
     assert "needs a grid" in refused("quickstart")
+    assert "starts from pre-trained weights" in refused("folder-finetune-linear", "--grid", "train.lr=0.1,0.2")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     assert "not a tuning's" in refused("quickstart", "--val-per-class", "3", "--imbalance-ratio", "10",

@@ -287,6 +287,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise LongtailError(f"{', '.join(clash)} is both in --grid and set by another option",
                             "give it in one place: its values in --grid")
     cfg = apply_overrides(recipe.config, ov)
+    if recipe.needs_pretrained and not cfg.model.pretrained and not cfg.train.init_from:
+        raise LongtailError(f"{recipe.name} starts from pre-trained weights, and none were given",
+                            "pass --set model.pretrained=FILE, a local weights file; longtail downloads nothing")
     out = args.out or f"runs/tune-{cfg.recipe}"
     t0 = time.perf_counter()
     summary = tune(cfg, grid, out, by=args.by, seeds=args.seeds, progress=False if args.quiet else None,

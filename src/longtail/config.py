@@ -916,9 +916,10 @@ def _suggestions(key: str, keys: list[str], n: int = 5) -> list[str]:
 # What other libraries call a setting, by its last part, for the "did you mean" of an unknown key: issue 14's own
 # ``--set train.optimizer=sam`` is ``optim.name=sam`` here.
 SETTING_SYNONYMS = {"optimizer": "optim.name", "opt": "optim.name", "optim": "optim.name", "sam": "optim.name",
-                    "rho": "optim.sam_rho", "loss": "loss.name", "criterion": "loss.name", "arch": "model.arch",
-                    "network": "model.arch", "net": "model.arch", "bs": "train.batch_size",
-                    "wd": "train.weight_decay", "lr_schedule": "train.schedule", "scheduler": "train.schedule"}
+                    "rho": "data.imbalance_ratio", "imbalance": "data.imbalance_ratio", "loss": "loss.name",
+                    "criterion": "loss.name", "arch": "model.arch", "network": "model.arch", "net": "model.arch",
+                    "bs": "train.batch_size", "wd": "train.weight_decay", "lr_schedule": "train.schedule",
+                    "scheduler": "train.schedule"}
 
 
 def _unknown_setting(key: str) -> LongtailError:
@@ -1005,16 +1006,32 @@ def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
 # Settings that change how a run executes, not what it trains (up to float rounding): the device, the step engine,
 # compilation, the memory format, TensorBoard, and how often it checkpoints or evaluates on the validation split.
 # A run folder started with one value resumes with another (e.g. on a GPU what began on the CPU); every other
-# setting must match, or the resume stops and names the difference.
-EXECUTION_SETTINGS = frozenset({"train.device", "train.engine", "train.compile", "train.channels_last",
+# setting must match, or the resume stops and names the difference. The device and train.amp are compared by the
+# precision they give together (train.amp=auto is bf16 on CUDA and float32 on the CPU): a resume that would switch
+# float32 <-> bf16 is a training difference.
+EXECUTION_SETTINGS = frozenset({"train.device", "train.amp", "train.engine", "train.compile", "train.channels_last",
                                 "train.tensorboard", "train.checkpoint_every", "train.eval_every"})
+
+
+def _precision(flat: dict[str, Any]) -> str | None:
+    """``bf16`` or ``float32`` as ``train.amp`` and ``train.device`` give it; None where ``device=auto`` leaves it
+    to the machine."""
+    amp, device = str(flat.get("train.amp", "auto")), str(flat.get("train.device", "auto"))
+    if amp in ("bf16", "off"):
+        return "bf16" if amp == "bf16" else "float32"
+    return None if device == "auto" else ("bf16" if device.startswith("cuda") else "float32")
 
 
 def training_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, Any],
                          labels: tuple[str, str] = ("run folder", "now")) -> list[str]:
     """:func:`config_differences` without the :data:`EXECUTION_SETTINGS`: what would make ``a``'s run and ``b``'s
-    train differently."""
-    return [line for line in config_differences(a, b, labels) if line.partition(":")[0] not in EXECUTION_SETTINGS]
+    train differently, including a change of arithmetic precision that the device and ``train.amp`` make together."""
+    out = [line for line in config_differences(a, b, labels) if line.partition(":")[0] not in EXECUTION_SETTINGS]
+    pa, pb = _precision(_flat(a)), _precision(_flat(b))
+    if pa is not None and pb is not None and pa != pb:
+        out.append(f"precision (train.amp on train.device): {pa} ({labels[0]}) vs {pb} ({labels[1]}); "
+                   f"--set train.amp={'off' if pa == 'float32' else 'bf16'} keeps {pa}")
+    return out
 
 
 def config_differences(a: RunConfig | dict[str, Any], b: RunConfig | dict[str, Any],

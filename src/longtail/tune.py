@@ -9,9 +9,9 @@ the record, never used to choose::
 
     longtail tune cifar10-lt-ce --val-per-class 20 --grid train.weight_decay=2e-4,5e-4,1e-3,5e-3
 
-writes ``OUT/train.weight_decay=0.0005/`` (a run folder) for each point, and ``OUT/tune.json`` and ``OUT/tune.md``:
-one row per point (validation balanced accuracy and top-1, test top-1 and few-shot), the chosen point first in the
-summary with the ``--set`` options that train it.
+writes ``OUT/train.weight_decay=5e-4/`` (a run folder, named by the values as written) for each point, and
+``OUT/tune.json`` and ``OUT/tune.md``: one row per point (validation balanced accuracy and top-1, test top-1 and
+few-shot), the chosen one in bold, with the ``--set`` options that train it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, apply_overrides
+from .data.files import FILE_DATASETS
 from .distributed import launch_rank
 from .errors import LongtailError
 from .experiment import train_one
@@ -88,8 +90,27 @@ def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: st
     seeds = list(seeds) if seeds else [base.seed]
     if len(set(seeds)) != len(seeds):
         raise LongtailError(f"tune was given seed {seeds} with a repeat", "list each seed once")
+    if "seed" in grid:
+        raise LongtailError("--grid seed=... would train the same settings under several names",
+                            "pass the seeds with --seeds 0 1 2: each point trains every seed and their mean chooses")
+    moving = [k for k in grid if k.startswith("data.")]
+    if moving:
+        raise LongtailError(f"--grid {moving[0]} changes the data, so the points' validation scores would be on "
+                            "different images and not comparable",
+                            "tune settings of the training (train., loss., optim., augment., model., ...); compare "
+                            "data settings with separate runs and `longtail compare`")
+    test_split = base.data.test_split or FILE_DATASETS.get(base.data.dataset, (None, None, None))[2]
+    if base.data.val_split is not None and test_split is not None and \
+            os.path.normpath(base.data.val_split) == os.path.normpath(test_split):
+        raise LongtailError(f"the validation split is the test split ({test_split}): tune would choose on the test "
+                            "set", "use --val-per-class 20 (held out of the training images) or a validation file "
+                            "that is not the test set")
     points = grid_points(grid)
     configs = [apply_overrides(base, point) for point in points]  # every point checked before any trains
+    for j, cfg in enumerate(configs):
+        if cfg in configs[:j]:
+            raise LongtailError(f"the grid points {point_name(points[configs.index(cfg)])} and "
+                                f"{point_name(points[j])} are the same settings", "list each value once")
     out = Path(out)
     _check_tune_folder(out, {point_name(p) for p in points})
     rows: list[dict[str, Any]] = []
@@ -119,6 +140,9 @@ def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: st
     def score(row: dict[str, Any]) -> float:
         v = row[key]
         return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    if all(score(row) == -math.inf for row in rows):
+        raise LongtailError(f"no grid point has a {SCORES[by][1]} to choose by (every run's is missing or NaN)",
+                            "check the validation split (--val-per-class) and the runs' report.json")
     best = max(range(len(rows)), key=lambda j: (score(rows[j]), -j))
     summary = {"recipe": base.recipe, "seeds": seeds, "by": by, "grid": grid, "rows": rows,
                "chosen": rows[best], "set": [f"--set {k}={v}" for k, v in rows[best]["point"].items()]}
@@ -134,8 +158,9 @@ def _check_tune_folder(out: Path, names: set[str]) -> None:
 
     if not out.is_dir():
         return
-    foreign = [p.name for p in out.iterdir()
-               if not (p.name in ("tune.json", "tune.md") or (p.is_dir() and (p.name in names or is_run_folder(p))))]
+    foreign = [p.name for p in out.iterdir()  # dot files: a temporary a stopped write left, a lock
+               if not (p.name.startswith(".") or p.name in ("tune.json", "tune.md")
+                       or (p.is_dir() and (p.name in names or is_run_folder(p))))]
     if foreign:
         raise LongtailError(f"{out} holds files that are not a tuning's ({', '.join(sorted(foreign)[:3])})",
                             "pass an --out folder that is new, empty, or written by `longtail tune`")
