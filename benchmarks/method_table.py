@@ -60,6 +60,7 @@ sys.path.insert(0, str(HERE))
 from longtail.config import RunConfig, _flat, apply_overrides  # noqa: E402
 from longtail.counts import ClassCounts  # noqa: E402
 from longtail.decouple import decouple_run  # noqa: E402
+from longtail.errors import LongtailError  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 from longtail.semi.pseudo import pseudo_label_run  # noqa: E402
@@ -317,7 +318,13 @@ def main() -> int:
                 if report_of(out, key, seed) is not None:
                     continue
                 load0, t0 = os.getloadavg()[0], time.perf_counter()
-                r = run_one(m, seed, a, common)
+                try:
+                    r = run_one(m, seed, a, common)
+                except LongtailError as e:
+                    if "is in use by" not in e.problem:
+                        raise
+                    print(f"{m.key} seed {seed}: left to the process that holds it ({e.problem})", flush=True)
+                    continue
                 wall = time.perf_counter() - t0
                 rep = by_labeled_counts(report_of(out, key, seed) or r)
                 tm = rep.get("timing", {})

@@ -152,3 +152,26 @@ def test_a_run_of_one_seed_writes_the_table_of_every_finished_seed(tmp_path):
         pass
     with mt.locked(results):
         pass
+
+
+def test_a_row_another_table_process_holds_is_left_to_it(tmp_path, monkeypatch, capsys):
+    """Two table processes side by side: a row whose run folder the other one holds is skipped, not a crash; any
+    other error still stops the table."""
+    from longtail import LongtailError
+
+    mt = load_script()
+    held = tmp_path / "table" / "ce" / "seed-1"
+    calls = []
+
+    def fake_run_one(m, seed, a, common):
+        calls.append(m.key)
+        if m.key == "ce":
+            raise LongtailError(f"the run folder {held} is in use by process 1 on vm (since now)", "wait")
+        raise LongtailError("something else went wrong", "fix it")
+    monkeypatch.setattr(mt, "run_one", fake_run_one)
+    argv = ["method_table.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "table"), "--results",
+            str(tmp_path / "RESULTS.md"), "--seeds", "1", "--methods", "ce", "focal"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(LongtailError, match="something else"):
+        mt.main()
+    assert calls == ["ce", "focal"] and "ce seed 1: left to the process that holds it" in capsys.readouterr().out
