@@ -152,16 +152,14 @@ def resume_or_start(run: RunDir, cfg: RunConfig, *, log: Callable[[str], None] =
     if not run.has_checkpoint():
         return None
     previous = run.existing_config()
-    differs = (not same()) if same is not None else \
-        (previous is not None and bool(training_differences(previous, cfg)))
-    if differs:
-        diff = training_differences(previous, cfg) if previous is not None else []
+    diff = training_differences(previous, cfg) if previous is not None else []
+    if (not same()) if same is not None else bool(diff):
         detail = ("; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")) if diff else \
             "the method or its settings"
         raise LongtailError(f"{run.root} holds a run with other settings: {detail}",
                             "use another --out to keep both, or pass --restart to start this one over")
-    execution = [line for line in (config_differences(previous, cfg) if previous is not None else [])
-                 if line.partition(":")[0] in EXECUTION_SETTINGS]
+    execution = [line for line in config_differences(previous, cfg) if line.partition(":")[0] in EXECUTION_SETTINGS] \
+        if previous is not None else []
     if execution:
         log(f"resuming {run.root} with other execution settings: " + "; ".join(execution))
     return run.resume_state(log)
