@@ -1,8 +1,9 @@
 """airbench94's techniques as settings (issue 15), each against a transcription of ``airbench94.py``
 (KellerJordan/cifar10-airbench 01a2367): flip + translate test-time augmentation (``model.tta=flip-translate``),
 Lookahead weight averaging (``optim.lookahead``), the BatchNorm biases' learning-rate multiplier
-(``optim.bn_bias_lr_mult``) and the whitening bias's freeze (``optim.whiten_bias_epochs``); their defaults leave
-every run as it was; resuming; the settings' checks and where ``--show-config`` shows them."""
+(``optim.bn_bias_lr_mult``), the whitening bias's freeze (``optim.whiten_bias_epochs``) and the alternating flip
+(``augment.flip_mode=alternating``, against the loader of airbench94.py); their defaults leave every run as it was;
+resuming; the settings' checks and where ``--show-config`` shows them."""
 
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from longtail import LongtailError
 from longtail.checkpoints import load_checkpoint
 from longtail.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, apply_overrides
-from longtail.data.augment import Augment, eval_batches
+from longtail.data.augment import Augment, alternating_flip, eval_batches, flip_half, iterate_batches
 from longtail.data.registry import Splits
 from longtail.experiment import evaluate_model, train_one
 from longtail.graphs import graph_unsupported_reason
@@ -501,3 +502,81 @@ def test_show_config_shows_them_for_the_fast_recipes_and_reads_back(tmp_path):
     assert "optim.whiten_bias_epochs" in unused_settings(resnet)  # no whitening layer: not shown
     assert "optim.whiten_bias_epochs" not in unused_settings(fast)
     assert optim_settings(fast) == []  # every fast recipe leaves them off
+
+
+# the alternating flip ------------------------------------------------------------------------------------------
+
+
+class AirbenchFlipLoader:
+    """The flip of airbench94.py's ``CifarLoader`` with ``altflip=True`` and no translation, transcribed: at epoch 0
+    the images are pre-flipped once by a mask (airbench draws it with ``batch_flip_lr``; here it is given), and the
+    whole pre-flipped set is mirrored in every odd epoch; then a shuffled order is taken."""
+
+    def __init__(self, images: torch.Tensor, mask: torch.Tensor) -> None:
+        self.images, self.mask, self.epoch = images, mask, 0
+        self.proc: dict[str, torch.Tensor] = {}
+
+    def epoch_images(self, order: torch.Tensor) -> torch.Tensor:
+        if self.epoch == 0:
+            self.proc["flip"] = torch.where(self.mask.view(-1, 1, 1, 1), self.images.flip(-1), self.images)
+        images = self.proc["flip"]
+        if self.epoch % 2 == 1:
+            images = images.flip(-1)
+        self.epoch += 1
+        return images[order]
+
+
+def test_alternating_flip_is_airbench94s_with_its_half_from_a_hash_of_the_row():
+    data = synthetic_set([30, 20, 10, 5])
+    ref = AirbenchFlipLoader(data.images, flip_half(torch.arange(len(data)), salt=7))
+    aug = Augment(crop_padding=0, flip=True, flip_mode="alternating", flip_salt=7)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(5):
+        order = torch.randperm(len(data), generator=g)
+        ours = torch.cat([b.images for b in iterate_batches(data, order, 16, augment=aug, generator=g, epoch=epoch)])
+        want = ref.epoch_images(order).float() / 255.0
+        torch.testing.assert_close(ours, (want - 0.5) / 0.25, rtol=0, atol=0)
+    # each image is mirrored in exactly one of any two consecutive epochs, and half of them in each epoch
+    x = data.images.float()
+    e0, e1, e2 = (alternating_flip(x, torch.arange(len(data)), e, salt=7) for e in (0, 1, 2))
+    torch.testing.assert_close(e0.flip(-1), e1, rtol=0, atol=0)
+    torch.testing.assert_close(e0, e2, rtol=0, atol=0)
+    half = flip_half(torch.arange(100_000), salt=7)
+    assert abs(half.float().mean().item() - 0.5) < 0.01
+    # another salt (the seed) gives another half, unrelated to the first; the same salt gives the same half
+    other = flip_half(torch.arange(100_000), salt=8)
+    assert abs((half == other).float().mean().item() - 0.5) < 0.01
+    assert torch.equal(half, flip_half(torch.arange(100_000), salt=7))
+    with pytest.raises(ValueError, match="needs each image's row and the epoch"):
+        aug(data.images, g)
+    with pytest.raises(ValueError, match="unknown flip mode"):
+        Augment(flip_mode="sometimes")
+
+
+def test_alternating_flip_setting_trains_resumes_and_is_refused_where_it_cannot_apply(tmp_path):
+    from longtail.ssl import build_pretraining
+
+    with pytest.raises(LongtailError, match="augment.flip_mode"):
+        apply_overrides(RunConfig(), {"augment.flip_mode": "sometimes"})
+    splits = Splits(synthetic_set([24, 12, 6, 3]), synthetic_set([5, 5, 5, 5], seed=1, name="test"))
+    cfg = apply_overrides(airbench_config(epochs=3), {"augment.flip_mode": "alternating"})
+    quiet = dict(splits=splits, progress=False, log=lambda m: None)
+    full = train_one(cfg, tmp_path / "full", **quiet)
+    train_one(replace(cfg, augment=replace(cfg.augment, flip_mode="random")), tmp_path / "plain", **quiet)
+    a, p = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("full", "plain"))
+    assert any(not torch.equal(a["model"][k], p["model"][k]) for k in a["model"])  # the setting reaches the batches
+    assert train_one(cfg, tmp_path / "cut", stop_after=1, **quiet) == {}
+    resumed = train_one(cfg, tmp_path / "cut", **quiet)
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed["per_class"] == full["per_class"]
+    fixmatch = apply_overrides(cfg, {"semi.method": "fixmatch"})
+    from longtail.experiment import augment_from_config
+    with pytest.raises(LongtailError, match="flip_mode=alternating on a FixMatch run"):
+        augment_from_config(fixmatch, splits.train)
+    from longtail.data.files import FileImageSet
+    files = FileImageSet("root", ["a.jpg", "b.jpg"], torch.tensor([0, 1]), ("x", "y"))
+    with pytest.raises(LongtailError, match="flipped as they are decoded"):
+        augment_from_config(cfg, files)
+    with pytest.raises(LongtailError, match="the augment section"):
+        build_pretraining("rotation", cfg, None, synthetic_set([4, 4]), torch.device("cpu"))  # type: ignore[arg-type]

@@ -558,6 +558,10 @@ class AugmentConfig:
     # it: a square of 2 * (int(cutout * side) // 2) pixels about a uniform pixel, clipped, black before normalising)
     cutout_policy: str | None = None
     crop_padding_mode: str = "zeros"  # the crop's border (train.crop_padding): zeros (references) | reflect (USB)
+    # how train.flip mirrors: random (each image with probability 1/2 every epoch; the references) | alternating
+    # (airbench's: a fixed half of the images, chosen by the seed, mirrored in even epochs and the other half in odd
+    # ones, so every image is seen both ways in any two epochs; longtail.data.augment.alternating_flip)
+    flip_mode: str = "random"
     mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
     mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
     mix_prob: float = 1.0  # share of batches that are mixed
@@ -575,6 +579,7 @@ class AugmentConfig:
                     fix=f"use one of: {', '.join(CUTOUT_POLICIES)}, or none for augment.policy's "
                         "(e.g. --set augment.cutout_policy=devries)")
         _choice(self, "augment", "crop_padding_mode", ("zeros", "reflect"))
+        _choice(self, "augment", "flip_mode", ("random", "alternating"))
         _choice(self, "augment", "mix", MIXES)
         _number(self, "augment", "mix_alpha", 0, lo_open=True)
         _number(self, "augment", "mix_prob", 0, 1)

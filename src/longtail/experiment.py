@@ -165,7 +165,8 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
     t, a = cfg.train, cfg.augment
     augment = Augment(crop_padding=t.crop_padding, flip=t.flip, randaugment=a.randaugment,
                       randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy,
-                      padding_mode=a.crop_padding_mode, autoaugment=a.autoaugment, cutout_policy=a.cutout_policy)
+                      padding_mode=a.crop_padding_mode, autoaugment=a.autoaugment, cutout_policy=a.cutout_policy,
+                      flip_mode=a.flip_mode, flip_salt=cfg.seed)
     mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
     if isinstance(train, FileImageSet) and (a.randaugment or a.cutout or a.autoaugment != "none"):
         raise LongtailError("augment.autoaugment, augment.randaugment and augment.cutout are batched tensor "
@@ -173,8 +174,15 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
                             f"data.dataset={cfg.data.dataset} are augmented as they are decoded, by DataLoader "
                             "workers", "set --set augment.autoaugment=none --set augment.randaugment=0 --set "
                             "augment.cutout=0 (augment.mix works on image files)")
+    if a.flip_mode == "alternating" and isinstance(train, FileImageSet):
+        raise LongtailError(f"augment.flip_mode=alternating mirrors images held in memory by their row; the image "
+                            f"files of data.dataset={cfg.data.dataset} are flipped as they are decoded, at random",
+                            "set --set augment.flip_mode=random")
     if cfg.semi.method in ("fixmatch", "acr"):
         name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
+        if a.flip_mode == "alternating":
+            raise LongtailError(f"augment.flip_mode=alternating on a {name} run is not supported: its weak and strong "
+                                "views flip unlabeled images at random", "set --set augment.flip_mode=random")
         if mix is not None:
             raise LongtailError(f"augment.mix={a.mix} on a {name} run is not supported: its labeled "
                                 "batch, weak and strong views are its own", "set --set augment.mix=none")

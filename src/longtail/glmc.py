@@ -181,7 +181,8 @@ class GLMCTask:
         order = self.sampler.epoch_indices(generator)
         partners = self.partners.epoch_indices(generator)  # as many as the sampler draws
         # two augmented views of the batch and of its partners, each drawn for the whole epoch in one pass
-        views = [iterate_batches(self.train, rows, self.batch_size, augment=self.augment, generator=generator)
+        views = [iterate_batches(self.train, rows, self.batch_size, augment=self.augment, generator=generator,
+                                  epoch=epoch)
                  for rows in (order, order, partners, partners)]
         for x1, x2, p1, p2 in zip(*views):
             yield self._mix(x1.images, x2.images, p1.images, p2.images, x1.labels, p1.labels, x1.index, generator)

@@ -123,7 +123,8 @@ class SupervisedTask:
         order = self.sampler.epoch_indices(generator)
         # image files are batched by LoaderTask (longtail.experiment.adapt_task), never here
         train = cast(ImageSet, self.train)
-        batches = iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
+        batches = iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator,
+                                  epoch=epoch)
         return batches if self.mix is None else self.mix.batches(batches, generator)
 
     def loss(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:

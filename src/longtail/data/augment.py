@@ -35,10 +35,16 @@ class Augment:
     padding_mode: str = "zeros"  # the crop's border: zeros (the CIFAR-LT references) | reflect (USB)
     autoaugment: str = "none"  # none | cifar10 (AutoAugment's CIFAR-10 policy, before RandAugment)
     cutout_policy: str | None = None  # whose Cutout; None: that of ``policy``
+    # random: each image mirrored with probability 1/2 every epoch | alternating (airbench's): a fixed half of the
+    # images (a hash of their row and ``flip_salt``) mirrored in even epochs, the other half in odd ones
+    flip_mode: str = "random"
+    flip_salt: int = 0  # which half starts mirrored (the run's seed)
 
     def __post_init__(self) -> None:  # bad settings fail when the run is built, not at its first batch
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"unknown crop padding mode {self.padding_mode!r}: use one of {PADDING_MODES}")
+        if self.flip_mode not in FLIP_MODES:
+            raise ValueError(f"unknown flip mode {self.flip_mode!r}: use one of {FLIP_MODES}")
         if self.autoaugment != "none":
             AutoAugment(self.autoaugment)
         if self.randaugment:
@@ -46,10 +52,18 @@ class Augment:
         if self.cutout:
             Cutout(self.cutout, self.cutout_policy or self.policy)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
+                 epoch: int | None = None) -> torch.Tensor:
+        """Augment a (B, C, H, W) batch; ``rows`` (the images' rows in their set) and ``epoch`` are needed by the
+        alternating flip only."""
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator, self.padding_mode)
-        if self.flip:
+        if self.flip and self.flip_mode == "alternating":
+            if rows is None or epoch is None:
+                raise ValueError("the alternating flip needs each image's row and the epoch; this task does not "
+                                 "give them (use flip_mode='random')")
+            images = alternating_flip(images, rows, epoch, self.flip_salt)
+        elif self.flip:
             images = random_flip(images, generator)
         if self.autoaugment != "none":
             images = AutoAugment(self.autoaugment)(images, generator)
@@ -77,6 +91,7 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, devi
 
 
 PADDING_MODES = ("zeros", "reflect")
+FLIP_MODES = ("random", "alternating")
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -119,6 +134,26 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def flip_half(rows: torch.Tensor, salt: int = 0) -> torch.Tensor:
+    """A fixed pseudo-random half of the rows (bool, one per row): the low bit of a 32-bit integer hash (two rounds
+    of xor-shift-multiply by 0x45d9f3b) of ``row + salt * 0x9E3779B9``, so the choice needs no stored state and is
+    the same on every device, in every epoch and after a resume; different salts give unrelated halves."""
+    m = (1 << 32) - 1
+    x = (rows.long() + int(salt) * 0x9E3779B9) & m
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & m
+    return ((x ^ (x >> 16)) & 1).bool()
+
+
+def alternating_flip(images: torch.Tensor, rows: torch.Tensor, epoch: int, salt: int = 0) -> torch.Tensor:
+    """airbench's alternating flip (Jordan 2024, section 3.6): image ``rows[i]`` is mirrored in even epochs when it
+    is in :func:`flip_half`, in odd epochs when it is not, so every image is seen both ways in any two consecutive
+    epochs (a random flip shows a quarter of them the same way twice). airbench pre-flips a random half once and
+    mirrors the whole set every odd epoch: the same sequence, with its half drawn from the global RNG."""
+    flip = flip_half(rows.to(images.device), salt) ^ bool(epoch % 2)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
 @functools.lru_cache(maxsize=32)
 def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,19 +185,20 @@ def iterate_batches(
     augment: Augment | None = None,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    epoch: int | None = None,
 ) -> Iterator[Batch]:
     """Batches of ``data`` in the row order ``order`` (from a sampler).
 
     The augmentation for the whole epoch is drawn in one batched pass before the first batch
     (cheaper than one small kernel launch per batch); normalisation happens per batch so only
-    uint8 copies of the epoch are held.
+    uint8 copies of the epoch are held. ``epoch`` is needed by the alternating flip only.
     """
     order = order.to(data.device)
     images = data.images[order]
     if augment is not None and augment.active:
         if generator is None:
             raise ValueError("augmentation needs an explicit torch.Generator")
-        images = augment(images, generator)
+        images = augment(images, generator, order, epoch)
     labels = data.labels[order]
     n = order.numel()
     stop = n - (n % batch_size) if drop_last else n

@@ -127,7 +127,7 @@ class SemiSupervisedTask(SupervisedTask):
         pse = cycled_draw(self.pseudo_rows, steps * n_p, generator).view(steps, n_p)
         order = torch.cat([lab, pse], dim=1).reshape(-1)  # (steps * B,): each chunk of B is one batch
         train = cast(ImageSet, self.train)  # image_files = False: never image files
-        return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator)
+        return iterate_batches(train, order, self.batch_size, augment=self.augment, generator=generator, epoch=epoch)
 
     def loss(self, model: nn.Module, batch: TrainBatch) -> Tensor:  # never mixed (build_task)
         if self.pseudo_weight == 1.0:
