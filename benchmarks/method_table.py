@@ -32,6 +32,10 @@ row at their sources' defaults, GLMC as its own task (its consistency weight for
 what ``cifar10-lt-vs-adrw-tla`` sets under ``loss.``, ``train.weighting*``, ``train.drw_start``, ``optim.`` and
 ``augment.`` (its loss, deferred weights, SAM and AutoAugment + Cutout; the switch at 80 % of the run); nothing else
 of their long recipes (batch, learning rate, weight decay, epochs) is taken, so they run on the fast protocol.
+Balanced softmax trains nothing of its own: on this protocol its configuration is logit adjustment's but for the
+loss settings, and the two losses are one function (``losses.balanced_softmax`` calls ``logit_adjusted`` with tau 1;
+``same_row`` checks both facts each time), so its row shows the LA runs and says so (its seed-0 run, made before,
+gave LA's top-1 to the last digit).
 
 Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``; a finished run
 is not trained again (its folder is resumed and re-evaluated), so a stopped table continues where it stopped.
@@ -53,6 +57,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
@@ -62,6 +68,7 @@ from longtail.counts import ClassCounts  # noqa: E402
 from longtail.decouple import decouple_run  # noqa: E402
 from longtail.errors import LongtailError  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
+from longtail.losses import loss_from_config  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 from longtail.semi.pseudo import pseudo_label_run  # noqa: E402
 from longtail.ssl.run import pretrain_run  # noqa: E402
@@ -80,6 +87,10 @@ class Method:
     pseudo_labels: bool = False  # train on labeled + the CE run's pseudo-labels of the `rest` pool (one per seed)
     # only the source recipe's settings under these prefixes (a long recipe's remedy without its schedule); () = all
     take: tuple[str, ...] = ()
+    # a row whose training is another row's by construction (balanced softmax is logit adjustment at tau 1:
+    # losses.balanced_softmax calls losses.logit_adjusted): the table shows that row's runs under this label, and
+    # nothing is trained for it, as long as the two configurations differ in loss.name alone (same_row checks)
+    same_as: str | None = None
 
 
 METHODS = [
@@ -88,7 +99,7 @@ METHODS = [
     Method("cb-focal", "CB-focal (beta 0.9999)", "cb-focal"),
     Method("ce-drw", "CE-DRW", "ce-drw"),
     Method("ldam-drw", "LDAM-DRW", "ldam-drw"),
-    Method("balanced-softmax", "balanced softmax", "balanced-softmax"),
+    Method("balanced-softmax", "balanced softmax", "balanced-softmax", same_as="logit-adjust"),
     Method("logit-adjust", "logit adjustment (tau 1)", "logit-adjust"),
     Method("cdt", "CDT (gamma 0.2)", "cdt"),
     Method("mfw", "CE + MFW (0.5)", "mfw"),
@@ -155,6 +166,23 @@ def method_config(dataset: str, m: Method, common: dict[str, Any]) -> RunConfig:
     changes = {**taken, **dict(m.extra)}
     cfg = apply_overrides(cfg, {k: ("none" if v is None else v) for k, v in changes.items()})
     return replace(apply_overrides(cfg, common), recipe=f"{dataset}-lt-fast-ce+{m.key}")
+
+
+def same_row(dataset: str, m: Method) -> Method | None:
+    """The row whose runs stand for ``m`` (``m.same_as``), when the two configurations differ only under ``loss.``
+    and the two losses, each built from its own settings, give the same value on fixed inputs; None otherwise (``m``
+    is then trained itself)."""
+    if m.same_as is None:
+        return None
+    other = BY_KEY[m.same_as]
+    mine, theirs = (_flat(method_config(dataset, x, {})) for x in (m, other))
+    differ = {k for k in mine.keys() | theirs.keys() if k != "recipe" and mine.get(k) != theirs.get(k)}
+    if not all(k.startswith("loss.") for k in differ):
+        return None
+    counts = ClassCounts((50, 20, 5))
+    logits, labels = torch.linspace(-3, 3, 12).view(4, 3), torch.tensor([0, 1, 2, 2])
+    a_loss, b_loss = (loss_from_config(method_config(dataset, x, {}).loss, counts) for x in (m, other))
+    return other if torch.equal(a_loss(logits, labels), b_loss(logits, labels)) else None
 
 
 def pretrained(method: str, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> Path:
@@ -235,14 +263,27 @@ def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
     lines = ["| method | seeds | top-1 mean ± std | rarest 3 mean ± std | many | medium | train s per seed |",
              "|---|---|---|---|---|---|---|"]
     for m in METHODS:
-        reps = [by_labeled_counts(r) for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r]
+        same = same_row(dataset, m)
+        key = m.key if same is None else same.key
+        reps = [by_labeled_counts(r) for s in seeds if (r := report_of(out, key, s)) is not None and "top1" in r]
         if not reps:
             continue
+        label = m.label
+        if same is not None:  # its own runs, where some were made before it was aliased, must agree bit for bit
+            own = {s: r["top1"] for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r}
+            agree = [s for s, t in own.items() if (o := report_of(out, key, s)) is not None and o.get("top1") == t]
+            seeds_of = ", ".join(map(str, agree))
+            label += (f" (the runs of {same.label}: the same loss and settings"
+                      + (f"; its own run{'s' if len(agree) > 1 else ''} of seed {seeds_of} gave the same top-1"
+                         if agree else "")
+                      + (f"; its own runs of seeds {sorted(set(own) - set(agree))} DIFFER" if set(own) - set(agree)
+                         else "")
+                      + ")")
         counts = counts or reps[0].get("train_counts")
         rar = [x for r in reps if (x := rarest({**r, "train_counts": r.get("train_counts", counts)}, 3)) is not None]
         train_s = [r.get("timing", {}).get("train_s") for r in reps]
         secs = "/".join(f"{t:.0f}" for t in train_s if t is not None) or "n/a"
-        lines.append(f"| {m.label} | {len(reps)} | {_ms([r['top1'] for r in reps])} | {_ms(rar)} | "
+        lines.append(f"| {label} | {len(reps)} | {_ms([r['top1'] for r in reps])} | {_ms(rar)} | "
                      f"{_ms([r['many'] for r in reps if r.get('many') is not None])} | "
                      f"{_ms([r['medium'] for r in reps if r.get('medium') is not None])} | {secs} |")
     return lines
@@ -316,6 +357,10 @@ def main() -> int:
             for key in a.methods:
                 m = BY_KEY[key]
                 if report_of(out, key, seed) is not None:
+                    continue
+                if (same := same_row(a.dataset, m)) is not None:
+                    print(f"{m.key}: trains nothing; its row shows the runs of {same.key} (the same configuration "
+                          "but its loss settings, and the same loss)", flush=True)
                     continue
                 load0, t0 = os.getloadavg()[0], time.perf_counter()
                 try:

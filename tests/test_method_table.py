@@ -175,3 +175,39 @@ def test_a_row_another_table_process_holds_is_left_to_it(tmp_path, monkeypatch, 
     with pytest.raises(LongtailError, match="something else"):
         mt.main()
     assert calls == ["ce", "focal"] and "ce seed 1: left to the process that holds it" in capsys.readouterr().out
+
+
+def test_balanced_softmax_shows_the_logit_adjusted_runs_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    """Balanced softmax is logit adjustment at tau 1 (the same loss, the same table settings): its row is the LA
+    runs, with its own earlier runs checked against them; a real difference in settings or loss would train it."""
+    mt = load_script()
+    out = tmp_path / "table"
+    counts = [100, 50, 20, 10, 5]
+    for key, seed, top1 in [("logit-adjust", 0, 80.0), ("logit-adjust", 1, 82.0), ("balanced-softmax", 0, 80.0)]:
+        d = out / key / f"seed-{seed}"
+        d.mkdir(parents=True)
+        (d / "report.json").write_text(json.dumps({"top1": top1, "train_counts": counts,
+                                                   "per_class": [top1] * 5, "many": top1, "medium": top1}))
+    bs = mt.BY_KEY["balanced-softmax"]
+    assert mt.same_row("cifar10", bs) is mt.BY_KEY["logit-adjust"]
+    row = next(line for line in mt.table(out, [0, 1], "cifar10") if line.startswith("| balanced softmax"))
+    assert "the runs of logit adjustment" in row and "its own run of seed 0 gave the same top-1" in row
+    assert "| 2 | 81.00 ± 1.41 |" in row and "DIFFER" not in row
+    (out / "balanced-softmax" / "seed-1").mkdir()
+    (out / "balanced-softmax" / "seed-1" / "report.json").write_text(json.dumps({"top1": 79.0}))
+    row = next(line for line in mt.table(out, [0, 1], "cifar10") if line.startswith("| balanced softmax"))
+    assert "its own runs of seeds [1] DIFFER" in row
+    # not the same once a setting outside the loss differs, or the losses differ on the same inputs
+    monkeypatch.setattr(mt, "METHODS", [*mt.METHODS])
+    other = mt.Method("bs-drw", "BS + DRW", "balanced-softmax", extra=(("train.drw_start", 160.0),),
+                      same_as="logit-adjust")
+    assert mt.same_row("cifar10", other) is None
+    tau2 = mt.Method("la-2", "LA tau 2", "logit-adjust", extra=(("loss.tau", 2.0),), same_as="logit-adjust")
+    assert mt.same_row("cifar10", tau2) is None
+    # main trains nothing for it
+    monkeypatch.setattr(mt, "run_one", lambda *a, **k: pytest.fail("trained an aliased row"))
+    monkeypatch.setattr(sys, "argv", ["method_table.py", "--data-root", str(tmp_path), "--out", str(out),
+                                      "--results", str(tmp_path / "RESULTS.md"), "--seeds", "2",
+                                      "--methods", "balanced-softmax"])
+    assert mt.main() == 0
+    assert "balanced-softmax: trains nothing" in capsys.readouterr().out
