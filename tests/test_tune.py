@@ -49,6 +49,7 @@ def test_the_choice_follows_the_validation_split_never_the_test_set(tmp_path, mo
         val, test = scores[str(cfg.train.lr)]
         out.mkdir(parents=True)
         return {"top1": test, "balanced_accuracy": test, "few": None, "many": None,
+                "train_counts": [50, 20, 20, 5, 5], "per_class": [99.0, 10.0, 30.0, test, None],
                 "val": {"balanced_accuracy": val, "top1": val}}
     monkeypatch.setattr(tune_module, "train_one", fake_train_one)
     base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
@@ -59,6 +60,9 @@ def test_the_choice_follows_the_validation_split_never_the_test_set(tmp_path, mo
     assert saved["chosen"]["folder"] == "train.lr=0.02" and [r["test_top1"] for r in saved["rows"]] == [90, 60, 95]
     md = (tmp_path / "t" / "tune.md").read_text()
     assert "| **0.02** | **70.00** |" in md and "not used to choose" in md
+    # the rarest three: classes 4 (no test images: left out), 3 and then 2 of the tie 20/20 (the later class)
+    assert [r["test_rarest3"] for r in saved["rows"]] == [60.0, 45.0, 62.5] and "test rarest 3" in md
+    assert "| 90.00 | 60.00 |" in md and "| **60.00** | **45.00** |" in md
     s = tune(base, {"train.lr": ["0.01", "0.02", "0.03"]}, tmp_path / "t2", by="val_top1", log=lambda _: None)
     assert s["chosen"]["point"] == {"train.lr": "0.02"}
 
