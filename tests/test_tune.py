@@ -50,7 +50,7 @@ def test_the_choice_follows_the_validation_split_never_the_test_set(tmp_path, mo
         out.mkdir(parents=True)
         return {"top1": test, "balanced_accuracy": test, "few": None, "many": None,
                 "train_counts": [50, 20, 20, 5, 5], "per_class": [99.0, 10.0, 30.0, test, None],
-                "val": {"balanced_accuracy": val, "top1": val}}
+                "val": {"balanced_accuracy": val, "top1": val, "num_test": 200}}
     monkeypatch.setattr(tune_module, "train_one", fake_train_one)
     base = RunConfig(recipe="tiny-test", data=DataConfig(dataset="synthetic", val_per_class=2))
     s = tune(base, {"train.lr": ["0.01", "0.02", "0.03"]}, tmp_path / "t", log=lambda _: None)
@@ -62,6 +62,7 @@ def test_the_choice_follows_the_validation_split_never_the_test_set(tmp_path, mo
     assert "| **0.02** | **70.00** |" in md and "not used to choose" in md
     # the rarest three: classes 4 (no test images: left out), 3 and then 2 of the tie 20/20 (the later class)
     assert [r["test_rarest3"] for r in saved["rows"]] == [60.0, 45.0, 62.5] and "test rarest 3" in md
+    assert "The validation split has 200 images: one image moves its top-1 by 0.5 points" in md
     assert "| 90.00 | 60.00 |" in md and "| **60.00** | **45.00** |" in md
     s = tune(base, {"train.lr": ["0.01", "0.02", "0.03"]}, tmp_path / "t2", by="val_top1", log=lambda _: None)
     assert s["chosen"]["point"] == {"train.lr": "0.02"}

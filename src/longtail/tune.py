@@ -137,7 +137,8 @@ def tune(base: RunConfig, grid: dict[str, list[str]], out: str | Path, *, by: st
                 raise LongtailError(f"the run {folder} has no validation scores",
                                     "tune needs a validation split: pass --val-per-class 20")
             results.append(r)
-        row: dict[str, Any] = {"point": point, "folder": point_name(point), "seeds": seeds}
+        row: dict[str, Any] = {"point": point, "folder": point_name(point), "seeds": seeds,
+                               "val_images": results[0]["val"].get("num_test")}
         for name, get in [("val_balanced", lambda r: r["val"].get("balanced_accuracy")),
                           ("val_top1", lambda r: r["val"].get("top1")), ("test_top1", lambda r: r.get("top1")),
                           ("test_balanced", lambda r: r.get("balanced_accuracy")), ("test_few", lambda r: r.get("few")),
@@ -204,8 +205,13 @@ def tune_markdown(summary: dict[str, Any]) -> str:
     def cell(row: dict[str, Any], name: str) -> str:
         std = row.get(name + "_std")
         return _f(row[name]) + (f" ± {std:.2f}" if std is not None else "")
+    n_val = summary["rows"][0].get("val_images")
+    grain = (f" The validation split has {n_val} images: one image moves its top-1 by {100 / n_val:.2g} points, so "
+             "points closer than that are a tie in all but name (more seeds or --val-per-class narrow it)."
+             if n_val else "")
     lines = [f"# Tuning {summary['recipe']} ({over})", "",
-             f"Chosen by the {label} alone; the test columns are shown for the record and were not used to choose.",
+             f"Chosen by the {label} alone; the test columns are shown for the record and were not used to choose."
+             + grain,
              "", "| " + " | ".join(keys) + " | val balanced | val top-1 | test top-1 | test rarest 3 | run folder |",
              "|" + "---|" * (len(keys) + 5)]
     for row in summary["rows"]:
