@@ -272,9 +272,9 @@ def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
         if same is not None:  # its own runs, where some were made before it was aliased, must agree bit for bit
             own = {s: r["top1"] for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r}
             agree = [s for s, t in own.items() if (o := report_of(out, key, s)) is not None and o.get("top1") == t]
-            seeds_of = ", ".join(map(str, agree))
+            seeds_of, ss = ", ".join(map(str, agree)), "s" if len(agree) > 1 else ""
             label += (f" (the runs of {same.label}: the same loss and settings"
-                      + (f"; its own run{'s' if len(agree) > 1 else ''} of seed {seeds_of} gave the same top-1"
+                      + (f"; its own run{ss} of seed{ss} {seeds_of} gave the same top-1"
                          if agree else "")
                       + (f"; its own runs of seeds {sorted(set(own) - set(agree))} DIFFER" if set(own) - set(agree)
                          else "")
