@@ -175,13 +175,14 @@ def same_row(dataset: str, m: Method) -> Method | None:
     if m.same_as is None:
         return None
     other = BY_KEY[m.same_as]
-    mine, theirs = (_flat(method_config(dataset, x, {})) for x in (m, other))
+    cfgs = [method_config(dataset, x, {}) for x in (m, other)]
+    mine, theirs = (_flat(c) for c in cfgs)
     differ = {k for k in mine.keys() | theirs.keys() if k != "recipe" and mine.get(k) != theirs.get(k)}
     if not all(k.startswith("loss.") for k in differ):
         return None
     counts = ClassCounts((50, 20, 5))
     logits, labels = torch.linspace(-3, 3, 12).view(4, 3), torch.tensor([0, 1, 2, 2])
-    a_loss, b_loss = (loss_from_config(method_config(dataset, x, {}).loss, counts) for x in (m, other))
+    a_loss, b_loss = (loss_from_config(c.loss, counts) for c in cfgs)
     return other if torch.equal(a_loss(logits, labels), b_loss(logits, labels)) else None
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from the source tree (the GP
 
 from longtail.config import apply_overrides  # noqa: E402
 from longtail.experiment import train_one  # noqa: E402
+from longtail.metrics import rarest_mean  # noqa: E402
 from longtail.recipes import get_recipe  # noqa: E402
 from longtail.seeds import train_seeds  # noqa: E402
 from longtail.storage import atomic_write_text  # noqa: E402
@@ -52,11 +53,9 @@ def fmt(v, digits=2) -> str:
 
 
 def rarest(report: dict, k: int) -> float | None:
-    """Mean test accuracy of the k classes with the fewest training images (the tail, even when no
-    class is below the few-shot threshold, as in CIFAR-10-LT where the rarest class has 50)."""
-    order = sorted(range(len(report["train_counts"])), key=lambda c: report["train_counts"][c])[:k]
-    vals = [report["per_class"][c] for c in order if report["per_class"][c] is not None]
-    return sum(vals) / len(vals) if vals else None
+    """Mean test accuracy of the k classes with the fewest training images (the tail, even when no class is below the
+    few-shot threshold, as in CIFAR-10-LT where the rarest class has 50): :func:`longtail.metrics.rarest_mean`."""
+    return rarest_mean(report, k)
 
 
 _HELD: set[str] = set()

@@ -174,6 +174,17 @@ def summarize(
 # --------------------------------------------------------------------------------------------
 # several seeds
 # --------------------------------------------------------------------------------------------
+def rarest_mean(report: dict[str, Any], k: int) -> float | None:
+    """Mean test accuracy of the ``k`` classes with the fewest training images (ties: the later class first, so the
+    tail of a profile; classes without test images left out); None without per-class results."""
+    counts, per = report.get("train_counts"), report.get("per_class")
+    if not counts or not per:
+        return None
+    order = sorted(range(len(counts)), key=lambda c: (counts[c], -c))[:k]
+    vals = [per[c] for c in order if per[c] is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation of the values that are not ``None``.
 

@@ -30,6 +30,7 @@ from .data.files import FILE_DATASETS
 from .distributed import launch_rank
 from .errors import LongtailError
 from .experiment import train_one
+from .metrics import rarest_mean
 from .storage import atomic_write_text
 
 SCORES = {"val_balanced": ("balanced_accuracy", "validation balanced accuracy"),
@@ -55,17 +56,6 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     if not grid:
         raise LongtailError("tune needs a grid", "pass --grid KEY=V1,V2,... (e.g. --grid train.weight_decay=5e-4,5e-3)")
     return grid
-
-
-def rarest_mean(report: dict[str, Any], k: int) -> float | None:
-    """Mean test accuracy of the ``k`` classes with the fewest training images (ties: the later class first, so the
-    tail of a profile; classes without test images left out); None without per-class results."""
-    counts, per = report.get("train_counts"), report.get("per_class")
-    if not counts or not per:
-        return None
-    order = sorted(range(len(counts)), key=lambda c: (counts[c], -c))[:k]
-    vals = [per[c] for c in order if per[c] is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
