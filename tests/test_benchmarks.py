@@ -114,3 +114,13 @@ def test_fast_probe_rows_name_the_probe_and_train_the_probed_network(tmp_path):
     assert cfg["model"]["arch"] == "fastnet-probe"
     report = json.loads((out / "seed-0" / "report.json").read_text())
     assert float(_cells(rows[0])[10]) == pytest.approx(report["top1"], abs=0.006)
+
+
+def test_graph_drift_dry_run_on_the_cpu_reports_equal_repeats():
+    """benchmarks/graph_drift.py (the GPU engines' drift) runs here with three eager runs: a seeded CPU run
+    repeats bit for bit, so every difference it prints is 0 and both settings (unweighted, DRW) are reported."""
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "graph_drift.py"), "--device", "cpu", "--engines",
+                          "eager", "eager", "eager", "--epochs", "1"], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert [ln.split(",")[0] for ln in lines] == ["unweighted", "DRW from epoch 3"]
+    assert all(ln.count("0.00e+00") == 2 for ln in lines), out.stdout
