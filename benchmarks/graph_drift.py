@@ -20,25 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from longtail.loop import fit, make_sgd  # noqa: E402
-from longtail.losses import make_loss  # noqa: E402
-from longtail.models import make_model  # noqa: E402
-from longtail.tasks import SupervisedTask  # noqa: E402
 from longtail.weights import make_weighting  # noqa: E402
 
-from conftest import synthetic_set  # noqa: E402  (the tests' synthetic set: the same data as the test)
-
-
-def train(data, engine: str, epochs: int, drw: bool, dev: torch.device):
-    counts = data.class_counts()
-    torch.manual_seed(0)
-    model = make_model("resnet8", 4).to(dev)
-    weighting = make_weighting("class-balanced", counts, start_epoch=3) if drw else None
-    task = SupervisedTask(data, make_loss("ce", counts).to(dev), batch_size=16, weighting=weighting)
-    sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    recs = fit(model, task, sgd, epochs=epochs, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=dev, amp="off",
-               engine=engine, progress=False)
-    return {k: v.detach().float().clone() for k, v in model.state_dict().items()}, [r.train_loss for r in recs]
+from conftest import replay_check_run, synthetic_set  # noqa: E402  (the test's own data and training)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     data = synthetic_set([60, 30, 15, 7], size=16).to(dev)
     for drw in (False, True):
         for epochs in a.epochs:
-            (wa, la), (wb, lb), (wc, _) = (train(data, e, epochs, drw, dev) for e in a.engines)
+            runs = [replay_check_run(data, e, epochs, make_weighting("class-balanced", data.class_counts(),
+                                                                     start_epoch=3) if drw else None, dev)
+                    for e in a.engines]  # a fresh weighting per run
+            (wa, la), (wb, lb), (wc, _) = runs
             drift = max((wa[k] - wb[k]).abs().max().item() for k in wa)
             repeat = max((wa[k] - wc[k]).abs().max().item() for k in wa)
             worst = max(wa, key=lambda k: ((wa[k] - wb[k]).abs().max() / (wa[k].abs().max() + 1e-12)).item())

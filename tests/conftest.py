@@ -44,3 +44,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device: torch.device):
+    """The replayed-graph check's training (tests/test_graphs.py on a GPU, benchmarks/graph_drift.py): ResNet-8 from
+    seed 0 on ``data``, CE with ``weighting``, batch 16, SGD 0.05 / (1 + epoch), float32. Returns the weights (float
+    copies) and the epoch losses."""
+    from longtail.loop import fit, make_sgd
+    from longtail.losses import make_loss
+    from longtail.models import make_model
+    from longtail.tasks import SupervisedTask
+
+    counts = data.class_counts()
+    torch.manual_seed(0)
+    model = make_model("resnet8", len(counts.counts)).to(device)
+    task = SupervisedTask(data, make_loss("ce", counts).to(device), batch_size=16, weighting=weighting)
+    sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    recs = fit(model, task, sgd, epochs=epochs, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=device, amp="off",
+               engine=engine, progress=False)
+    return {k: v.detach().float().clone() for k, v in model.state_dict().items()}, [r.train_loss for r in recs]

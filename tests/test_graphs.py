@@ -30,7 +30,7 @@ from longtail.ssl import SAM
 from longtail.stacked import train_stacked
 from longtail.tasks import SupervisedTask
 
-from conftest import synthetic_set
+from conftest import replay_check_run, synthetic_set
 
 
 def config(engine: str, epochs: int = 4, **train) -> RunConfig:
@@ -163,19 +163,13 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     dev = torch.device("cuda")
     data = synthetic_set([60, 30, 15, 7], size=16).to(dev)
-    counts = data.class_counts()
     from longtail.weights import make_weighting
 
     results = []
     for engine in ("eager", "graph"):
-        torch.manual_seed(0)
-        model = make_model("resnet8", 4).to(dev)
-        weighting = make_weighting("class-balanced", counts, start_epoch=3) if weights == "drw" else _ChangingWeights()
-        task = SupervisedTask(data, make_loss("ce", counts).to(dev), batch_size=16, weighting=weighting)
-        sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
-        recs = fit(model, task, sgd, epochs=4 if weights == "drw" else 5, lr_at=lambda e: 0.05 / (1 + e), seed=0,
-                   device=dev, amp="off", engine=engine, progress=False)
-        results.append((model.state_dict(), [r.train_loss for r in recs]))
+        weighting = (make_weighting("class-balanced", data.class_counts(), start_epoch=3) if weights == "drw"
+                     else _ChangingWeights())
+        results.append(replay_check_run(data, engine, 4 if weights == "drw" else 5, weighting, dev))
     (wa, la), (wb, lb) = results
     assert lb == pytest.approx(la, rel=1e-4)
     for k in wa:
