@@ -37,10 +37,13 @@ loss settings, and the two losses are one function (``losses.balanced_softmax`` 
 ``same_row`` checks both facts each time), so its row shows the LA runs and says so (its seed-0 run, made before,
 gave LA's top-1 to the last digit).
 
-Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``; a finished run
-is not trained again (its folder is resumed and re-evaluated), so a stopped table continues where it stopped.
-After every run a row is appended to RESULTS.md (with the load average at its start and end: accuracy does
-not depend on the load, the seconds do) and the table of means is rewritten in place.
+Runs go one after another, seed-major (every method's seed 0 first), into ``OUT/METHOD/seed-N``. After every run a
+row is appended to RESULTS.md (with the load average at its start and end: accuracy does not depend on the load, the
+seconds do) and the table of means is rewritten in place from those rows: the rows are the record, the run folders
+(outside the repository) a cache. A run with a row is not trained again; a finished folder without a row is resumed
+and re-evaluated, and gets its row; a row whose base run (the CE run of a second stage or of the pseudo-labels) has no
+row records that run first. So a stopped table continues where it stopped, and losing the run folders loses no
+measurement (a later row that needs a lost base run trains it again: CPU runs are deterministic).
 """
 
 from __future__ import annotations
@@ -235,6 +238,38 @@ def report_of(out: Path, key: str, seed: int) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+RUN_COLUMNS = ("date", "machine", "method", "seed", "epochs", "train_s", "top1", "many", "medium", "few", "rarest3",
+               "command")
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None  # "n/a", "-"
+
+
+def recorded_runs(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every run row under RUN_SECTION of ``results``, by (method label, seed); where a pair has several rows (a run
+    re-evaluated), the last one. The table is made of these rows, the committed record of each run, and not of the run
+    folders, which live outside the repository and may be gone (they were, once, between two sessions)."""
+    lines = results.read_text().splitlines() if results.exists() else []
+    if RUN_SECTION not in lines:
+        return {}
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    i = lines.index(RUN_SECTION) + 1
+    while i < len(lines) and not lines[i].startswith("## "):
+        cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        i += 1
+        if len(cells) != len(RUN_COLUMNS) or not cells[3].isdigit():
+            continue  # the header, its rule, prose
+        row: dict[str, Any] = dict(zip(RUN_COLUMNS, cells, strict=True))
+        for k in ("train_s", "top1", "many", "medium", "few", "rarest3"):
+            row[k] = _number(row[k])
+        runs[(row["method"], int(row["seed"]))] = row
+    return runs
+
+
 def by_labeled_counts(rep: dict[str, Any]) -> dict[str, Any]:
     """``rep`` with ``train_counts`` and the many/medium/few means by the labeled images alone, when its training set
     also held pseudo-labeled ones (their labels would move classes between shot groups and change the rarest 3)."""
@@ -258,21 +293,22 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
 
 
-def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
-    """The table of means over the seeds whose runs are finished, one line per method that has any."""
-    counts = None
+def table(runs: dict[tuple[str, int], dict[str, Any]], dataset: str) -> list[str]:
+    """The table of means over every recorded run (:func:`recorded_runs`), one line per method that has any."""
     lines = ["| method | seeds | top-1 mean ± std | rarest 3 mean ± std | many | medium | train s per seed |",
              "|---|---|---|---|---|---|---|"]
     for m in METHODS:
         same = same_row(dataset, m)
-        key = m.key if same is None else same.key
-        reps = [by_labeled_counts(r) for s in seeds if (r := report_of(out, key, s)) is not None and "top1" in r]
+        label_of = m.label if same is None else same.label
+        reps = [r for (label, _), r in sorted(runs.items(), key=lambda kv: kv[0][1]) if label == label_of
+                and r["top1"] is not None]
         if not reps:
             continue
         label = m.label
-        if same is not None:  # its own runs, where some were made before it was aliased, must agree bit for bit
-            own = {s: r["top1"] for s in seeds if (r := report_of(out, m.key, s)) is not None and "top1" in r}
-            agree = [s for s, t in own.items() if (o := report_of(out, key, s)) is not None and o.get("top1") == t]
+        if same is not None:  # its own runs, where some were made before it was aliased, must agree to the digit
+            own = {s: r["top1"] for (lb, s), r in runs.items() if lb == m.label and r["top1"] is not None}
+            agree = [s for s, t in sorted(own.items()) if (o := runs.get((same.label, s))) is not None
+                     and o["top1"] == t]
             seeds_of, ss = ", ".join(map(str, agree)), "s" if len(agree) > 1 else ""
             label += (f" (the runs of {same.label}: the same loss and settings"
                       + (f"; its own run{ss} of seed{ss} {seeds_of} gave the same top-1"
@@ -280,22 +316,13 @@ def table(out: Path, seeds: list[int], dataset: str) -> list[str]:
                       + (f"; its own runs of seeds {sorted(set(own) - set(agree))} DIFFER" if set(own) - set(agree)
                          else "")
                       + ")")
-        counts = counts or reps[0].get("train_counts")
-        rar = [x for r in reps if (x := rarest({**r, "train_counts": r.get("train_counts", counts)}, 3)) is not None]
-        train_s = [r.get("timing", {}).get("train_s") for r in reps]
-        secs = "/".join(f"{t:.0f}" for t in train_s if t is not None) or "n/a"
-        lines.append(f"| {label} | {len(reps)} | {_ms([r['top1'] for r in reps])} | {_ms(rar)} | "
-                     f"{_ms([r['many'] for r in reps if r.get('many') is not None])} | "
-                     f"{_ms([r['medium'] for r in reps if r.get('medium') is not None])} | {secs} |")
+
+        def col(k: str, reps: list[dict[str, Any]] = reps) -> str:
+            return _ms([r[k] for r in reps if r[k] is not None])
+        secs = "/".join(f"{r['train_s']:.0f}" for r in reps if r["train_s"] is not None) or "n/a"
+        lines.append(f"| {label} | {len(reps)} | {col('top1')} | {col('rarest3')} | {col('many')} | {col('medium')} "
+                     f"| {secs} |")
     return lines
-
-
-def table_seeds(out: Path, seeds: list[int]) -> list[int]:
-    """The seeds a table is over: those asked for and every other seed with a finished run in ``out``, so a call that
-    runs one more seed (``--seeds 1``) writes the table of all seeds measured so far, not of that seed alone."""
-    on_disk = {int(p.name.removeprefix("seed-")) for p in out.glob("*/seed-*")
-               if p.name.removeprefix("seed-").isdigit() and (p / "report.json").exists()}
-    return sorted(set(seeds) | on_disk)
 
 
 def write_table(results: Path, lines: list[str], header: str) -> None:
@@ -341,10 +368,11 @@ def main() -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run (e.g. train.epochs=1 for a smoke test; the table says so)")
-    p.add_argument("--table-only", action="store_true", help="rewrite the table from the finished runs; train nothing")
+    p.add_argument("--table-only", action="store_true",
+                   help="rewrite the table from the rows recorded in RESULTS.md; train nothing")
     p.add_argument("--readme", help="also copy the table into this README, between its method-table markers")
     a = p.parse_args()
-    results, out = Path(a.results), Path(a.out)
+    results = Path(a.results)
     common: dict[str, Any] = {"data.root": a.data_root, "train.device": a.device}
     common.update(dict(s.partition("=")[::2] for s in a.sets))
     command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
@@ -357,49 +385,63 @@ def main() -> int:
         for seed in a.seeds:
             for key in a.methods:
                 m = BY_KEY[key]
-                if report_of(out, key, seed) is not None:
-                    continue
-                if (same := same_row(a.dataset, m)) is not None:
-                    print(f"{m.key}: trains nothing; its row shows the runs of {same.key} (the same configuration "
-                          "but its loss settings, and the same loss)", flush=True)
-                    continue
-                load0, t0 = os.getloadavg()[0], time.perf_counter()
-                try:
-                    r = run_one(m, seed, a, common)
-                except LongtailError as e:
-                    if "is in use by" not in e.problem:
-                        raise
-                    print(f"{m.key} seed {seed}: left to the process that holds it ({e.problem})", flush=True)
-                    continue
-                wall = time.perf_counter() - t0
-                rep = by_labeled_counts(report_of(out, key, seed) or r)
-                tm = rep.get("timing", {})
-                cfg_file = out / key / f"seed-{seed}" / "config.json"
-                epochs = (json.loads(cfg_file.read_text()).get("config", {}).get("train", {}).get("epochs")
-                          if m.second_stage is None and cfg_file.exists() else rep.get("epochs")) or "-"
-
-                def f2(k: str, rep: dict[str, Any] = rep) -> str:
-                    return "n/a" if rep.get(k) is None else f"{rep[k]:.2f}"
-                row = (f"| {dt.date.today()} | {machine()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} | "
-                       f"{m.label} | {seed} | {epochs} | {tm.get('train_s', wall):.1f} | "
-                       f"{rep['top1']:.2f} | {f2('many')} | {f2('medium')} | {f2('few')} | "
-                       f"{rarest(rep, 3) if 'train_counts' in rep else float('nan'):.2f} | `{command}` |")
-                with locked(results):
-                    if RUN_SECTION in (results.read_text() if results.exists() else ""):
-                        append_row(results, row, section=RUN_SECTION)
-                    else:
-                        _new_run_section(results, row)
-                    write_outputs(results, out, a, header)
-                print(row, f"(wall {wall:.0f} s)", flush=True)
+                # a row's base run (the CE run a second stage re-balances or whose pseudo-labels a row trains on) is
+                # a table row of its own: measured and recorded first, so no run is trained without its row
+                for row_m in ([BY_KEY[b]] if (b := base_of(m)) else []) + [m]:
+                    if (row_m.label, seed) not in recorded_runs(results):
+                        measure(row_m, seed, a, common, command, header)
     with locked(results):
-        write_outputs(results, out, a, header)
-    print("\n".join(table(out, table_seeds(out, a.seeds), a.dataset)))
+        write_outputs(results, a, header)
+    print("\n".join(table(recorded_runs(results), a.dataset)))
     return 0
 
 
-def write_outputs(results: Path, out: Path, a: argparse.Namespace, header: str) -> None:
-    """The table of every finished seed into RESULTS.md (and the README when asked)."""
-    lines = table(out, table_seeds(out, a.seeds), a.dataset)
+def base_of(m: Method) -> str | None:
+    """The key of the row whose run ``m`` starts from (None when it trains from scratch or from a pre-training)."""
+    return "ce-val" if m.second_stage else "ce" if m.pseudo_labels else None
+
+
+def measure(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any], command: str, header: str) -> None:
+    """Train (or, when its folder is finished, re-evaluate) one run, record its row in RESULTS.md and rewrite the
+    table."""
+    results, out = Path(a.results), Path(a.out)
+    if (same := same_row(a.dataset, m)) is not None:
+        print(f"{m.key}: trains nothing; its row shows the runs of {same.key} (the same configuration "
+              "but its loss settings, and the same loss)", flush=True)
+        return
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    try:  # a finished run without its row (stopped between the two) is resumed and re-evaluated
+        r = run_one(m, seed, a, common)
+    except LongtailError as e:
+        if "is in use by" not in e.problem:
+            raise
+        print(f"{m.key} seed {seed}: left to the process that holds it ({e.problem})", flush=True)
+        return
+    wall = time.perf_counter() - t0
+    rep = by_labeled_counts(report_of(out, m.key, seed) or r)
+    tm = rep.get("timing", {})
+    cfg_file = out / m.key / f"seed-{seed}" / "config.json"
+    epochs = (json.loads(cfg_file.read_text()).get("config", {}).get("train", {}).get("epochs")
+              if m.second_stage is None and cfg_file.exists() else rep.get("epochs")) or "-"
+
+    def f2(k: str) -> str:
+        return "n/a" if rep.get(k) is None else f"{rep[k]:.2f}"
+    row = (f"| {dt.date.today()} | {machine()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} | "
+           f"{m.label} | {seed} | {epochs} | {tm.get('train_s', wall):.1f} | "
+           f"{rep['top1']:.2f} | {f2('many')} | {f2('medium')} | {f2('few')} | "
+           f"{rarest(rep, 3) if 'train_counts' in rep else float('nan'):.2f} | `{command}` |")
+    with locked(results):
+        if RUN_SECTION in (results.read_text() if results.exists() else ""):
+            append_row(results, row, section=RUN_SECTION)
+        else:
+            _new_run_section(results, row)
+        write_outputs(results, a, header)
+    print(row, f"(wall {wall:.0f} s)", flush=True)
+
+
+def write_outputs(results: Path, a: argparse.Namespace, header: str) -> None:
+    """The table of every recorded run into RESULTS.md (and the README when asked)."""
+    lines = table(recorded_runs(results), a.dataset)
     write_table(results, lines, header)
     if a.readme:
         write_readme(Path(a.readme), lines)

@@ -132,26 +132,59 @@ def test_the_table_protocol_is_pinned_whatever_the_fast_recipe_does(monkeypatch)
     assert (mt.table_base("cifar10").train.batch_size, mt.table_base("cifar10").train.lr) == (512, 0.75)
 
 
-def test_a_run_of_one_seed_writes_the_table_of_every_finished_seed(tmp_path):
-    """``--seeds 1`` beside a finished seed 0 and 2 must not write a table of seed 1 alone (it did once)."""
+def write_rows(mt, results: Path, rows: list[tuple[str, int, float]]) -> None:
+    """RESULTS.md with a run section holding one row per (method label, seed, top-1), in the script's own format."""
+    lines = [f"| 2026-12-01 | CPU, load average 1.0 -> 1.0 | {label} | {seed} | 16 | 100.0 | {top1:.2f} | {top1:.2f} "
+             f"| {top1:.2f} | n/a | {top1 - 10:.2f} | `python benchmarks/method_table.py` |"
+             for label, seed, top1 in rows]
+    results.write_text("# Benchmark results\n\n" + mt.RUN_SECTION + "\n\n" + mt.RUN_HEADER + "\n" + "\n".join(lines)
+                       + "\n\n## Another section\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+
+
+def test_the_table_is_made_of_the_recorded_rows_not_the_run_folders(tmp_path):
+    """The run folders live outside the repository and were once lost between sessions: the table is computed from
+    the rows in RESULTS.md (every seed recorded, the last row of a re-evaluated run), so it survives them."""
     mt = load_script()
-    out = tmp_path / "table"
-    counts = [100, 50, 20, 10, 5]
-    for seed, top1 in [(0, 70.0), (2, 74.0)]:
-        d = out / "ce" / f"seed-{seed}"
-        d.mkdir(parents=True)
-        (d / "report.json").write_text(json.dumps({"top1": top1, "train_counts": counts,
-                                                   "per_class": [top1] * 5, "many": top1, "medium": top1}))
-    (out / "ce" / "seed-3").mkdir()  # started, not finished: no report
-    assert mt.table_seeds(out, [1]) == [0, 1, 2]
-    lines = mt.table(out, mt.table_seeds(out, [1]), "cifar10")
-    row = next(line for line in lines if line.startswith("| CE |"))
-    assert "| 2 | 72.00 ± 2.83 |" in row
+    results = tmp_path / "RESULTS.md"
+    write_rows(mt, results, [("CE", 0, 70.0), ("CE", 2, 60.0), ("CE", 2, 74.0), ("LDAM-DRW", 1, 75.5)])
+    runs = mt.recorded_runs(results)
+    assert set(runs) == {("CE", 0), ("CE", 2), ("LDAM-DRW", 1)}
+    assert runs[("CE", 2)]["top1"] == 74.0 and runs[("CE", 2)]["few"] is None and runs[("CE", 2)]["rarest3"] == 64.0
+    lines = mt.table(runs, "cifar10")
+    ce = next(line for line in lines if line.startswith("| CE |"))
+    assert "| 2 | 72.00 ± 2.83 | 62.00 ± 2.83 |" in ce and ce.endswith("| 100/100 |")
+    assert any(line.startswith("| LDAM-DRW | 1 | 75.50 |") for line in lines)
+    assert not any(line.startswith("| focal") for line in lines)
+    assert mt.recorded_runs(tmp_path / "absent.md") == {}
     results = tmp_path / "RESULTS.md"
     with mt.locked(results):  # the lock is a file beside RESULTS.md, and it is released
         pass
     with mt.locked(results):
         pass
+
+
+def test_a_recorded_run_is_not_trained_again_and_a_base_run_gets_its_row_first(tmp_path, monkeypatch):
+    """A second stage whose CE base has no row records the base first (it once trained the base without a row, so the
+    table lost it with the run folders); a (method, seed) with a row trains nothing."""
+    mt = load_script()
+    results, calls = tmp_path / "RESULTS.md", []
+    write_rows(mt, results, [("CE", 0, 70.0)])
+
+    def fake_run_one(m, seed, a, common):
+        calls.append((m.key, seed))
+        return {"top1": 71.0, "many": 80.0, "medium": 60.0, "train_counts": [50, 20, 5], "per_class": [80, 70, 60],
+                "timing": {"train_s": 12.0}}
+    monkeypatch.setattr(mt, "run_one", fake_run_one)
+    argv = ["method_table.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "table"), "--results",
+            str(results), "--seeds", "0", "--methods", "ce", "crt", "tau-norm"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert mt.main() == 0
+    assert calls == [("ce-val", 0), ("crt", 0), ("tau-norm", 0)]
+    runs = mt.recorded_runs(results)
+    assert {k for k in runs if k[1] == 0} == {("CE", 0), (mt.BY_KEY["ce-val"].label, 0), ("cRT", 0), ("tau-norm", 0)}
+    assert runs[("CE", 0)]["top1"] == 70.0 and results.read_text().count("| cRT | 0 |") == 1
+    assert "## Another section" in results.read_text()  # the rest of the file is kept
+    assert mt.main() == 0 and len(calls) == 3
 
 
 def test_a_row_another_table_process_holds_is_left_to_it(tmp_path, monkeypatch, capsys):
@@ -181,21 +214,15 @@ def test_balanced_softmax_shows_the_logit_adjusted_runs_and_trains_nothing(tmp_p
     """Balanced softmax is logit adjustment at tau 1 (the same loss, the same table settings): its row is the LA
     runs, with its own earlier runs checked against them; a real difference in settings or loss would train it."""
     mt = load_script()
-    out = tmp_path / "table"
-    counts = [100, 50, 20, 10, 5]
-    for key, seed, top1 in [("logit-adjust", 0, 80.0), ("logit-adjust", 1, 82.0), ("balanced-softmax", 0, 80.0)]:
-        d = out / key / f"seed-{seed}"
-        d.mkdir(parents=True)
-        (d / "report.json").write_text(json.dumps({"top1": top1, "train_counts": counts,
-                                                   "per_class": [top1] * 5, "many": top1, "medium": top1}))
-    bs = mt.BY_KEY["balanced-softmax"]
-    assert mt.same_row("cifar10", bs) is mt.BY_KEY["logit-adjust"]
-    row = next(line for line in mt.table(out, [0, 1], "cifar10") if line.startswith("| balanced softmax"))
+    out, results = tmp_path / "table", tmp_path / "RESULTS.md"
+    la, bs = mt.BY_KEY["logit-adjust"], mt.BY_KEY["balanced-softmax"]
+    write_rows(mt, results, [(la.label, 0, 80.0), (la.label, 1, 82.0), (bs.label, 0, 80.0)])
+    assert mt.same_row("cifar10", bs) is la
+    row = next(line for line in mt.table(mt.recorded_runs(results), "cifar10") if line.startswith("| balanced softmax"))
     assert "the runs of logit adjustment" in row and "its own run of seed 0 gave the same top-1" in row
     assert "| 2 | 81.00 ± 1.41 |" in row and "DIFFER" not in row
-    (out / "balanced-softmax" / "seed-1").mkdir()
-    (out / "balanced-softmax" / "seed-1" / "report.json").write_text(json.dumps({"top1": 79.0}))
-    row = next(line for line in mt.table(out, [0, 1], "cifar10") if line.startswith("| balanced softmax"))
+    write_rows(mt, results, [(la.label, 0, 80.0), (la.label, 1, 82.0), (bs.label, 0, 80.0), (bs.label, 1, 79.0)])
+    row = next(line for line in mt.table(mt.recorded_runs(results), "cifar10") if line.startswith("| balanced softmax"))
     assert "its own runs of seeds [1] DIFFER" in row
     # not the same once a setting outside the loss differs, or the losses differ on the same inputs
     monkeypatch.setattr(mt, "METHODS", [*mt.METHODS])
@@ -207,7 +234,7 @@ def test_balanced_softmax_shows_the_logit_adjusted_runs_and_trains_nothing(tmp_p
     # main trains nothing for it
     monkeypatch.setattr(mt, "run_one", lambda *a, **k: pytest.fail("trained an aliased row"))
     monkeypatch.setattr(sys, "argv", ["method_table.py", "--data-root", str(tmp_path), "--out", str(out),
-                                      "--results", str(tmp_path / "RESULTS.md"), "--seeds", "2",
+                                      "--results", str(results), "--seeds", "2",
                                       "--methods", "balanced-softmax"])
     assert mt.main() == 0
     assert "balanced-softmax: trains nothing" in capsys.readouterr().out
