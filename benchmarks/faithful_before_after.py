@@ -27,7 +27,9 @@ in the row). The pairs:
   ResNet-8 for 5 epochs with 20-epoch probes: the two halves measure different things (that is the change), and the
   row says which probe each number is.
 
-Rows go to RESULTS.md (one per run, the load average beside the seconds); a finished run is read back, not re-run.
+Rows go to RESULTS.md (one per run, the load average beside the seconds). A half with a row there is not run again;
+a finished run folder without a row is read back, not re-run. ``--halves before`` and ``--halves after`` in two
+processes run a pair's halves side by side.
 """
 
 from __future__ import annotations
@@ -137,6 +139,17 @@ def result_text(r: dict[str, Any], pretrain: bool) -> str:
     return f"top-1 {r['top1']:.2f}, rarest 3 {'n/a' if tail is None else f'{tail:.2f}'}"
 
 
+def recorded(results: Path, pair: Pair, name: str, seed: int) -> bool:
+    """Whether ``results`` holds the row of this half (the rows are the record; the run folders, outside the
+    repository, may be gone)."""
+    text = results.read_text() if results.exists() else ""
+    if SECTION not in text:
+        return False
+    block = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    return any(line.startswith("|") and f"| {pair.item} | {name} |" in line
+               and f"| {pair.short_label}; seed {seed} |" in line for line in block.splitlines())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="../shared/data")
@@ -146,12 +159,19 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--halves", nargs="+", default=["before", "after"], choices=["before", "after"],
+                   help="which halves to run (two processes can run the two halves of a pair side by side)")
     a = p.parse_args()
     results = Path(a.results)
     for key in a.pairs:
         pair = BY_KEY[key]
         for name, half in (("before", pair.before), ("after", pair.after)):
             folder = Path(a.out) / key / f"{name}-seed-{a.seed}"
+            if name not in a.halves:
+                continue
+            if recorded(results, pair, name, a.seed):
+                print(f"{key} {name}, seed {a.seed}: recorded in {results} already", flush=True)
+                continue
             load0, t0 = os.getloadavg()[0], time.perf_counter()
             r = (json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists()
                  else run_half(pair, half, folder, a))

@@ -124,3 +124,35 @@ def test_graph_drift_dry_run_on_the_cpu_reports_equal_repeats():
     lines = out.stdout.splitlines()
     assert [ln.split(",")[0] for ln in lines] == ["unweighted", "DRW from epoch 3"]
     assert all(ln.count("0.00e+00") == 2 for ln in lines), out.stdout
+
+
+def test_faithful_pairs_skip_a_half_recorded_in_results_and_run_only_the_halves_asked(tmp_path, monkeypatch):
+    """benchmarks/faithful_before_after.py: a half whose row is in RESULTS.md is not run again (its run folder may be
+    gone), and ``--halves after`` runs the other half alone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faithful_before_after", SCRIPT.parent / "faithful_before_after.py")
+    fb = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "faithful_before_after", fb)  # its dataclasses look their module up
+    spec.loader.exec_module(fb)
+    pair, results = fb.BY_KEY["simsiam-probe"], tmp_path / "RESULTS.md"
+    before = (f"| 2026-11-30 | CPU, load average 1.0 -> 1.0 | {pair.item} | before | `{pair.before.recipe}` | "
+              f"{pair.before.label} | {pair.short_label}; seed 0 | k-NN 20.31, probe 23.25 | 1861 |")
+    fb.append_row(results, before, section=fb.SECTION, header=fb.HEADER)
+    assert fb.recorded(results, pair, "before", 0)
+    assert not fb.recorded(results, pair, "after", 0) and not fb.recorded(results, pair, "before", 1)
+    assert not fb.recorded(results, fb.BY_KEY["fixmatch"], "before", 0)
+    ran = []
+
+    def fake_half(p, half, out, a):
+        ran.append((p.key, half.recipe, a.seed))
+        return {"knn_top1": 1.0, "linear_probe_top1": 2.0, "top1": 3.0, "timing": {"train_s": 5.0}}
+    monkeypatch.setattr(fb, "run_half", fake_half)
+    monkeypatch.setattr(sys, "argv", ["faithful_before_after.py", "--out", str(tmp_path / "runs"), "--results",
+                                      str(results), "--pairs", "simsiam-probe"])
+    assert fb.main() == 0
+    assert ran == [("simsiam-probe", pair.after.recipe, 0)] and fb.recorded(results, pair, "after", 0)
+    monkeypatch.setattr(sys, "argv", ["faithful_before_after.py", "--out", str(tmp_path / "runs"), "--results",
+                                      str(results), "--pairs", "simsiam-probe", "--seed", "1", "--halves", "after"])
+    assert fb.main() == 0
+    assert ran[1:] == [("simsiam-probe", pair.after.recipe, 1)] and not fb.recorded(results, pair, "before", 1)
