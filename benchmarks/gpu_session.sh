@@ -51,7 +51,7 @@ case "${1:-check}" in
     ;;
   single)  run cifar10-lt-ce --set train.engine=graph ;;
   compile) run cifar10-lt-ce --set train.engine=graph --set train.compile=max-autotune-no-cudagraphs ;;
-  # the graph engine is opt-in (train.engine=eager by default): without it, 2026-11-30's stack and seeds stages
+  # the graph engine, asked for by name: with train.engine=eager the default then, 2026-11-30's stack and seeds stages
   # ran eager and ran out of time (5 stacked seeds 31,616 img/s eager against 80,272 with graphs on 2026-11-29)
   seeds)   run cifar10-lt-ce --seeds ${SEEDS:-0 1 2} --set train.engine=graph ;;
   stack)   run cifar10-lt-ce --seeds 0 1 2 3 4 --stack --set train.engine=graph ;;

@@ -564,6 +564,10 @@ class AugmentConfig:
     # ones, so every image is seen both ways in any two epochs; longtail.data.augment.alternating_flip)
     flip_mode: str = "random"
     mix: str = "none"  # none | mixup (Zhang et al. 2018) | cutmix (Yun et al. 2019): pairs of images and their labels
+    # progressive resizing (fast.ai's DAWNBench entries, FFCV's ImageNet recipes): the first low_res_share of the
+    # epochs train on images scaled down to low_res x low_res pixels (0: off), the rest and the test at full size
+    low_res: int = 0
+    low_res_share: float = 0.5
     mix_alpha: float = 1.0  # the mixing share is drawn from Beta(alpha, alpha)
     mix_prob: float = 1.0  # share of batches that are mixed
 
@@ -584,6 +588,11 @@ class AugmentConfig:
         _choice(self, "augment", "mix", MIXES)
         _number(self, "augment", "mix_alpha", 0, lo_open=True)
         _number(self, "augment", "mix_prob", 0, 1)
+        _number(self, "augment", "low_res", 0, fix="use a side in pixels, e.g. --set augment.low_res=24, or 0 for off")
+        if self.low_res and self.low_res < 8:
+            raise LongtailError(f"augment.low_res={self.low_res} is too small to train on",
+                                "use e.g. 24 for 32-pixel images, or 0 for off")
+        _number(self, "augment", "low_res_share", 0, 1)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
     augment = Augment(crop_padding=t.crop_padding, flip=t.flip, randaugment=a.randaugment,
                       randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy,
                       padding_mode=a.crop_padding_mode, autoaugment=a.autoaugment, cutout_policy=a.cutout_policy,
-                      flip_mode=a.flip_mode, flip_salt=cfg.seed)
+                      flip_mode=a.flip_mode, flip_salt=cfg.seed, low_res=a.low_res,
+                      low_res_epochs=round(a.low_res_share * t.epochs) if a.low_res else 0)
     mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
     if isinstance(train, FileImageSet) and (a.randaugment or a.cutout or a.autoaugment != "none"):
         raise LongtailError("augment.autoaugment, augment.randaugment and augment.cutout are batched tensor "
@@ -178,8 +179,15 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
         raise LongtailError(f"augment.flip_mode=alternating mirrors images held in memory by their row; the image "
                             f"files of data.dataset={cfg.data.dataset} are flipped as they are decoded, at random",
                             "set --set augment.flip_mode=random")
+    if a.low_res and isinstance(train, FileImageSet):
+        raise LongtailError(f"augment.low_res={a.low_res} scales images held in memory; the image files of "
+                            f"data.dataset={cfg.data.dataset} are cropped to data.image_size as they are decoded",
+                            "set --set augment.low_res=0")
     if cfg.semi.method in ("fixmatch", "acr"):
         name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
+        if a.low_res:
+            raise LongtailError(f"augment.low_res={a.low_res} on a {name} run is not supported: its weak and strong "
+                                "views would be scaled apart", "set --set augment.low_res=0")
         if a.flip_mode == "alternating":
             raise LongtailError(f"augment.flip_mode=alternating on a {name} run is not supported: its weak and strong "
                                 "views flip unlabeled images at random", "set --set augment.flip_mode=random")

@@ -39,6 +39,10 @@ class Augment:
     # images (a hash of their row and ``flip_salt``) mirrored in even epochs, the other half in odd ones
     flip_mode: str = "random"
     flip_salt: int = 0  # which half starts mirrored (the run's seed)
+    # progressive resizing: the images of epochs 0 .. low_res_epochs - 1 are scaled down to low_res x low_res
+    # pixels after every other augmentation (a smaller, cheaper input while the network learns coarse features)
+    low_res: int = 0
+    low_res_epochs: int = 0
 
     def __post_init__(self) -> None:  # bad settings fail when the run is built, not at its first batch
         if self.padding_mode not in PADDING_MODES:
@@ -51,11 +55,13 @@ class Augment:
             RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)
         if self.cutout:
             Cutout(self.cutout, self.cutout_policy or self.policy)
+        if self.low_res < 0 or self.low_res_epochs < 0:
+            raise ValueError(f"low_res={self.low_res} and low_res_epochs={self.low_res_epochs} must be >= 0")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
                  epoch: int | None = None) -> torch.Tensor:
-        """Augment a (B, C, H, W) batch; ``rows`` (the images' rows in their set) and ``epoch`` are needed by the
-        alternating flip only."""
+        """Augment a (B, C, H, W) batch; ``rows`` (the images' rows in their set) are needed by the alternating flip
+        only, ``epoch`` by it and by progressive resizing."""
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator, self.padding_mode)
         if self.flip and self.flip_mode == "alternating":
@@ -71,12 +77,27 @@ class Augment:
             images = RandAugment(self.randaugment, self.randaugment_magnitude, self.policy)(images, generator)
         if self.cutout:
             images = Cutout(self.cutout, self.cutout_policy or self.policy)(images, generator)
+        if self.low_res and self.low_res_epochs:
+            if epoch is None:
+                raise ValueError("progressive resizing needs the epoch; this task does not give it (set low_res=0)")
+            if epoch < self.low_res_epochs:
+                images = resize(images, self.low_res)
         return images
 
     @property
     def active(self) -> bool:
         """Whether it changes anything (and so needs a generator)."""
-        return bool(self.crop_padding or self.flip or self.autoaugment != "none" or self.randaugment or self.cutout)
+        return bool(self.crop_padding or self.flip or self.autoaugment != "none" or self.randaugment or self.cutout
+                    or (self.low_res and self.low_res_epochs))
+
+
+def resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A (B, C, H, W) batch scaled to ``side`` x ``side`` pixels: bilinear with antialiasing (an area-like average
+    when shrinking, so no aliasing of fine texture), uint8 in, uint8 out (rounded); float batches stay float."""
+    if tuple(images.shape[-2:]) == (side, side):
+        return images
+    out = F.interpolate(images.float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else out.to(images.dtype)
 
 
 
