@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import statistics
@@ -244,26 +245,56 @@ RUN_COLUMNS = ("date", "machine", "method", "seed", "epochs", "train_s", "top1",
 
 def _number(cell: str) -> float | None:
     try:
-        return float(cell)
+        x = float(cell)
     except ValueError:
         return None  # "n/a", "-"
+    return x if math.isfinite(x) else None  # "nan": a report without its counts
 
 
-def recorded_runs(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every run row under RUN_SECTION of ``results``, by (method label, seed); where a pair has several rows (a run
-    re-evaluated), the last one. The table is made of these rows, the committed record of each run, and not of the run
-    folders, which live outside the repository and may be gone (they were, once, between two sessions)."""
+Protocol = tuple[str, str, tuple[str, ...]]  # (dataset, device, the --set options in order)
+DEFAULT_PROTOCOL: Protocol = ("cifar10", "cpu", ())  # the table in the README
+
+
+def protocol_of(args: list[str]) -> Protocol:
+    """The protocol of a table invocation (its ``--dataset``, ``--device`` and ``--set`` options): rows of another
+    protocol (CIFAR-100, a smoke test at 1 epoch, a GPU) are another table and never mix with this one's."""
+    dataset, device, sets = "cifar10", "cpu", []
+    pairs = [a.split("=", 1) if a.startswith("--") and "=" in a else None for a in args]
+    args = [x for a, kv in zip(args, pairs) for x in (kv if kv else [a])]  # --set=K=V as --set K=V
+    for flag, value in zip(args, args[1:]):
+        if flag == "--dataset":
+            dataset = value
+        elif flag == "--device":
+            device = value
+        elif flag == "--set":
+            sets.append(value)
+    return dataset, device, tuple(sets)
+
+
+def recorded_runs(results: Path, protocol: Protocol | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every run row of ``protocol`` under RUN_SECTION of ``results`` (the protocol read from the row's command), by
+    (method label, seed); where a pair has several rows (a run re-evaluated), the last one. The table is made of these
+    rows, the committed record of each run, and not of the run folders, which live outside the repository and may be
+    gone (they were, once, between two sessions)."""
     lines = results.read_text().splitlines() if results.exists() else []
     if RUN_SECTION not in lines:
         return {}
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     i = lines.index(RUN_SECTION) + 1
     while i < len(lines) and not lines[i].startswith("## "):
-        cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        # the command is the last cell and may hold a "|" of its own: split off the eleven before it
+        line = lines[i].strip().removeprefix("|").removesuffix("|")
+        cells = [c.strip() for c in line.split("|", len(RUN_COLUMNS) - 1)]
         i += 1
         if len(cells) != len(RUN_COLUMNS) or not cells[3].isdigit():
             continue  # the header, its rule, prose
         row: dict[str, Any] = dict(zip(RUN_COLUMNS, cells, strict=True))
+        try:
+            args = shlex.split(row["command"].strip("`"))
+        except ValueError:
+            args = []
+        if protocol_of(args) != (protocol or DEFAULT_PROTOCOL):
+            continue
         for k in ("train_s", "top1", "many", "medium", "few", "rarest3"):
             row[k] = _number(row[k])
         runs[(row["method"], int(row["seed"]))] = row
@@ -307,13 +338,15 @@ def table(runs: dict[tuple[str, int], dict[str, Any]], dataset: str) -> list[str
         label = m.label
         if same is not None:  # its own runs, where some were made before it was aliased, must agree to the digit
             own = {s: r["top1"] for (lb, s), r in runs.items() if lb == m.label and r["top1"] is not None}
-            agree = [s for s, t in sorted(own.items()) if (o := runs.get((same.label, s))) is not None
-                     and o["top1"] == t]
+            other = {s: o["top1"] for s in own if (o := runs.get((same.label, s))) is not None}
+            agree = sorted(s for s in other if other[s] == own[s])
+            differ, alone = sorted(s for s in other if other[s] != own[s]), sorted(set(own) - set(other))
             seeds_of, ss = ", ".join(map(str, agree)), "s" if len(agree) > 1 else ""
             label += (f" (the runs of {same.label}: the same loss and settings"
                       + (f"; its own run{ss} of seed{ss} {seeds_of} gave the same top-1"
                          if agree else "")
-                      + (f"; its own runs of seeds {sorted(set(own) - set(agree))} DIFFER" if set(own) - set(agree)
+                      + (f"; its own runs of seeds {differ} DIFFER" if differ else "")
+                      + (f"; its own runs of seeds {alone} have no run of {same.label} to compare with" if alone
                          else "")
                       + ")")
 
@@ -325,12 +358,20 @@ def table(runs: dict[tuple[str, int], dict[str, Any]], dataset: str) -> list[str
     return lines
 
 
-def write_table(results: Path, lines: list[str], header: str) -> None:
-    """Replace the table under TABLE_SECTION (created before the runs' section if absent)."""
+def table_section(protocol: Protocol) -> str:
+    """The heading of a protocol's table: TABLE_SECTION for the default one, TABLE_SECTION and the protocol else."""
+    if protocol == DEFAULT_PROTOCOL:
+        return TABLE_SECTION
+    dataset, device, sets = protocol
+    return f"{TABLE_SECTION}: {dataset}, {device}" + "".join(f", {x}" for x in sets)
+
+
+def write_table(results: Path, lines: list[str], header: str, section: str = TABLE_SECTION) -> None:
+    """Replace the table under ``section`` (created before the runs' section if absent)."""
     text = results.read_text().splitlines() if results.exists() else ["# Benchmark results"]
-    block = [TABLE_SECTION, "", header, "", *lines, ""]
-    if TABLE_SECTION in text:
-        i = text.index(TABLE_SECTION)
+    block = [section, "", header, "", *lines, ""]
+    if section in text:
+        i = text.index(section)
         j = i + 1
         while j < len(text) and not text[j].startswith("## "):
             j += 1
@@ -372,6 +413,10 @@ def main() -> int:
                    help="rewrite the table from the rows recorded in RESULTS.md; train nothing")
     p.add_argument("--readme", help="also copy the table into this README, between its method-table markers")
     a = p.parse_args()
+    a.protocol = protocol_of(sys.argv[1:])  # the rows of this table: its data set, device and --set options
+    if a.readme and a.protocol != DEFAULT_PROTOCOL:
+        raise SystemExit(f"--readme writes the README's table of the default protocol (CIFAR-10, cpu, no --set); "
+                         f"this one's ({a.protocol}) stays in {a.results}")
     results = Path(a.results)
     common: dict[str, Any] = {"data.root": a.data_root, "train.device": a.device}
     common.update(dict(s.partition("=")[::2] for s in a.sets))
@@ -388,11 +433,11 @@ def main() -> int:
                 # a row's base run (the CE run a second stage re-balances or whose pseudo-labels a row trains on) is
                 # a table row of its own: measured and recorded first, so no run is trained without its row
                 for row_m in ([BY_KEY[b]] if (b := base_of(m)) else []) + [m]:
-                    if (row_m.label, seed) not in recorded_runs(results):
+                    if (row_m.label, seed) not in recorded_runs(results, a.protocol):
                         measure(row_m, seed, a, common, command, header)
     with locked(results):
         write_outputs(results, a, header)
-    print("\n".join(table(recorded_runs(results), a.dataset)))
+    print("\n".join(table(recorded_runs(results, a.protocol), a.dataset)))
     return 0
 
 
@@ -441,8 +486,8 @@ def measure(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any],
 
 def write_outputs(results: Path, a: argparse.Namespace, header: str) -> None:
     """The table of every recorded run into RESULTS.md (and the README when asked)."""
-    lines = table(recorded_runs(results), a.dataset)
-    write_table(results, lines, header)
+    lines = table(recorded_runs(results, a.protocol), a.dataset)
+    write_table(results, lines, header, table_section(a.protocol))
     if a.readme:
         write_readme(Path(a.readme), lines)
 

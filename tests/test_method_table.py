@@ -156,6 +156,28 @@ def test_the_table_is_made_of_the_recorded_rows_not_the_run_folders(tmp_path):
     assert any(line.startswith("| LDAM-DRW | 1 | 75.50 |") for line in lines)
     assert not any(line.startswith("| focal") for line in lines)
     assert mt.recorded_runs(tmp_path / "absent.md") == {}
+
+    # another protocol's rows (a smoke test, CIFAR-100, a GPU) are another table; a "|" inside the command is kept;
+    # a "nan" cell counts as missing
+    text = results.read_text().splitlines()
+    i = max(j for j, line in enumerate(text) if line.startswith("| 2026"))  # the last run row
+    ce2 = next(line for line in text if "| CE | 2 |" in line and "| 74.00 |" in line)
+    smoke = ce2.replace("`python benchmarks/method_table.py`",
+                        "`python benchmarks/method_table.py --set train.epochs=1`").replace("| CE | 2 |", "| CE | 5 |")
+    piped = ce2.replace("| 74.00 |", "| 90.00 |").replace("| CE | 2 |", "| CE | 6 |").replace(
+        "`python benchmarks/method_table.py`", "`python benchmarks/method_table.py --methods ce | tee log`")
+    c100 = ce2.replace("`python benchmarks/method_table.py`",
+                       "`python benchmarks/method_table.py --dataset=cifar100 --device cpu`")
+    nan = ce2.replace("| 64.00 |", "| nan |").replace("| CE | 2 |", "| CE | 7 |")
+    results.write_text("\n".join(text[:i + 1] + [smoke, piped, c100, nan] + text[i + 1:]) + "\n")
+    runs = mt.recorded_runs(results)
+    assert set(runs) == {("CE", 0), ("CE", 2), ("LDAM-DRW", 1), ("CE", 6), ("CE", 7)}
+    assert runs[("CE", 6)]["top1"] == 90.0 and runs[("CE", 6)]["command"].endswith("| tee log`")
+    assert runs[("CE", 7)]["rarest3"] is None and runs[("CE", 2)]["top1"] == 74.0
+    assert set(mt.recorded_runs(results, mt.protocol_of(["--set", "train.epochs=1"]))) == {("CE", 5)}
+    assert set(mt.recorded_runs(results, ("cifar100", "cpu", ()))) == {("CE", 2)}
+    assert mt.table_section(mt.DEFAULT_PROTOCOL) == mt.TABLE_SECTION
+    assert mt.table_section(("cifar10", "cpu", ("train.epochs=1",))).endswith(": cifar10, cpu, train.epochs=1")
     results = tmp_path / "RESULTS.md"
     with mt.locked(results):  # the lock is a file beside RESULTS.md, and it is released
         pass
@@ -224,6 +246,9 @@ def test_balanced_softmax_shows_the_logit_adjusted_runs_and_trains_nothing(tmp_p
     write_rows(mt, results, [(la.label, 0, 80.0), (la.label, 1, 82.0), (bs.label, 0, 80.0), (bs.label, 1, 79.0)])
     row = next(line for line in mt.table(mt.recorded_runs(results), "cifar10") if line.startswith("| balanced softmax"))
     assert "its own runs of seeds [1] DIFFER" in row
+    write_rows(mt, results, [(la.label, 0, 80.0), (bs.label, 0, 80.0), (bs.label, 3, 79.0)])
+    row = next(line for line in mt.table(mt.recorded_runs(results), "cifar10") if line.startswith("| balanced softmax"))
+    assert "seeds [3] have no run of logit adjustment" in row and "DIFFER" not in row
     # not the same once a setting outside the loss differs, or the losses differ on the same inputs
     monkeypatch.setattr(mt, "METHODS", [*mt.METHODS])
     other = mt.Method("bs-drw", "BS + DRW", "balanced-softmax", extra=(("train.drw_start", 160.0),),

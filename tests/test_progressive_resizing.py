@@ -36,7 +36,7 @@ def test_resize_is_an_antialiased_bilinear_average_in_uint8():
 
 
 def test_only_the_first_epochs_are_scaled_and_the_rest_of_the_augmentation_is_unchanged():
-    data = synthetic_set([8, 4, 4])
+    data = synthetic_set([8, 4, 4], size=32)
     order = torch.arange(len(data))
     plain = Augment(crop_padding=4, flip=True)
     low = Augment(crop_padding=4, flip=True, low_res=20, low_res_epochs=2)
@@ -68,12 +68,16 @@ def config(epochs=4, **augment) -> RunConfig:
 
 
 def test_the_settings_reach_the_run_train_resume_and_are_refused_where_they_cannot_apply(tmp_path):
-    splits = Splits(synthetic_set([24, 12, 6, 3]), synthetic_set([5, 5, 5, 5], seed=1, name="test"))
+    splits = Splits(synthetic_set([24, 12, 6, 3], size=32), synthetic_set([5, 5, 5, 5], size=32, seed=1, name="test"))
     cfg = config(low_res=20, low_res_share=0.5)
     aug, _ = augment_from_config(cfg, splits.train)
     assert (aug.low_res, aug.low_res_epochs) == (20, 2)
     assert augment_from_config(config(), splits.train)[0].low_res_epochs == 0  # off by default
     assert augment_from_config(config(low_res_share=0.9), splits.train)[0].low_res_epochs == 0  # share alone: off
+    assert augment_from_config(config(epochs=5, low_res=20), splits.train)[0].low_res_epochs == 3  # 2.5: halves up
+    assert augment_from_config(config(epochs=7, low_res=20), splits.train)[0].low_res_epochs == 4  # 3.5
+    with pytest.raises(LongtailError, match="not smaller than the 32-pixel images"):
+        augment_from_config(config(low_res=32), splits.train)
     quiet = dict(splits=splits, progress=False, log=lambda m: None)
     full = train_one(cfg, tmp_path / "full", **quiet)
     train_one(config(), tmp_path / "plain", **quiet)

@@ -167,7 +167,7 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
                       randaugment_magnitude=a.randaugment_magnitude, cutout=a.cutout, policy=a.policy,
                       padding_mode=a.crop_padding_mode, autoaugment=a.autoaugment, cutout_policy=a.cutout_policy,
                       flip_mode=a.flip_mode, flip_salt=cfg.seed, low_res=a.low_res,
-                      low_res_epochs=round(a.low_res_share * t.epochs) if a.low_res else 0)
+                      low_res_epochs=int(a.low_res_share * t.epochs + 0.5) if a.low_res else 0)  # halves up
     mix = Mix(a.mix, alpha=a.mix_alpha, prob=a.mix_prob) if a.mix != "none" else None
     if isinstance(train, FileImageSet) and (a.randaugment or a.cutout or a.autoaugment != "none"):
         raise LongtailError("augment.autoaugment, augment.randaugment and augment.cutout are batched tensor "
@@ -183,6 +183,9 @@ def augment_from_config(cfg: RunConfig, train) -> tuple[Augment, Mix | None]:
         raise LongtailError(f"augment.low_res={a.low_res} scales images held in memory; the image files of "
                             f"data.dataset={cfg.data.dataset} are cropped to data.image_size as they are decoded",
                             "set --set augment.low_res=0")
+    if a.low_res and not isinstance(train, FileImageSet) and a.low_res >= min(train.images.shape[-2:]):
+        raise LongtailError(f"augment.low_res={a.low_res} is not smaller than the {train.images.shape[-1]}-pixel "
+                            "images: progressive resizing scales them down", "use e.g. 24 for 32-pixel images")
     if cfg.semi.method in ("fixmatch", "acr"):
         name = {"fixmatch": "FixMatch", "acr": "ACR"}[cfg.semi.method]
         if a.low_res:

@@ -212,7 +212,7 @@ def iterate_batches(
 
     The augmentation for the whole epoch is drawn in one batched pass before the first batch
     (cheaper than one small kernel launch per batch); normalisation happens per batch so only
-    uint8 copies of the epoch are held. ``epoch`` is needed by the alternating flip only.
+    uint8 copies of the epoch are held. ``epoch`` is needed by the alternating flip and by progressive resizing.
     """
     order = order.to(data.device)
     images = data.images[order]
