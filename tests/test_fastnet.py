@@ -40,9 +40,9 @@ def test_parameter_counts_of_the_issue():
     assert sum(p.numel() for p in make_model("fastnet-m", 10).parameters()) == pytest.approx(0.50e6, rel=0.05)
 
 
-def test_the_five_minute_recipes_differ_from_the_fast_ones_only_in_network_and_epochs():
+def test_the_five_and_ten_minute_recipes_differ_from_the_fast_ones_only_in_network_and_epochs():
     from longtail.config import _flat
-    from longtail.recipes import FAST_5MIN_EPOCHS, get_recipe
+    from longtail.recipes import FAST_5MIN_EPOCHS, FAST_10MIN_EPOCHS, get_recipe
 
     assert FASTNET_WIDTHS["fastnet-sm"] == (24, 96, 128)
     assert sum(p.numel() for p in make_model("fastnet-sm", 10).parameters()) == pytest.approx(0.37e6, rel=0.02)
@@ -52,6 +52,9 @@ def test_the_five_minute_recipes_differ_from_the_fast_ones_only_in_network_and_e
         assert changed == {"recipe", "model.arch", "train.epochs"}
         assert (five["model.arch"], five["train.epochs"], five["train.batch_size"]) == \
             ("fastnet-sm", FAST_5MIN_EPOCHS, 256)
+        ten = _flat(get_recipe(f"{ds}-lt-fast-la-10min").config)
+        assert {k for k in fast if fast[k] != ten[k]} == {"recipe", "train.epochs"}
+        assert (ten["model.arch"], ten["train.epochs"]) == ("fastnet-m", FAST_10MIN_EPOCHS)
 
 
 def test_frozen_whitening_weight_and_batchnorm_scales():

@@ -165,7 +165,7 @@ BEFORE = {
     "cifar10-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
     "cifar100-lt-logit-adjust": ("logit-adjust", {"tau": 1.0}),
     **{f"{ds}-lt-fast-la{s}": ("logit-adjust", {"tau": 1.0}) for ds in ("cifar10", "cifar100", "svhn")
-       for s in ("", "-5min")},  # newer
+       for s in ("", "-5min", "-10min")},  # newer
     "folder-fast-la": ("logit-adjust", {"tau": 1.0}),  # newer
     "folder-finetune-linear": ("logit-adjust", {"tau": 1.0}), "folder-finetune-full": ("logit-adjust", {"tau": 1.0}),
     "cifar10-lt-cdt": ("cdt", {"gamma": 0.2}), "cifar100-lt-cdt": ("cdt", {"gamma": 0.2}),
