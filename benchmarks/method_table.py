@@ -43,7 +43,9 @@ seconds do) and the table of means is rewritten in place from those rows: the ro
 (outside the repository) a cache. A run with a row is not trained again; a finished folder without a row is resumed
 and re-evaluated, and gets its row; a row whose base run (the CE run of a second stage or of the pseudo-labels) has no
 row records that run first. So a stopped table continues where it stopped, and losing the run folders loses no
-measurement (a later row that needs a lost base run trains it again: CPU runs are deterministic).
+measurement. A later row that needs a lost base run trains it again, which repeats it bit for bit on the same host
+only: another CPU's vector instructions round differently (the CE base of seed 0 gave 64.23 % on 2026-11-30's host
+and 64.81 % on 2026-12-01's AVX-512 host), so such a row says in its machine cell which host made it.
 """
 
 from __future__ import annotations
