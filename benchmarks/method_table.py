@@ -415,7 +415,7 @@ def main() -> int:
                    help="rewrite the table from the rows recorded in RESULTS.md; train nothing")
     p.add_argument("--readme", help="also copy the table into this README, between its method-table markers")
     a = p.parse_args()
-    a.protocol = protocol_of(sys.argv[1:])  # the rows of this table: its data set, device and --set options
+    a.protocol = (a.dataset, a.device, tuple(a.sets))  # the rows of this table (protocol_of reads them from a row)
     if a.readme and a.protocol != DEFAULT_PROTOCOL:
         raise SystemExit(f"--readme writes the README's table of the default protocol (CIFAR-10, cpu, no --set); "
                          f"this one's ({a.protocol}) stays in {a.results}")
@@ -478,10 +478,7 @@ def measure(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any],
            f"{rep['top1']:.2f} | {f2('many')} | {f2('medium')} | {f2('few')} | "
            f"{rarest(rep, 3) if 'train_counts' in rep else float('nan'):.2f} | `{command}` |")
     with locked(results):
-        if RUN_SECTION in (results.read_text() if results.exists() else ""):
-            append_row(results, row, section=RUN_SECTION)
-        else:
-            _new_run_section(results, row)
+        append_row(results, row, section=RUN_SECTION, header=RUN_HEADER)  # the section made at the end if absent
         write_outputs(results, a, header)
     print(row, f"(wall {wall:.0f} s)", flush=True)
 
@@ -492,11 +489,6 @@ def write_outputs(results: Path, a: argparse.Namespace, header: str) -> None:
     write_table(results, lines, header, table_section(a.protocol))
     if a.readme:
         write_readme(Path(a.readme), lines)
-
-
-def _new_run_section(results: Path, row: str) -> None:
-    text = results.read_text().rstrip("\n") if results.exists() else "# Benchmark results"
-    atomic_write_text(results, text + "\n\n" + RUN_SECTION + "\n\n" + RUN_HEADER + "\n" + row + "\n")
 
 
 if __name__ == "__main__":
