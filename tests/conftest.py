@@ -46,10 +46,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device: torch.device):
+def sam_around(sgd, model, *, late_epoch: int = 2):
+    """SAM (rho 0.05, 0.1 from ``late_epoch``) around ``sgd`` with BatchNorm's statistics from the first pass: the
+    graphed SAM step's checks (tests/test_graphs.py)."""
+    from longtail.optim import SAM, FirstPassStatistics
+
+    sam = SAM(sgd, rho=0.05, rho_late=0.1, rho_late_epoch=late_epoch)
+    sam.add_phase_hook(FirstPassStatistics(model))
+    return sam
+
+
+def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device: torch.device, *, sam: bool = False):
     """The replayed-graph check's training (tests/test_graphs.py on a GPU, benchmarks/graph_drift.py): ResNet-8 from
-    seed 0 on ``data``, CE with ``weighting``, batch 16, SGD 0.05 / (1 + epoch), float32. Returns the weights (float
-    copies) and the epoch losses."""
+    seed 0 on ``data``, CE with ``weighting``, batch 16, SGD 0.05 / (1 + epoch) (with ``sam``: inside
+    :func:`sam_around`), float32. Returns the weights (float copies) and the epoch losses."""
     from longtail.loop import fit, make_sgd
     from longtail.losses import make_loss
     from longtail.models import make_model
@@ -60,6 +70,8 @@ def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device
     model = make_model("resnet8", len(counts.counts)).to(device)
     task = SupervisedTask(data, make_loss("ce", counts).to(device), batch_size=16, weighting=weighting)
     sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if sam:
+        sgd = sam_around(sgd, model)
     recs = fit(model, task, sgd, epochs=epochs, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=device, amp="off",
                engine=engine, progress=False)
     return {k: v.detach().float().clone() for k, v in model.state_dict().items()}, [r.train_loss for r in recs]

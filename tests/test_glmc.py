@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
@@ -306,7 +307,7 @@ def test_glmc_refuses_image_files_and_stacked_seeds():
     with pytest.raises(LongtailError, match="images held in memory"):
         check_glmc(tiny_config(), train=object())
     assert "train.task=glmc" in (stack_unsupported_reason(tiny_config()) or "")
-    assert not GLMCTask.multi_process and not GLMCTask.image_files and not GLMCTask.graphable
+    assert not GLMCTask.multi_process and not GLMCTask.image_files and GLMCTask.graphable
     with pytest.raises(LongtailError, match="unknown train.task"):
         apply_overrides(tiny_config(), {"train.task": "glmcc"})
 
@@ -317,3 +318,45 @@ def test_glmc_keeps_the_task_contract():
 
     assert GLMCTask in TASKS
     contract(GLMCTask)
+
+
+def test_the_graph_engine_trains_glmc_as_the_eager_steps(splits, monkeypatch):
+    """GLMC is graphable: its loss reads alpha from a device tensor refilled in place every epoch. With CUDA's graph
+    and stream calls replaced by CPU stand-ins (tests/test_graphs.py), the captured and replayed steps train what the
+    closure steps train, through epochs whose alpha differs (1, 0.9375, 0.75, 0.4375)."""
+    import test_graphs as tg
+    from longtail.graphs import GraphStep, make_stepper
+
+    fakes = {"CUDAGraph": tg._FakeGraph, "Stream": tg._FakeStream, "current_stream": lambda *a: tg._FakeStream(),
+             "stream": lambda s: contextlib.nullcontext(), "synchronize": lambda *a: None}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    monkeypatch.setattr(GraphStep, "_record", tg._fake_record)
+    cfg = tiny_config(epochs=4)
+    counts = splits.train.class_counts()
+    results, steppers = [], []
+    for engine in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = build_model(cfg, 4, 3)
+        task = build_task(cfg, splits.train, counts, splits)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+        def capturing(*args, _engine=engine, **kw):
+            s = make_stepper(*args, **kw)
+            assert isinstance(s, GraphStep if _engine == "graph" else EagerStep)
+            if isinstance(s, GraphStep):
+                s.capture = True
+                steppers.append(s)
+            return s
+
+        monkeypatch.setattr("longtail.loop.make_stepper", capturing)
+        recs = fit(model, task, opt, epochs=4, lr_at=lambda e: 0.05, seed=0, device=CPU, amp="off", engine=engine,
+                   progress=False)
+        results.append(([r.train_loss for r in recs], {k: v.clone() for k, v in model.state_dict().items()}))
+        assert float(task.shares[0]) == pytest.approx(task.alpha) == pytest.approx(0.4375)
+    (la, wa), (lb, wb) = results
+    assert lb == pytest.approx(la, rel=1e-5)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5, msg=k)
+    (step,) = steppers
+    assert step.recorded >= 1 and sum(g.replays for g, _, _ in step.graphs.values()) > 0

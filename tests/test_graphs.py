@@ -10,7 +10,7 @@ import torch
 
 from longtail import LongtailError
 from longtail.checkpoints import load_checkpoint
-from longtail.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from longtail.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from longtail.data.registry import Splits
 from longtail.experiment import train_one
 from longtail.graphs import (
@@ -26,11 +26,11 @@ from longtail.loop import fit, make_sgd
 from longtail.losses import make_loss
 from longtail.mfw import MFWTask
 from longtail.models import make_model
-from longtail.ssl import SAM
+from longtail.optim import SAM, FirstPassStatistics
 from longtail.stacked import train_stacked
 from longtail.tasks import SupervisedTask
 
-from conftest import replay_check_run, synthetic_set
+from conftest import replay_check_run, sam_around, synthetic_set
 
 
 def config(engine: str, epochs: int = 4, **train) -> RunConfig:
@@ -71,7 +71,42 @@ def test_sgd_update_is_torch_sgd():
         torch.testing.assert_close(x, ref.state[y]["momentum_buffer"], atol=1e-7, rtol=1e-6)
 
 
-@pytest.mark.parametrize("train", [dict(), dict(loss="focal", weighting="class-balanced", drw_start=100.0)])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_graphed_sam_step_is_the_closure_step(splits, adaptive):
+    """One SAM step of the graph engine's body (on the CPU) against SAM.step(closure): the same loss, the same
+    weights and BatchNorm statistics (updated by the first pass only) up to SGD's rounding, the same momentum."""
+    counts = splits.train.class_counts()
+    batch = next(iter(SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16)
+                      .batches(0, torch.Generator().manual_seed(0))))
+    out = []
+    for engine in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = make_model("resnet8", 4)
+        task = SupervisedTask(splits.train, make_loss("ce", counts), batch_size=16)
+        sgd = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        sam = SAM(sgd, rho=0.5, adaptive=adaptive)
+        sam.add_phase_hook(FirstPassStatistics(model))
+        step = make_stepper(engine, model, task, sam, torch.device("cpu"), "off")
+        assert isinstance(step, GraphStep if engine == "graph" else EagerStep)
+        step.start_epoch(0.1)
+        model.train()
+        losses = [float(step(batch)) for _ in range(3)]
+        out.append((losses, {k: v.clone() for k, v in model.state_dict().items()},
+                    [sgd.state[p]["momentum_buffer"].clone() for p in model.parameters()]))
+    (la, wa, ma), (lb, wb, mb) = out
+    assert lb == pytest.approx(la, rel=1e-6)
+    assert la[1] != la[0]  # the steps moved the weights
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5, msg=k)
+    for x, y in zip(ma, mb):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+    # the perturbed pass left no trace in BatchNorm: 3 steps counted once each
+    assert int(wb["backbone.bn1.num_batches_tracked"]) == 3
+
+
+@pytest.mark.parametrize("train", [dict(), dict(loss="focal", weighting="class-balanced", drw_start=100.0),
+                                   dict(optim=OptimConfig(name="sam", sam_rho_late=0.1, sam_rho_late_start=100.0)),
+                                   dict(optim=OptimConfig(name="asam", sam_bn_stats="both"))])
 def test_graph_engine_equals_eager_training(tmp_path, splits, train):
     """Same batches, same steps, same weights: the graph engine's body is the closure step on the CPU.
 
@@ -79,8 +114,9 @@ def test_graph_engine_equals_eager_training(tmp_path, splits, train):
     (The two updates round differently in the last bit: ``p -= lr * buf`` here, ``p += -lr * buf`` in
     torch.optim.SGD; LDAM's scale of 30 amplifies that to 1e-2 within 4 epochs, so it is not used here.)
     """
-    loss = train.pop("loss", "ce")
-    cfgs = {e: replace(c := config(e, **train), loss=replace(c.loss, name=loss)) for e in ("eager", "graph")}
+    loss, optim = train.pop("loss", "ce"), train.pop("optim", OptimConfig())
+    cfgs = {e: replace(c := config(e, **train), loss=replace(c.loss, name=loss), optim=optim)
+            for e in ("eager", "graph")}
     for engine, cfg in cfgs.items():
         train_one(cfg, tmp_path / engine, splits=splits, progress=False)
     wa, wb = _weights(tmp_path / "eager"), _weights(tmp_path / "graph")
@@ -124,8 +160,10 @@ def test_what_the_graph_engine_refuses(splits):
     task = SupervisedTask(splits.train, make_loss("ce", counts), batch_size=8)
     sgd = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=0.0)
     assert graph_unsupported_reason(task, sgd) is None
-    with pytest.raises(LongtailError, match=r"a SAM; (.|\n)*train.engine=eager"):
-        GraphStep(model, task, SAM(sgd, rho=0.05), torch.device("cpu"), "off")
+    assert graph_unsupported_reason(task, SAM(sgd, rho=0.05)) is None  # both passes are graphed
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(LongtailError, match=r"a SAM around a Adam; (.|\n)*train.engine=eager"):
+        GraphStep(model, task, SAM(adam, rho=0.05), torch.device("cpu"), "off")
     mfw = MFWTask(splits.train, make_loss("ce", counts), batch_size=8)
     with pytest.raises(LongtailError, match="MFWTask.* is not graphable"):
         make_stepper("graph", model, mfw, sgd, torch.device("cpu"), "off")
@@ -140,10 +178,11 @@ def test_what_the_graph_engine_refuses(splits):
     assert isinstance(make_stepper("auto", model, mfw, sgd, torch.device("cpu"), "off"), EagerStep)
     nesterov = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     assert "Nesterov" in graph_unsupported_reason(task, nesterov)
+    assert "Nesterov" in graph_unsupported_reason(task, SAM(nesterov, rho=0.05))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("weights", ["drw", "changing"])
+@pytest.mark.parametrize("weights", ["drw", "changing", "sam"])
 def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     """On a GPU: the captured step (replayed for later batches, a second graph for the last partial
     batch, a third after DRW's switch) trains the same weights as the closure step, in float32.
@@ -156,7 +195,8 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     2026-11-30), largest weight difference after 1-5 epochs: unweighted 4.8e-7, 2.2e-6, 5.3e-6, 7.6e-6,
     8.6e-6; DRW from epoch 3 the same until 5.3e-5 after epoch 3 (its first weighted one) and 9.6e-4 after
     epoch 4; the epoch losses agree within 1e-6 throughout. Hence 4 epochs for DRW (one after its switch, a
-    third graph) and 5 for the weights that change from epoch 2 (passed on the same H200)."""
+    third graph) and 5 for the weights that change from epoch 2 (passed on the same H200). ``sam``: DRW's 4 epochs
+    with SAM's two passes in each graph and its radius doubling at epoch 2 (not yet run on a GPU)."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -167,9 +207,10 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
 
     results = []
     for engine in ("eager", "graph"):
-        weighting = (make_weighting("class-balanced", data.class_counts(), start_epoch=3) if weights == "drw"
+        weighting = (make_weighting("class-balanced", data.class_counts(), start_epoch=3) if weights in ("drw", "sam")
                      else _ChangingWeights())
-        results.append(replay_check_run(data, engine, 4 if weights == "drw" else 5, weighting, dev))
+        results.append(replay_check_run(data, engine, 5 if weights == "changing" else 4, weighting, dev,
+                                        sam=weights == "sam"))
     (wa, la), (wb, lb) = results
     assert lb == pytest.approx(la, rel=1e-4)
     for k in wa:
@@ -259,7 +300,7 @@ def _tensors(step: GraphStep) -> list[torch.Tensor]:
     """Everything a training step writes: weights, statistics, gradients, momentum, the task's sums."""
     out = list(step.model.parameters()) + list(step.model.buffers())
     out += [p.grad for p in step.model.parameters() if p.grad is not None]
-    out += [t for st in step.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+    out += [t for st in step.sgd.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
     if getattr(step.task, "_loss_sum", None) is not None:
         out.append(step.task._loss_sum)
     return out
@@ -284,12 +325,14 @@ class _ChangingWeights:
         return None if epoch < 2 else torch.tensor([1.0, 1.0 + epoch, 2.0, 0.5 * epoch])
 
 
-@pytest.mark.parametrize("weights", ["drw", "changing"])
-@pytest.mark.parametrize("stacked", [False, True])
-def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked, weights):
+@pytest.mark.parametrize("weights,stacked,sam", [("drw", False, False), ("changing", False, False),
+                                                 ("drw", True, False), ("changing", True, False),
+                                                 ("drw", False, True)])
+def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked, weights, sam):
     """GraphStep's GPU control flow, with CUDA's graph and stream calls replaced by CPU stand-ins:
     warm-up steps per key, one capture per (batch shape, loss structure), static inputs and the epoch's
-    class weights copied in, the replayed loss read back; the run must equal the closure step."""
+    class weights copied in, the replayed loss read back; the run must equal the closure step. With SAM,
+    its radius changes at epoch 3 (0.05, then 0.1): the replayed graphs read the new one."""
     from longtail.stacked import StackedTask, stack
     from longtail.weights import make_weighting
 
@@ -313,6 +356,8 @@ def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked
         else:
             model, task = make_model("tiny", 4), task_for(0)
         sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        if sam:
+            sgd = sam_around(sgd, model, late_epoch=3)
         made = []
 
         def capturing(*args, _made=made, **kw):
@@ -332,6 +377,8 @@ def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5, msg=k)
     step = steppers[0]
+    if sam:
+        assert step.rho_value == 0.1 and float(step.rho) == pytest.approx(0.1)
     # DRW from epoch 2: unweighted batches of 16 (8 steps: 3 warm-up, capture, 4 more replays), weighted
     # ones (16 steps), the last batch of 11 unweighted (twice: warm-up only) and weighted (4 times: 3 + 1)
     assert step.recorded == 3 and len(step.graphs) == 3

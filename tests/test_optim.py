@@ -198,8 +198,12 @@ def test_the_report_evaluates_the_ema(tmp_path, splits, monkeypatch):
 
 def test_settings_that_cannot_apply_are_refused(tmp_path):
     model = Net()
-    with pytest.raises(LongtailError, match="train.engine=graph captures plain SGD steps, not optim.name=sam"):
-        make_optimizer(model, tiny_config(optim=OptimConfig(name="sam"), engine="graph"))
+    graph_only = r"train.engine=graph captures SGD \(or SAM\) steps, not optim.ema=0.9(\n|$)"
+    with pytest.raises(LongtailError, match=graph_only):
+        make_optimizer(model, tiny_config(optim=OptimConfig(name="sam", sam_rho_late=0.1, ema=0.9), engine="graph"))
+    # SAM alone is graphed (longtail.graphs.GraphStep; tests/test_graphs.py)
+    assert isinstance(make_optimizer(model, tiny_config(optim=OptimConfig(name="asam", sam_rho_late=1.0),
+                                                        engine="graph")), SAM)
     with pytest.raises(LongtailError, match="optim.sam_rho is SAM's radius"):
         make_optimizer(model, tiny_config(optim=OptimConfig(sam_rho=0.1)))
     cosine = replace(tiny_config(optim=OptimConfig(maxnorm=0.1)), model=ModelConfig(arch="tiny", head="cosine"))
@@ -218,7 +222,8 @@ def test_settings_that_cannot_apply_are_refused(tmp_path):
     train = synthetic_set([4, 4])
     task = SupervisedTask(train, nn.CrossEntropyLoss(), batch_size=4)
     net = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), nn.Linear(4, 2))
-    for optim, words in ((OptimConfig(name="sam"), "two forward-backward passes"),
+    assert graph_unsupported_reason(task, make_optimizer(net, tiny_config(optim=OptimConfig(name="sam")))) is None
+    for optim, words in ((OptimConfig(name="sam", maxnorm=0.1), "MaxNorm and the EMA"),
                          (OptimConfig(ema=0.9), "MaxNorm and the EMA")):
         opt = make_optimizer(net, tiny_config(optim=optim))
         assert words in (graph_unsupported_reason(task, opt) or "")

@@ -35,5 +35,5 @@ def test_what_the_tasks_declare():
     assert not MFWTask.multi_process and MFWTask.image_files and not MFWTask.graphable
     assert not FixMatchTask.multi_process and not FixMatchTask.image_files
     assert not SemiSupervisedTask.graphable and SemiSupervisedTask.multi_process
-    assert not GLMCTask.multi_process and not GLMCTask.image_files and not GLMCTask.graphable
+    assert not GLMCTask.multi_process and not GLMCTask.image_files and GLMCTask.graphable
     assert not ACRTask.multi_process and not ACRTask.image_files and not ACRTask.graphable

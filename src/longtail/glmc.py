@@ -133,15 +133,17 @@ def consistency(p: Tensor, z: Tensor) -> Tensor:
 
 
 def glmc_loss(global_out: Outputs, local_out: Outputs, labels_a: Tensor, labels_b: Tensor, lam: Tensor, *,
-              class_weight: Tensor, alpha: float, contrast_weight: float) -> Tensor:
-    """GLMC's loss of one step from both views' outputs (see the module docstring)."""
+              class_weight: Tensor, alpha: float | Tensor, contrast_weight: float,
+              rest: float | Tensor | None = None) -> Tensor:
+    """GLMC's loss of one step from both views' outputs (see the module docstring). ``rest`` is ``1 - alpha``
+    (computed here when not given); the task passes both as device tensors that a CUDA graph reads."""
     std_g, cb_g, z_g, p_g = global_out
     std_l, cb_l, z_l, p_l = local_out
     balance = soft_label_ce(std_g, labels_a, labels_b, lam) + soft_label_ce(std_l, labels_a, labels_b, lam)
     rebalance = (soft_label_ce(cb_g, labels_a, labels_b, lam, class_weight)
                  + soft_label_ce(cb_l, labels_a, labels_b, lam, class_weight))
     contrast = consistency(p_g, z_l) + consistency(p_l, z_g)
-    return alpha * balance + (1 - alpha) * rebalance + contrast_weight * contrast
+    return alpha * balance + ((1 - alpha) if rest is None else rest) * rebalance + contrast_weight * contrast
 
 
 class GLMCTask:
@@ -149,7 +151,9 @@ class GLMCTask:
 
     multi_process = False  # partners and views are drawn for the whole batch; not tested under torchrun
     image_files = False  # four batched views of in-memory tensors per step
-    graphable = False  # the loss reads alpha, which changes every epoch
+    # the loss reads alpha, which changes every epoch, from a device tensor refilled in place (``shares``), and
+    # its fixed class weights: a CUDA graph of the step reads the epoch's alpha (longtail.graphs)
+    graphable = True
 
     def __init__(self, train: ImageSet, counts: ClassCounts, *, epochs: int, batch_size: int,
                  augment: Augment | None = None, sampler: Sampler | None = None, resample_weighting: float = 0.0,
@@ -165,17 +169,20 @@ class GLMCTask:
         self.class_weight = glmc_class_weights(counts, label_weighting).to(train.device)
         self.contrast_weight, self.mix_alpha = float(contrast_weight), float(mix_alpha)
         self.alpha = 1.0
+        self.shares = torch.tensor([1.0, 0.0], device=train.device)  # alpha and 1 - alpha, as float32
 
     def to(self, device: torch.device | str) -> "GLMCTask":
         self.train = self.train.to(device)
         self.class_weight = self.class_weight.to(device)
         self.partners = self.partners.to(device)
+        self.shares = self.shares.to(device)
         if hasattr(self.sampler, "to"):
             self.sampler = self.sampler.to(device)
         return self
 
     def on_epoch_start(self, epoch: int) -> None:
         self.alpha = cumulative_alpha(epoch, self.epochs)
+        self.shares.copy_(torch.tensor([self.alpha, 1 - self.alpha]))  # in place: where a graph reads them
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[GLMCBatch]:
         order = self.sampler.epoch_indices(generator)
@@ -206,7 +213,8 @@ class GLMCTask:
             raise LongtailError(f"GLMC trains a model with two heads and a projector, got {type(model).__name__}",
                                 "build the model from a config with train.task=glmc (longtail.models.build_model)")
         return glmc_loss(outputs(batch.images), outputs(batch.cut), batch.labels, batch.labels_b, batch.lam,
-                         class_weight=self.class_weight, alpha=self.alpha, contrast_weight=self.contrast_weight)
+                         class_weight=self.class_weight, alpha=self.shares[0], rest=self.shares[1],
+                         contrast_weight=self.contrast_weight)
 
     @property
     def steps_per_epoch(self) -> int:

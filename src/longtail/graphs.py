@@ -1,10 +1,10 @@
 """Training steps for the loop: eager (the closure form) or one CUDA graph per step.
 
 ``fit`` hands every batch to a *stepper*. :class:`EagerStep` is the general one:
-``optimizer.step(closure)``, which SAM and every task support. :class:`GraphStep` is the fast path
+``optimizer.step(closure)``, which every optimizer and task support. :class:`GraphStep` is the fast path
 for small images on a GPU (``train.engine=graph``, and ``auto`` on one GPU when the task and
-optimizer allow it): it records forward, backward and the SGD update
-of one step as a CUDA graph and replays it for every later batch of the same shape, so the host
+optimizer allow it): it records forward, backward and the SGD update (with SAM: both passes, then
+the update) of one step as a CUDA graph and replays it for every later batch of the same shape, so the host
 launches one graph per step instead of a few hundred kernels (REFERENCE.md: the host, at about
 30 ms per step, not the GPU's 3 ms, bounds eager training of ResNet-32 on an H100).
 
@@ -92,18 +92,32 @@ def graph_unsupported_reason(task: Any, optimizer: torch.optim.Optimizer) -> str
     """Why ``GraphStep`` cannot run this task and optimizer, or ``None``."""
     if not getattr(task, "graphable", False):
         return f"the task ({type(task).__name__}) is not graphable (its loss may read changing state)"
-    wrapped = getattr(optimizer, "graph_unsupported", None)  # SAM, MaxNorm, EMA (longtail.optim)
+    wrapped = getattr(optimizer, "graph_unsupported", None)  # MaxNorm, EMA, Lookahead (longtail.optim)
     if wrapped is not None:
         return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD, and {wrapped}"
-    if type(optimizer) is not torch.optim.SGD:
-        return f"the optimizer is a {type(optimizer).__name__}; the graphed step implements plain SGD"
-    for g in optimizer.param_groups:
+    sgd = base_sgd(optimizer)
+    if type(sgd) is not torch.optim.SGD:
+        around = f" around a {type(sgd).__name__}" if sgd is not optimizer else ""
+        return (f"the optimizer is a {type(optimizer).__name__}{around}; the graphed step implements plain SGD "
+                "(and SAM / ASAM around it)")
+    for g in sgd.param_groups:
         if g.get("nesterov") or g.get("dampening", 0) or g.get("maximize"):
             return "the graphed step implements SGD without Nesterov, dampening or maximize"
 
     if current().world > 1:
         return "several processes (DDP) train eagerly"
     return None
+
+
+def sam_of(optimizer: torch.optim.Optimizer) -> Any:
+    """The optimizer if it takes SAM's two passes per step (``longtail.optim.SAM``: ``two_pass``), else None."""
+    return optimizer if getattr(optimizer, "two_pass", False) else None
+
+
+def base_sgd(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """What updates the weights: SAM's base optimizer, else the optimizer itself."""
+    sam = sam_of(optimizer)
+    return sam.base_optimizer if sam is not None else optimizer
 
 
 def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -123,23 +137,33 @@ def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor] | tuple[tor
 
 
 class GraphStep:
-    """Forward, backward and SGD as one CUDA graph per (task graph key, batch shapes); eager on the CPU."""
+    """Forward, backward and SGD as one CUDA graph per (task graph key, batch shapes); eager on the CPU.
 
-    def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.SGD, device: torch.device, amp: str,
+    With SAM or ASAM (``longtail.optim.SAM``, ``optim.name=sam|asam``) the graph holds both passes: the
+    gradient at w, the perturbation (its radius a device tensor, refilled when the epoch's radius changes),
+    the gradient at w + e, the weights restored, then the base SGD's update; the phase hooks (BatchNorm's
+    statistics frozen in the second pass) run while recording, so the replayed kernels are theirs. It is
+    :meth:`longtail.optim.SAM.two_passes`, the code of the eager step."""
+
+    def __init__(self, model: nn.Module, task: Any, optimizer: torch.optim.Optimizer, device: torch.device, amp: str,
                  *, warmup: int = 3, log: Callable[[str], None] | None = None, fallback: bool = False) -> None:
         reason = graph_unsupported_reason(task, optimizer)
         if reason is not None:
             raise LongtailError(f"train.engine=graph cannot run this training: {reason}",
                                 "use train.engine=eager (or auto)")
         self.model, self.task, self.optimizer, self.device, self.amp = model, task, optimizer, device, amp
+        self.sam = sam_of(optimizer)
+        self.sgd = base_sgd(optimizer)
         self.warmup, self.log, self.fallback = int(warmup), log, fallback
         self.capture = device.type == "cuda"
         self.lr = torch.zeros((), device=device)
+        self.rho = torch.zeros((), device=device)  # SAM's radius, read by the graph
+        self.rho_value: float | None = None
         self.graphs: dict[Hashable, tuple[Any, Any, torch.Tensor]] = {}  # key -> (graph, static batch, loss)
         self.eager_steps: dict[Hashable, int] = {}
         self.pool: Any = None
         self.capture_s = 0.0  # time spent capturing graphs (the "compile" time of this engine)
-        self.groups = [self._group(g) for g in optimizer.param_groups]
+        self.groups = [self._group(g) for g in self.sgd.param_groups]
         self.holders = weight_holders(task)
         self.weight_bufs: dict[int, torch.Tensor] = {}
 
@@ -147,7 +171,7 @@ class GraphStep:
         params = [p for p in group["params"] if p.requires_grad]
         bufs = []
         for p in params:
-            state = self.optimizer.state[p]
+            state = self.sgd.state[p]
             if state.get("momentum_buffer") is None:  # a fresh run: zeros, which SGD's first step equals
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs.append(state["momentum_buffer"])
@@ -158,7 +182,7 @@ class GraphStep:
             group["lr"] = lr  # what a checkpoint records
         self.lr.fill_(lr)
 
-    def _body(self, batch: Any) -> torch.Tensor:
+    def _forward_backward(self, batch: Any) -> torch.Tensor:
         for params, _, _, _ in self.groups:
             for p in params:
                 if p.grad is not None:
@@ -166,6 +190,13 @@ class GraphStep:
         with autocast_for(self.device, self.amp, cache=not self.capture):
             loss = self.task.loss(self.model, batch)
         loss.backward()
+        return loss
+
+    def _body(self, batch: Any) -> torch.Tensor:
+        if self.sam is None:
+            loss = self._forward_backward(batch)
+        else:
+            loss = self.sam.two_passes(lambda: self._forward_backward(batch), self.rho)
         with torch.no_grad():
             for params, bufs, momentum, wd in self.groups:
                 # as torch.optim.SGD: a parameter without a gradient (unused by the model) is not updated
@@ -194,6 +225,9 @@ class GraphStep:
 
     def __call__(self, batch: Any) -> torch.Tensor:
         self._pin_weights()
+        if self.sam is not None and self.sam.rho != self.rho_value:  # a new radius (optim.sam_rho_late)
+            self.rho.fill_(self.sam.rho)
+            self.rho_value = self.sam.rho
         key = self._key(batch)
         entry = self.graphs.get(key)
         if entry is not None:
@@ -323,12 +357,12 @@ def make_stepper(engine: str, model: nn.Module, task: Any, optimizer: torch.opti
     """
     if resolve_engine(engine, device) == "graph":
         if engine == "graph":
-            return GraphStep(model, task, optimizer, device, amp)  # type: ignore[arg-type]
+            return GraphStep(model, task, optimizer, device, amp)
         if graph_unsupported_reason(task, optimizer) is None:
-            return GraphStep(model, task, optimizer, device, amp, fallback=True)  # type: ignore[arg-type]
+            return GraphStep(model, task, optimizer, device, amp, fallback=True)
     return EagerStep(model, task, optimizer, device, amp)
 
 
-__all__ = ["COMPILE_MODES", "CUDAGRAPH_COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "compile_model",
-           "graph_unsupported_reason", "make_stepper", "resolve_engine", "sgd_update",
+__all__ = ["COMPILE_MODES", "CUDAGRAPH_COMPILE_MODES", "ENGINES", "EagerStep", "GraphStep", "base_sgd", "compile_model",
+           "graph_unsupported_reason", "make_stepper", "resolve_engine", "sam_of", "sgd_update",
            "training_engine"]

@@ -121,8 +121,8 @@ class SAM(WrappedOptimizer):
     the first evaluation, ``"descent"`` before the second and ``"plain"`` after the step.
     """
 
-    #: why ``longtail.graphs.GraphStep`` cannot capture its steps
-    graph_unsupported = "SAM / ASAM (optim.name) take two forward-backward passes per step"
+    #: ``longtail.graphs.GraphStep`` captures both passes and the base optimizer's update (plain SGD) as one graph
+    two_pass = True
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05, adaptive: bool = False,
                  eps: float = 1e-12, rho_late: float | None = None, rho_late_epoch: int | None = None) -> None:
@@ -160,38 +160,58 @@ class SAM(WrappedOptimizer):
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
 
     @torch.no_grad()
-    def perturbation(self) -> list[torch.Tensor]:
-        """``e`` for the current gradients, one tensor per parameter with a gradient."""
+    def perturbation(self, rho: float | torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``e`` for the current gradients, one tensor per parameter with a gradient. ``rho`` (default
+        ``self.rho``) may be a 0-d tensor: ``longtail.graphs.GraphStep`` passes one that a replayed graph reads."""
         params = self._params()
         if not params:
             return []
         grads = [cast(torch.Tensor, p.grad) for p in params]  # _params keeps only those with a gradient
         scaled = [p.abs() * g for p, g in zip(params, grads)] if self.adaptive else grads
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s.float()) for s in scaled]))
-        scale = self.rho / (norm + self.eps)
+        # 1/(norm + eps) times rho: what ``rho / tensor`` computes for a float rho, and the same for a tensor one
+        scale = (norm + self.eps).reciprocal() * (self.rho if rho is None else rho)
         if self.adaptive:
             return [p * p * g * scale for p, g in zip(params, grads)]
         return [g * scale for g in grads]
+
+    @torch.no_grad()
+    def perturb(self, rho: float | torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Move every parameter with a gradient to ``w + e`` (:meth:`perturbation`); returns (params, saved w)."""
+        params = self._params()
+        saved = [p.detach().clone() for p in params]
+        for p, e in zip(params, self.perturbation(rho)):
+            p.add_(e)
+        return params, saved
+
+    @staticmethod
+    @torch.no_grad()
+    def restore(params: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+        for p, w in zip(params, saved):
+            p.copy_(w)  # exactly w again, not w + e - e
+
+    def two_passes(self, forward_backward: Callable[[], torch.Tensor],
+                   rho: float | torch.Tensor | None = None) -> torch.Tensor:
+        """SAM's two gradient passes (the phase hooks around them): the loss at ``w``, then the gradients at
+        ``w + e`` left in ``.grad`` with the weights back at ``w``; the base optimizer's update is the caller's.
+        :meth:`step` and the graphed step (``longtail.graphs.GraphStep``) share it."""
+        try:
+            self._phase("ascent")
+            loss = forward_backward()
+            params, saved = self.perturb(rho)
+            self._phase("descent")
+            forward_backward()
+            self.restore(params, saved)
+        finally:
+            self._phase("plain")
+        return loss
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
             raise LongtailError("SAM needs a closure: optimizer.step(closure)",
                                 "train through longtail.loop.fit, which passes one")
-        closure = torch.enable_grad()(closure)
-        try:
-            self._phase("ascent")
-            loss = closure()
-            params = self._params()
-            saved = [p.detach().clone() for p in params]
-            for p, e in zip(params, self.perturbation()):
-                p.add_(e)
-            self._phase("descent")
-            closure()
-            for p, w in zip(params, saved):
-                p.copy_(w)  # exactly w again, not w + e - e
-        finally:
-            self._phase("plain")
+        loss = self.two_passes(torch.enable_grad()(closure))
         self.base_optimizer.step()
         return loss
 
@@ -519,8 +539,10 @@ def check_optim(cfg: RunConfig) -> None:
         raise LongtailError(f"{key} sets SAM's steps, and optim.name=sgd takes no SAM step",
                             "set optim.name=sam or asam, or leave optim.sam_rho_late unset and optim.sam_bn_stats "
                             "at first")
-    if on and t.engine == "graph":
-        raise LongtailError(f"train.engine=graph captures plain SGD steps, not {', '.join(on)}",
+    # SAM's settings are graphed (longtail.graphs.GraphStep); the others change weights or rates outside SGD's step
+    ungraphed = [s for s in on if not s.startswith(("optim.name=", "optim.sam_"))]
+    if ungraphed and t.engine == "graph":
+        raise LongtailError(f"train.engine=graph captures SGD (or SAM) steps, not {', '.join(ungraphed)}",
                             "use train.engine=auto (it steps eagerly for these settings) or eager")
     if o.maxnorm is not None and cfg.model.head == "cosine":
         raise LongtailError("MaxNorm (optim.maxnorm) caps the norms of the head's weight rows, which a cosine head "
