@@ -10,9 +10,16 @@
 #             bash benchmarks/gpu_session.sh ldam       # the LDAM-DRW recipe, graph engine
 #             bash benchmarks/gpu_session.sh fast       # issue 15's CPU recipes on the GPU: cifar10-lt-fast-la,
 #                                                       # -5min, -10min, 3 seeds each (minutes on 2 CPU cores)
-#             bash benchmarks/gpu_session.sh all        # check, single, stack, fast, ldam, seeds, compile in one
-#                                                       # call, each stage cut at its own limit and at BUDGET
-#                                                       # seconds in all (what a stage leaves unused goes on)
+#             bash benchmarks/gpu_session.sh probe      # issue 14: 10 epochs of cifar10-lt-vs-adrw-tla (SAM) and
+#                                                       # cifar10-lt-glmc, graph engine: seconds per epoch
+#             bash benchmarks/gpu_session.sh vs         # issue 14: cifar10-lt-vs-adrw-tla, 400 epochs (LONG_SEEDS,
+#             bash benchmarks/gpu_session.sh glmc       # default 0), cifar10-lt-glmc, 200 epochs; checkpoints every
+#                                                       # 20 epochs into $RUNS ($OUT/gpu-runs): a run cut by its
+#                                                       # limit resumes when that folder is carried back as RUNS
+#             bash benchmarks/gpu_session.sh all        # STAGES (default: check, probe, vs, glmc, then issue 7's
+#                                                       # single, stack, fast, ldam, seeds, compile) in one call,
+#                                                       # each stage cut at its own limit and at BUDGET seconds in
+#                                                       # all (what a stage leaves unused goes on)
 #   (carry .device/c10-lt100.xz and .device/c10-lt100.json with each call)
 #
 # Rows go to $OUT/RESULTS.md on the device machine (it keeps nothing else); append them to
@@ -58,9 +65,20 @@ case "${1:-check}" in
   ldam)    run cifar10-lt-ldam-drw --set train.engine=graph ;;
   fast)    run cifar10-lt-fast-la --seeds 0 1 2 && run cifar10-lt-fast-la-5min --seeds 0 1 2 &&
            run cifar10-lt-fast-la-10min --seeds 0 1 2 ;;
+  # issue 14: SAM (two passes) and GLMC are graphed since 2026-12-01 (equal to eager steps on the CPU; the check
+  # stage's replayed-graph test has a SAM case); AutoAugment + Cutout are drawn once per epoch on the device
+  probe)   for r in cifar10-lt-vs-adrw-tla cifar10-lt-glmc; do
+             "$PY" benchmarks/run_recipe.py "$r" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
+               --epochs "${EPOCHS:-10}" ${ARCH:+--set model.arch=$ARCH} --set train.engine=graph || echo "== $r FAILED (the stage goes on)"
+           done ;;
+  vs|glmc)
+    RUNS=${RUNS:-${OUT:-runs}/gpu-runs}
+    recipe=$([[ $1 == vs ]] && echo cifar10-lt-vs-adrw-tla || echo cifar10-lt-glmc)
+    run "$recipe" --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
+      --out "$RUNS/$recipe" ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}
-    for stage_limit in check:150 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150; do
+    for stage_limit in ${STAGES:-check:120 probe:90 vs:330 glmc:250 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150}; do
       stage=${stage_limit%%:*}; limit=${stage_limit##*:}
       left=$(( budget - ($(date +%s) - start) ))
       (( left < 30 )) && { echo "== $stage skipped: ${left}s of the budget left"; continue; }
@@ -71,7 +89,8 @@ case "${1:-check}" in
       echo "== $stage rc=$rc wall $(( $(date +%s) - t0 ))s"
     done
     ;;
-  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | all" >&2; exit 2 ;;
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | probe | vs | glmc | all" >&2
+     exit 2 ;;
 esac
 echo "rows written to $RESULTS"
 [[ -n "${NO_TAIL:-}" ]] || tail -n 12 "$RESULTS"
