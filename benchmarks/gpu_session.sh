@@ -16,6 +16,7 @@
 #             bash benchmarks/gpu_session.sh glmc       # default 0), cifar10-lt-glmc, 200 epochs; checkpoints every
 #                                                       # 20 epochs into $RUNS ($OUT/gpu-runs): a run cut by its
 #                                                       # limit resumes when that folder is carried back as RUNS
+#             bash benchmarks/gpu_session.sh best       # issue 14's candidate: rotation SSP, then cifar10-lt-best
 #             bash benchmarks/gpu_session.sh all        # STAGES (default: check, probe, vs, glmc, then issue 7's
 #                                                       # single, stack, fast, ldam, seeds, compile) in one call,
 #                                                       # each stage cut at its own limit and at BUDGET seconds in
@@ -76,6 +77,12 @@ case "${1:-check}" in
     recipe=$([[ $1 == vs ]] && echo cifar10-lt-vs-adrw-tla || echo cifar10-lt-glmc)
     run "$recipe" --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
       --out "$RUNS/$recipe" ;;
+  best)  # issue 14's candidate (docs/PROTOCOLS.md): rotation SSP (resumed or kept in $RUNS), then cifar10-lt-best from it
+    RUNS=${RUNS:-${OUT:-runs}/gpu-runs}
+    "$PY" -m longtail pretrain cifar10-lt-rotation-ssp --set data.pack="$PACK" --device "$DEVICE" --quiet \
+      --set train.checkpoint_every=20 ${EPOCHS:+--epochs $EPOCHS} ${ARCH:+--set model.arch=$ARCH} --out "$RUNS/cifar10-lt-rotation-ssp"
+    run cifar10-lt-best --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
+      --set train.init_from="$RUNS/cifar10-lt-rotation-ssp" --out "$RUNS/cifar10-lt-best" ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}
     for stage_limit in ${STAGES:-check:120 probe:90 vs:330 glmc:250 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150}; do
@@ -89,7 +96,7 @@ case "${1:-check}" in
       echo "== $stage rc=$rc wall $(( $(date +%s) - t0 ))s"
     done
     ;;
-  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | probe | vs | glmc | all" >&2
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | probe | vs | glmc | best | all" >&2
      exit 2 ;;
 esac
 echo "rows written to $RESULTS"
