@@ -14,8 +14,9 @@
 #                                                       # cifar10-lt-glmc, graph engine: seconds per epoch
 #             bash benchmarks/gpu_session.sh vs         # issue 14: cifar10-lt-vs-adrw-tla, 400 epochs (LONG_SEEDS,
 #             bash benchmarks/gpu_session.sh glmc       # default 0), cifar10-lt-glmc, 200 epochs; checkpoints every
-#                                                       # 20 epochs into $RUNS ($OUT/gpu-runs): a run cut by its
-#                                                       # limit resumes when that folder is carried back as RUNS
+#                                                       # 20 epochs into $OUT/gpu-runs: a run cut by its limit
+#                                                       # resumes when that folder is carried back (RESUME_FROM=
+#                                                       # .device/gpu-runs; it is copied into $OUT/gpu-runs first)
 #             bash benchmarks/gpu_session.sh best       # issue 14's candidate: rotation SSP, then cifar10-lt-best
 #             bash benchmarks/gpu_session.sh all        # STAGES (default: check, probe, vs, glmc, then issue 7's
 #                                                       # single, stack, fast, ldam, seeds, compile) in one call,
@@ -39,6 +40,11 @@ EXTRA=()
 
 run() {  # run_recipe.py RECIPE [args...]
   "$PY" benchmarks/run_recipe.py "$@" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" "${EXTRA[@]}"
+}
+
+runs_folder() {  # RUNS: $OUT/gpu-runs, which comes back; RESUME_FROM (a carried earlier gpu-runs) is copied in first
+  RUNS=${OUT:-runs}/gpu-runs
+  if [[ -n "${RESUME_FROM:-}" && ! -e "$RUNS" ]]; then mkdir -p "$(dirname "$RUNS")"; cp -r "$RESUME_FROM" "$RUNS"; fi
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
@@ -73,12 +79,12 @@ case "${1:-check}" in
                --epochs "${EPOCHS:-10}" ${ARCH:+--set model.arch=$ARCH} --set train.engine=graph || echo "== $r FAILED (the stage goes on)"
            done ;;
   vs|glmc)
-    RUNS=${RUNS:-${OUT:-runs}/gpu-runs}
+    runs_folder
     recipe=$([[ $1 == vs ]] && echo cifar10-lt-vs-adrw-tla || echo cifar10-lt-glmc)
     run "$recipe" --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
       --out "$RUNS/$recipe" ;;
   best)  # issue 14's candidate (docs/PROTOCOLS.md): rotation SSP (resumed or kept in $RUNS), then cifar10-lt-best from it
-    RUNS=${RUNS:-${OUT:-runs}/gpu-runs}
+    runs_folder
     "$PY" -m longtail pretrain cifar10-lt-rotation-ssp --set data.pack="$PACK" --device "$DEVICE" --quiet \
       --set train.checkpoint_every=20 ${EPOCHS:+--epochs $EPOCHS} ${ARCH:+--set model.arch=$ARCH} --out "$RUNS/cifar10-lt-rotation-ssp"
     run cifar10-lt-best --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
