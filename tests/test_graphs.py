@@ -131,8 +131,11 @@ def test_graph_engine_equals_eager_training(tmp_path, splits, train):
     assert len(sgd.state) == len(list(model.parameters()))
 
 
-def test_graph_engine_resumes_exactly(tmp_path, splits):
-    cfg = config("graph")
+@pytest.mark.parametrize("optim", [OptimConfig(), OptimConfig(name="sam", sam_rho_late=0.1, sam_rho_late_start=150.0)])
+def test_graph_engine_resumes_exactly(tmp_path, splits, optim):
+    """Stopped after epoch 2 and resumed: the same weights as one run (with SAM: its radius changes at epoch 3, after
+    the resume; the momentum buffers the graphed step keeps are SGD's own, so the checkpoint carries them)."""
+    cfg = replace(config("graph"), optim=optim)
     train_one(cfg, tmp_path / "full", splits=splits, progress=False)
     train_one(cfg, tmp_path / "cut", splits=splits, progress=False, stop_after=2)
     train_one(cfg, tmp_path / "cut", splits=splits, progress=False, log=lambda _: None)
