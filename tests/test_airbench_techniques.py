@@ -452,7 +452,7 @@ def test_settings_are_checked_and_refused_where_they_cannot_apply():
     for optim in (OptimConfig(lookahead=0.95), OptimConfig(bn_bias_lr_mult=64.0), OptimConfig(whiten_bias_epochs=3)):
         on = optim_settings(RunConfig(optim=optim))
         assert len(on) == 1
-        with pytest.raises(LongtailError, match=f"train.engine=graph captures plain SGD steps, not {on[0]}"):
+        with pytest.raises(LongtailError, match=f"train.engine=graph captures SGD \\(or SAM\\) steps, not {on[0]}"):
             make_optimizer(model, RunConfig(train=TrainConfig(engine="graph"), optim=optim))
         opt = make_optimizer(model, RunConfig(model=ModelConfig(arch="fastnet-s"), optim=optim))
         task = SupervisedTask(synthetic_set([4, 4]), nn.CrossEntropyLoss(), batch_size=4)

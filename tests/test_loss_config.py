@@ -171,6 +171,8 @@ BEFORE = {
     "cifar10-lt-cdt": ("cdt", {"gamma": 0.2}), "cifar100-lt-cdt": ("cdt", {"gamma": 0.2}),
     "cifar10-lt-vs-adrw-tla": ("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": 1.0}),  # newer
     "cifar100-lt-vs-adrw-tla": ("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": 0.75}),  # newer
+    "cifar10-lt-best": ("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": 1.0}),  # the -vs-adrw-tla recipes, from SSP
+    "cifar100-lt-best": ("vs-tla", {"gamma": 0.05, "tau": 1.0, "late_tau": 0.75}),
     **{r: ("ldam", {"max_margin": 0.5, "scale": 30.0}) for r in (
         "cifar10-lt-ldam-drw", "cifar100-lt-ldam-drw", "svhn-lt-ldam-drw", "cifar10-lt-ldam-drw-rotation-ssp",
         "cifar100-lt-ldam-drw-rotation-ssp")},
