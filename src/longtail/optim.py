@@ -59,8 +59,8 @@ averaged model's state dict}``) and, once started, ``lookahead`` (``{"decay", "w
 tensors}``) beside them; ``longtail.checkpoints.evaluated_weights`` reads the weights a checkpoint's run is
 evaluated with.
 
-The CUDA-graph engine (``train.engine=graph``) captures plain SGD steps only: ``auto`` steps eagerly for
-these settings, ``graph`` refuses them (``longtail.graphs``).
+The CUDA-graph engine (``train.engine=graph``) captures SGD steps and SAM / ASAM around them (both passes in one
+graph); for the other settings ``auto`` steps eagerly and ``graph`` refuses them (``longtail.graphs``).
 """
 
 from __future__ import annotations
