@@ -418,9 +418,9 @@ class TrainConfig:
     # off | default | max-autotune-no-cudagraphs | ... (torch.compile of the model, longtail.graphs)
     compile: str = "off"
     # how a step runs (longtail.graphs): eager | graph (one CUDA graph per step, replayed) | auto (graph on one GPU
-    # when the training allows it: SGD or SAM around it, a supervised or GLMC task; eager elsewhere and on the CPU). auto since two
-    # H200 sessions showed the replayed graph equal to eager steps up to float rounding and 2.6x faster, with the
-    # reference accuracies (benchmarks/RESULTS.md, 2026-11-29 and 2026-11-30)
+    # when the training allows it: SGD or SAM around it, a supervised or GLMC task; eager elsewhere and on the CPU).
+    # auto since two H200 sessions showed the replayed graph equal to eager steps up to float rounding and 2.6x
+    # faster, with the reference accuracies (benchmarks/RESULTS.md, 2026-11-29 and 2026-11-30)
     engine: str = "auto"
     checkpoint_every: int = 10  # epochs
     eval_every: int = 0  # evaluate on the validation split every N epochs (0: only at the end)
