@@ -131,6 +131,19 @@ def test_graph_engine_equals_eager_training(tmp_path, splits, train):
     assert len(sgd.state) == len(list(model.parameters()))
 
 
+def test_a_loss_that_changes_form_gets_a_graph_of_each_form(splits):
+    """TLA's truncation (losses.TruncatedVS) is a Python branch a capture freezes: the graph's key holds it, so a
+    truncation that came without a change of the class weights still records a new graph."""
+    counts = splits.train.class_counts()
+    task = SupervisedTask(splits.train, make_loss("vs-tla", counts), batch_size=16)
+    model = make_model("tiny", 4)
+    step = GraphStep(model, task, make_sgd(model, lr=0.1, momentum=0.9, weight_decay=0.0), torch.device("cpu"), "off")
+    batch = next(iter(task.batches(0, torch.Generator().manual_seed(0))))
+    before = step._key(batch)
+    task.criterion.truncate(True)
+    assert step._key(batch) != before and task.class_weight is None
+
+
 @pytest.mark.parametrize("optim", [OptimConfig(), OptimConfig(name="sam", sam_rho_late=0.1, sam_rho_late_start=150.0)])
 def test_graph_engine_resumes_exactly(tmp_path, splits, optim):
     """Stopped after epoch 2 and resumed: the same weights as one run (with SAM: its radius changes at epoch 3, after

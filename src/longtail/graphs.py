@@ -20,8 +20,9 @@ What a graph needs, and how the step provides it:
   ``class_weight`` the task sets in a tensor of its own and copies every new epoch's weights into it,
   so a replayed graph reads them where it recorded them; which tasks hold weights (a task, the members
   of stacked seeds, the task inside a loader) is :func:`weight_holders`. The graph's key is whether each
-  holder is weighted (DRW after its start) and the batch shapes: a new key gets its own graph (``pool``
-  shared), after ``warmup`` eager steps of it (cuDNN picks its kernels outside the capture).
+  holder is weighted (DRW after its start), the form of its loss (TLA truncated or not) and the batch
+  shapes: a new key gets its own graph (``pool`` shared), after ``warmup`` eager steps of it (cuDNN picks
+  its kernels outside the capture).
 
 Every step, eager or replayed, is a real training step: the warm-up steps are the schedule's first
 steps, so the number of optimizer steps and the batches are those of an eager run. On the CPU (and
@@ -208,7 +209,9 @@ class GraphStep:
 
     def _key(self, batch: Any) -> Hashable:
         shapes = tuple((tuple(t.shape), t.dtype) for t in batch if isinstance(t, torch.Tensor))
-        return (tuple(h.class_weight is not None for h in self.holders), shapes)
+        # a loss whose form changes at an epoch (TLA's truncation, losses.TruncatedVS) gets a graph of each form
+        forms = tuple(getattr(getattr(h, "criterion", None), "truncated", None) for h in self.holders)
+        return (tuple(h.class_weight is not None for h in self.holders), forms, shapes)
 
     def _pin_weights(self) -> None:
         """Each holder's ``class_weight`` in a tensor that stays put: a new epoch's weights are copied in."""
