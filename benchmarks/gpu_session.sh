@@ -74,9 +74,8 @@ case "${1:-check}" in
            run cifar10-lt-fast-la-10min --seeds 0 1 2 ;;
   # issue 14: SAM (two passes) and GLMC are graphed since 2026-12-01 (equal to eager steps on the CPU; the check
   # stage's replayed-graph test has a SAM case); AutoAugment + Cutout are drawn once per epoch on the device
-  probe)   for r in cifar10-lt-vs-adrw-tla cifar10-lt-glmc; do
-             "$PY" benchmarks/run_recipe.py "$r" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" \
-               --epochs "${EPOCHS:-10}" ${ARCH:+--set model.arch=$ARCH} --set train.engine=graph || echo "== $r FAILED (the stage goes on)"
+  probe)   for r in cifar10-lt-vs-adrw-tla cifar10-lt-glmc; do  # run's EXTRA repeats --epochs only when EPOCHS is set
+             run "$r" --epochs "${EPOCHS:-10}" --set train.engine=graph || echo "== $r FAILED (the stage goes on)"
            done ;;
   vs|glmc)
     runs_folder
