@@ -27,6 +27,11 @@ weak view are the fast recipe's crop 2 + flip; the strong view adds FixMatch's o
 with probability 1/2 at a magnitude drawn from 1..9) and Cutout 0.5 (``augment.policy=fixmatch``, as the ACR
 recipe and the LA + RandAugment row; the short DARP FixMatch recipe keeps the simplified jitter/solarise/cutout
 view). The seconds of both rows count only their own training (not the CE run or the labeling).
+"la-pseudo-label" is the pseudo-label row with a labeler that names the rare classes: the table's LA run labels the
+pool (``OUT/pseudo-labels-logit-adjust``) and the LA row's settings train on the union, the adjustment taken from the
+union's counts as every loss takes its training set's. "acr" is ACR (``semi.method=acr``, Wei & Gan 2023) at the
+FixMatch row's settings (mu 1, theirs too; threshold 0.95; the same strong view), an epoch the labeled set's whole
+batches (``semi.acr_steps_per_epoch=0``: 24 of 512) and the pool's estimated distribution from the second epoch on.
 The newer pieces (issue 14) come last: SAM, RandAugment + Cutout and CutMix each added to the logit-adjusted
 row at their sources' defaults, GLMC as its own task (its consistency weight for CIFAR-10), and VS + ADRW + TLA with
 what ``cifar10-lt-vs-adrw-tla`` sets under ``loss.``, ``train.weighting*``, ``train.drw_start``, ``optim.`` and
@@ -90,7 +95,8 @@ class Method:
     second_stage: str | None = None  # a `longtail decouple` method applied to the CE run with a validation split
     extra: tuple[tuple[str, Any], ...] = ()  # settings beyond the source recipe's (the newer pieces, issue 14)
     pretrain: str | None = None  # a `longtail pretrain` method whose backbone (one run per seed) initialises this row
-    pseudo_labels: bool = False  # train on labeled + the CE run's pseudo-labels of the `rest` pool (one per seed)
+    # train on labeled + the pseudo-labels that this row's run (its key: "ce", "logit-adjust") gives the `rest` pool
+    pseudo_labels: str | None = None
     # only the source recipe's settings under these prefixes (a long recipe's remedy without its schedule); () = all
     take: tuple[str, ...] = ()
     # a row whose training is another row's by construction (balanced softmax is logit adjustment at tau 1:
@@ -123,9 +129,24 @@ METHODS = [
     Method("ssp-la", "rotation SSP, then LA", "logit-adjust", pretrain="rotation"),
     # the rest of CIFAR-10 unlabeled (pool `rest`: every training image the labeled subset left): pseudo-labels from
     # the CE row's run (Yang & Xu 2020: every pool image, threshold 0), and FixMatch at mu 1 on the same pool
-    Method("pseudo-label", "CE + pseudo-labels on the rest of CIFAR-10", "ce", pseudo_labels=True),
+    Method("pseudo-label", "CE + pseudo-labels on the rest of CIFAR-10", "ce", pseudo_labels="ce"),
+    # the same with a labeler that names the rare classes: the LA run labels the pool, LA trains on the union (its
+    # adjustment from the union's counts, labeled + pseudo-labeled, as every loss takes the training set's counts)
+    Method("la-pseudo-label", "LA + the LA run's pseudo-labels on the rest of CIFAR-10", "logit-adjust",
+           pseudo_labels="logit-adjust"),
     Method("fixmatch", "FixMatch on the rest of CIFAR-10 (threshold 0.95, mu 1, RandAugment(2) + Cutout)", "ce",
            extra=(("semi.method", "fixmatch"), ("semi.threshold", 0.95), ("semi.lambda_u", 1.0), ("semi.mu", 1),
+                  ("data.unlabeled_pool", "rest"), ("augment.randaugment", 2), ("augment.cutout", 0.5),
+                  ("augment.policy", "fixmatch"))),
+    # ACR (issue 14; Wei & Gan 2023) on the same pool at FixMatch's row's settings: mu 1 (theirs too), threshold 0.95,
+    # the same strong view (their RandAugmentMC(2) + Cutout); an ACR epoch is the fast protocol's (steps 0: the
+    # labeled set's whole batches, 24 of 512 from 12,406 images; their epoch is 500 steps of 64), and the estimate of
+    # the pool's distribution starts after the first epoch (their est_epoch 5 of 500 epochs, 1 % of the run, is under
+    # one epoch here); their tau settings (2, 2, 2, min 0), EMA 0.99 of the estimate; the balanced head is evaluated
+    # (seeds 0 and 1 ran with steps 24 written out, which is what 0 resolves to here)
+    Method("acr", "ACR on the rest of CIFAR-10 (threshold 0.95, mu 1, RandAugment(2) + Cutout)", "ce",
+           extra=(("semi.method", "acr"), ("semi.threshold", 0.95), ("semi.mu", 1),
+                  ("semi.acr_steps_per_epoch", 0), ("semi.acr_est_epoch", 0),
                   ("data.unlabeled_pool", "rest"), ("augment.randaugment", 2), ("augment.cutout", 0.5),
                   ("augment.policy", "fixmatch"))),
     # the newer pieces (issue 14), each on the logit-adjusted remedy or as its own task, at their sources' defaults
@@ -206,14 +227,15 @@ def pretrained(method: str, seed: int, a: argparse.Namespace, common: dict[str, 
 PSEUDO_LABEL_FILES = ("pseudo_labels.pt", "pseudo_labels.json", "pseudo_labels.md")
 
 
-def pseudo_label_dir(seed: int, a: argparse.Namespace, common: dict[str, Any]) -> Path:
-    """The folder of seed ``seed``'s pseudo-labels: the table's CE run (``OUT/ce/seed-N``, trained first if it has
-    no report) labels the ``rest`` pool, every image kept (made once, shared by the rows that train on it)."""
-    out = Path(a.out) / "pseudo-labels" / f"seed-{seed}"
+def pseudo_label_dir(labeler: str, seed: int, a: argparse.Namespace, common: dict[str, Any]) -> Path:
+    """The folder of seed ``seed``'s pseudo-labels from row ``labeler``: that row's run (``OUT/LABELER/seed-N``,
+    trained first if it has no report) labels the ``rest`` pool, every image kept (made once, shared by the rows that
+    train on it; the CE run's go to ``OUT/pseudo-labels``, the first folder of the kind)."""
+    out = Path(a.out) / ("pseudo-labels" if labeler == "ce" else f"pseudo-labels-{labeler}") / f"seed-{seed}"
     if not all((out / f).is_file() for f in PSEUDO_LABEL_FILES):
-        base = Path(a.out) / "ce" / f"seed-{seed}"
+        base = Path(a.out) / labeler / f"seed-{seed}"
         if not (base / "report.json").exists():
-            run_one(BY_KEY["ce"], seed, a, common)
+            run_one(BY_KEY[labeler], seed, a, common)
         pseudo_label_run(base, "rest", out, threshold=0.0, device=a.device, data_root=a.data_root,
                          log=lambda s: None)
     return out
@@ -226,8 +248,8 @@ def run_one(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any])
         cfg = apply_overrides(method_config(a.dataset, m, common), {"seed": seed})
         if m.pretrain is not None:
             cfg = apply_overrides(cfg, {"train.init_from": str(pretrained(m.pretrain, seed, a, common))})
-        if m.pseudo_labels:
-            cfg = apply_overrides(cfg, {"data.pseudo_labels": str(pseudo_label_dir(seed, a, common))})
+        if m.pseudo_labels is not None:
+            cfg = apply_overrides(cfg, {"data.pseudo_labels": str(pseudo_label_dir(m.pseudo_labels, seed, a, common))})
         return train_one(cfg, out, **quiet)  # type: ignore[arg-type]
     base = Path(a.out) / "ce-val" / f"seed-{seed}"
     if not (base / "report.json").exists():
@@ -445,7 +467,7 @@ def main() -> int:
 
 def base_of(m: Method) -> str | None:
     """The key of the row whose run ``m`` starts from (None when it trains from scratch or from a pre-training)."""
-    return "ce-val" if m.second_stage else "ce" if m.pseudo_labels else None
+    return "ce-val" if m.second_stage else m.pseudo_labels
 
 
 def measure(m: Method, seed: int, a: argparse.Namespace, common: dict[str, Any], command: str, header: str) -> None:

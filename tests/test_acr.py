@@ -479,3 +479,24 @@ def test_an_acr_run_through_the_driver_resumes_bit_identically(tmp_path):
         va, vb = state_a[k], state_b[k]
         assert torch.equal(torch.as_tensor(va), torch.as_tensor(vb)), k
     assert resumed["per_class"] == full["per_class"]
+
+
+def test_zero_steps_per_epoch_is_one_pass_over_the_labeled_set():
+    """``semi.acr_steps_per_epoch=0``: an ACR epoch is the labeled set's whole batches (how the method table's ACR
+    row keeps the fast protocol's epoch on any data set), not a fixed number of steps."""
+    from dataclasses import replace
+
+    from longtail.data.semi import SemiSplits
+    from longtail.experiment import _base_task
+
+    train, test = synthetic_set([16, 8, 4, 2]), synthetic_set([5] * 4, seed=1, name="test")
+    splits = SemiSplits(train, test, unlabeled=hide_labels(synthetic_set([4, 6, 8, 10], seed=2), name="pool"))
+    cfg = _acr_run_config()
+    zero = replace(cfg, semi=replace(cfg.semi, acr_steps_per_epoch=0))
+    task = _base_task(zero, train, train.class_counts(), splits)
+    assert task.steps_per_epoch == 30 // 8 == 3  # 30 labeled images, batch 8, drop_last
+    assert _base_task(cfg, train, train.class_counts(), splits).steps_per_epoch == 3  # the fixed setting as given
+    nine = replace(cfg, semi=replace(cfg.semi, acr_steps_per_epoch=9))
+    assert _base_task(nine, train, train.class_counts(), splits).steps_per_epoch == 9
+    with pytest.raises(LongtailError, match="acr_steps_per_epoch"):
+        replace(cfg.semi, acr_steps_per_epoch=-1)

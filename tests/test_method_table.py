@@ -50,7 +50,9 @@ def write_fake_cifar10(root: Path) -> None:
 def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
     mt = load_script()
     assert [m.key for m in mt.METHODS].index("pseudo-label") == [m.key for m in mt.METHODS].index("ssp-la") + 1
-    assert [m.key for m in mt.METHODS].index("fixmatch") + 1 == [m.key for m in mt.METHODS].index("la-sam")
+    keys = [m.key for m in mt.METHODS]
+    assert keys.index("la-pseudo-label") == keys.index("pseudo-label") + 1
+    assert keys.index("fixmatch") + 1 == keys.index("acr") == keys.index("la-sam") - 1
     fm = mt.method_config("cifar10", mt.BY_KEY["fixmatch"], {})
     assert (fm.semi.method, fm.semi.mu, fm.semi.threshold, fm.semi.lambda_u) == ("fixmatch", 1, 0.95, 1.0)
     assert fm.data.unlabeled_pool == "rest" and fm.augment.randaugment == 2 and fm.augment.cutout == 0.5
@@ -60,7 +62,7 @@ def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
     write_fake_cifar10(tmp_path / "data")
     out, results = tmp_path / "table", tmp_path / "RESULTS.md"
     argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(out), "--results", str(results),
-            "--seeds", "0", "--methods", "pseudo-label", "fixmatch", "--set", "train.epochs=1",
+            "--seeds", "0", "--methods", "pseudo-label", "la-pseudo-label", "fixmatch", "--set", "train.epochs=1",
             "--set", f"data.n_max={N_MAX}", "--set", f"data.imbalance_ratio={RHO}", "--set", "data.download=false"]
     monkeypatch.setattr(sys, "argv", argv)
     assert mt.main() == 0
@@ -79,17 +81,53 @@ def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
     # the table groups it by the labeled counts, as every other row
     view = mt.by_labeled_counts(rep)
     assert view["train_counts"] == labeled and view["groups"] == ClassCounts(tuple(labeled)).groups()
+    # la-pseudo-label: the LA row's run (its own row first) labeled the pool into a folder of its own, and LA trained
+    # on the union
+    assert (out / "logit-adjust" / "seed-0" / "report.json").is_file()
+    la_pl = json.loads((out / "pseudo-labels-logit-adjust" / "seed-0" / "pseudo_labels.json").read_text())
+    assert la_pl["pool"]["run"].startswith(str(out / "logit-adjust" / "seed-0"))
+    assert la_pl["pool"]["counts"] == rest and la_pl["report"]["kept"] == sum(rest)
+    lap = json.loads((out / "la-pseudo-label" / "seed-0" / "report.json").read_text())
+    assert lap["config"]["data"]["pseudo_labels"] == str(out / "pseudo-labels-logit-adjust" / "seed-0")
+    assert lap["config"]["loss"]["name"] == "logit-adjust" and lap["train_size"] == 200
+    assert mt.by_labeled_counts(lap)["train_counts"] == labeled
     # fixmatch: labeled data only in the training set, the rest pool alongside
     fmr = json.loads((out / "fixmatch" / "seed-0" / "report.json").read_text())
     assert fmr["train_counts"] == labeled and fmr["semi"]["unlabeled_pool"]["counts"] == rest
     assert fmr["config"]["semi"]["method"] == "fixmatch" and mt.by_labeled_counts(fmr) == fmr
     text = results.read_text()
     assert "| CE + pseudo-labels on the rest of CIFAR-10 | 1 |" in text and "| FixMatch on the rest" in text
+    assert "| logit adjustment (tau 1) | 1 |" in text and "| LA + the LA run's pseudo-labels" in text
 
     # a second call trains and labels nothing again
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert mt.main() == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+
+def test_the_acr_row_on_the_rest_pool(tmp_path, monkeypatch):
+    """ACR at the FixMatch row's settings, its epoch the labeled set's whole batches (the fast protocol's epoch)."""
+    mt = load_script()
+    cfg = mt.method_config("cifar10", mt.BY_KEY["acr"], {})
+    assert (cfg.semi.method, cfg.semi.mu, cfg.semi.threshold, cfg.semi.acr_steps_per_epoch) == ("acr", 1, 0.95, 0)
+    assert cfg.data.unlabeled_pool == "rest" and (cfg.augment.randaugment, cfg.augment.policy) == (2, "fixmatch")
+    assert cfg.model.arch == "fastnet-m" and cfg.train.batch_size == 512 and cfg.loss.name == "ce"
+
+    write_fake_cifar10(tmp_path / "data")
+    out, results = tmp_path / "table", tmp_path / "RESULTS.md"
+    # 512 is more than this tiny labeled set: ACR draws whole batches, so the test trains at batch 8
+    argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(out), "--results", str(results),
+            "--seeds", "0", "--methods", "acr", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+            "--set", f"data.n_max={N_MAX}", "--set", f"data.imbalance_ratio={RHO}", "--set", "data.download=false"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert mt.main() == 0
+    labeled = profile_counts(N_MAX, 10, RHO)
+    rep = json.loads((out / "acr" / "seed-0" / "report.json").read_text())
+    assert rep["config"]["semi"]["method"] == "acr" and rep["train_counts"] == labeled
+    assert rep["semi"]["unlabeled_pool"]["counts"] == [20 - n for n in labeled]
+    steps = [json.loads(line)["steps"] for line in (out / "acr" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [sum(labeled) // 8]
+    assert "| ACR on the rest of CIFAR-10" in results.read_text()
 
 
 def test_the_readme_block_is_replaced_and_the_prose_kept(tmp_path):

@@ -485,7 +485,7 @@ class SemiConfig:
     acr_tau_min: float = 0.0  # the adaptive tau's minimum
     acr_ema_u: float = 0.99  # momentum of the estimated class distribution of the unlabeled data
     acr_est_epoch: int = 5  # the estimate runs in the epochs after this one (0-based)
-    acr_steps_per_epoch: int = 500  # an ACR epoch's steps (their --eval-step)
+    acr_steps_per_epoch: int = 500  # an ACR epoch's steps (their --eval-step); 0: the labeled set's whole batches
     acr_temperature: float = 1.0  # of the pseudo-labels' softmax
     acr_tally: str = "assign"  # assign: their indexed assignment (one row per class) | count: a count (the paper)
 
@@ -502,7 +502,7 @@ class SemiConfig:
                 fix="use a share in (0, 1], e.g. --set semi.labeled_fraction=0.5, or none to merge (the reference)")
         _number(self, "semi", "acr_ema_u", 0, 1)
         _number(self, "semi", "acr_est_epoch", -1)
-        _number(self, "semi", "acr_steps_per_epoch", 1)
+        _number(self, "semi", "acr_steps_per_epoch", 0)
         _number(self, "semi", "acr_temperature", 0, lo_open=True)
         _choice(self, "semi", "acr_tally", ("assign", "count"))
 

@@ -112,6 +112,8 @@ def _base_task(cfg: RunConfig, train, counts: ClassCounts, splits: Splits | None
         # their pool holds the labeled images too (marked -2: left out of the estimate)
         marks = (pool_labeled_rows(train, unlabeled)
                  if cfg.data.protocol == "darp" and cfg.data.darp_include_labeled else None)
+        if sm.acr_steps_per_epoch == 0:  # an epoch is one pass of whole batches over the labeled set
+            sm = replace(sm, acr_steps_per_epoch=max(1, len(train) // batch_size))
         return ACRTask(train, unlabeled, batch_size=batch_size, mu=sm.mu, threshold=sm.threshold,
                        settings=acr_settings(sm), weak=weak, strong=augment if cfg.augment.randaugment else None,
                        pool_labeled=marks)
