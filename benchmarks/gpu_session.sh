@@ -18,6 +18,8 @@
 #                                                       # resumes when that folder is carried back (RESUME_FROM=
 #                                                       # .device/gpu-runs; it is copied into $OUT/gpu-runs first)
 #             bash benchmarks/gpu_session.sh best       # issue 14's candidate: rotation SSP, then cifar10-lt-best
+#                                                       # (vs, best: LONG_SEEDS="0 1 2" LONG_STACK=1 trains the
+#                                                       # seeds at once as one stacked network, SAM included)
 #             bash benchmarks/gpu_session.sh all        # STAGES (default: check, probe, vs, glmc, then issue 7's
 #                                                       # single, stack, fast, ldam, seeds, compile) in one call,
 #                                                       # each stage cut at its own limit and at BUDGET seconds in
@@ -76,17 +78,22 @@ case "${1:-check}" in
   # stage's replayed-graph test has a SAM case); AutoAugment + Cutout are drawn once per epoch on the device
   probe)   for r in cifar10-lt-vs-adrw-tla cifar10-lt-glmc; do  # run's EXTRA repeats --epochs only when EPOCHS is set
              run "$r" --epochs "${EPOCHS:-10}" --set train.engine=graph || echo "== $r FAILED (the stage goes on)"
-           done ;;
+           done
+           # the same SAM recipe, 3 seeds at once (stacked SAM: a gradient norm per seed, since 2026-12-01)
+           run cifar10-lt-vs-adrw-tla --seeds 0 1 2 --stack --epochs "${EPOCHS:-10}" --set train.engine=graph \
+             --out "${OUT:-runs}/probe-stacked-vs" || echo "== stacked vs-adrw-tla FAILED (the stage goes on)" ;;
   vs|glmc)
     runs_folder
     recipe=$([[ $1 == vs ]] && echo cifar10-lt-vs-adrw-tla || echo cifar10-lt-glmc)
-    run "$recipe" --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
-      --out "$RUNS/$recipe" ;;
+    [[ $1 == glmc && -n "${LONG_STACK:-}" ]] && { echo "GLMC cannot be stacked: LONG_STACK ignored"; LONG_STACK=; }
+    run "$recipe" --seeds ${LONG_SEEDS:-0} ${LONG_STACK:+--stack} --set train.engine=graph \
+      --set train.checkpoint_every=20 --out "$RUNS/$recipe" ;;
   best)  # issue 14's candidate (docs/PROTOCOLS.md): rotation SSP (resumed or kept in $RUNS), then cifar10-lt-best from it
     runs_folder
     "$PY" -m longtail pretrain cifar10-lt-rotation-ssp --set data.pack="$PACK" --device "$DEVICE" --quiet \
       --set train.checkpoint_every=20 ${EPOCHS:+--epochs $EPOCHS} ${ARCH:+--set model.arch=$ARCH} --out "$RUNS/cifar10-lt-rotation-ssp"
-    run cifar10-lt-best --seeds ${LONG_SEEDS:-0} --set train.engine=graph --set train.checkpoint_every=20 \
+    run cifar10-lt-best --seeds ${LONG_SEEDS:-0} ${LONG_STACK:+--stack} --set train.engine=graph \
+      --set train.checkpoint_every=20 \
       --set train.init_from="$RUNS/cifar10-lt-rotation-ssp" --out "$RUNS/cifar10-lt-best" ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}

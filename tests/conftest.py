@@ -46,12 +46,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def sam_around(sgd, model, *, late_epoch: int = 2):
+def sam_around(sgd, model, *, late_epoch: int = 2, members: int = 1):
     """SAM (rho 0.05, 0.1 from ``late_epoch``) around ``sgd`` with BatchNorm's statistics from the first pass: the
-    graphed SAM step's checks (tests/test_graphs.py)."""
+    graphed SAM step's checks (tests/test_graphs.py); ``members``: seeds stacked in ``model``."""
     from longtail.optim import SAM, FirstPassStatistics
 
-    sam = SAM(sgd, rho=0.05, rho_late=0.1, rho_late_epoch=late_epoch)
+    sam = SAM(sgd, rho=0.05, rho_late=0.1, rho_late_epoch=late_epoch, members=members)
     sam.add_phase_hook(FirstPassStatistics(model))
     return sam
 

@@ -343,7 +343,7 @@ class _ChangingWeights:
 
 @pytest.mark.parametrize("weights,stacked,sam", [("drw", False, False), ("changing", False, False),
                                                  ("drw", True, False), ("changing", True, False),
-                                                 ("drw", False, True)])
+                                                 ("drw", False, True), ("drw", True, True)])
 def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked, weights, sam):
     """GraphStep's GPU control flow, with CUDA's graph and stream calls replaced by CPU stand-ins:
     warm-up steps per key, one capture per (batch shape, loss structure), static inputs and the epoch's
@@ -372,8 +372,8 @@ def test_capture_and_replay_control_flow_on_the_cpu(monkeypatch, splits, stacked
         else:
             model, task = make_model("tiny", 4), task_for(0)
         sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
-        if sam:
-            sgd = sam_around(sgd, model, late_epoch=3)
+        if sam:  # stacked: one gradient norm per member
+            sgd = sam_around(sgd, model, late_epoch=3, members=2 if stacked else 1)
         made = []
 
         def capturing(*args, _made=made, **kw):

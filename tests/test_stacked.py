@@ -147,6 +147,62 @@ def test_sgd_steps_on_the_stack_equal_separate_steps(head):
         assert torch.equal(again["state"][i]["momentum_buffer"], v["momentum_buffer"])
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_steps_on_the_stack_equal_separate_sam_steps(adaptive):
+    """SAM / ASAM over stacked members takes one gradient norm per member (``SAM(members=S)``): each member's
+    perturbation, and so its step, is the one its own SAM would take. One norm over the whole stack would mix the
+    seeds; the test also shows that it does (a mutation check)."""
+    from longtail.optim import SAM
+
+    def run(members_norm: bool):
+        models = members()
+        warm_up_bn(models)
+        stacked = stack(models)
+        opts = [SAM(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), rho=0.5,
+                    adaptive=adaptive) for m in models]
+        opt = SAM(torch.optim.SGD(stacked.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), rho=0.5,
+                  adaptive=adaptive, members=len(models) if members_norm else 1)
+        g = torch.Generator().manual_seed(4)
+        for _ in range(3):
+            xs = [torch.randn(8, 3, 8, 8, generator=g) for _ in models]
+            ys = [torch.randint(0, 4, (8,), generator=g) for _ in models]
+            for m, o, x, y in zip(models, opts, xs, ys):
+                def closure(m=m, o=o, x=x, y=y):
+                    o.zero_grad()
+                    loss = F.cross_entropy(m(x), y)
+                    loss.backward()
+                    return loss
+                o.step(closure)
+
+            def stacked_closure(xs=xs, ys=ys):
+                opt.zero_grad()
+                logits = stacked(stack_images(xs))
+                loss = sum(F.cross_entropy(logits[s], ys[s]) for s in range(len(models)))
+                loss.backward()
+                return loss
+            opt.step(stacked_closure)
+        return models, unstack(stacked)
+
+    models, got = run(True)
+    for m, b in zip(models, got):
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, atol=1e-5, rtol=1e-4, msg=k)
+    models, mixed = run(False)  # one norm over all members: not each member's own step
+    assert any(not torch.allclose(b.state_dict()[k], v, atol=1e-4, rtol=1e-3)
+               for m, b in zip(models, mixed) for k, v in m.state_dict().items())
+
+
+def test_sam_over_members_refuses_a_tensor_that_is_not_member_major():
+    from longtail.optim import SAM
+
+    w = nn.Parameter(torch.ones(3, 2))
+    w.grad = torch.ones(3, 2)
+    with pytest.raises(LongtailError, match="member-major"):
+        SAM(torch.optim.SGD([w], lr=0.1), members=2).perturbation()
+    with pytest.raises(LongtailError, match="members >= 1"):
+        SAM(torch.optim.SGD([w], lr=0.1), members=0)
+
+
 def supervised_task(train, counts):
     return SupervisedTask(train, make_loss("focal", counts, gamma=1.0), batch_size=16,
                           augment=Augment(crop_padding=2, flip=True),
@@ -253,6 +309,54 @@ def test_stacked_and_sequential_runs_keep_the_same_epoch_records(tmp_path):
         assert "val" in reports[k], k
     for a, b in zip(rows["stacked"], rows["sequential"]):
         assert a["val_balanced"] == pytest.approx(b["val_balanced"], abs=100 / 20 + 1e-9)  # 20 images: one flip at most
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optim", [{"name": "sam", "sam_rho": 0.5, "sam_rho_late": 1.0, "sam_rho_late_start": 100.0},
+                                   # ASAM at its default radius 2 on this 4-channel network amplifies the stack's
+                                   # rounding (1e-6 after one epoch, 0.5 in a BatchNorm variance after three): 0.2
+                                   {"name": "asam", "sam_rho": 0.2, "sam_bn_stats": "both"}])
+def test_train_stacked_with_sam_matches_sequential_sam_runs(tmp_path, splits, optim):
+    """``--stack-seeds`` with SAM / ASAM (issue 14's long recipes train with SAM): each seed's run, its radius change
+    at the late epoch and BatchNorm's statistics from the first pass or both, equals its sequential run."""
+    from longtail.config import OptimConfig
+
+    cfg = replace(tiny_config(epochs=3), optim=OptimConfig(**optim))
+    assert stack_unsupported_reason(cfg) is None
+    seeds = [0, 5]
+    train_stacked(cfg, seeds, tmp_path / "stacked", splits=splits, progress=False, log=lambda _: None)
+    for s in seeds:
+        train_one(replace(cfg, seed=s), tmp_path / f"seq-{s}", splits=splits, progress=False)
+        a, b = weights(tmp_path / "stacked" / f"seed-{s}"), weights(tmp_path / f"seq-{s}")
+        assert a["config"] == b["config"] and a["config"]["optim"]["name"] == optim["name"]
+        assert_close_runs(a, b)
+        # each epoch's loss is the first passes' (SAM's step returns the loss at w), not both passes'
+        rows = [[json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+                for run in (tmp_path / "stacked" / f"seed-{s}", tmp_path / f"seq-{s}")]
+        assert rows[0] == pytest.approx(rows[1], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_train_stacked_from_pretrained_weights_matches_sequential_runs(tmp_path, splits):
+    """``train.init_from``: every member's backbone starts from the weights, as each seed's own run does; a stacked
+    run stopped and resumed keeps its own weights (the starting ones are not loaded again)."""
+    train_one(replace(tiny_config(epochs=1), seed=9), tmp_path / "source", splits=splits, progress=False)
+    cfg = replace(tiny_config(epochs=2), train=replace(tiny_config(epochs=2).train, init_from=str(tmp_path / "source")))
+    assert stack_unsupported_reason(cfg) is None
+    seeds, quiet = [1, 2], dict(splits=splits, progress=False, log=lambda _: None)
+    assert train_stacked(cfg, seeds, tmp_path / "stacked", stop_after=1, **quiet) == [{}, {}]
+    after_one = {s: weights(tmp_path / "stacked" / f"seed-{s}") for s in seeds}
+    train_stacked(cfg, seeds, tmp_path / "stacked", **quiet)  # resumed: epoch 2 from its own weights
+    for s in seeds:
+        train_one(replace(cfg, seed=s), tmp_path / f"seq-{s}", stop_after=1, **quiet)
+        assert_close_runs(after_one[s], weights(tmp_path / f"seq-{s}"))
+        train_one(replace(cfg, seed=s), tmp_path / f"seq-{s}", **quiet)
+        assert_close_runs(weights(tmp_path / "stacked" / f"seed-{s}"), weights(tmp_path / f"seq-{s}"))
+    # the starting weights matter: the same seeds from their random starts end elsewhere (a mutation check)
+    train_stacked(tiny_config(epochs=1), seeds, tmp_path / "scratch", **quiet)
+    a, b = weights(tmp_path / "scratch" / "seed-1")["model"], after_one[1]["model"]
+    assert any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a if k.startswith("backbone.") and
+               a[k].is_floating_point())
 
 
 @pytest.mark.slow

@@ -289,10 +289,7 @@ class SupervisedStage(Stage):
         return Built(model, task, optimizer, ctx.splits.train.image_shape, trains=trains)
 
     def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
-        weights = self.cfg.model.pretrained or self.cfg.train.init_from
-        if self.cfg.model.pretrained and self.cfg.train.init_from:
-            raise LongtailError("both model.pretrained and train.init_from name weights for the backbone",
-                                "keep one of them (--set train.init_from=none or --set model.pretrained=none)")
+        weights = starting_weights(self.cfg)
         if weights and not resuming:  # a resumed run has its own weights
             load_pretrained_backbone(built.model, weights, log=ctx.log)
 
@@ -315,6 +312,14 @@ class SupervisedStage(Stage):
             timing = {**timing, **_report_context(self.members[0].run.root).get("timing", {})}
         return finish_run(self.cfg, self.members[0].run, built.evaluated(), ctx.splits, ctx.counts, ctx.device,
                           timing, extra, writes=ctx.main)
+
+
+def starting_weights(cfg: RunConfig) -> str | None:
+    """The weights a fresh run's backbone starts from (``model.pretrained`` or ``train.init_from``), or None."""
+    if cfg.model.pretrained and cfg.train.init_from:
+        raise LongtailError("both model.pretrained and train.init_from name weights for the backbone",
+                            "keep one of them (--set train.init_from=none or --set model.pretrained=none)")
+    return cfg.model.pretrained or cfg.train.init_from
 
 
 def build_seed(cfg: RunConfig, splits: Splits, counts: ClassCounts, device: torch.device) -> tuple[Classifier, Task]:

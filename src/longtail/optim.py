@@ -125,13 +125,19 @@ class SAM(WrappedOptimizer):
     two_pass = True
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05, adaptive: bool = False,
-                 eps: float = 1e-12, rho_late: float | None = None, rho_late_epoch: int | None = None) -> None:
+                 eps: float = 1e-12, rho_late: float | None = None, rho_late_epoch: int | None = None,
+                 members: int = 1) -> None:
         if rho < 0 or (rho_late is not None and rho_late < 0):
             raise LongtailError(f"SAM rho must be >= 0, got {rho}" + ("" if rho_late is None else f" and {rho_late}"))
         if (rho_late is None) != (rho_late_epoch is None):
             raise LongtailError("SAM's late radius needs both rho_late and rho_late_epoch")
+        if members < 1:
+            raise LongtailError(f"SAM needs members >= 1, got {members}")
         super().__init__(base_optimizer, {"rho": rho, "adaptive": adaptive})
         self.rho, self.adaptive, self.eps = float(rho), bool(adaptive), float(eps)
+        # the networks stacked in the parameters (longtail.stacked: every tensor member-major along dim 0); each gets
+        # its own gradient norm, so each member's perturbation is the one its own run would take
+        self.members = int(members)
         # rho until epoch rho_late_epoch (0-based), rho_late from it on (DDC's --rho r0 r1; on_epoch_start)
         self.rho_early = self.rho
         self.rho_late = None if rho_late is None else float(rho_late)
@@ -168,12 +174,34 @@ class SAM(WrappedOptimizer):
             return []
         grads = [cast(torch.Tensor, p.grad) for p in params]  # _params keeps only those with a gradient
         scaled = [p.abs() * g for p, g in zip(params, grads)] if self.adaptive else grads
+        radius = self.rho if rho is None else rho
+        if self.members > 1:
+            return self._member_perturbation(params, grads, scaled, radius)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s.float()) for s in scaled]))
         # 1/(norm + eps) times rho: what ``rho / tensor`` computes for a float rho, and the same for a tensor one
-        scale = (norm + self.eps).reciprocal() * (self.rho if rho is None else rho)
+        scale = (norm + self.eps).reciprocal() * radius
         if self.adaptive:
             return [p * p * g * scale for p, g in zip(params, grads)]
         return [g * scale for g in grads]
+
+    def _member_perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor], scaled: list[torch.Tensor],
+                             radius: float | torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`perturbation` with one gradient norm per stacked member: row ``s`` of every tensor seen as
+        ``(members, -1)`` is member ``s``'s (``longtail.stacked``'s layouts, concatenated or stacked along dim 0)."""
+        m = self.members
+        for p in params:
+            if p.dim() == 0 or p.shape[0] % m:
+                raise LongtailError(f"SAM over {m} stacked members: a parameter of shape {tuple(p.shape)} is not "
+                                    "member-major along its first dimension", "train the seeds one after another")
+        per_member = torch.stack([torch.linalg.vector_norm(s.float().reshape(m, -1), dim=1) for s in scaled])
+        scale = (torch.linalg.vector_norm(per_member, dim=0) + self.eps).reciprocal() * radius  # (members,)
+
+        def by_member(t: torch.Tensor) -> torch.Tensor:
+            return (t.reshape(m, -1) * scale.unsqueeze(1)).reshape(t.shape)
+
+        if self.adaptive:
+            return [by_member(p * p * g) for p, g in zip(params, grads)]
+        return [by_member(g) for g in grads]
 
     @torch.no_grad()
     def perturb(self, rho: float | torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -627,18 +655,19 @@ def whitening_bias(model: nn.Module, cfg: RunConfig) -> torch.Tensor:
     return layer.bias
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: RunConfig, *, members: int = 1) -> torch.optim.Optimizer:
     """The optimizer of a supervised run of ``cfg``: SGD (``cfg.train``; :func:`make_run_sgd`), wrapped in
     :class:`SAM` for ``optim.name=sam|asam``, and in :class:`RunOptimizer` for ``optim.maxnorm`` / ``optim.ema`` /
     ``optim.lookahead`` / ``optim.bn_bias_lr_mult`` / ``optim.whiten_bias_epochs``. With every ``optim`` setting
-    off it is exactly ``torch.optim.SGD`` (``longtail.loop.make_sgd``)."""
+    off it is exactly ``torch.optim.SGD`` (``longtail.loop.make_sgd``). ``members``: the seeds stacked in ``model``
+    (``longtail.stacked``), each of which SAM perturbs by its own gradient norm."""
     check_optim(cfg)
     o = cfg.optim
     optimizer: torch.optim.Optimizer = make_run_sgd(model, cfg)
     if o.name in SAM_RHO:
         late_epoch = None if o.sam_rho_late is None else scaled_epoch(o.sam_rho_late_start, cfg.train.epochs)
         sam = SAM(optimizer, rho=sam_rho(o), adaptive=o.name == "asam", rho_late=o.sam_rho_late,
-                  rho_late_epoch=late_epoch)
+                  rho_late_epoch=late_epoch, members=members)
         if o.sam_bn_stats == "first":  # "both": the second pass updates them too, as the first
             sam.add_phase_hook(FirstPassStatistics(model))
         optimizer = sam

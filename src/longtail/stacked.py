@@ -36,7 +36,10 @@ mode and finished in the other.
 
 Supported: backbones built from ``Conv2d``, ``BatchNorm2d``, ``ZeroPadShortcut``, ReLU, pooling and
 ``Flatten`` inside ``ResNetCifar``/``BasicBlock``/``TinyNet``/``Sequential`` (resnet32, resnet20,
-resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting. Not supported (a
+resnet8, tiny), with a linear or cosine head, any loss, sampler and weighting, starting weights
+(``train.init_from``, ``model.pretrained``: loaded into every member's backbone), and SAM / ASAM with one gradient
+norm per member (``longtail.optim.SAM``'s ``members``; the task counts only the first pass's loss, as SAM's step
+returns it). Not supported (a
 :class:`~longtail.errors.LongtailError` says so): major feature weakening, mixup / CutMix (``augment.mix``;
 RandAugment and Cutout stack, each member drawing its own) and any other task than
 :class:`~longtail.tasks.SupervisedTask`, and other layer types; train those seeds sequentially.
@@ -55,20 +58,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoints import load_model_state
+from .checkpoints import load_model_state, load_pretrained_backbone
 from .config import RunConfig
 from .devices import use_channels_last
 from .driver import Built, Context, Member, Stage, drive
 from .errors import LongtailError
-from .experiment import build_seed, finish_run, val_scores
+from .experiment import build_seed, finish_run, starting_weights, val_scores
 from .loop import EpochRecord, epoch_generator, make_sgd
 from .models import build_model
 from .models.classifier import Classifier, TinyNet
 from .models.heads import CosineHead, LinearHead
 from .models.resnet_cifar import BasicBlock, ResNetCifar, ZeroPadShortcut
-from .optim import optim_settings
+from .optim import make_optimizer, optim_settings
 from .runs import EpochLog, RunDir
 from .tasks import SupervisedTask, Task
+
+#: the ``optim`` settings a stacked run takes (SAM / ASAM with one gradient norm per member)
+SAM_SETTINGS = ("optim.name=sam", "optim.name=asam", "optim.sam_rho", "optim.sam_bn_stats")
 
 __all__ = [
     "StackedBatch",
@@ -450,6 +456,7 @@ class StackedTask:
                 raise _unsupported(f"mixing (augment.mix={t.mix.mode}) is not stackable")
         self._loss_sum: Tensor | None = None  # (S,) on the device, summed in place (a CUDA graph replays the sum)
         self._calls = 0  # counted by batches(): a replayed step runs no Python
+        self._phase = "plain"  # SAM's pass (set_phase): the loss of its second pass is not the step's loss
 
     def to(self, device: torch.device | str) -> "StackedTask":
         self.members = [m.to(device) for m in self.members]
@@ -488,11 +495,16 @@ class StackedTask:
         return torch.stack([m.criterion(logits[s].float(), batch.labels[s], weight=m.class_weight)
                             for s, m in enumerate(self.members)])
 
+    def set_phase(self, phase: str) -> None:
+        """SAM's phase hook (``longtail.optim.SAM.add_phase_hook``): ``ascent``, ``descent`` or ``plain``."""
+        self._phase = phase
+
     def loss(self, model: nn.Module, batch: StackedBatch) -> Tensor:
         losses = self.member_loss_terms(model, batch)
         if self._loss_sum is None:
             self._loss_sum = torch.zeros_like(losses, dtype=torch.float32).detach()
-        self._loss_sum.add_(losses.detach())  # in place, no host sync
+        if self._phase != "descent":  # a step's loss is its first pass's (the loss at w), as SAM's step returns
+            self._loss_sum.add_(losses.detach())  # in place, no host sync
         return losses.sum()
 
     def member_losses(self) -> list[float]:
@@ -513,15 +525,15 @@ def stack_unsupported_reason(cfg: RunConfig) -> str | None:
         return f"train.task={cfg.train.task} has its own model (two heads and a projector) and batches"
     if cfg.semi.method != "none" or cfg.data.pseudo_labels:
         return "semi-supervised tasks (semi.method, data.pseudo_labels) are not stackable"
-    if cfg.train.init_from or cfg.model.pretrained:
-        return "pre-trained weights (train.init_from, model.pretrained) are loaded per run, not into a stacked network"
     if cfg.train.freeze_backbone:
         return "a frozen backbone (train.freeze_backbone) is not stackable"
     if cfg.augment.mix != "none":  # RandAugment and Cutout are per member's batches, and stack
         return f"mixing (augment.mix={cfg.augment.mix}) gives each seed a second label per image and a share"
-    on = optim_settings(cfg)
-    if on:  # SAM's radius is over all the weights (it would mix the seeds); MaxNorm's cap and the EMA are per run
-        return f"{', '.join(on)} are per run, and the stacked optimizer is one plain SGD over every seed"
+    # SAM / ASAM take one gradient norm per member (longtail.optim.SAM's members); MaxNorm's cap, the EMA, Lookahead
+    # and the per-group settings are per run, and the stacked optimizer is one SGD over every seed
+    on = [s for s in optim_settings(cfg) if not s.startswith(SAM_SETTINGS)]
+    if on:
+        return f"{', '.join(on)} are per run, and the stacked optimizer is one SGD (or SAM) over every seed"
 
     try:
         with torch.device("meta"):
@@ -607,6 +619,13 @@ def train_stacked(
                  stop_after=stop_after, log=log, restart=restart)
 
 
+def _copy_into(stacked: StackedClassifier, members: list[Classifier]) -> None:
+    """The members' weights and buffers into ``stacked``, in place (the optimizer holds its parameters)."""
+    with torch.no_grad():
+        for mine, theirs in zip(stacked.state_dict().values(), stack(members).state_dict().values()):
+            mine.copy_(theirs)
+
+
 class StackedStage(Stage):
     """Several seeds of one configuration trained at once as one stacked network; a run folder per seed."""
 
@@ -632,10 +651,25 @@ class StackedStage(Stage):
         t = self.cfg.train
         if use_channels_last(t.channels_last):
             stacked = stacked.to(memory_format=torch.channels_last)
-        optimizer = make_sgd(stacked, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                             nesterov=t.nesterov)
+        # SGD over every seed, in SAM / ASAM with a gradient norm per member when cfg.optim asks for it
+        optimizer = make_optimizer(stacked, self.cfg, members=len(self.seeds))
+        task = StackedTask(tasks, self.seeds)
+        if hasattr(optimizer, "add_phase_hook"):  # SAM: the task counts the loss of the first pass only
+            optimizer.add_phase_hook(task.set_phase)
         c0, h, w = ctx.splits.train.image_shape  # the stacked input: member-major channels
-        return Built(stacked, StackedTask(tasks, self.seeds), optimizer, (len(self.seeds) * c0, h, w))
+        return Built(stacked, task, optimizer, (len(self.seeds) * c0, h, w))
+
+    def prepare(self, built: Built, ctx: Context, *, resuming: bool) -> None:
+        """A fresh run's starting weights (``train.init_from``, ``model.pretrained``) in every member's backbone,
+        as each seed's own run loads them."""
+        weights = starting_weights(self.cfg)
+        if not weights or resuming:  # a resumed run has its own weights
+            return
+        stacked: StackedClassifier = built.model  # type: ignore[assignment]
+        members = unstack(stacked)
+        for i, member in enumerate(members):
+            load_pretrained_backbone(member, weights, log=ctx.log if i == 0 else None)
+        _copy_into(stacked, members)
 
     def restore(self, built: Built, states: list[dict[str, Any] | None], ctx: Context) -> int:
         epochs = [None if st is None else int(st["next_epoch"]) for st in states]
@@ -653,9 +687,7 @@ class StackedStage(Stage):
             load_model_state(member, state["model"], str(m.run.checkpoint))
             members.append(member.to(ctx.device))
         stacked: StackedClassifier = built.model  # type: ignore[assignment]
-        with torch.no_grad():
-            for mine, theirs in zip(stacked.state_dict().values(), stack(members).state_dict().values()):
-                mine.copy_(theirs)  # in place: the optimizer holds these parameters
+        _copy_into(stacked, members)
         built.optimizer.load_state_dict(stack_optimizer_state(stacked, [st["optimizer"] for st in states]))  # type: ignore[index]
         return int(states[0]["next_epoch"])  # type: ignore[index]
 
