@@ -161,7 +161,7 @@ def _bad(c: Ctx, pattern: str, *extra: str) -> Case:
 @case
 def epochs_zero(c):
     # --epochs 1 of the helper first, then --epochs 0: argparse keeps the last
-    return _bad(c, r"train\.epochs.*>= 1.*got 0", "--epochs", "0")
+    return _bad(c, r"train\.epochs.*\[1, 100000\].*got 0", "--epochs", "0")
 
 
 @case
@@ -617,6 +617,128 @@ def init_from_code_running_file(c):
     return k
 
 
+# --- found by the audit of 2026-12-01 (twelfth session) -------------------------------------------
+@case
+def huge_epochs(c):  # it once hung: per-epoch schedules are lists
+    return _bad(c, r"train\.epochs must be .*\[1, 100000\], got 1000000000", "--epochs", "1000000000")
+
+
+@case
+def cifar_labels_not_integers(c):
+    root = c.tmp / "data"
+    folder = write_fake_cifar10(root)
+    d = pickle.load(open(folder / "data_batch_3", "rb"))
+    d["labels"] = ["cat"] * len(d["labels"])
+    _dump(folder / "data_batch_3", d)
+    return _cifar(c, root, re.escape(str(folder / "data_batch_3")) + r".*labels should be integers")
+
+
+def _own_data(c: Ctx, kind: str, pattern: str) -> Case:
+    return Case(["train", "folder-fast-la", "--set", f"data.dataset={kind}", "--data-root", str(c.tmp / "own"),
+                 "--epochs", "1", "--device", "cpu", "--out", str(c.out), "--quiet"], pattern,
+                watch=[c.out, c.tmp / "own"])
+
+
+def _csv_data(c: Ctx, train_rows: list[str], *, encoding: str = "utf-8", bom: bool = False) -> None:
+    from imagefiles import write_images
+
+    own = c.tmp / "own"
+    write_images(own, "img", [3, 3], ["a", "b"])
+    files = sorted(p.relative_to(own).as_posix() for p in (own / "img").rglob("*") if p.is_file())
+    lines = [row.format(*files) for row in train_rows]
+    (own / "train.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + "\n".join(lines).encode(encoding))
+    (own / "test.csv").write_text("\n".join(f"{f},{k % 2}" for k, f in enumerate(files)))
+
+
+@case
+def csv_in_latin1(c):  # a raw UnicodeDecodeError once
+    _csv_data(c, ["path,label", "{0},0", "{1},1", "{2},0", "{3},1 é"], encoding="latin-1")
+    return _own_data(c, "csv", re.escape(str(c.tmp / "own" / "train.csv")) + r" is not UTF-8 text.*0xe9")
+
+
+@case
+def csv_labels_mix_integers_and_a_float(c):  # "0.0" once became a class of its own, silently
+    _csv_data(c, ["{0},0", "{1},1", "{2},0.0", "{3},1"])
+    return _own_data(c, "csv", r"train\.csv: the labels mix integers and names \('0\.0' in row 3")
+
+
+@case
+def csv_of_one_class(c):
+    _csv_data(c, ["{0},a", "{1},a", "{2},a"])
+    return _own_data(c, "csv", r"every image has the label 'a'.*two classes")
+
+
+@case
+def image_folder_nested_a_level_too_deep(c):  # it once trained one class and reported 100 %
+    from imagefiles import write_images
+
+    own = c.tmp / "own"
+    write_images(own / "train", "all", [3, 3], ["cat", "dog"])
+    write_images(own, "test", [2, 2], ["cat", "dog"])
+    return _own_data(c, "folder", re.escape(str(own / "train")) + r" has one class folder, 'all' \(its images sit "
+                     r"in the sub-folders cat, dog\)")
+
+
+@case
+def imbalance_ratio_on_an_image_folder(c):  # it was once ignored, and recorded in config.json as if used
+    from imagefiles import write_images
+
+    own = c.tmp / "own"
+    write_images(own, "train", [4, 2], ["cat", "dog"])
+    write_images(own, "test", [2, 2], ["cat", "dog"])
+    k = _own_data(c, "folder", r"data\.imbalance_ratio=2\.0 cut\(s\) a long-tailed subset.*data\.dataset=folder")
+    k.argv += ["--imbalance-ratio", "2"]
+    return k
+
+
+@case
+def seeds_into_a_single_runs_folder(c):  # the seeds once trained beside it and rewrote its report
+    run = c.run_copy()
+    return Case(["train", "quickstart", "--epochs", "1", "--seeds", "0", "1", "--out", str(run), "--quiet"],
+                re.escape(str(run)) + r" holds the run of one seed, and --seeds asks for several", watch=[run])
+
+
+@case
+def one_run_into_a_seeds_folder(c):
+    run = c.run_copy()
+    seeds = c.tmp / "seeds"
+    (seeds / "seed-0").mkdir(parents=True)
+    shutil.copy2(run / "config.json", seeds / "seed-0" / "config.json")
+    return Case(["train", "quickstart", "--epochs", "1", "--out", str(seeds), "--quiet"],
+                re.escape(str(seeds)) + r" holds the runs of several seeds \(seed-0\)", watch=[seeds])
+
+
+@case
+def compare_out_is_a_file(c):  # a raw FileExistsError once
+    run = c.run_copy()
+    f = c.tmp / "table.md"
+    f.write_text("mine")
+    return Case(["compare", str(run), "--out", str(f / "sub")], re.escape(str(f)) + r" is a file, not a folder",
+                watch=[run, f])
+
+
+@case
+def decouple_a_decoupled_run(c):  # its head adjustment was once dropped, silently
+    run = c.run_copy()
+    assert main(["decouple", str(run), "--method", "logit-adjust", "--tau", "1", "--device", "cpu"]) == 0
+    out = run / "decouple-logit-adjust"
+    return Case(["decouple", str(out), "--method", "tau-norm", "--tau", "1", "--device", "cpu"],
+                re.escape(str(out)) + r" is the output of `longtail decouple` \(logit-adjust\).*\n.*fix: decouple the "
+                "run it came from", watch=[run])
+
+
+@case
+def evaluate_a_damaged_last_checkpoint_names_the_previous(c):
+    run = c.run_copy()
+    last = run / "checkpoints" / "last.pt"
+    shutil.copy2(last, run / "checkpoints" / "previous.pt")
+    last.write_bytes(last.read_bytes()[:2000])  # truncated
+    return Case(["evaluate", str(run), "--device", "cpu"],
+                re.escape(str(last)) + r".*\n.*fix: .*the one it replaced, " + re.escape(str(run / "checkpoints" /
+                                                                                        "previous.pt")),
+                watch=[run])
+
+
 # ----------------------------------------------------------------------------- the battery
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
@@ -639,7 +761,9 @@ def trained_run(tmp_path_factory) -> Path:
 NEEDS_RUN = {"restart_with_bad_settings", "resume_with_other_settings", "evaluate_code_running_last_pt_in_run_folder",
              "decouple_unknown_method", "decouple_tau_for_crt", "decouple_epochs_zero", "pseudo_label_bad_pool",
              "pseudo_label_bad_pool_setting", "pseudo_label_threshold_out_of_range", "compare_mismatched_names",
-             "compare_missing_run", "compare_folder_without_report"}
+             "compare_missing_run", "compare_folder_without_report", "seeds_into_a_single_runs_folder",
+             "one_run_into_a_seeds_folder", "compare_out_is_a_file", "decouple_a_decoupled_run",
+             "evaluate_a_damaged_last_checkpoint_names_the_previous"}
 
 
 #: the cases that argparse refuses (SystemExit 2 with a usage line); every other one is a LongtailError

@@ -25,11 +25,33 @@ from longtail.runs import RunDir
 from longtail.schedule import describe_schedule
 
 
+def _recipe_config(name):
+    return RECIPES[name].config if name in RECIPES else None
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_reads_back_from_its_toml(name, tmp_path):
     cfg = RECIPES[name].config
     (tmp_path / "c.toml").write_text(config_to_toml(cfg))
     assert config_from_file(tmp_path / "c.toml") == cfg
+    # read as `train --config` reads it (left-out keys from the recipe it names): the same
+    assert config_from_file(tmp_path / "c.toml", _recipe_config) == cfg
+
+
+def test_a_partial_file_starts_from_the_recipe_it_names(tmp_path, capsys):
+    """A file of a few settings that names a recipe keeps the recipe's other settings (it once ran on the global
+    defaults: a file naming cifar10-lt-ldam-drw trained plain cross-entropy); a name that is no recipe is a label."""
+    (tmp_path / "p.toml").write_text('recipe = "cifar10-lt-ldam-drw"\n[train]\nepochs = 10\n')
+    assert main(["train", "--config", str(tmp_path / "p.toml"), "--show-config"]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    ldam = RECIPES["cifar10-lt-ldam-drw"].config
+    assert shown["loss"]["name"] == "ldam" and shown["model"]["head"] == ldam.model.head == "cosine"
+    assert shown["train"]["drw_start"] == ldam.train.drw_start and shown["train"]["epochs"] == 10
+    cfg = config_from_file(tmp_path / "p.toml", _recipe_config)
+    assert cfg == apply_overrides(ldam, {"train.epochs": 10})
+    (tmp_path / "mine.toml").write_text('recipe = "my-run"\n[train]\nepochs = 10\n')
+    assert config_from_file(tmp_path / "mine.toml", _recipe_config) == apply_overrides(
+        RunConfig(recipe="my-run"), {"train.epochs": 10})
 
 
 def test_show_config_gives_the_schedule_in_the_runs_own_epochs(capsys):

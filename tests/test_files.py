@@ -97,6 +97,22 @@ def test_csv_with_names_or_integers(tmp_path):
         file_splits("csv", tmp_path)
 
 
+def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; it once became part of the first path or header cell."""
+    rows = write_images(tmp_path, "img", [3, 2], ["b", "a"])
+    body = "path,label\n" + "".join(f"{p},{'ba'[y]}\n" for p, y in rows)
+    (tmp_path / "test.csv").write_text(body)
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    with_bom = file_splits("csv", tmp_path)
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + body.split("\n", 1)[1].encode())  # no header either
+    no_header = file_splits("csv", tmp_path)
+    (tmp_path / "train.csv").write_text(body)
+    plain = file_splits("csv", tmp_path)
+    for s in (with_bom, no_header):
+        assert s.train.files == plain.train.files and torch.equal(s.train.labels, plain.train.labels)
+        assert s.train.class_names == plain.train.class_names == ("a", "b")
+
+
 def test_missing_files_and_labels_out_of_range(tmp_path, inlt):
     with pytest.raises(LongtailError, match="ImageNet_LT_train.txt not found"):
         file_splits("imagenet-lt", tmp_path)

@@ -121,6 +121,16 @@ def with_tiny_options(cmd: list[str], kind: str) -> list[str]:
     given = {t for t in cmd if t.startswith("--")}
     given_sets = {cmd[i + 1].split("=")[0] for i, t in enumerate(cmd[:-1]) if t == "--set"}
     extra, tiny = [], TINY[kind]
+    if kind in ("train", "tune") and len(cmd) > 2 and cmd[2].startswith("folder-"):
+        # image-file data is trained on as it is: the long-tailed subset's settings are refused there
+        drop = (["--imbalance-ratio", "10"], ["--set", "data.n_max=10"])
+        kept, i = [], 0
+        while i < len(tiny):
+            n = 2 if i + 1 < len(tiny) and not tiny[i + 1].startswith("--") else 1
+            if tiny[i:i + n] not in drop:
+                kept += tiny[i:i + n]
+            i += n
+        tiny = kept
     i = 0
     while i < len(tiny):
         flag = tiny[i]

@@ -98,7 +98,11 @@ def previous_checkpoint(path: Path) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint as data (never code), check that it is one of ours and that its checksum holds."""
     path = Path(path)
-    fix = "pass a checkpoint written by `longtail train`, or " + RESTART_FIX
+    prev = previous_checkpoint(path)
+    fix = ("pass a checkpoint written by `longtail train`"
+           + (f"; the one it replaced, {prev}, may be intact: pass that file" if prev.is_file() and prev != path
+              else "")
+           + "; or train the run again (`longtail train ... --restart`, which deletes the run folder's files)")
     state = load_file(path, what="checkpoint", fix=fix)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise LongtailError(f"{path} is not a longtail checkpoint", "pass a checkpoint written by `longtail train`")

@@ -248,8 +248,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config and args.recipe:
         raise LongtailError(f"both a recipe ({args.recipe}) and --config {args.config} were given",
                             "pass one: the recipe, or the file (whose `recipe` names its recipe)")
-    if args.config:
-        base = config_from_file(args.config)
+    if args.config:  # the keys a file leaves out keep the values of the recipe it names
+        base = config_from_file(args.config, lambda name: RECIPES[name].config if name in RECIPES else None)
         recipe = RECIPES.get(base.recipe)  # a file saved from a recipe keeps its second stage
         if recipe is not None and recipe.config.data.dataset != base.data.dataset:
             recipe = None

@@ -256,6 +256,10 @@ def write_comparison(paths: Sequence[str | Path], out: Path, *, names: Sequence[
     """Write ``out/comparison.md`` (table + plot link) and ``out/comparison.png``; return the Markdown."""
     out = Path(out)
     table, rows = compare_runs(paths, names=names)
+    clash = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if clash is not None:
+        raise LongtailError(f"--out {out}: {clash} is a file, not a folder",
+                            "pass --out a folder (new or existing) for comparison.md and comparison.png")
     out.mkdir(parents=True, exist_ok=True)
     plot_comparison(rows, out / "comparison.png")
     folders = "\n".join(f"- {_escape(r['run'])}: `{r['path']}`" for r in rows)

@@ -15,7 +15,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import LongtailError
 
@@ -434,7 +434,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
-        _number(self, "train", "epochs", 1)
+        _number(self, "train", "epochs", 1, 100_000)  # a bound: per-epoch schedules are built as lists
         _number(self, "train", "batch_size", 1)
         _number(self, "train", "lr", 0, lo_open=True)
         _number(self, "train", "momentum", 0, 1, hi_open=True)
@@ -1186,10 +1186,13 @@ def _file_settings(d: dict[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-def config_from_file(path: str | os.PathLike[str]) -> RunConfig:
-    """The configuration a file gives: TOML (as ``--show-config`` prints it; keys it leaves out keep their
-    defaults), a run folder's ``config.json``, or a run folder. Unknown keys are refused as ``--set`` refuses
-    them (with did-you-mean); values are checked as any setting is."""
+def config_from_file(path: str | os.PathLike[str],
+                     recipe_config: Callable[[str], RunConfig | None] | None = None) -> RunConfig:
+    """The configuration a file gives: TOML (as ``--show-config`` prints it), a run folder's ``config.json``, or a
+    run folder. Keys it leaves out keep the values of the recipe its ``recipe`` names, when ``recipe_config``
+    (name -> that recipe's config, or None for a name that is no recipe) knows it, else the defaults; a file that
+    ``--show-config`` wrote reads the same either way. Unknown keys are refused as ``--set`` refuses them (with
+    did-you-mean); values are checked as any setting is."""
     import json
     import tomllib
 
@@ -1216,7 +1219,9 @@ def config_from_file(path: str | os.PathLike[str]) -> RunConfig:
     recipe = settings.pop("recipe", "custom")
     if not isinstance(recipe, str):
         raise LongtailError(f"{p}: recipe = {recipe!r} is not a name", 'write e.g. recipe = "my-run"')
+    start = recipe_config(recipe) if recipe_config is not None else None
     try:
-        return apply_overrides(RunConfig(recipe=recipe), settings)
+        return apply_overrides(replace(start, recipe=recipe) if start is not None else RunConfig(recipe=recipe),
+                               settings)
     except LongtailError as e:
         raise LongtailError(f"{p}: {e.problem}", e.fix) from None

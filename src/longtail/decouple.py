@@ -385,6 +385,12 @@ def decouple_run(
     m = _check_method(method, epochs, tau)
     ckpt = resolve_checkpoint(run)
     state = load_checkpoint(ckpt)
+    earlier = (state.get("extra") or {}).get("decouple")
+    if earlier:  # its head wrappers and chosen tau would be dropped, silently, by a second decoupling
+        base = earlier.get("source_checkpoint") or earlier.get("base") or "its base run"
+        raise LongtailError(f"{run} is the output of `longtail decouple` ({earlier.get('method', 'a second stage')}); "
+                            "a second stage re-balances a trained run, not another second stage's result",
+                            f"decouple the run it came from ({base}) with --method {method}")
     cfg = RunConfig.from_dict(state["config"])
     out = Path(out) if out is not None else run_root(ckpt) / f"decouple-{method}"
     if (out / "checkpoints" / "last.pt").resolve() == ckpt.resolve():

@@ -37,11 +37,28 @@ def train_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, stack: boo
     out = Path(out)
     if len(set(seeds)) != len(seeds):
         raise LongtailError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}", "pass each seed once")
+    if not restart:
+        _require_same_kind(out, several=len(seeds) > 1)
     if len(seeds) == 1:
         return train_one(replace(cfg, seed=seeds[0]), out, restart=restart, **kw)
     with RunLock(out, log=kw.get("log", print)) if distributed.launch_rank() == 0 else contextlib.nullcontext():
         require_run_folder(out)
         return _train_seeds(cfg, seeds, out, stack=stack, restart=restart, **kw)
+
+
+def _require_same_kind(out: Path, *, several: bool) -> None:
+    """Stop when ``out`` holds the other kind of run: one seed's run (``out/config.json``) asked for several seeds,
+    or several seeds' runs (``out/seed-N/``) asked for one. Either would put a second run beside the first and
+    rewrite the folder's report."""
+    single = (out / "config.json").is_file() or (out / "checkpoints").is_dir()
+    seed_runs = sorted(p.parent.name for p in out.glob("seed-*/config.json"))
+    if several and single:
+        raise LongtailError(f"{out} holds the run of one seed, and --seeds asks for several",
+                            "pass another --out for the seeds (or --restart to replace that run)")
+    if not several and seed_runs:
+        raise LongtailError(f"{out} holds the runs of several seeds ({', '.join(seed_runs)}), and this is one run",
+                            "pass another --out (or --seeds with those seeds to resume them, or --restart to "
+                            "replace them)")
 
 
 def _train_seeds(cfg: RunConfig, seeds: list[int], out: Path, *, stack: bool | None, restart: bool,

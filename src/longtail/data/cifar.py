@@ -180,7 +180,10 @@ def _read_batch(path: Path, info: CifarInfo) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(d["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         raise _corrupt(path, f"'data' should be uint8 (N, {_PIXELS}), got {data.dtype} {data.shape}")
-    labels = np.asarray(d[info.label_key], dtype=np.int64)
+    try:
+        labels = np.asarray(d[info.label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise _corrupt(path, f"labels should be integers 0..{info.num_classes - 1} ({type(e).__name__}: {e})") from None
     if labels.shape != (data.shape[0],):
         raise _corrupt(path, f"{data.shape[0]} images but {labels.size} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):

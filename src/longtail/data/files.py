@@ -249,6 +249,12 @@ def read_folder(path: str | Path, class_names: Sequence[str] | None = None) -> t
     folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise LongtailError(f"{path} has no class folders", "put the images of class NAME into {path}/NAME/")
+    if class_names is None and len(folders) == 1:  # a training folder of one class: nested a level too deep?
+        inner = sorted(p.name for p in (path / folders[0]).iterdir() if p.is_dir() and not p.name.startswith("."))
+        where = f" (its images sit in the sub-folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''})" \
+            if inner else ""
+        raise LongtailError(f"{path} has one class folder, {folders[0]!r}{where}: a classifier needs two classes or "
+                            "more", f"put one folder per class directly under {path}")
     names = list(class_names) if class_names is not None else folders
     position = {n: k for k, n in enumerate(names)}
     files, labels = [], []
@@ -276,18 +282,24 @@ def read_csv(path: str | Path) -> tuple[list[str], list[str]]:
     _require_file(path, "CSV file", "pass data.root=the folder that holds train.csv and test.csv, or "
                   "data.train_split/test_split=PATH (rows: image path relative to data.root, label)")
     files, labels = [], []
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            row = [c.strip() for c in row]
-            if not row or not any(row):
-                continue
-            if len(row) < 2 or not row[0] or not row[1]:
-                raise LongtailError(f"{path}:{n}: expected 'path,label', got {','.join(row)!r}",
-                                    "each row is an image path and its label (an integer or a class name)")
-            if n == 1 and row[0].lower() in _PATH_HEADERS and row[1].lower() in _LABEL_HEADERS:
-                continue  # a header
-            files.append(row[0])
-            labels.append(row[1])
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first path
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            for n, row in enumerate(csv.reader(f), start=1):
+                row = [c.strip() for c in row]
+                if not row or not any(row):
+                    continue
+                if len(row) < 2 or not row[0] or not row[1]:
+                    raise LongtailError(f"{path}:{n}: expected 'path,label', got {','.join(row)!r}",
+                                        "each row is an image path and its label (an integer or a class name)")
+                if n == 1 and row[0].lower() in _PATH_HEADERS and row[1].lower() in _LABEL_HEADERS:
+                    continue  # a header
+                files.append(row[0])
+                labels.append(row[1])
+        except UnicodeDecodeError as e:
+            raise LongtailError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {e.start})",
+                                "save it as UTF-8 (in Excel: CSV UTF-8), or convert it, e.g. "
+                                f"iconv -f cp1252 -t utf-8 {path.name}") from None
     if not files:
         raise LongtailError(f"{path} lists no images", "rows are: image path, label")
     return files, labels
@@ -297,12 +309,24 @@ def csv_labels(path: Path, raw: Sequence[str], class_names: Sequence[str] | None
     """Label strings -> integers. All integers: they are the labels (classes ``0..max``, names ``"0".."max"``);
     otherwise class names (sorted unique names of the training CSV)."""
     if class_names is None:
-        if all(_is_int(s) for s in raw):
+        ints = [_is_int(s) for s in raw]
+        if any(ints) and not all(ints):  # e.g. one "0.0" from a float column, or one name among integers
+            k = ints.index(False) if sum(ints) >= len(ints) / 2 else ints.index(True)
+            raise LongtailError(f"{path}: the labels mix integers and names ({raw[k]!r} in row {k + 1} of its "
+                                "image rows, among the others)",
+                                "write every label as an integer 0..C-1, or every label as a class name")
+        if all(ints):
             labels = [int(s) for s in raw]
             if min(labels) < 0:
                 raise LongtailError(f"{path}: label {min(labels)} is out of range (negative)", "labels are 0..C-1")
-            return labels, [str(c) for c in range(max(labels) + 1)]
-        class_names = sorted(set(raw))
+            class_names = [str(c) for c in range(max(labels) + 1)]
+        else:
+            class_names = sorted(set(raw))
+        if len(class_names) < 2:
+            raise LongtailError(f"{path}: every image has the label {class_names[0]!r}: a classifier needs two "
+                                "classes or more", "label the images of each class with its own name or integer")
+        if all(ints):
+            return labels, class_names
     position = {n: k for k, n in enumerate(class_names)}
     labels = []
     for k, s in enumerate(raw):

@@ -145,6 +145,13 @@ def load_file_splits(cfg: DataConfig) -> Splits:
         if getattr(cfg, key, None):
             raise LongtailError(f"data.{key} is not supported with image files ({cfg.dataset})",
                                 f"leave data.{key} unset")
+    subset = [f"data.{k}={getattr(cfg, k)}" for k in ("imbalance_ratio", "profile", "n_max")
+              if getattr(cfg, k, None) != getattr(DataConfig, k)]
+    if subset:  # they would be recorded in config.json as if they had cut the data
+        raise LongtailError(f"{', '.join(subset)} cut(s) a long-tailed subset of CIFAR or SVHN (--imbalance-ratio); "
+                            f"data.dataset={cfg.dataset} is trained on as it is, its own counts its profile",
+                            "leave them at their defaults (to train on fewer images, list fewer in the data set's "
+                            "files)")
     if getattr(cfg, "protocol", "lt") != "lt":
         raise LongtailError(f"data.protocol={cfg.protocol} is not supported with image files", "use data.protocol=lt")
     stats = normalization_override(cfg)
