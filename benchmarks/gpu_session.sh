@@ -97,7 +97,7 @@ case "${1:-check}" in
       --set train.init_from="$RUNS/cifar10-lt-rotation-ssp" --out "$RUNS/cifar10-lt-best" ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}
-    for stage_limit in ${STAGES:-check:120 probe:90 vs:330 glmc:250 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150}; do
+    for stage_limit in ${STAGES:-check:120 probe:150 vs:300 glmc:250 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150}; do
       stage=${stage_limit%%:*}; limit=${stage_limit##*:}
       left=$(( budget - ($(date +%s) - start) ))
       (( left < 30 )) && { echo "== $stage skipped: ${left}s of the budget left"; continue; }
