@@ -728,6 +728,31 @@ def decouple_a_decoupled_run(c):  # its head adjustment was once dropped, silent
 
 
 @case
+def resume_a_run_whose_config_json_is_damaged(c):  # it once said "not a longtail run folder"
+    run = c.run_copy()
+    (run / "config.json").write_text("{ half a json")
+    return Case(["train", "quickstart", "--epochs", "1", "--out", str(run), "--quiet"],
+                re.escape(str(run)) + r" holds a checkpoint but its config\.json is missing or damaged", watch=[run])
+
+
+@case
+def pretrain_recipe_with_another_dataset(c):
+    return Case(["pretrain", "cifar10-lt-rotation-ssp", "--dataset", "digits", "--epochs", "1", "--out", str(c.out),
+                 "--quiet"], r"--dataset digits goes with a method name; the recipe cifar10-lt-rotation-ssp "
+                "pre-trains on cifar10", watch=[c.out])
+
+
+@case
+def evaluate_a_pretraining_run(c):  # it once blamed a shape mismatch of the head
+    pre = c.tmp / "pre"
+    assert main(["pretrain", "rotation", "--dataset", "digits", "--epochs", "1", "--out", str(pre), "--quiet",
+                 "--set", "ssl.probe_epochs=1"]) == 0
+    return Case(["evaluate", str(pre), "--device", "cpu"],
+                r"is a pre-training run \(rotation\).*\n.*fix: train a classifier from it first.*--init-from "
+                + re.escape(str(pre)), watch=[pre])
+
+
+@case
 def evaluate_a_damaged_last_checkpoint_names_the_previous(c):
     run = c.run_copy()
     last = run / "checkpoints" / "last.pt"
@@ -763,7 +788,7 @@ NEEDS_RUN = {"restart_with_bad_settings", "resume_with_other_settings", "evaluat
              "pseudo_label_bad_pool_setting", "pseudo_label_threshold_out_of_range", "compare_mismatched_names",
              "compare_missing_run", "compare_folder_without_report", "seeds_into_a_single_runs_folder",
              "one_run_into_a_seeds_folder", "compare_out_is_a_file", "decouple_a_decoupled_run",
-             "evaluate_a_damaged_last_checkpoint_names_the_previous"}
+             "evaluate_a_damaged_last_checkpoint_names_the_previous", "resume_a_run_whose_config_json_is_damaged"}
 
 
 #: the cases that argparse refuses (SystemExit 2 with a usage line); every other one is a LongtailError

@@ -154,6 +154,9 @@ def test_unreadable_image_stops_or_is_skipped_and_counted(tmp_path, inlt):
     assert result["unreadable_images"]["count"] == 1 and result["num_test"] == 5
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert "n00000002/1.JPEG" in report["unreadable_images"]["examples"][0]
+    md = (tmp_path / "run" / "report.md").read_text()  # where a reader looks, not only report.json
+    assert "**1 unreadable training images were left out**" in md and "n00000001/2.JPEG" in md
+    assert "**1 unreadable test images were left out**" in md and "n00000002/1.JPEG" in md
 
 
 # transforms and the loader ----------------------------------------------------------------------

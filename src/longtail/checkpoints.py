@@ -154,6 +154,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def model_from_checkpoint(state: dict[str, Any], num_classes: int, in_channels: int, source: str) -> Classifier:
     """The model of a checkpoint, plain or decoupled (re-wrapping its head as recorded), weights loaded."""
+    pretrain = (state.get("extra") or {}).get("pretrain")
+    if pretrain:  # its head predicts the pretext task (rotations, ...), not the classes
+        method = pretrain.get("method", "self-supervised") if isinstance(pretrain, dict) else "self-supervised"
+        run = run_root(Path(source))
+        raise LongtailError(f"{source} is a pre-training run ({method}): it has learned features, not the classes, "
+                            "so it cannot be evaluated, decoupled or used to label as a classifier",
+                            f"train a classifier from it first, e.g. `longtail train RECIPE --init-from {run}`; its "
+                            "report.md already holds its representation probes")
     cfg = RunConfig.from_dict(state["config"])
     model = build_model(cfg, num_classes, in_channels)
     for kind in (state.get("extra") or {}).get("decouple", {}).get("head_wrappers", []):

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone (rotation, MoCo v2, "
                         "SimSiam, rwSAM)")
     pt.add_argument("method", help="rotation | moco | moco-rwsam | simsiam | simsiam-rwsam, or a pre-training recipe")
-    pt.add_argument("--dataset", default="cifar10", help="with a method name: the data set (default cifar10)")
+    pt.add_argument("--dataset", help="with a method name: the data set (default cifar10)")
     _add_run_options(pt)
 
     e = sub.add_parser("evaluate", help="re-evaluate a run (or checkpoint) and rewrite its report")
@@ -331,12 +331,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .ssl import METHODS, default_config, pretrain_run
 
     if args.method in METHODS:
-        method, cfg = args.method, default_config(args.method, args.dataset)
+        method, cfg = args.method, default_config(args.method, args.dataset or "cifar10")
     else:
         recipe = get_recipe(args.method)
         if not recipe.pretrain:
             raise LongtailError(f"{args.method} is not a pre-training recipe", f"run `longtail train {args.method}`")
         method, cfg = recipe.pretrain, recipe.config
+        if args.dataset is not None and args.dataset != cfg.data.dataset:  # it was once ignored, silently
+            raise LongtailError(f"--dataset {args.dataset} goes with a method name; the recipe {args.method} "
+                                f"pre-trains on {cfg.data.dataset}",
+                                f"run `longtail pretrain {method} --dataset {args.dataset}`, or the recipe without "
+                                "--dataset")
     if args.seeds and len(args.seeds) > 1:
         raise LongtailError("pre-training takes one seed", "pass one --seeds value (or none)")
     ov = overrides_from_args(args)

@@ -444,8 +444,9 @@ class TrainConfig:
         _number(self, "train", "milestones", 0)
         _choice(self, "train", "sampler", SAMPLERS)
         _choice(self, "train", "weighting", WEIGHTINGS)
-        _number(self, "train", "drw_start", 0, fix="use an epoch >= 0 (200-epoch units; the reference uses 160), "
-                "or none for no deferral")
+        # past 200 (the end of any run, in these units) the weighting would never start, silently
+        _number(self, "train", "drw_start", 0, 200, fix="use an epoch in [0, 200] (200-epoch units, scaled to the "
+                "run: the reference's 160 starts it at 80 % of any run), or none for no deferral")
         _number(self, "train", "cb_beta", 0, 1, hi_open=True)
         _number(self, "train", "weighting_power", 0, fix="use an exponent >= 0 (0 is uniform, 1 inverse frequency), "
                 "e.g. --set train.weighting_power=0.15 (ADRW on CIFAR-10-LT)")

@@ -134,6 +134,12 @@ def _report_markdown(summary: dict[str, Any], title: str, extra: dict[str, Any] 
     lines += [f"{summary['num_test']} test images, {sum(train)} training images in {_classes(len(train))} "
               f"(imbalance ratio {_imbalance(train)}). Accuracies are top-1 %; ECE is in % "
               "(0 = calibrated). n/a: undefined (no class in the group, or none with test images).", ""]
+    for what, skipped in (("training", (extra or {}).get("train_unreadable_images")),
+                          ("test", summary.get("unreadable_images"))):
+        if skipped and skipped.get("count"):  # data.on_bad_image=skip: said where a reader looks, not only in json
+            lines += [f"**{skipped['count']} unreadable {what} images were left out** (data.on_bad_image=skip), "
+                      f"e.g. {_escape(skipped['examples'][0]) if skipped.get('examples') else 'n/a'}; "
+                      "report.json lists up to 10.", ""]
     metric_rows = [["top-1", _fmt(summary.get("top1"))],
                    ["balanced (mean per-class)", _fmt(summary.get("balanced_accuracy"))]]
     for g in SHOT_GROUPS:

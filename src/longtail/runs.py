@@ -119,6 +119,10 @@ def require_run_folder(folder: str | Path) -> None:
     """Stop when ``folder`` holds files that are not a longtail run: a run never writes among a user's own files."""
     folder = Path(folder)
     if folder.is_dir() and not is_run_folder(folder):
+        if (folder / "checkpoints" / "last.pt").is_file():  # a run whose config.json is gone or damaged
+            raise LongtailError(f"{folder} holds a checkpoint but its config.json is missing or damaged, so it cannot "
+                                "be resumed safely", f"`longtail evaluate {folder}` still reads the checkpoint; to "
+                                "train, pass a new --out (or delete the folder yourself)")
         raise LongtailError(f"{folder} holds files and is not a longtail run folder",
                             "pass an --out folder that is new, empty, or written by longtail")
 
