@@ -189,6 +189,9 @@ def test_quickstart_with_a_data_root_trains_the_fast_recipe_on_cifar10(tmp_path,
     assert main(["quickstart", "--data-root", str(tmp_path), "--device", "cpu"]) == 0
     assert seen["recipe"] == "cifar10-lt-fast-la" and seen["out"] == "runs/quickstart-cifar10"
     assert seen["overrides"] == {"data.root": str(tmp_path), "train.device": "cpu", "data.download": False}
+    # the layout folder itself, as `train --data-root` takes it
+    assert main(["quickstart", "--data-root", str(tmp_path / "cifar-10-batches-py"), "--device", "cpu"]) == 0
+    assert seen["overrides"]["data.root"] == str(tmp_path)
     assert main(["quickstart", "--device", "cpu"]) == 2  # the digits run on the CPU; --device goes with --data-root
     assert main(["quickstart", "--out", str(tmp_path / "q")]) == 0
     assert seen["recipe"] == "quickstart" and seen["out"] == str(tmp_path / "q")

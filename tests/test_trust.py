@@ -254,6 +254,15 @@ def test_a_lock_of_another_host_is_respected(tmp_path):
     assert LOCK_NAME in e.value.fix
 
 
+@pytest.mark.parametrize("content", ["", "garbage", "{}", "5", '{"host": "elsewhere"}'])
+def test_a_lock_file_that_names_no_process_says_so(tmp_path, content):
+    """An empty or damaged lock file once read "in use by another process" (or "... since None") for ever."""
+    (tmp_path / LOCK_NAME).write_text(content)
+    with pytest.raises(LongtailError, match="has a lock file, .* that names no process") as e:
+        RunLock(tmp_path).acquire()
+    assert f"delete {tmp_path / LOCK_NAME}" in e.value.fix
+
+
 def test_a_lock_is_reentrant_and_leaves_no_trace(tmp_path):
     with RunLock(tmp_path / "a" / "b"):
         with RunLock(tmp_path / "a" / "b"):

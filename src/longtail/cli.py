@@ -380,6 +380,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             print("\nnext, a first result on real data: `longtail quickstart --data-root DIR` with CIFAR-10 in "
                   "DIR/cifar-10-batches-py (CIFAR-10-LT rho 100, about 9 minutes on 2 CPU cores)")
         return 0
+    if Path(args.data_root).name == "cifar-10-batches-py" and Path(args.data_root).is_dir():
+        args.data_root = str(Path(args.data_root).parent)  # the layout folder itself, as `train` takes it
     folder = Path(args.data_root) / "cifar-10-batches-py"
     if not folder.is_dir():
         raise LongtailError(f"no CIFAR-10 at {folder}",

@@ -230,9 +230,10 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.file.read_text())
+            holder = json.loads(self.file.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
     def acquire(self) -> "RunLock":
         if self.folder in _HELD:
@@ -261,8 +262,11 @@ class RunLock:
                     with contextlib.suppress(FileNotFoundError):
                         self.file.unlink()
                     continue
-                who = (f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
-                       if holder else "another process")
+                if holder is None or "pid" not in holder:  # empty, garbage, or another program's
+                    raise LongtailError(f"the run folder {self.folder} has a lock file, {self.file}, that names no "
+                                        "process (a run may be writing it just now, or it was left damaged)",
+                                        f"if no run of {self.folder} is going on, delete {self.file}") from None
+                who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since', '?')})"
                 raise LongtailError(f"the run folder {self.folder} is in use by {who}",
                                     "wait for that run to finish, or pass another --out; if that process is gone "
                                     f"for good, delete {self.file}") from None

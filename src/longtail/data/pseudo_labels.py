@@ -224,7 +224,10 @@ def parse_pool_spec(text: str) -> dict[str, Any]:
         try:
             spec[key] = allowed[key](value)
         except ValueError:
-            raise LongtailError(f"{key}={value!r} in pool {text!r} is not a valid {allowed[key].__name__}") from None
+            kind_name = allowed[key].__name__
+            raise LongtailError(f"{key}={value!r} in pool {text!r} is not a valid {kind_name}",
+                                f"write {key}= a number ({kind_name}), e.g. {kind}:rho_u=100,factor=5"
+                                if kind == "unused" else f"write {key}= a {kind_name}") from None
     return spec
 
 

@@ -68,9 +68,10 @@ def validation_split(
             rng.shuffle(own)
             if missing >= len(own):
                 raise LongtailError(
-                    f"class {train.class_names[c]!r} has {len(own)} training images: too few to hold out "
-                    f"{missing} for validation and keep at least one for training",
-                    "use a smaller --val-per-class",
+                    f"--val-per-class {per_class}: class {train.class_names[c]!r} has {len(take)} unused images "
+                    f"and {len(own)} training images, too few to hold out {per_class} for validation (the "
+                    f"{missing} the unused ones lack from training) and keep one or more for training",
+                    f"use a smaller --val-per-class (at most {len(take) + len(own) - 1} for this class)",
                 )
             val_from_train.append(own[:missing])
     keep = np.ones(len(train), dtype=bool)
