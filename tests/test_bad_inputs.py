@@ -692,6 +692,20 @@ def imbalance_ratio_on_an_image_folder(c):  # it was once ignored, and recorded 
 
 
 @case
+def image_folder_with_a_broken_link(c):
+    from imagefiles import write_images
+
+    own = c.tmp / "own"
+    write_images(own, "train", [3, 3], ["cat", "dog"])
+    write_images(own, "test", [2, 2], ["cat", "dog"])
+    (own / "train" / "dog" / "gone.JPEG").symlink_to(c.tmp / "nowhere.JPEG")
+    k = _own_data(c, "folder", re.escape(str(own / "train" / "dog" / "gone.JPEG")) + r" is a link to an image "
+                  "that does not exist")
+    k.watch = [c.out]  # a snapshot cannot stat the broken link
+    return k
+
+
+@case
 def seeds_into_a_single_runs_folder(c):  # the seeds once trained beside it and rewrote its report
     run = c.run_copy()
     return Case(["train", "quickstart", "--epochs", "1", "--seeds", "0", "1", "--out", str(run), "--quiet"],

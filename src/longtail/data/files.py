@@ -262,8 +262,13 @@ def read_folder(path: str | Path, class_names: Sequence[str] | None = None) -> t
         if folder not in position:
             raise LongtailError(f"{path / folder}: class {folder!r} is out of range: not a class of the training split",
                                 "the test folder may only hold classes that the training folder has")
-        images = sorted((p for p in (path / folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                        key=lambda p: p.as_posix())
+        listed = [p for p in (path / folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        broken = [p for p in listed if p.is_symlink() and not p.exists()]
+        if broken:  # they were once left out silently
+            raise LongtailError(f"{broken[0]} is a link to an image that does not exist"
+                                + (f" ({len(broken)} such links under {path / folder})" if len(broken) > 1 else ""),
+                                "fix or remove the links")
+        images = sorted((p for p in listed if p.is_file()), key=lambda p: p.as_posix())
         files += [p.relative_to(path).as_posix() for p in images]
         labels += [position[folder]] * len(images)
     if not files:
