@@ -663,6 +663,13 @@ def csv_labels_mix_integers_and_a_float(c):  # "0.0" once became a class of its 
 
 
 @case
+def csv_with_a_header_of_other_names(c):  # the header row once read as an image that does not exist, no more said
+    _csv_data(c, ["img,cls", "{0},a", "{1},b", "{2},a"])
+    return _own_data(c, "csv", r"image .*img \(listed in .*train\.csv\) does not exist\n.*fix: if the first row "
+                     r"of train\.csv is a header, name its columns path,label")
+
+
+@case
 def csv_of_one_class(c):
     _csv_data(c, ["{0},a", "{1},a", "{2},a"])
     return _own_data(c, "csv", r"every image has the label 'a'.*two classes")

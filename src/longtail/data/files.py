@@ -439,9 +439,12 @@ def load_file_sets(opt: FileOptions) -> tuple[FileImageSet, FileImageSet | None,
 def _check_first_image(data: FileImageSet, listed_in: Path) -> None:
     """A wrong root shows at once, not after the first epoch's worth of decoding."""
     if len(data) and not data.path(0).is_file():
-        raise LongtailError(f"image {data.path(0)} (listed in {listed_in}) does not exist",
-                            f"image paths are relative to data.root ({data.root}); point --data-root at the "
-                            "folder they are relative to")
+        fix = (f"image paths are relative to data.root ({data.root}); point --data-root at the folder they are "
+               "relative to")
+        if listed_in.suffix == ".csv" and len(data) > 1 and data.path(1).is_file():  # the next row's image is there
+            fix = (f"if the first row of {listed_in.name} is a header, name its columns path,label (or delete it); "
+                   f"else: {fix}")
+        raise LongtailError(f"image {data.path(0)} (listed in {listed_in}) does not exist", fix)
 
 
 def holdout_validation(train: FileImageSet, *, per_class: int, seed: int = 0) -> tuple[FileImageSet, FileImageSet]:
