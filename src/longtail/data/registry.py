@@ -146,7 +146,7 @@ def load_file_splits(cfg: DataConfig) -> Splits:
             raise LongtailError(f"data.{key} is not supported with image files ({cfg.dataset})",
                                 f"leave data.{key} unset")
     subset = [f"data.{k}={getattr(cfg, k)}" for k in ("imbalance_ratio", "profile", "n_max")
-              if getattr(cfg, k, None) != getattr(DataConfig, k)]
+              if getattr(cfg, k, getattr(DataConfig, k)) != getattr(DataConfig, k)]
     if subset:  # they would be recorded in config.json as if they had cut the data
         raise LongtailError(f"{', '.join(subset)} cut(s) a long-tailed subset of CIFAR or SVHN (--imbalance-ratio); "
                             f"data.dataset={cfg.dataset} is trained on as it is, its own counts its profile",
