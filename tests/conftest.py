@@ -56,22 +56,35 @@ def sam_around(sgd, model, *, late_epoch: int = 2, members: int = 1):
     return sam
 
 
-def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device: torch.device, *, sam: bool = False):
+def replay_check_run(data: ImageSet, engine: str, epochs: int, weighting, device: torch.device, *, sam: bool = False,
+                     stacked: int = 0):
     """The replayed-graph check's training (tests/test_graphs.py on a GPU, benchmarks/graph_drift.py): ResNet-8 from
     seed 0 on ``data``, CE with ``weighting``, batch 16, SGD 0.05 / (1 + epoch) (with ``sam``: inside
-    :func:`sam_around`), float32. Returns the weights (float copies) and the epoch losses."""
+    :func:`sam_around`), float32; ``stacked``: that many seeds (0, 1, ...) as one stacked network (a weighting
+    object per seed: ``weighting`` is then a function of no arguments that makes one). Returns the weights (float
+    copies) and the epoch losses."""
     from longtail.loop import fit, make_sgd
     from longtail.losses import make_loss
     from longtail.models import make_model
+    from longtail.stacked import StackedTask, stack
     from longtail.tasks import SupervisedTask
 
     counts = data.class_counts()
-    torch.manual_seed(0)
-    model = make_model("resnet8", len(counts.counts)).to(device)
-    task = SupervisedTask(data, make_loss("ce", counts).to(device), batch_size=16, weighting=weighting)
+    if stacked:
+        members = []
+        for s in range(stacked):
+            torch.manual_seed(s)
+            members.append(make_model("resnet8", len(counts.counts)).to(device))
+        model = stack(members)
+        task = StackedTask([SupervisedTask(data, make_loss("ce", counts).to(device), batch_size=16,
+                                           weighting=weighting()) for _ in range(stacked)], list(range(stacked)))
+    else:
+        torch.manual_seed(0)
+        model = make_model("resnet8", len(counts.counts)).to(device)
+        task = SupervisedTask(data, make_loss("ce", counts).to(device), batch_size=16, weighting=weighting)
     sgd = make_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
     if sam:
-        sgd = sam_around(sgd, model)
+        sgd = sam_around(sgd, model, members=max(1, stacked))
     recs = fit(model, task, sgd, epochs=epochs, lr_at=lambda e: 0.05 / (1 + e), seed=0, device=device, amp="off",
                engine=engine, progress=False)
     return {k: v.detach().float().clone() for k, v in model.state_dict().items()}, [r.train_loss for r in recs]

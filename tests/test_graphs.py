@@ -198,7 +198,7 @@ def test_what_the_graph_engine_refuses(splits):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("weights", ["drw", "changing", "sam"])
+@pytest.mark.parametrize("weights", ["drw", "changing", "sam", "stacked-sam"])
 def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     """On a GPU: the captured step (replayed for later batches, a second graph for the last partial
     batch, a third after DRW's switch) trains the same weights as the closure step, in float32.
@@ -212,7 +212,8 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
     8.6e-6; DRW from epoch 3 the same until 5.3e-5 after epoch 3 (its first weighted one) and 9.6e-4 after
     epoch 4; the epoch losses agree within 1e-6 throughout. Hence 4 epochs for DRW (one after its switch, a
     third graph) and 5 for the weights that change from epoch 2 (passed on the same H200). ``sam``: DRW's 4 epochs
-    with SAM's two passes in each graph and its radius doubling at epoch 2 (not yet run on a GPU)."""
+    with SAM's two passes in each graph and its radius doubling at epoch 2; ``stacked-sam``: the same for two seeds
+    stacked, SAM taking a gradient norm per seed (neither yet run on a GPU)."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -223,10 +224,11 @@ def test_replayed_cuda_graphs_equal_eager_steps(monkeypatch, weights):
 
     results = []
     for engine in ("eager", "graph"):
-        weighting = (make_weighting("class-balanced", data.class_counts(), start_epoch=3) if weights in ("drw", "sam")
-                     else _ChangingWeights())
+        def drw():
+            return make_weighting("class-balanced", data.class_counts(), start_epoch=3)
+        weighting = _ChangingWeights() if weights == "changing" else drw if weights == "stacked-sam" else drw()
         results.append(replay_check_run(data, engine, 5 if weights == "changing" else 4, weighting, dev,
-                                        sam=weights == "sam"))
+                                        sam=weights.endswith("sam"), stacked=2 if weights == "stacked-sam" else 0))
     (wa, la), (wb, lb) = results
     assert lb == pytest.approx(la, rel=1e-4)
     for k in wa:
