@@ -44,6 +44,10 @@ run() {  # run_recipe.py RECIPE [args...]
   "$PY" benchmarks/run_recipe.py "$@" --pack "$PACK" --device "$DEVICE" --results "$RESULTS" "${EXTRA[@]}"
 }
 
+stack_flag() {  # --stack for LONG_STACK=1 with two or more LONG_SEEDS (stacking one seed is refused)
+  [[ -n "${LONG_STACK:-}" && $(wc -w <<< "${LONG_SEEDS:-0}") -gt 1 ]] && echo --stack || true
+}
+
 runs_folder() {  # RUNS: $OUT/gpu-runs, which comes back; RESUME_FROM (a carried earlier gpu-runs) is copied in first
   RUNS=${OUT:-runs}/gpu-runs
   if [[ -n "${RESUME_FROM:-}" && ! -e "$RUNS" ]]; then mkdir -p "$(dirname "$RUNS")"; cp -r "$RESUME_FROM" "$RUNS"; fi
@@ -86,13 +90,13 @@ case "${1:-check}" in
     runs_folder
     recipe=$([[ $1 == vs ]] && echo cifar10-lt-vs-adrw-tla || echo cifar10-lt-glmc)
     [[ $1 == glmc && -n "${LONG_STACK:-}" ]] && { echo "GLMC cannot be stacked: LONG_STACK ignored"; LONG_STACK=; }
-    run "$recipe" --seeds ${LONG_SEEDS:-0} ${LONG_STACK:+--stack} --set train.engine=graph \
+    run "$recipe" --seeds ${LONG_SEEDS:-0} $(stack_flag) --set train.engine=graph \
       --set train.checkpoint_every=20 --out "$RUNS/$recipe" ;;
   best)  # issue 14's candidate (docs/PROTOCOLS.md): rotation SSP (resumed or kept in $RUNS), then cifar10-lt-best from it
     runs_folder
     "$PY" -m longtail pretrain cifar10-lt-rotation-ssp --set data.pack="$PACK" --device "$DEVICE" --quiet \
       --set train.checkpoint_every=20 ${EPOCHS:+--epochs $EPOCHS} ${ARCH:+--set model.arch=$ARCH} --out "$RUNS/cifar10-lt-rotation-ssp"
-    run cifar10-lt-best --seeds ${LONG_SEEDS:-0} ${LONG_STACK:+--stack} --set train.engine=graph \
+    run cifar10-lt-best --seeds ${LONG_SEEDS:-0} $(stack_flag) --set train.engine=graph \
       --set train.checkpoint_every=20 \
       --set train.init_from="$RUNS/cifar10-lt-rotation-ssp" --out "$RUNS/cifar10-lt-best" ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
     if command is None:
         command = "python benchmarks/" + " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name] + sys.argv[1:])
     if a.stack:
+        if len(a.seeds) < 2:
+            raise SystemExit("--stack trains several seeds at once: pass two or more --seeds")
         return stacked_row(cfg, a.seeds, out, command, Path(a.results))
     for seed in a.seeds:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]

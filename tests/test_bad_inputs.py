@@ -659,7 +659,7 @@ def csv_in_latin1(c):  # a raw UnicodeDecodeError once
 @case
 def csv_labels_mix_integers_and_a_float(c):  # "0.0" once became a class of its own, silently
     _csv_data(c, ["{0},0", "{1},1", "{2},0.0", "{3},1"])
-    return _own_data(c, "csv", r"train\.csv: the labels mix integers and names \('0\.0' in row 3")
+    return _own_data(c, "csv", r"train\.csv: the labels mix integers and a decimal number \('0\.0' in row 3")
 
 
 @case

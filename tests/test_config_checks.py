@@ -40,7 +40,6 @@ BAD_SETTINGS = [
     ("train.milestones", "160,nan"),
     ("train.milestones", "-5,180"),
     ("train.drw_start", "-1"),
-    ("train.drw_start", "500"),  # after the end of any run: the weighting would never start
     ("train.epochs", "1000000000"),  # per-epoch schedules are lists: a huge count hung --show-config
     ("train.cb_beta", "1"),
     ("train.crop_padding", "-1"),

@@ -29,6 +29,18 @@ def _recipe_config(name):
     return RECIPES[name].config if name in RECIPES else None
 
 
+def test_a_deferred_weighting_past_any_runs_end_warns():
+    """drw_start is in 200-epoch units: past 200 the weighting never starts (a finished run's config with it still
+    reads back: the warning comes where the weighting is made)."""
+    from longtail.counts import ClassCounts
+    from longtail.weights import weighting_from_config
+
+    cfg = apply_overrides(RunConfig(), {"train.weighting": "class-balanced", "train.drw_start": 500})
+    with pytest.warns(UserWarning, match="train.drw_start=500 is past the end of any run"):
+        weighting_from_config(cfg.train, ClassCounts((50, 5)))
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_reads_back_from_its_toml(name, tmp_path):
     cfg = RECIPES[name].config
@@ -49,6 +61,16 @@ def test_a_partial_file_starts_from_the_recipe_it_names(tmp_path, capsys):
     assert shown["train"]["drw_start"] == ldam.train.drw_start and shown["train"]["epochs"] == 10
     cfg = config_from_file(tmp_path / "p.toml", _recipe_config)
     assert cfg == apply_overrides(ldam, {"train.epochs": 10})
+    # what --show-config leaves out reads back the same from the recipe: a method turned off whose settings the
+    # recipe sets (SAM's here) keeps them in the file
+    argv = ["train", "cifar10-lt-vs-adrw-tla", "--set", "optim.name=sgd", "--set", "optim.sam_rho=none", "--set",
+            "optim.sam_rho_late=none", "--set", "optim.sam_bn_stats=first"]
+    assert main([*argv, "--show-config"]) == 0
+    (tmp_path / "sgd.toml").write_text(capsys.readouterr().out)
+    shown = config_from_file(tmp_path / "sgd.toml", _recipe_config)
+    assert (shown.optim.name, shown.optim.sam_rho, shown.optim.sam_rho_late) == ("sgd", None, None)
+    assert shown == apply_overrides(RECIPES["cifar10-lt-vs-adrw-tla"].config, {
+        "optim.name": "sgd", "optim.sam_rho": "none", "optim.sam_rho_late": "none", "optim.sam_bn_stats": "first"})
     (tmp_path / "mine.toml").write_text('recipe = "my-run"\n[train]\nepochs = 10\n')
     assert config_from_file(tmp_path / "mine.toml", _recipe_config) == apply_overrides(
         RunConfig(recipe="my-run"), {"train.epochs": 10})

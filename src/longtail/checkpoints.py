@@ -152,16 +152,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def model_from_checkpoint(state: dict[str, Any], num_classes: int, in_channels: int, source: str) -> Classifier:
-    """The model of a checkpoint, plain or decoupled (re-wrapping its head as recorded), weights loaded."""
+def refuse_pretraining(state: dict[str, Any], source: str) -> None:
+    """Stop when ``state`` is a pre-training checkpoint: its head predicts the pretext task (rotations, ...), not
+    the classes, so it is no classifier to evaluate, decouple or label with."""
     pretrain = (state.get("extra") or {}).get("pretrain")
-    if pretrain:  # its head predicts the pretext task (rotations, ...), not the classes
+    if pretrain:
         method = pretrain.get("method", "self-supervised") if isinstance(pretrain, dict) else "self-supervised"
-        run = run_root(Path(source))
         raise LongtailError(f"{source} is a pre-training run ({method}): it has learned features, not the classes, "
                             "so it cannot be evaluated, decoupled or used to label as a classifier",
-                            f"train a classifier from it first, e.g. `longtail train RECIPE --init-from {run}`; its "
-                            "report.md already holds its representation probes")
+                            f"train a classifier from it first, e.g. `longtail train RECIPE --init-from "
+                            f"{run_root(Path(source))}`; a finished pre-training's report.md holds its probes")
+
+
+def model_from_checkpoint(state: dict[str, Any], num_classes: int, in_channels: int, source: str) -> Classifier:
+    """The model of a checkpoint, plain or decoupled (re-wrapping its head as recorded), weights loaded."""
+    refuse_pretraining(state, source)
     cfg = RunConfig.from_dict(state["config"])
     model = build_model(cfg, num_classes, in_channels)
     for kind in (state.get("extra") or {}).get("decouple", {}).get("head_wrappers", []):

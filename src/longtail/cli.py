@@ -306,9 +306,13 @@ def show_config(cfg: Any, *, pretrain: bool | str = False) -> str:
     """What ``--show-config`` prints: the configuration as TOML, led by the schedule in the run's own epochs;
     the settings of methods the run does not use are left out while they keep their defaults."""
     from .config import config_to_toml, unused_settings
+    from .recipes import RECIPES
     from .schedule import describe_schedule
 
-    unused = unused_settings(cfg, pretrain=pretrain)
+    # a file read back starts from the recipe it names (config_from_file): only what that recipe leaves at the
+    # defaults may be left out
+    start = RECIPES[cfg.recipe].config if cfg.recipe in RECIPES else None
+    unused = unused_settings(cfg, pretrain=pretrain, start=start)
     run_it = "; change it with --set" if pretrain else "; run it with `longtail train --config FILE`"
     head = [f"longtail configuration of {cfg.recipe}{run_it}", "", *describe_schedule(cfg), "",
             f"{len(unused)} settings of methods this run does not use are left out at their defaults (the ssl "

@@ -444,9 +444,10 @@ class TrainConfig:
         _number(self, "train", "milestones", 0)
         _choice(self, "train", "sampler", SAMPLERS)
         _choice(self, "train", "weighting", WEIGHTINGS)
-        # past 200 (the end of any run, in these units) the weighting would never start, silently
-        _number(self, "train", "drw_start", 0, 200, fix="use an epoch in [0, 200] (200-epoch units, scaled to the "
-                "run: the reference's 160 starts it at 80 % of any run), or none for no deferral")
+        # past 200 (the end of any run, in these units) the weighting never starts: longtail.weights warns; not
+        # refused here, where a finished run's config.json is read back too
+        _number(self, "train", "drw_start", 0, fix="use an epoch >= 0 (200-epoch units; the reference uses 160), "
+                "or none for no deferral")
         _number(self, "train", "cb_beta", 0, 1, hi_open=True)
         _number(self, "train", "weighting_power", 0, fix="use an exponent >= 0 (0 is uniform, 1 inverse frequency), "
                 "e.g. --set train.weighting_power=0.15 (ADRW on CIFAR-10-LT)")
@@ -1135,18 +1136,20 @@ PRETEXT_SETTINGS: dict[str, tuple[str, ...]] = {
 PRETEXT_SETTINGS |= {f"{m}-rwsam": (*PRETEXT_SETTINGS[m], *_RWSAM) for m in ("moco", "simsiam")}
 
 
-def unused_settings(cfg: RunConfig, *, pretrain: bool | str = False) -> list[str]:
+def unused_settings(cfg: RunConfig, *, pretrain: bool | str = False, start: RunConfig | None = None) -> list[str]:
     """The dotted settings ``cfg`` does not use and leaves at their defaults: those of a method it does not run
     (FixMatch's with ``semi.method=none``, GLMC's, MFW's, pseudo-labels', the DARP protocol's, RandAugment's,
     mixing's, SAM's, Lookahead's; FastNet's whitening-bias freeze for another architecture) and, unless
     ``pretrain``, the whole ``ssl`` section; with ``pretrain`` a method's name (:data:`PRETEXT_SETTINGS`), the
     ``ssl`` settings of the other methods. Leaving them out of a file changes nothing: :func:`config_from_file`
-    fills in the defaults."""
+    fills in the defaults, or ``start``'s values (the recipe the file names): a setting is left out only where
+    ``start`` has the default too."""
     flat, default = _flat(cfg), _flat(RunConfig(recipe=cfg.recipe, loss=cfg.loss))
+    begin = _flat(start) if start is not None else default
     mine = PRETEXT_SETTINGS.get(pretrain) if isinstance(pretrain, str) else None
     out = []
     for key, value in flat.items():
-        if value != default.get(key):
+        if value != default.get(key) or value != begin.get(key):
             continue
         if key.startswith("ssl.") and (not pretrain or (mine is not None and not key.startswith(mine))):
             out.append(key)

@@ -27,6 +27,7 @@ from .checkpoints import (
     load_model_state,
     load_pretrained_backbone,
     model_from_checkpoint,
+    refuse_pretraining,
     resolve_checkpoint,
     run_root,
 )
@@ -394,6 +395,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", data_root: st
     summary is returned with ``"tta"`` set and the report is not written (it describes the run as trained)."""
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
+    refuse_pretraining(state, str(ckpt))  # before the data is loaded
     cfg = RunConfig.from_dict(state["config"])
     root = run_root(ckpt)
     if write:

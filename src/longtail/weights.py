@@ -28,6 +28,7 @@ asks :func:`reweighting_started`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Protocol
 
 import torch
@@ -183,6 +184,10 @@ def weighting_from_config(train: TrainConfig, counts: ClassCounts) -> ConstantWe
     (``cb_beta``, ``weighting_power``), deferred to ``train.drw_start`` (200-epoch units, scaled to the run's
     epochs as the step schedule's milestones) when it is set."""
     start = None if train.drw_start is None else scaled_epoch(train.drw_start, train.epochs)
+    if train.weighting != "none" and train.drw_start is not None and train.drw_start > 200:
+        warnings.warn(f"train.drw_start={train.drw_start:g} is past the end of any run (200-epoch units: 200 is the "
+                      f"last epoch), so train.weighting={train.weighting} never starts; the reference uses 160",
+                      stacklevel=2)
     return make_weighting(train.weighting, counts, start_epoch=start, beta=train.cb_beta, power=train.weighting_power)
 
 

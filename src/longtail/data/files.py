@@ -315,11 +315,12 @@ def csv_labels(path: Path, raw: Sequence[str], class_names: Sequence[str] | None
     otherwise class names (sorted unique names of the training CSV)."""
     if class_names is None:
         ints = [_is_int(s) for s in raw]
-        if any(ints) and not all(ints):  # e.g. one "0.0" from a float column, or one name among integers
-            k = ints.index(False) if sum(ints) >= len(ints) / 2 else ints.index(True)
-            raise LongtailError(f"{path}: the labels mix integers and names ({raw[k]!r} in row {k + 1} of its "
-                                "image rows, among the others)",
-                                "write every label as an integer 0..C-1, or every label as a class name")
+        floats = [k for k, s in enumerate(raw) if not ints[k] and _is_number(s)]
+        if any(ints) and floats:  # e.g. one "0.0" of a float column among integers: it would be a class of its own
+            k = floats[0]
+            raise LongtailError(f"{path}: the labels mix integers and a decimal number ({raw[k]!r} in row {k + 1} of "
+                                "its image rows)", "write every label as an integer 0..C-1 (or every label as a "
+                                "class name)")
         if all(ints):
             labels = [int(s) for s in raw]
             if min(labels) < 0:
@@ -343,6 +344,14 @@ def csv_labels(path: Path, raw: Sequence[str], class_names: Sequence[str] | None
             raise LongtailError(f"{path}: label {s!r} (row {k + 1}) is out of range: not a class of the training CSV",
                                 "use the training CSV's class names (or integer labels 0..C-1 in both files)")
     return labels, list(class_names)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 def _is_int(s: str) -> bool:
