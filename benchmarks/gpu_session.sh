@@ -20,6 +20,9 @@
 #             bash benchmarks/gpu_session.sh best       # issue 14's candidate: rotation SSP, then cifar10-lt-best
 #                                                       # (vs, best: LONG_SEEDS="0 1 2" LONG_STACK=1 trains the
 #                                                       # seeds at once as one stacked network, SAM included)
+#             bash benchmarks/gpu_session.sh acr        # issue 14: ACR on the DARP protocol (ACR_SETTING=reversed
+#                                                       # for the reversed pool), from .device/c10-darp (carry it
+#                                                       # instead of c10-lt100: benchmarks/darp_pack.py makes it)
 #             bash benchmarks/gpu_session.sh all        # STAGES (default: check, probe, vs, glmc, then issue 7's
 #                                                       # single, stack, fast, ldam, seeds, compile) in one call,
 #                                                       # each stage cut at its own limit and at BUDGET seconds in
@@ -99,6 +102,14 @@ case "${1:-check}" in
     run cifar10-lt-best --seeds ${LONG_SEEDS:-0} $(stack_flag) --set train.engine=graph \
       --set train.checkpoint_every=20 \
       --set train.init_from="$RUNS/cifar10-lt-rotation-ssp" --out "$RUNS/cifar10-lt-best" ;;
+  acr)  # issue 14: ACR on the DARP protocol (250,000 WRN-28-2 steps, eager: ACR's estimate is not graphable), from a
+        # pack of the protocol's images (here: python benchmarks/darp_pack.py --out .device/c10-darp); checkpoints
+        # every 10 epochs into $RUNS, so a run cut by its limit resumes next session (RESUME_FROM)
+    runs_folder
+    PACK=${DARP_PACK:-.device/c10-darp}
+    recipe=cifar10-semi-darp-acr${ACR_SETTING:+-$ACR_SETTING}  # ACR_SETTING: empty (consistent) or reversed
+    run "$recipe" --seeds ${LONG_SEEDS:-0} --out "$RUNS/$recipe" \
+      ${ACR_STEPS:+--set semi.acr_steps_per_epoch=$ACR_STEPS} ;;
   all)  # one device call: each stage in its own process, cut at its limit; a failed stage does not stop the rest
     start=$(date +%s); budget=${BUDGET:-540}
     for stage_limit in ${STAGES:-check:120 probe:150 vs:300 glmc:250 single:150 stack:200 fast:120 ldam:100 seeds:200 compile:150}; do
@@ -112,7 +123,7 @@ case "${1:-check}" in
       echo "== $stage rc=$rc wall $(( $(date +%s) - t0 ))s"
     done
     ;;
-  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | probe | vs | glmc | best | all" >&2
+  *) echo "unknown stage ${1}: check | single | compile | seeds | stack | ldam | fast | probe | vs | glmc | best | acr | all" >&2
      exit 2 ;;
 esac
 echo "rows written to $RESULTS"

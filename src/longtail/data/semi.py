@@ -81,10 +81,7 @@ def darp_splits(cfg: DataConfig) -> tuple[Splits, UnlabeledSet]:
     The pool holds the labeled images too when the config says ``data.darp_include_labeled`` (DARP's
     FixMatch loader, USB); a pool for pseudo-labels (:func:`build_pool`) never does.
     """
-    if cfg.pack:
-        raise LongtailError("the DARP protocol is cut from the full training set, not a device pack",
-                            "unset data.pack and point --data-root at the data set")
-    source, test = load_balanced(cfg)
+    source, test = darp_source_from_pack(cfg) if cfg.pack else load_balanced(cfg)
     labeled, unlabeled = darp_split(source, n1=cfg.darp_n1, m1=cfg.darp_m1, gamma_l=cfg.darp_gamma_l,
                                     gamma_u=cfg.darp_gamma_u, reverse=cfg.darp_reverse, order=darp_order(cfg),
                                     seed=cfg.subset_seed,
@@ -101,6 +98,34 @@ def darp_splits(cfg: DataConfig) -> tuple[Splits, UnlabeledSet]:
                                                  val.source_index.cpu()))  # type: ignore[union-attr]
     labeled.class_counts().require_nonempty(labeled.class_names)
     return Splits(labeled, test, val, val_info=val_info), unlabeled
+
+
+#: the device pack group that holds the DARP protocol's images (benchmarks/darp_pack.py)
+DARP_PACK_GROUP = "darp"
+
+
+def darp_source_from_pack(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """A device pack's ``darp`` group as the DARP split's source, in file order, and the test set.
+
+    The group holds, for each class, its first training images in the official file order (as many as the
+    protocol's settings take: ``benchmarks/darp_pack.py``), so the file-order split of this partial source is the
+    split of the full set, image for image (``source_index`` keeps the official indices). A class with too few of
+    them is refused by the split itself; the shuffled order (USB's) and a validation split need the whole set."""
+    from .normalization import normalization_override, with_normalization
+    from .pack import load_pack
+
+    if cfg.dataset != "cifar10" or cfg.val_per_class or darp_order(cfg) != "file":
+        raise LongtailError("a device pack holds the DARP protocol of CIFAR-10 in file order, without a validation "
+                            "split", "use data.dataset=cifar10, data.darp_order=file and no --val-per-class with a "
+                            "pack (or the full data set: unset data.pack, pass --data-root)")
+    groups, test = load_pack(cfg.pack)  # type: ignore[arg-type]
+    if DARP_PACK_GROUP not in groups:
+        raise LongtailError(f"pack {cfg.pack} has no {DARP_PACK_GROUP!r} group (groups: {', '.join(groups)})",
+                            "make one with `python benchmarks/darp_pack.py --out .device/c10-darp`")
+    part = groups[DARP_PACK_GROUP]
+    source = part.subset(torch.argsort(part.source_index), name="cifar10-train")  # type: ignore[arg-type]
+    stats = normalization_override(cfg)
+    return with_normalization(source, stats), with_normalization(test, stats)
 
 
 def labeled_splits(cfg: DataConfig) -> Splits:
