@@ -136,7 +136,7 @@ def _find_folder(info: CifarInfo, root: Path, *, download: bool, url: str | None
             f"CIFAR data not found: looked for the folder {target}",
             f"pass --data-root pointing at the folder that holds {info.folder}"
             f"{' (e.g. ../shared/data)' if info.folder == 'cifar-10-batches-py' else ''}, "
-            "or allow downloading (drop --no-download)",
+            "or let `longtail train` download it (without --no-download)",
         )
     download_and_extract(url or info.url, target.parent, md5 or info.md5)
     if not target.is_dir():

@@ -86,7 +86,7 @@ def _find_file(root: Path, split: str, *, download: bool, url: str | None, md5: 
         raise LongtailError(
             f"SVHN file not found: looked for {folder / filename}",
             f"pass --data-root pointing at the folder that holds {FOLDER}/{filename}, "
-            "or allow downloading (drop --no-download)",
+            "or let `longtail train` download it (without --no-download)",
         )
     download_and_extract(url or URL.format(split=split), folder, md5 or MD5[split], filename=filename)
     return folder / filename
