@@ -13,6 +13,19 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CIFAR10 = SHARED_DATA / "cifar-10-batches-py"
 
 
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` imported as the module ``NAME`` (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def synthetic_set(n_per_class, *, size: int = 8, channels: int = 3, seed: int = 0, name: str = "synthetic") -> ImageSet:
     """Images whose mean brightness encodes the class, so a tiny model can learn them."""
     g = torch.Generator().manual_seed(seed)

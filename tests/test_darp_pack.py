@@ -3,11 +3,9 @@ first images of each class, and ``longtail.data.semi.darp_source_from_pack`` spl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import lzma
 import pickle
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,16 +17,9 @@ from longtail import LongtailError
 from longtail.config import DataConfig
 from longtail.data.semi import darp_splits
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "darp_pack.py"
+from conftest import load_benchmark
+
 PER_FILE = 60  # 300 training images, 30 per class, in an interleaved file order
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("darp_pack", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["darp_pack"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +59,7 @@ def write_pack(out: Path, groups: dict[str, np.ndarray], xtr, ytr, xte, yte) -> 
 @pytest.mark.parametrize("reverse,include_labeled,normalization", [(False, True, "cifar10-data"),
                                                                    (True, False, None)])
 def test_the_split_of_a_pack_is_the_split_of_the_full_set(tmp_path, reverse, include_labeled, normalization):
-    dp = load_script()
+    dp = load_benchmark("darp_pack")
     arrays = fake_cifar10(tmp_path / "data")
     n1, m1, gamma = 10, 16, 10.0
     setting = "reversed" if reverse else "consistent"

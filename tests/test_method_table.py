@@ -6,7 +6,6 @@ End to end at a tiny scale: fake CIFAR-10 files (200 training images), one epoch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import sys
@@ -17,19 +16,26 @@ import pytest
 
 from longtail.counts import ClassCounts, profile_counts
 
+from conftest import load_benchmark
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "method_table.py"
 PER_BATCH = 40  # 5 training files: 200 images, 20 per class
 N_MAX, RHO = 10, 5
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("method_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["method_table"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("method_table")
+
+
+def tiny_table_argv(tmp_path: Path, *methods: str, sets: tuple[str, ...] = ()) -> list[str]:
+    """method_table.py on the fake CIFAR-10 under tmp_path/data: seed 0, one epoch, the tiny long-tailed subset."""
+    argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "table"),
+            "--results", str(tmp_path / "RESULTS.md"), "--seeds", "0", "--methods", *methods,
+            "--set", "train.epochs=1"]
+    for kv in (*sets, f"data.n_max={N_MAX}", f"data.imbalance_ratio={RHO}", "data.download=false"):
+        argv += ["--set", kv]
+    return argv
 
 
 def write_fake_cifar10(root: Path) -> None:
@@ -61,10 +67,7 @@ def test_pseudo_label_and_fixmatch_rows_on_the_rest_pool(tmp_path, monkeypatch):
 
     write_fake_cifar10(tmp_path / "data")
     out, results = tmp_path / "table", tmp_path / "RESULTS.md"
-    argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(out), "--results", str(results),
-            "--seeds", "0", "--methods", "pseudo-label", "la-pseudo-label", "fixmatch", "--set", "train.epochs=1",
-            "--set", f"data.n_max={N_MAX}", "--set", f"data.imbalance_ratio={RHO}", "--set", "data.download=false"]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", tiny_table_argv(tmp_path, "pseudo-label", "la-pseudo-label", "fixmatch"))
     assert mt.main() == 0
 
     labeled = profile_counts(N_MAX, 10, RHO)
@@ -116,10 +119,7 @@ def test_the_acr_row_on_the_rest_pool(tmp_path, monkeypatch):
     write_fake_cifar10(tmp_path / "data")
     out, results = tmp_path / "table", tmp_path / "RESULTS.md"
     # 512 is more than this tiny labeled set: ACR draws whole batches, so the test trains at batch 8
-    argv = ["method_table.py", "--data-root", str(tmp_path / "data"), "--out", str(out), "--results", str(results),
-            "--seeds", "0", "--methods", "acr", "--set", "train.epochs=1", "--set", "train.batch_size=8",
-            "--set", f"data.n_max={N_MAX}", "--set", f"data.imbalance_ratio={RHO}", "--set", "data.download=false"]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", tiny_table_argv(tmp_path, "acr", sets=("train.batch_size=8",)))
     assert mt.main() == 0
     labeled = profile_counts(N_MAX, 10, RHO)
     rep = json.loads((out / "acr" / "seed-0" / "report.json").read_text())
